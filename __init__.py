@@ -1,0 +1,11 @@
+"""ternc: a compiler stack for ternary (1.58-bit) language models.
+
+ONNX -> ternc IR -> passes (ternary packing, KV-cache quantization, token pruning, fusion) ->
+TVM CPU/CUDA artifacts or an Amaranth TLMM FPGA accelerator.
+"""
+
+__version__ = "0.1.0"
+
+from .api import compile, generate, interpret, load, load_artifact, save  # noqa: E402
+
+__all__ = ["compile", "generate", "interpret", "load", "load_artifact", "save", "__version__"]

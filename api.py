@@ -1,0 +1,152 @@
+"""ternc's public Python API: load, interpret, generate, compile, load_artifact, save."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from .ir.core import Module
+
+
+class Runner(Protocol):
+    """Anything that runs a module's entry points: the interpreter, or a compiled artifact."""
+
+    meta: Mapping[str, Any]
+
+    def run(self, entry: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class InterpreterRunner:
+    def __init__(self, module: Module):
+        from .ir.interp import Interpreter
+
+        self.module = module
+        self.meta = module.meta
+        self._interp = Interpreter(module)
+
+    def run(self, entry, inputs):
+        return self._interp.run(entry, inputs)
+
+
+def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
+    """Load a model as a ternc Module.
+
+    `source`: an ONNX ModelProto, a path to an `.onnx` file, or a `.ternc` module file. Decoder LMs
+    (graphs with attention) get `prefill`/`decode` entry points with explicit KV-cache state.
+    """
+    import onnx
+
+    from .ir.serialize import load_module
+
+    if isinstance(source, Module):
+        return source
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".ternc":
+        return load_module(source)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and (Path(source) / "manifest.json").exists():
+        raise ValueError(f"{source} is a compiled artifact; use ternc.load_artifact()")
+    from .frontend import from_onnx
+    from .frontend.decoder import make_decoder
+
+    if not isinstance(source, (onnx.ModelProto, str, os.PathLike)):
+        raise TypeError(f"ternc.load takes a path or an onnx.ModelProto, not {type(source).__name__}")
+    module = from_onnx(source)
+    from .ir.ops import Op
+
+    if decoder and any(n.op == Op.Attention for n in module.func("main").nodes):
+        module = make_decoder(module)
+    return module
+
+
+def save(module: Module, path: str | os.PathLike) -> Path:
+    from .ir.serialize import save_module
+
+    return save_module(module, path)
+
+
+def interpret(module: Module, inputs: Mapping[str, np.ndarray], entry: str = "main") -> dict[str, np.ndarray]:
+    from .ir.interp import interpret as _interp
+
+    return _interp(module, inputs, entry)
+
+
+def _runner(model) -> Runner:
+    if isinstance(model, Module):
+        return InterpreterRunner(model)
+    if hasattr(model, "run") and hasattr(model, "meta"):
+        return model
+    raise TypeError(f"generate needs a ternc Module or a loaded artifact, not {type(model).__name__}")
+
+
+class ContextLengthError(ValueError):
+    pass
+
+
+def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | None = None,
+             max_context: int | None = None, callback=None) -> np.ndarray:
+    """Greedy generation: prefill the prompt, then decode one token at a time with the KV cache.
+
+    Returns the prompt followed by the generated ids, shape [1, len(prompt) + n_generated].
+    Modules without decoder entry points are run by re-evaluating `main` on the whole sequence.
+    """
+    runner = _runner(model)
+    ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+    if ids.shape[1] == 0:
+        raise ValueError("prompt is empty")
+    dec = runner.meta.get("decoder")
+    limit = max_context or (dec or {}).get("max_context") or runner.meta.get("max_context")
+    if limit and ids.shape[1] > limit:
+        raise ContextLengthError(f"prompt has {ids.shape[1]} tokens; the model was compiled for a context of "
+                                 f"{limit}")
+    out = [ids]
+    if not dec:
+        seq = ids
+        for _ in range(max_new_tokens):
+            res = runner.run("main", {_ids_name(runner): seq})
+            nxt = int(np.argmax(next(iter(res.values()))[0, -1]))
+            seq = np.concatenate([seq, [[nxt]]], axis=1)
+            if callback:
+                callback(nxt)
+            if eos_token_id is not None and nxt == eos_token_id:
+                break
+        return seq
+    res = runner.run(dec["prefill"], {dec["input_ids"]: ids})
+    total = ids.shape[1]
+    for step in range(max_new_tokens):
+        nxt = int(np.argmax(res[dec["logits"]][0, -1]))
+        out.append(np.array([[nxt]], dtype=np.int64))
+        if callback:
+            callback(nxt)
+        if eos_token_id is not None and nxt == eos_token_id:
+            break
+        if step == max_new_tokens - 1:
+            break
+        total += 1
+        if limit and total > limit:
+            break
+        feeds = {dec["input_ids"]: out[-1]}
+        for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
+            feeds[pk], feeds[pv] = res[ok], res[ov]
+        res = runner.run(dec["decode"], feeds)
+    return np.concatenate(out, axis=1)
+
+
+def _ids_name(runner) -> str:
+    fn = runner.module.func("main") if hasattr(runner, "module") else None
+    return fn.params[0].name if fn else "input_ids"
+
+
+def compile(module: Module, target: str = "reference", passes: str | list | None = None, **kw):
+    """Apply a pass pipeline and, for real targets, build an artifact (see `ternc compile`)."""
+    from .passes.pipeline import compile as _compile
+
+    return _compile(module, target=target, passes=passes, **kw)
+
+
+def load_artifact(path: str | os.PathLike):
+    """Load a compiled artifact directory (checks manifest checksums); returns a Runner."""
+    from .backends.artifact import load_artifact as _load
+
+    return _load(path)

@@ -1,0 +1,274 @@
+"""Number formats of the ternc FPGA datapath, written down once (numpy, pure functions).
+
+The RTL in ``hw/`` implements exactly these functions, the cocotb/Amaranth benches compare against
+them, and the IR interpreter calls them when it is asked to follow the hardware numerics. The integer
+core of a ternary linear (int8 x ternary -> exact int32) is ``ir/semantics.py``; the TL2 field
+encoding is ``ir/packing.py``. This file adds what the hardware needs around that core.
+
+Formats
+-------
+* ``FX`` activations: signed 32-bit two's complement fixed point with ``FX_FRAC = 16`` fractional bits
+  (Q15.16): real value = raw / 2**16, range [-32768, 32768), resolution 1.5e-5. Every elementwise
+  input/output of the epilogue (residual stream, RoPE'd q/k, gated FFN output) is in this format.
+  Results saturate to the int32 range (never wrap).
+* Quantizer reciprocal: per token ``amax = max(max|x_raw|, 1)`` (an integer; 1 raw LSB plays the role
+  of semantics' eps); ``e = bit_length(amax)``; ``recip = floor((127 << (e + RECIP_BITS - 7)) / amax
+  + 1/2)`` (a 23-bit integer, computed once per token by a sequential divider); then per element
+  ``x_q = clip((x_raw * recip + 2**(s-1)) >> s, -128, 127)`` with ``s = e + RECIP_BITS - 7``
+  (round half up). This is ``quantize_act_fx``. It differs from ``semantics.quantize_act`` (float32,
+  round half to even) only when x*127/amax lies within ~2**-15 of a .5 tie; the measured disagreement
+  rate is pinned by ``tests/ir/test_hw_numerics.py``.
+* Dequantize factor: ``F = amax/2**16 * w_scale / 127`` is held as a normalized pseudo-float
+  ``(m, s)`` with ``m`` an 18-bit mantissa in [2**17, 2**18) and real value m * 2**-s. The weight
+  scale enters as ``(ws_m, ws_s)`` = ``encode_wscale(w_scale)`` (w_scale/127 with the same 18-bit
+  mantissa, folded on the host, once per layer). ``dq_factor(amax, ws_m, ws_s)`` computes (m, s) per
+  token (one 32x18 multiply + normalize, truncating). ``dequantize_fx(acc, m, s)`` returns the FX raw
+  value ``round_half_up(acc * m * 2**(FX_FRAC - s))``, saturated to int32.
+* ReLU^2: ``relu2_fx(x) = sat((max(x,0)**2 + 2**15) >> 16)``.
+* SiLU: sigmoid by a 1024-entry table over [-8, 8) (step 1/64, entries in Q0.16, value at the bin
+  centre, 0 below -8, 1.0 (65536) at or above 8): ``silu_fx(x) = sat((x * sigmoid_fx(x) + 2**15) >> 16)``.
+  ``silu_gate_fx(g, u) = sat((silu_fx(g) * u + 2**15) >> 16)`` (Llama-style gate*up);
+  ``relu2_gate_fx(g, u)`` likewise with ReLU^2 (BitNet b1.58 2B4T).
+* RoPE: cos/sin in signed Q1.14 (int16, ``ROPE_FRAC = 14``): ``rope_table(positions, dim, theta)``.
+  ``rope_fx(x0, x1, c, s) = (sat((x0*c - x1*s + 2**13) >> 14), sat((x0*s + x1*c + 2**13) >> 14))``,
+  rotating pair (x0, x1) = (x[i], x[i + dim/2]) (HF rotate_half convention).
+* Residual add: ``add_fx(a, b) = sat(a + b)``.
+
+All functions take and return numpy integer arrays (int64 internally; FX results as int32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ternc.ir.semantics import ACT_QMAX, ACT_QMIN
+
+FX_FRAC = 16
+FX_BITS = 32
+FX_MIN = -(1 << (FX_BITS - 1))
+FX_MAX = (1 << (FX_BITS - 1)) - 1
+RECIP_BITS = 23          # width of the quantizer reciprocal (recip in (2**21, 2**22])
+DQ_MANT_BITS = 18        # mantissa width of dequantize factors (fits one DSP48E2 B input)
+ROPE_FRAC = 14
+SIG_LUT_BITS = 10        # 1024-entry sigmoid table
+SIG_RANGE = 8            # table covers [-8, 8)
+SIG_FRAC = 16
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic TL-G weight groups (G = 3 is exactly ir/packing.py's TL2).
+# --------------------------------------------------------------------------------------------------
+def tlg_num_indices(group: int) -> int:
+    """Number of table indices for a group of G trits: 0 .. (3**G - 1) / 2 (G=3: 14)."""
+    return (3 ** group - 1) // 2 + 1
+
+
+def tlg_index_bits(group: int) -> int:
+    return max(1, (tlg_num_indices(group) - 1).bit_length())
+
+
+def tlg_digits(index: np.ndarray, group: int) -> np.ndarray:
+    """Balanced-ternary digits (w_0 .. w_{G-1}), most significant first, of v = sum w_j 3**(G-1-j)."""
+    v = np.asarray(index, dtype=np.int64)
+    digits = np.zeros(v.shape + (group,), dtype=np.int8)
+    rest = v.copy()
+    for pos in range(group - 1, -1, -1):
+        d = ((rest + 1) % 3) - 1
+        digits[..., pos] = d
+        rest = (rest - d) // 3
+    return digits
+
+
+def tlg_encode(w_t: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """TL2 generalized to G weights per index: (index [N, ceil(K/G)], sign [N, ceil(K/G)]).
+
+    For G = 3 this is identical to ``packing.tl2_encode`` (tested); K is zero-padded to a multiple of G.
+    """
+    if group == 3:
+        from ternc.ir.packing import tl2_encode
+        return tl2_encode(w_t)
+    w_t = np.asarray(w_t)
+    if w_t.ndim != 2 or (w_t.size and (w_t.min() < -1 or w_t.max() > 1)):
+        raise ValueError("ternary weight must be 2-D with values in {-1, 0, 1}")
+    n, k = w_t.shape
+    t = -(-k // group)
+    padded = np.zeros((n, t * group), dtype=np.int64)
+    padded[:, :k] = w_t
+    tri = padded.reshape(n, t, group)
+    v = (tri * (3 ** np.arange(group - 1, -1, -1))).sum(-1)
+    return np.abs(v).astype(np.uint8), (v < 0).astype(np.uint8)
+
+
+def tlg_table(a: np.ndarray, group: int) -> np.ndarray:
+    """The lookup table of one activation group: T[i] = dot(a, tlg_digits(i)) for i in 0..(3**G-1)/2."""
+    digits = tlg_digits(np.arange(tlg_num_indices(group)), group).astype(np.int64)
+    return digits @ np.asarray(a, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# FX fixed point
+# --------------------------------------------------------------------------------------------------
+def sat_fx(v: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(v, dtype=np.int64), FX_MIN, FX_MAX).astype(np.int32)
+
+
+def to_fx(x: np.ndarray) -> np.ndarray:
+    """float -> FX raw (round half to even, saturate)."""
+    return sat_fx(np.round(np.asarray(x, dtype=np.float64) * (1 << FX_FRAC)))
+
+
+def from_fx(raw: np.ndarray) -> np.ndarray:
+    return np.asarray(raw, dtype=np.float64) / (1 << FX_FRAC)
+
+
+def _rshift_round(v: np.ndarray, s) -> np.ndarray:
+    """Arithmetic right shift by s >= 1 with round half up (floor(v / 2**s + 1/2)); s may be an array."""
+    v = np.asarray(v, dtype=object if np.max(np.abs(v), initial=0) >= 2 ** 62 else np.int64)
+    s = np.asarray(s, dtype=np.int64)
+    return (v + (np.int64(1) << (s - 1))) >> s
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantizer
+# --------------------------------------------------------------------------------------------------
+def quant_amax(x_raw: np.ndarray) -> np.ndarray:
+    """Per-token amax of FX raw activations ([..., K] -> [..., 1]), at least 1."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    return np.maximum(np.max(np.abs(x), axis=-1, keepdims=True), 1)
+
+
+def quant_shift(amax: np.ndarray) -> np.ndarray:
+    amax = np.asarray(amax, dtype=np.int64)
+    e = np.frompyfunc(lambda v: int(v).bit_length(), 1, 1)(amax).astype(np.int64)
+    return e + RECIP_BITS - 7
+
+
+def quant_recip(amax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recip, shift) with recip = floor((127 << shift) / amax + 1/2); recip < 2**RECIP_BITS."""
+    amax = np.asarray(amax, dtype=np.int64)
+    s = quant_shift(amax)
+    recip = ((np.int64(ACT_QMAX) << s) + amax // 2) // amax
+    return recip, s
+
+
+def quantize_act_fx(x_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hardware per-token int8 quantizer: FX raw [..., K] -> (x_q int8 [..., K], amax int64 [..., 1])."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    amax = quant_amax(x)
+    recip, s = quant_recip(amax)
+    q = (x * recip + (np.int64(1) << (s - 1))) >> s
+    return np.clip(q, ACT_QMIN, ACT_QMAX).astype(np.int8), amax
+
+
+# --------------------------------------------------------------------------------------------------
+# Dequantize
+# --------------------------------------------------------------------------------------------------
+def encode_wscale(w_scale: float) -> tuple[int, int]:
+    """Per-layer constant: w_scale / 127 as (ws_m, ws_s), ws_m in [2**17, 2**18), value ws_m * 2**-ws_s."""
+    v = float(w_scale) / ACT_QMAX
+    if not v > 0:
+        raise ValueError("w_scale must be positive")
+    mant, exp = np.frexp(v)  # v = mant * 2**exp, mant in [0.5, 1)
+    m = int(np.floor(mant * (1 << DQ_MANT_BITS)))
+    return m, int(DQ_MANT_BITS - exp)
+
+
+def dq_factor(amax: np.ndarray, ws_m: int, ws_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token dequantize factor F = amax * 2**-16 * ws_m * 2**-ws_s as (m [2**17, 2**18), s).
+
+    p = amax * ws_m (exact, <= 50 bits); m = p >> (bitlen(p) - 18) (truncation); s = ws_s + 16 - (bitlen(p) - 18).
+    """
+    p = np.asarray(amax, dtype=np.int64) * np.int64(ws_m)
+    bl = np.frompyfunc(lambda v: int(v).bit_length(), 1, 1)(p).astype(np.int64)
+    sh = bl - DQ_MANT_BITS
+    m = np.where(sh >= 0, p >> np.maximum(sh, 0), p << np.maximum(-sh, 0))
+    return m.astype(np.int64), (ws_s + FX_FRAC - sh).astype(np.int64)
+
+
+DQ_SHIFT_MIN = 1
+DQ_SHIFT_MAX = 63
+
+
+def dequantize_fx(acc: np.ndarray, m: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """FX raw output of an int32 accumulator: sat((acc * m + 2**(sh-1)) >> sh), sh = clip(s - 16, 1, 63).
+
+    Exact for factors F = m * 2**-s < 2 (s >= 17); larger factors are clamped to that shift (a
+    documented precondition: |y| < 2 |acc| covers any sane BitNet layer).
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    sh = np.clip(np.asarray(s, dtype=np.int64) - FX_FRAC, DQ_SHIFT_MIN, DQ_SHIFT_MAX)
+    prod = acc * np.asarray(m, dtype=np.int64)          # |acc| <= 2**31, m < 2**18: < 2**50
+    return sat_fx((prod + (np.int64(1) << (sh - 1))) >> sh)
+
+
+# --------------------------------------------------------------------------------------------------
+# Elementwise
+# --------------------------------------------------------------------------------------------------
+def add_fx(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return sat_fx(np.asarray(a, np.int64) + np.asarray(b, np.int64))
+
+
+def relu2_fx(x: np.ndarray) -> np.ndarray:
+    r = np.maximum(np.asarray(x, dtype=np.int64), 0)
+    r = np.minimum(r, 1 << 31)  # r**2 < 2**62
+    return sat_fx((r * r + (1 << (FX_FRAC - 1))) >> FX_FRAC)
+
+
+def sigmoid_lut() -> np.ndarray:
+    """The 1024-entry sigmoid table (Q0.16) over [-8, 8), value at each bin centre."""
+    n = 1 << SIG_LUT_BITS
+    step = 2 * SIG_RANGE / n
+    centres = -SIG_RANGE + (np.arange(n) + 0.5) * step
+    return np.round((1 << SIG_FRAC) / (1 + np.exp(-centres))).astype(np.int64)
+
+
+_SIG_LUT = sigmoid_lut()
+SIG_IDX_SHIFT = FX_FRAC - (SIG_LUT_BITS - 4)  # bins of 1/64 = 2**-6: x_raw >> 10
+
+
+def sigmoid_fx(x: np.ndarray) -> np.ndarray:
+    """Q0.16 sigmoid of an FX raw value by table lookup (see module docstring)."""
+    x = np.asarray(x, dtype=np.int64)
+    idx = (x >> SIG_IDX_SHIFT) + (1 << (SIG_LUT_BITS - 1))
+    inside = _SIG_LUT[np.clip(idx, 0, (1 << SIG_LUT_BITS) - 1)]
+    return np.where(idx < 0, 0, np.where(idx >= (1 << SIG_LUT_BITS), 1 << SIG_FRAC, inside))
+
+
+def silu_fx(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.int64)
+    return sat_fx((x * sigmoid_fx(x) + (1 << (SIG_FRAC - 1))) >> SIG_FRAC)
+
+
+def mul_fx(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    return sat_fx((a * b + (1 << (FX_FRAC - 1))) >> FX_FRAC)
+
+
+def silu_gate_fx(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return mul_fx(silu_fx(g), u)
+
+
+def relu2_gate_fx(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return mul_fx(relu2_fx(g), u)
+
+
+def rope_table(positions: np.ndarray, dim: int, theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin) in Q1.14 int16, shape [len(positions), dim/2], for pairs (i, i + dim/2)."""
+    pos = np.asarray(positions, dtype=np.float64)[:, None]
+    inv = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    ang = pos * inv[None, :]
+    c = np.round(np.cos(ang) * (1 << ROPE_FRAC)).astype(np.int16)
+    s = np.round(np.sin(ang) * (1 << ROPE_FRAC)).astype(np.int16)
+    return c, s
+
+
+def rope_fx(x0: np.ndarray, x1: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x0 = np.asarray(x0, np.int64)
+    x1 = np.asarray(x1, np.int64)
+    c = np.asarray(c, np.int64)
+    s = np.asarray(s, np.int64)
+    half = 1 << (ROPE_FRAC - 1)
+    y0 = (x0 * c - x1 * s + half) >> ROPE_FRAC
+    y1 = (x0 * s + x1 * c + half) >> ROPE_FRAC
+    return sat_fx(y0), sat_fx(y1)

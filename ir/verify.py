@@ -1,0 +1,83 @@
+"""IR verifier: structural invariants, reported with the offending function and node."""
+
+from __future__ import annotations
+
+from .core import Function, Module, Node
+from .ops import Op, signature
+
+# Attributes a node of these ops must carry.
+REQUIRED_ATTRS: dict[Op, tuple[str, ...]] = {
+    Op.Cast: ("to",),
+    Op.Transpose: (),
+    Op.TernaryMatMul: ("format", "k", "n"),
+    Op.TernaryLinear: ("format", "k", "n"),
+    Op.Attention: ("scale", "causal"),
+    Op.RMSNorm: ("eps",),
+    Op.LayerNorm: ("eps",),
+    Op.GatedAct: ("act",),
+    Op.KVQuantAttention: ("scale", "bits"),
+    Op.FusedLinear: ("epilogue",),
+}
+
+
+class VerifyError(ValueError):
+    pass
+
+
+def _fail(fn: Function, node: Node | None, msg: str):
+    where = f"@{fn.name}" + (f", node {node.label}" if node is not None else "")
+    raise VerifyError(f"{where}: {msg}")
+
+
+def verify_function(fn: Function, module: Module) -> None:
+    defined: set[str] = set()
+    for p in fn.params:
+        if p.name in defined:
+            _fail(fn, None, f"parameter %{p.name} declared twice")
+        if p.name in module.constants:
+            _fail(fn, None, f"parameter %{p.name} shadows constant @{p.name}")
+        defined.add(p.name)
+    for node in fn.nodes:
+        sig = signature(node.op)
+        n_in = len(node.inputs)
+        if n_in < sig.min_in or (sig.max_in >= 0 and n_in > sig.max_in):
+            want = f"{sig.min_in}..{sig.max_in}" if sig.max_in >= 0 else f">= {sig.min_in}"
+            _fail(fn, node, f"{node.op.value} takes {want} inputs, got {n_in}")
+        if sig.n_out >= 0 and len(node.outputs) != sig.n_out:
+            _fail(fn, node, f"{node.op.value} has {sig.n_out} outputs, got {len(node.outputs)}")
+        if not node.outputs:
+            _fail(fn, node, "node has no outputs")
+        for i, name in enumerate(node.inputs):
+            if not name:
+                if i < sig.min_in:
+                    _fail(fn, node, f"required input #{i} is missing")
+                continue
+            if name not in defined and name not in module.constants:
+                _fail(fn, node, f"input #{i} %{name} is not defined before use")
+        for a in REQUIRED_ATTRS.get(node.op, ()):
+            if node.attr(a) is None:
+                _fail(fn, node, f"missing required attribute '{a}'")
+        for o in node.outputs:
+            if o.name in defined or o.name in module.constants:
+                _fail(fn, node, f"value %{o.name} is defined twice")
+            defined.add(o.name)
+    for r in fn.results:
+        if r not in defined and r not in module.constants:
+            _fail(fn, None, f"result %{r} is not defined")
+
+
+def verify(module: Module) -> Module:
+    """Check every function; returns the module so it can be chained. Raises VerifyError."""
+    names = [f.name for f in module.functions]
+    if len(set(names)) != len(names):
+        raise VerifyError(f"module @{module.name}: duplicate function names {names}")
+    if not module.functions:
+        raise VerifyError(f"module @{module.name}: no functions")
+    for fn in module.functions:
+        verify_function(fn, module)
+    dec = module.meta.get("decoder")
+    if dec:
+        for key in ("prefill", "decode"):
+            if dec.get(key) and dec[key] not in names:
+                raise VerifyError(f"module @{module.name}: decoder entry '{key}' names missing function @{dec[key]}")
+    return module
