@@ -211,6 +211,17 @@ class _Converter:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(f"{where}: operator domain {node.domain!r} is not supported "
                                      f"(only the default ONNX domain)")
+        conv = CONVERTERS.get(node.op_type)
+        try:
+            op = Op(node.op_type)
+        except ValueError:
+            op = None
+        if conv is None and (op is None or op in HIGH_LEVEL):
+            # Checked before the attributes, so e.g. If/Loop are named as unsupported ops rather
+            # than failing on their graph attributes.
+            raise UnsupportedOpError(
+                f"{where}: op {node.op_type!r} is not supported. Supported ONNX ops: "
+                f"{', '.join(SUPPORTED_ONNX_OPS)}")
         attrs = {a.name: _attr_value(a, where) for a in node.attribute}
         inputs = [self.names.get(i) for i in node.input]
         for i, raw in zip(inputs, node.input):
@@ -218,18 +229,9 @@ class _Converter:
                 raise FrontendError(f"{where}: input {raw!r} is not produced by any earlier node, input or "
                                     f"initializer (graph not topologically sorted or truncated)")
         outputs = [Value(self.names.get(o), self.types.get(o, TensorType(DType.F32, None))) for o in node.output]
-        conv = CONVERTERS.get(node.op_type)
         if conv is not None:
             conv(self, node, inputs, outputs, attrs, where)
             return
-        try:
-            op = Op(node.op_type)
-        except ValueError:
-            op = None
-        if op is None or op in HIGH_LEVEL:
-            raise UnsupportedOpError(
-                f"{where}: op {node.op_type!r} is not supported. Supported ONNX ops: "
-                f"{', '.join(SUPPORTED_ONNX_OPS)}")
         self.emit(op, inputs, outputs, label, **attrs)
 
     def _defined(self, name: str) -> bool:
@@ -316,6 +318,24 @@ def _eyelike(cv, node, inputs, outputs, attrs, where):
     cv.emit(Op.EyeLike, inputs, outputs, node.name, **attrs)
 
 
+def _dtype_attrs(op: Op, *names: str):
+    """ONNX element-type codes in attributes (0 = unset) become IR dtype names."""
+
+    def conv(cv, node, inputs, outputs, attrs, where):
+        for n in names:
+            if attrs.get(n):
+                attrs[n] = onnx_dtype(attrs[n], f"{where}, attribute {n!r}").value
+            else:
+                attrs.pop(n, None)
+        cv.emit(op, inputs, outputs, node.name, **attrs)
+
+    return conv
+
+
+CONVERTERS["QuantizeLinear"] = _dtype_attrs(Op.QuantizeLinear, "output_dtype", "precision")
+CONVERTERS["DequantizeLinear"] = _dtype_attrs(Op.DequantizeLinear, "output_dtype")
+
+
 def _axes_attr_to_input(op: Op, since: int):
     """Older opsets carry `axes` as an attribute; the IR always takes it as an input."""
 
@@ -343,7 +363,15 @@ def _split(cv, node, inputs, outputs, attrs, where):
 
 @converter("Dropout")
 def _dropout(cv, node, inputs, outputs, attrs, where):
-    # Inference: identity; the optional mask output is all-true.
+    # Inference only: identity; the optional mask output is all-true. Training mode is random (and
+    # onnx's test data for it comes from numpy's RNG), so it is rejected rather than run as identity.
+    # Not in SUPPORTED_ONNX_OPS for that reason (its training-mode node tests cannot pass).
+    if len(inputs) > 2 and inputs[2]:
+        tm = cv.consts.get(inputs[2])
+        if tm is None or tm.data is None or np.asarray(tm.data).any():
+            raise UnsupportedOpError(f"{where}: Dropout in training mode (training_mode input "
+                                     f"{node.input[2]!r} is not a constant false) is not supported; "
+                                     f"export the model in eval mode")
     cv.emit(Op.Identity, inputs[:1], outputs[:1], node.name)
     if len(outputs) > 1 and outputs[1].name:
         shape = cv.names.get(f"__dropout_shape_{len(cv.nodes)}")
@@ -368,7 +396,7 @@ def from_onnx(model: onnx.ModelProto | str | os.PathLike, name: str | None = Non
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        raise FrontendError(f"{source}: invalid ONNX model: {str(e).splitlines()[0]}") from None
+        raise FrontendError(f"{source}: invalid ONNX model: {' '.join(str(e).split())[:500]}") from None
     conv = _Converter(model, source)
     fn = conv.run()
     module_name = _SANITIZE.sub("_", name or (Path(source).stem if source != "<onnx model>" else model.graph.name

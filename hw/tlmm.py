@@ -270,8 +270,8 @@ class WeightBuffer(wiring.Component):
     Loading a region while it is being replayed is undefined (double-buffer at the host level).
     """
 
-    def __init__(self, shape, depth: int, ram_style: str | None = None):
-        self.shape, self.depth, self.ram_style = shape, depth, ram_style
+    def __init__(self, shape, depth: int, ram_style: str | None = None, bank_width: int = 72):
+        self.shape, self.depth, self.ram_style, self.bank_width = shape, depth, ram_style, bank_width
         self.addr_bits = max(1, (depth - 1).bit_length())
         super().__init__({
             "load": In(stream.Signature(data.StructLayout({"data": shape, "first": unsigned(1)}))),
@@ -283,14 +283,19 @@ class WeightBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         attrs = {"ram_style": self.ram_style} if self.ram_style else None
-        m.submodules.mem = mem = memory.Memory(shape=self.shape, depth=self.depth, init=[], attrs=attrs)
-        wp = mem.write_port()
-        rp = mem.read_port()
+        width = len(self.rd.payload.as_value())
+        # One memory per ``bank_width`` slice of the beat (72 = URAM288 / BRAM36 SDP data width):
+        # keeps each inferred memory a plain RAM column for the synthesis tools.
+        banks = []
+        for b, lo in enumerate(range(0, width, self.bank_width)):
+            w = min(self.bank_width, width - lo)
+            mem = memory.Memory(shape=unsigned(w), depth=self.depth, init=[], attrs=attrs)
+            m.submodules[f"bank{b}"] = mem
+            banks.append((lo, w, mem.write_port(), mem.read_port()))
 
         waddr = Signal(self.addr_bits)
         addr = Signal(self.addr_bits)
-        m.d.comb += [self.load.ready.eq(1), addr.eq(Mux(self.load.payload.first, 0, waddr)),
-                     wp.addr.eq(addr), wp.data.eq(self.load.payload.data), wp.en.eq(self.load.valid)]
+        m.d.comb += [self.load.ready.eq(1), addr.eq(Mux(self.load.payload.first, 0, waddr))]
         with m.If(self.load.valid):
             m.d.sync += waddr.eq(addr + 1)
 
@@ -299,9 +304,13 @@ class WeightBuffer(wiring.Component):
         rvalid = Signal()
         en, issue = Signal(), Signal()
         m.d.comb += [en.eq(~rvalid | self.rd.ready), issue.eq(en & (remaining != 0)),
-                     rp.en.eq(en), rp.addr.eq(raddr),
-                     self.rd.valid.eq(rvalid), self.rd.payload.eq(rp.data),
+                     self.rd.valid.eq(rvalid),
                      self.cmd.ready.eq((remaining == 0) | ((remaining == 1) & issue))]
+        wdata = self.load.payload.data.as_value()
+        rdata = self.rd.payload.as_value()
+        for lo, w, wp, rp in banks:
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(wdata[lo:lo + w]), wp.en.eq(self.load.valid),
+                         rp.en.eq(en), rp.addr.eq(raddr), rdata[lo:lo + w].eq(rp.data)]
         with m.If(en):
             m.d.sync += rvalid.eq(remaining != 0)
         with m.If(issue):

@@ -121,8 +121,7 @@ def unpack_weight(node: Node, parts: Sequence[np.ndarray]) -> np.ndarray:
     else:
         from . import packing
 
-        # Canonical part order is the key order packing.pack returns.
-        names = list(packing.pack(np.zeros((1, 3), np.int8), fmt).keys())
+        names = packing.part_names(fmt)
         w = packing.unpack(dict(zip(names, parts)), fmt, k)
     if w.shape != (n, k):
         raise InterpError(f"{node.label}: weight unpacks to {w.shape}, expected [{n}, {k}]")
@@ -235,3 +234,170 @@ class Interpreter:
 def interpret(module: Module, inputs: Mapping[str, np.ndarray], entry: str = "main") -> dict[str, np.ndarray]:
     """Run `entry` of `module` on numpy inputs; returns {result name: array}."""
     return Interpreter(module).run(entry, inputs)
+
+
+# ---------------------------------------------------------------- FusedLinear (passes/fuse_epilogue.py)
+# A linear (Linear or TernaryLinear) streamed into an elementwise epilogue, as the FPGA linear engine
+# runs it. Defined by composing the existing implementations above; no arithmetic of its own.
+#
+#   FusedLinear(x, *lin, *epilogue operands) {epilogue, linear, linear_operands, <linear's attrs>,
+#                                             <epilogue's attrs>}
+#   `lin` are the linear's inputs after x (`linear_operands` of them): Linear (w[, bias]);
+#   TernaryLinear (w_scale, *packed[, bias]) with its attrs format/k/n/has_bias/eps carried over.
+#     residual_add: (x, *lin, r)                 -> Add(linear(x), r)
+#     rope:         (x, *lin, shape, cos, sin)   -> RoPE(Transpose(Reshape(linear(x), shape)), cos, sin)
+#                   {perm, allowzero}: the head split between the projection and RoPE
+#     gated_silu / gated_relu2: (x, *gate_lin, *up_lin) -> GatedAct(linear_gate(x), linear_up(x))
+FUSED_EPILOGUES = ("residual_add", "rope", "gated_silu", "gated_relu2")
+_FUSED_OWN_ATTRS = {"epilogue", "linear", "linear_operands", "perm", "allowzero"}
+
+
+@impl(Op.FusedLinear)
+def _fused_linear(node, args):
+    epilogue = node.attr("epilogue")
+    if epilogue not in FUSED_EPILOGUES:
+        raise InterpError(f"{node.label}: unknown epilogue {epilogue!r}; valid: {', '.join(FUSED_EPILOGUES)}")
+    lin_op = Op(node.attr("linear", "Linear"))
+    if lin_op not in (Op.Linear, Op.TernaryLinear):
+        raise InterpError(f"{node.label}: fused linear must be Linear or TernaryLinear, got {lin_op.value}")
+    n_ops = int(node.attr("linear_operands"))
+    lin_attrs = {k: v for k, v in node.attrs if k not in _FUSED_OWN_ATTRS}
+    x, rest = args[0], list(args[1:])
+
+    def linear(operands, names):
+        lin = Node.make(lin_op, [node.inputs[0], *names], node.outputs, node.origin, **lin_attrs)
+        return IMPLS[lin_op](lin, [x, *operands])[0]
+
+    def step(op, inputs, **attrs):
+        return IMPLS[op](Node.make(op, node.inputs[:1], node.outputs, node.origin, **attrs), inputs)[0]
+
+    y = linear(rest[:n_ops], node.inputs[1:1 + n_ops])
+    rest = rest[n_ops:]
+    if epilogue == "residual_add":
+        (r,) = rest
+        return [step(Op.Add, [y, r])]
+    if epilogue == "rope":
+        shape, cos, sin = rest
+        h = step(Op.Reshape, [y, shape], allowzero=node.attr("allowzero", 0))
+        h = step(Op.Transpose, [h], perm=node.attr("perm"))
+        return [step(Op.RoPE, [h, cos, sin])]
+    up = linear(rest[:n_ops], node.inputs[1 + n_ops:1 + 2 * n_ops])
+    return [step(Op.GatedAct, [y, up], act=epilogue.removeprefix("gated_"))]
+
+
+# ---------------------------------------------------------------- KV cache ops (passes quantize-kv,
+# evict-kv, prune-prefill). Appended; selection and quantization math lives in ir/kvquant.py and
+# ir/kvevict.py, attention in `attention_probs`.
+def _kv_concat(args):
+    """(q, k_all, v_all, n_past) from (q, k, v, past_k?, past_v?, ...)."""
+    q, k, v = args[0], args[1], args[2]
+    past_k = args[3] if len(args) > 3 else None
+    past_v = args[4] if len(args) > 4 else None
+    if past_k is None:
+        return q, k, v, 0
+    return q, np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2), past_k.shape[2]
+
+
+def _attend(q, k, v, node):
+    """Exactly Op.Attention's arithmetic, also returning the probabilities [b, hq, sq, sk]."""
+    p = attention_probs(q, k, node.attr("scale"), bool(node.attr("causal")))
+    hq, hkv = q.shape[1], k.shape[1]
+    return np.matmul(p, np.repeat(v, hq // hkv, axis=1).astype(np.float32)).astype(q.dtype), p
+
+
+def kv_quant_config(node):
+    from .kvquant import KVQuantConfig
+
+    return KVQuantConfig(bits=int(node.attr("bits")), group_size=int(node.attr("group_size")),
+                         residual=int(node.attr("residual")), sinks=int(node.attr("sinks")),
+                         rotate=bool(node.attr("rotate")))
+
+
+def kv_fake_quant_append(past_k, past_v, k, v, cfg):
+    """Append new tokens to a fake-quantized cache: (k_hat, v_hat) [b, h, n_past + n_new, d].
+
+    State invariant: a cache of n tokens holds dequantize_kv(quantize_kv(exact keys/values, cfg)),
+    i.e. sinks and the full-precision tail exact, the quantized span [s, stop(n)) dequantized. Since
+    the span only grows by whole groups and each group's codes use only its own tokens (kvquant's
+    prefix property), appending never changes existing codes: only tokens [max(stop(n_past), s),
+    stop(n)) -- exact until now (they sat in the tail or are new) -- are quantized, as whole groups.
+    """
+    from dataclasses import replace as _replace
+
+    from .kvquant import dequantize_kv, quantize_kv, quantized_span
+
+    n_past = 0 if past_k is None else past_k.shape[2]
+    k_all = k if past_k is None else np.concatenate([past_k, k], axis=2)
+    v_all = v if past_v is None else np.concatenate([past_v, v], axis=2)
+    _, old_stop = quantized_span(n_past, cfg)
+    start, new_stop = quantized_span(k_all.shape[2], cfg)
+    lo = max(old_stop, start)
+    if new_stop > lo:
+        sub = quantize_kv(k_all[:, :, lo:new_stop], v_all[:, :, lo:new_stop], _replace(cfg, sinks=0, residual=0))
+        kq, vq = dequantize_kv(sub)
+        k_all = np.concatenate([k_all[:, :, :lo], kq.astype(k_all.dtype), k_all[:, :, new_stop:]], axis=2)
+        v_all = np.concatenate([v_all[:, :, :lo], vq.astype(v_all.dtype), v_all[:, :, new_stop:]], axis=2)
+    return k_all, v_all
+
+
+@impl(Op.KVQuantAttention)
+def _kvquant_attention(node, args):
+    """(q, k, v, past_k?, past_v?) {scale, causal, bits, group_size, residual, sinks, rotate}
+    -> (out[, present_k, present_v]). The cache (past + new tokens) is stored KIVI-quantized per
+    ir/kvquant.py (fake-quant: carried tensors hold the dequantized values, see
+    `kv_fake_quant_append`); attention runs over the stored (dequantized) cache."""
+    q, k, v = args[0], args[1], args[2]
+    past_k = args[3] if len(args) > 3 else None
+    past_v = args[4] if len(args) > 4 else None
+    k_all, v_all = kv_fake_quant_append(past_k, past_v, k, v, kv_quant_config(node))
+    out, _ = _attend(q, k_all, v_all, node)
+    return [out, k_all, v_all] if len(node.outputs) == 3 else [out]
+
+
+@impl(Op.KVEvict)
+def _kv_evict(node, args):
+    """Attention with a token-selecting cache; inputs (q, k, v, past_k?, past_v?, state?).
+
+    policy=streaming {budget, sinks}: attend over past + new, then keep kvevict.streaming_keep(n,
+        sinks, budget - sinks) -> (out, present_k, present_v).
+    policy=h2o {budget, sinks, recent}: state = accumulated attention [b, kv_heads, n_past] (f32);
+        acc = h2o_accumulate(state, probs summed over each GQA group); keep = h2o_keep(acc, budget,
+        recent, sinks) per KV head -> (out, present_k, present_v, acc gathered at keep).
+    policy=lazyllm {keep_count_layer, schedule}: prefill pruning; state = active prompt positions
+        [n_active] i64 of this layer (ascending, last = last prompt token); selects the next layer's
+        active set with kvevict.lazyllm_select from the last query's attention ->
+        (out, present_k, present_v, rows [n_next] (indices into this layer's rows), next_active).
+    """
+    from . import kvevict
+
+    policy = node.attr("policy")
+    q, k_all, v_all, n_past = _kv_concat(args)
+    state = args[5] if len(args) > 5 else None
+    out, p = _attend(q, k_all, v_all, node)
+    budget = int(node.attr("budget", 0))
+    sinks = int(node.attr("sinks", 0))
+    n = k_all.shape[2]
+    if policy == "streaming":
+        keep = kvevict.streaming_keep(n, sinks, budget - sinks)
+        return [out, k_all[:, :, keep], v_all[:, :, keep]]
+    if policy == "h2o":
+        b, hq, sq, sk = p.shape
+        hkv = k_all.shape[1]
+        grouped = kvevict.group_query_scores(p.reshape(b, hq, sq * sk), hkv).reshape(b, hkv, sq, sk)
+        acc_past = np.zeros((b, hkv, n_past), np.float32) if state is None else state
+        acc = kvevict.h2o_accumulate(acc_past, grouped)
+        keep = kvevict.h2o_keep(acc, budget, int(node.attr("recent")), sinks, per_head=True)
+        return [out, kvevict.gather_tokens(k_all, keep), kvevict.gather_tokens(v_all, keep),
+                kvevict.gather_tokens(acc[..., None], keep)[..., 0]]
+    if policy == "lazyllm":
+        active = np.asarray(state, np.int64).reshape(1, -1)
+        if active.shape[1] != q.shape[2] or n_past:
+            raise InterpError(f"{node.label}: lazyllm pruning needs a prefill without past and one active "
+                              f"position per query row ({active.shape[1]} vs {q.shape[2]})")
+        schedule = node.attr("schedule")
+        layer = int(node.attr("layer"))
+        counts = kvevict.lazyllm_keep_counts(int(active[0, -1]) + 1, schedule)
+        nxt = kvevict.lazyllm_select(p[:, :, -1, :], active, int(counts[layer + 1]))
+        rows = np.searchsorted(active[0], nxt[0]).astype(np.int64)
+        return [out, k_all, v_all, rows, nxt[0]]
+    raise InterpError(f"{node.label}: unknown KVEvict policy {policy!r}")

@@ -47,6 +47,7 @@ import numpy as np
 
 SUPPORTED_BITS = (2, 4, 8)
 PARAM_BYTES = 2  # scales and zero-points are stored as fp16
+FP16_MAX = float(np.finfo(np.float16).max)
 FP_BYTES = 2  # full-precision tokens (sinks, tail) are stored as fp16 by default
 
 
@@ -209,6 +210,8 @@ def _check_kv(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"k and v must be floating point, got {k.dtype} and {v.dtype}")
     if not (np.isfinite(k).all() and np.isfinite(v).all()):
         raise ValueError("k and v must be finite")
+    if max(np.abs(k).max(initial=0), np.abs(v).max(initial=0)) > FP16_MAX:
+        raise ValueError(f"|k|, |v| must be <= {FP16_MAX} (group zero-points and scales are fp16)")
     return k, v
 
 
@@ -274,14 +277,10 @@ def dequantize_kv(q: QuantizedKV) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def kv_bytes_per_token(
-    cfg: KVQuantConfig, kv_heads: int, head_dim: int, n_layers: int, fp_bytes: int = FP_BYTES
-) -> float:
+def kv_bytes_per_token(cfg: KVQuantConfig, kv_heads: int, head_dim: int, n_layers: int) -> float:
     """Steady-state bytes one more quantized token adds to the whole model's cache (K and V):
     codes at cfg.bits plus the fp16 scale+zero overhead (keys: 2 per channel amortized over a token
-    group; values: 2 per channel group). Sinks and the tail are a fixed cost: see `kv_cache_bytes`.
-    `fp_bytes` is unused here; it is accepted so callers can pass one set of arguments to both."""
-    del fp_bytes
+    group; values: 2 per channel group). Sinks and the tail are a fixed cost: see `kv_cache_bytes`."""
     value_groups = head_dim // cfg.value_group(head_dim)
     codes = 2 * head_dim * cfg.bits / 8
     params = 2 * PARAM_BYTES * (head_dim / cfg.group_size + value_groups)

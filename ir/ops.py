@@ -45,7 +45,13 @@ class Op(enum.Enum):
     # --- linear algebra and normalisation
     MatMul = "MatMul"; Gemm = "Gemm"; Einsum = "Einsum"; Softmax = "Softmax"; LogSoftmax = "LogSoftmax"
     LayerNormalization = "LayerNormalization"; RMSNormalization = "RMSNormalization"
-    MatMulInteger = "MatMulInteger"
+    MatMulInteger = "MatMulInteger"; RotaryEmbedding = "RotaryEmbedding"; Hardmax = "Hardmax"
+    BatchNormalization = "BatchNormalization"
+    InstanceNormalization = "InstanceNormalization"; GlobalAveragePool = "GlobalAveragePool"
+    GlobalMaxPool = "GlobalMaxPool"; Det = "Det"; Shrink = "Shrink"; Compress = "Compress"
+    # --- quantization
+    QuantizeLinear = "QuantizeLinear"; DequantizeLinear = "DequantizeLinear"
+    DynamicQuantizeLinear = "DynamicQuantizeLinear"; QLinearMatMul = "QLinearMatMul"
 
     # --- high-level ops raised from patterns (semantics in interp.py)
     Linear = "Linear"            # (x, w[N,K], bias?) -> x @ w.T + bias
@@ -91,7 +97,10 @@ SIGNATURES.update({
     Op.ReduceL1: OpSig(1, 2, 1), Op.ReduceL2: OpSig(1, 2, 1), Op.ReduceLogSum: OpSig(1, 2, 1),
     Op.ReduceLogSumExp: OpSig(1, 2, 1),
     Op.Gemm: OpSig(2, 3, 1), Op.Einsum: OpSig(1, -1, 1), Op.LayerNormalization: OpSig(2, 3, -1),
-    Op.RMSNormalization: OpSig(2, 2, 1), Op.MatMulInteger: OpSig(2, 4, 1),
+    Op.RMSNormalization: OpSig(2, 2, 1), Op.MatMulInteger: OpSig(2, 4, 1), Op.RotaryEmbedding: OpSig(3, 4, 1),
+    Op.BatchNormalization: OpSig(5, 5, -1), Op.InstanceNormalization: OpSig(3, 3, 1), Op.Compress: OpSig(2, 2, 1),
+    Op.QuantizeLinear: OpSig(2, 3, 1), Op.DequantizeLinear: OpSig(2, 3, 1), Op.DynamicQuantizeLinear: OpSig(1, 1, 3),
+    Op.QLinearMatMul: OpSig(8, 8, 1),
     Op.Linear: OpSig(2, 3, 1), Op.RMSNorm: OpSig(2, 2, 1), Op.LayerNorm: OpSig(2, 3, 1),
     Op.RoPE: OpSig(3, 3, 1), Op.Attention: OpSig(3, 5, -1),
     Op.QuantizeAct: OpSig(1, 1, 2), Op.TernaryMatMul: OpSig(2, -1, 1), Op.Dequantize: OpSig(3, 3, 1),

@@ -10,8 +10,9 @@ triple (a0, a1, a2) the lookup table holds T[i] = the dot product of (a0, a1, a2
 balanced-ternary digits of i (i = 0..13), and the triple's contribution is (-1)**sign * T[|v|].
 
 Byte layouts (`pack` / `unpack`). Every format packs each row n independently along K, so a packed
-tensor is a set of uint8 arrays [N, bytes_per_row]; rows never share a byte. Padding weights are
-zeros appended at the end of each row (k >= K) and are ignored by `unpack`. "Bit 0" is the LSB.
+tensor is a set of uint8 arrays [N, bytes_per_row] (names and their order: `part_names(fmt)`); rows
+never share a byte. Padding weights are zeros appended at the end of each row (k >= K) and are
+ignored by `unpack`. "Bit 0" is the LSB.
 
   i2   {"codes": [N, 32 * ceil(K/128)]}             2 bits/weight, bitnet.cpp I2_S (x86, QK=128)
        code = w + 1 in {0, 1, 2} (3 is invalid). K is padded to a multiple of 128. Block b of a row
@@ -141,6 +142,11 @@ def _row_bytes(k: int, fmt: str) -> dict[str, int]:
         t = _ceil_div(k, TL2_GROUP)
         return {"nibbles": _ceil_div(t, 2), "signs": _ceil_div(t, 8)}
     return {"trits": _ceil_div(k, TQ1_TRITS_PER_BYTE)}
+
+
+def part_names(fmt: str) -> tuple[str, ...]:
+    """Names of the arrays `pack` returns for `fmt`, in their canonical (stable) order."""
+    return tuple(_row_bytes(1, _check_format(fmt)))
 
 
 def packed_nbytes(n: int, k: int, fmt: str) -> int:

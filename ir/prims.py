@@ -36,6 +36,15 @@ def _dt(name: str) -> np.dtype:
     return DType(name).np
 
 
+_BF16 = DType.BF16.np
+
+
+def _is_float(dt) -> bool:
+    """True for numpy floats and ml_dtypes' bfloat16 (which np.issubdtype does not count as floating)."""
+    dt = np.dtype(dt)
+    return dt == _BF16 or np.issubdtype(dt, np.floating)
+
+
 # ---------------------------------------------------------------- elementwise unary
 def _erf(x):
     return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
@@ -50,16 +59,25 @@ _UNARY = {
     Op.BitwiseNot: np.invert,
     Op.Sigmoid: lambda x: (1.0 / (1.0 + np.exp(-x))).astype(x.dtype),
     Op.Relu: lambda x: np.maximum(x, np.zeros((), x.dtype)),
-    Op.Softplus: lambda x: np.log1p(np.exp(x)).astype(x.dtype),
+    Op.Softplus: lambda x: np.logaddexp(np.zeros((), x.dtype), x),  # log(1 + e^x) without overflow
     Op.Softsign: lambda x: (x / (1 + np.abs(x))).astype(x.dtype),
-    Op.Mish: lambda x: (x * np.tanh(np.log1p(np.exp(x)))).astype(x.dtype),
+    Op.Mish: lambda x: (x * np.tanh(np.logaddexp(np.zeros((), x.dtype), x))).astype(x.dtype),
     Op.HardSwish: lambda x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),
 }
 
 
+_EXACT_UNARY = {Op.Abs, Op.Neg, Op.Floor, Op.Ceil, Op.Round, Op.Sign, Op.Not, Op.IsNaN, Op.Identity,
+                Op.BitwiseNot, Op.Relu}
+
+
 @impl(*_UNARY)
 def _unary(node, args):
-    return [np.asarray(_UNARY[node.op](args[0]))]
+    x = args[0]
+    if x.dtype in (np.float16, _BF16) and node.op not in _EXACT_UNARY:
+        # Half-precision transcendental ops: compute in f32 and round once (no f16 overflow in e^x).
+        y = np.asarray(_UNARY[node.op](x.astype(np.float32)))
+        return [y.astype(x.dtype) if y.dtype == np.float32 else y]
+    return [np.asarray(_UNARY[node.op](x))]
 
 
 @impl(Op.IsInf)
@@ -118,14 +136,18 @@ def _gelu(node, args):
 
 # ---------------------------------------------------------------- elementwise binary
 def _int_div(a, b):
+    """ONNX Div: integers truncate toward zero (C semantics), exactly (no float64 round trip)."""
     if np.issubdtype(a.dtype, np.integer):
-        q = np.trunc(a.astype(np.float64) / b.astype(np.float64))
-        return q.astype(a.dtype)
+        b = b.astype(a.dtype, copy=False)
+        q = np.floor_divide(a, b)
+        # floor -> trunc: step back toward zero where the quotient is negative and inexact
+        q = q + ((np.remainder(a, b) != 0) & ((a < 0) != (b < 0))).astype(a.dtype)
+        return np.asarray(q).astype(a.dtype)
     return np.divide(a, b).astype(a.dtype)
 
 
 def _pow(a, b):
-    r = np.power(a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a, b)
+    r = np.power(a.astype(np.float64) if _is_float(a.dtype) else a, b)
     return np.asarray(r).astype(a.dtype)
 
 
@@ -286,13 +308,15 @@ def _slice(node, args):
         dim = x.shape[a]
         if st == 0:
             raise InterpError(f"{node.label}: Slice step 0")
-        if st > 0:
-            s = max(0, min(dim, s + dim if s < 0 else s))
-            e = max(0, min(dim, e + dim if e < 0 else e))
-        else:
-            s = max(-1, min(dim - 1, s + dim if s < 0 else s))
-            e = max(-1, min(dim - 1, e + dim if e < 0 else e))
-            if e == -1:
+        s = s + dim if s < 0 else s
+        e = e + dim if e < 0 else e
+        if st > 0:  # clamp starts and ends to [0, dim]
+            s, e = max(0, min(dim, s)), max(0, min(dim, e))
+        else:  # clamp starts to [0, dim-1] and ends to [-1, dim-1]; -1 means "past the front"
+            s, e = max(0, min(dim - 1, s)), max(-1, min(dim - 1, e))
+            if dim == 0:
+                s, e = 0, 0
+            elif e == -1:
                 e = None
         sl[a] = slice(s, e, st)
     return [x[tuple(sl)]]
@@ -481,11 +505,50 @@ def _nonzero(node, args):
 def _topk(node, args):
     x, k = args[0], int(np.asarray(args[1]).reshape(-1)[0])
     axis = node.attr("axis", -1) % x.ndim
-    largest = node.attr("largest", 1)
-    key = -x if largest else x
-    order = np.argsort(key, axis=axis, kind="stable")
+    n = x.shape[axis]
+    if node.attr("largest", 1):
+        # Descending, ties keep the lower index first: stable-sort the reversed array, reverse back.
+        order = (n - 1) - np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
     idx = np.take(order, np.arange(k), axis=axis)
     return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]
+
+
+@impl(Op.DepthToSpace)
+def _d2s(node, args):
+    x, b = args[0], node.attr("blocksize")
+    n, c, h, w = x.shape
+    if node.attr("mode", "DCR") == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:  # CRD
+        y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return [y.reshape(n, c // (b * b), h * b, w * b)]
+
+
+@impl(Op.SpaceToDepth)
+def _s2d(node, args):
+    x, b = args[0], node.attr("blocksize")
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    if node.attr("mode", "DCR") == "DCR":
+        y = y.transpose(0, 3, 5, 1, 2, 4)
+    else:  # CRD (opset 28)
+        y = y.transpose(0, 1, 3, 5, 2, 4)
+    return [y.reshape(n, c * b * b, h // b, w // b)]
+
+
+@impl(Op.ReverseSequence)
+def _revseq(node, args):
+    x, lens = args
+    baxis, taxis = node.attr("batch_axis", 1), node.attr("time_axis", 0)
+    out = x.copy()
+    for i, ln in enumerate(_ints(lens)):
+        src = [slice(None)] * x.ndim
+        src[baxis] = i
+        src[taxis] = slice(0, ln)
+        out[tuple(src)] = np.flip(x[tuple(src)], axis=taxis - (taxis > baxis))
+    return [out]
 
 
 @impl(Op.EyeLike)
@@ -508,7 +571,9 @@ def _reduce(fn):
         axes = _axes(node, args, x)
         keep = bool(node.attr("keepdims", 1))
         if axes is None and node.attr("noop_with_empty_axes", 0):
-            return [x]
+            # Reduction over no axis: the identity for the reduction itself, but composite ops keep
+            # their elementwise steps (ReduceSumSquare -> x*x, ReduceLogSum -> log x, ...).
+            axes = ()
         return [np.asarray(fn(x, axes, keep))]
 
     return run
@@ -533,11 +598,15 @@ _REDUCE = {
 
 
 def _lowest(dt):
-    return -np.inf if np.issubdtype(dt, np.floating) else np.iinfo(dt).min
+    if dt == np.bool_:
+        return False
+    return -np.inf if _is_float(dt) else np.iinfo(dt).min
 
 
 def _highest(dt):
-    return np.inf if np.issubdtype(dt, np.floating) else np.iinfo(dt).max
+    if dt == np.bool_:
+        return True
+    return np.inf if _is_float(dt) else np.iinfo(dt).max
 
 
 for _op, _fn in _REDUCE.items():
@@ -562,7 +631,9 @@ def _arg(node, args):
 @impl(Op.MatMul)
 def _matmul(node, args):
     a, b = args
-    return [np.matmul(a, b)]
+    if a.dtype in (np.float16, _BF16):  # accumulate in f32, round once (numpy/ml_dtypes would widen bf16)
+        return [np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)]
+    return [np.matmul(a, b).astype(a.dtype, copy=False)]
 
 
 @impl(Op.Gemm)
@@ -638,3 +709,174 @@ def _rmsnorm_onnx(node, args):
     return [(y * scale).astype(x.dtype)]
 
 
+@impl(Op.RotaryEmbedding)
+def _rotary_embedding(node, args):
+    """ONNX RotaryEmbedding (opset 23). X is [b, heads, s, d] or [b, s, heads*d] (needs num_heads);
+    caches are [max_pos, rd/2] indexed by position_ids [b, s], or [b, s, rd/2] without them."""
+    x, cos, sin = args[0], args[1], args[2]
+    pos = args[3] if len(args) > 3 else None
+    shape = x.shape
+    if x.ndim == 4:
+        xs = np.transpose(x, (0, 2, 1, 3))  # -> [b, s, heads, d]
+    else:
+        heads = node.attr("num_heads", 0)
+        if not heads:
+            raise InterpError(f"{node.label}: RotaryEmbedding on a 3-D input needs num_heads")
+        xs = x.reshape(shape[0], shape[1], heads, shape[2] // heads)
+    rd = node.attr("rotary_embedding_dim", 0) or xs.shape[-1]
+    if pos is not None:
+        cos, sin = cos[pos], sin[pos]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
+    rot, keep = xs[..., :rd], xs[..., rd:]
+    interleaved = node.attr("interleaved", 0)
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else (rot[..., : rd // 2], rot[..., rd // 2:])
+    real = cos * x1 - sin * x2
+    imag = sin * x1 + cos * x2
+    if interleaved:
+        rot = np.stack([real, imag], axis=-1).reshape(rot.shape)
+    else:
+        rot = np.concatenate([real, imag], axis=-1)
+    y = np.concatenate([rot, keep], axis=-1).astype(x.dtype)
+    return [np.transpose(y, (0, 2, 1, 3)) if x.ndim == 4 else y.reshape(shape)]
+
+
+@impl(Op.Hardmax)
+def _hardmax(node, args):
+    x, axis = args[0], node.attr("axis", -1)
+    y = np.zeros_like(x)
+    if x.size:
+        np.put_along_axis(y, np.expand_dims(np.argmax(x, axis=axis), axis), 1, axis=axis)  # first max wins
+    return [y]
+
+
+def _per_channel(v, ndim):
+    return v.reshape((-1,) + (1,) * (ndim - 2))
+
+
+def _batchnorm_apply(x, scale, bias, mean, var, eps):
+    c = x.ndim
+    y = _per_channel(scale, c) * (x - _per_channel(mean, c)) / np.sqrt(_per_channel(var, c) + eps) \
+        + _per_channel(bias, c)
+    return y.astype(x.dtype)
+
+
+@impl(Op.BatchNormalization)
+def _batchnorm(node, args):
+    """Inference: running statistics. training_mode=1: batch statistics, plus the updated running
+    mean/var (momentum-weighted) as optional outputs 2 and 3."""
+    x, scale, bias, mean, var = args
+    eps = node.attr("epsilon", 1e-5)
+    if not node.attr("training_mode", 0):
+        return [_batchnorm_apply(x, scale, bias, mean, var, eps)]
+    axes = tuple(a for a in range(x.ndim) if a != 1)
+    bmean, bvar = x.mean(axis=axes), x.var(axis=axes)
+    m = node.attr("momentum", 0.9)
+    run_mean = (mean * m + bmean * (1 - m)).astype(x.dtype)
+    run_var = (var * m + bvar * (1 - m)).astype(x.dtype)
+    return [_batchnorm_apply(x, scale, bias, bmean, bvar, eps), run_mean, run_var][: len(node.outputs)]
+
+
+@impl(Op.InstanceNormalization)
+def _instnorm(node, args):
+    x, scale, bias = args
+    axes = tuple(range(2, x.ndim))
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    y = _per_channel(scale, x.ndim) * (x - mean) / np.sqrt(var + node.attr("epsilon", 1e-5)) \
+        + _per_channel(bias, x.ndim)
+    return [y.astype(x.dtype)]
+
+
+@impl(Op.GlobalAveragePool, Op.GlobalMaxPool)
+def _global_pool(node, args):
+    x = args[0]
+    f = np.mean if node.op == Op.GlobalAveragePool else np.max
+    return [f(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)]
+
+
+@impl(Op.Det)
+def _det(node, args):
+    return [np.asarray(np.linalg.det(args[0])).astype(args[0].dtype)]
+
+
+@impl(Op.Shrink)
+def _shrink(node, args):
+    x, lambd, bias = args[0], node.attr("lambd", 0.5), node.attr("bias", 0.0)
+    return [np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0)).astype(x.dtype)]
+
+
+@impl(Op.Compress)
+def _compress(node, args):
+    x, cond = args
+    return [np.compress(np.asarray(cond, bool).reshape(-1), x, axis=node.attr("axis"))]
+
+
+# ---------------------------------------------------------------- quantization (integer types)
+_QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127), np.dtype(np.uint16): (0, 65535),
+           np.dtype(np.int16): (-32768, 32767)}
+
+
+def _q_param(v, shape, axis, block):
+    """Broadcast a scale/zero point to x's shape: scalar, per-axis (1-D along axis) or blocked."""
+    v = np.asarray(v)
+    if v.size == 1:
+        return v.reshape(())
+    if not block:
+        dims = [1] * len(shape)
+        dims[axis] = v.size
+        return v.reshape(dims)
+    return np.take(np.repeat(v, block, axis=axis), np.arange(shape[axis]), axis=axis)
+
+
+@impl(Op.QuantizeLinear)
+def _quantize_linear(node, args):
+    """y = saturate(round_half_even(x / scale) + zero_point); output type from the zero point, else
+    the output_dtype attribute, else u8."""
+    x, scale = args[0], args[1]
+    zp = args[2] if len(args) > 2 else None
+    axis, block = node.attr("axis", 1) % max(x.ndim, 1), node.attr("block_size", 0)
+    out = zp.dtype if zp is not None else _dt(node.attr("output_dtype") or "u8")
+    if out not in _QRANGE:
+        raise InterpError(f"{node.label}: QuantizeLinear to {out} is not supported")
+    prec = node.attr("precision")
+    s = _q_param(scale, x.shape, axis, block)
+    q = (x.astype(_dt(prec)) / s.astype(_dt(prec))) if prec else x / s
+    q = np.rint(q).astype(np.int32)
+    if zp is not None:
+        q = q + _q_param(zp, x.shape, axis, block).astype(np.int32)
+    lo, hi = _QRANGE[out]
+    return [np.clip(q, lo, hi).astype(out)]
+
+
+@impl(Op.DequantizeLinear)
+def _dequantize_linear(node, args):
+    """y = (x - zero_point) * scale, computed in f32; output type = scale's (or output_dtype)."""
+    x, scale = args[0], args[1]
+    zp = args[2] if len(args) > 2 else None
+    axis, block = node.attr("axis", 1) % max(x.ndim, 1), node.attr("block_size", 0)
+    d = x.astype(np.float32)
+    if zp is not None:
+        d = d - _q_param(zp, x.shape, axis, block).astype(np.float32)
+    y = d * _q_param(scale, x.shape, axis, block)
+    out = _dt(node.attr("output_dtype")) if node.attr("output_dtype") else scale.dtype
+    return [y.astype(out)]
+
+
+@impl(Op.DynamicQuantizeLinear)
+def _dyn_quantize(node, args):
+    """u8 asymmetric quantization over the whole tensor, range widened to include 0."""
+    x = args[0]
+    hi = np.float32(max(0.0, float(np.max(x)))) if x.size else np.float32(0)
+    lo = np.float32(min(0.0, float(np.min(x)))) if x.size else np.float32(0)
+    scale = np.float32(1.0 if hi == lo else hi - lo) / np.float32(255)
+    zp = np.rint(np.clip(np.float32(0) - lo / scale, 0, 255))
+    y = np.clip(np.rint(x / scale) + zp, 0, 255)
+    return [y.astype(np.uint8), np.array(scale, dtype=x.dtype), np.array(zp, dtype=np.uint8)]
+
+
+@impl(Op.QLinearMatMul)
+def _qlinear_matmul(node, args):
+    a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = args
+    acc = np.matmul(a.astype(np.int32) - a_zp.astype(np.int32), b.astype(np.int32) - b_zp.astype(np.int32))
+    y = acc * (a_scale * b_scale / y_scale) + y_zp
+    lo, hi = _QRANGE[y_zp.dtype]
+    return [np.clip(np.rint(y), lo, hi).astype(y_zp.dtype)]

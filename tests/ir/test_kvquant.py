@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ternc.ir.kvquant import (
     KVQuantConfig,
@@ -71,6 +73,39 @@ def test_elementwise_error_within_half_a_step(bits, rotate):
     assert (v_ref >= v_zero).all() and (v_ref <= v_zero + cfg.qmax * v_step).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seq_len=st.integers(0, 90),
+    bits=st.sampled_from([2, 4, 8]),
+    group_size=st.sampled_from([1, 4, 8, 16, 32]),
+    residual=st.integers(0, 20),
+    sinks=st.integers(0, 6),
+    rotate=st.booleans(),
+    seed=st.integers(0, 2**16),
+    magnitude=st.sampled_from([1e-3, 1.0, 300.0]),
+)
+def test_quantize_kv_property(seq_len, bits, group_size, residual, sinks, rotate, seed, magnitude):
+    cfg = KVQuantConfig(bits=bits, group_size=group_size, residual=residual, sinks=sinks, rotate=rotate)
+    rng = np.random.default_rng(seed)
+    k = (rng.standard_normal((1, 2, seq_len, 32)) * magnitude).astype(np.float32)
+    v = (rng.standard_normal((1, 2, seq_len, 32)) * magnitude).astype(np.float32)
+    q = quantize_kv(k, v, cfg)
+    start, stop = quantized_span(seq_len, cfg)
+    assert q.n_quantized == stop - start and (stop - start) % group_size == 0
+    assert seq_len - stop >= min(residual, seq_len - start)
+    k_hat, v_hat = dequantize_kv(q)
+    np.testing.assert_array_equal(k_hat[:, :, :start], k[:, :, :start])
+    np.testing.assert_array_equal(v_hat[:, :, stop:], v[:, :, stop:])
+    k_mid, v_mid = dequantize_span(q, rotated=True)
+    rot = hadamard(32) if rotate else np.eye(32, dtype=np.float32)
+    k_step = np.repeat(q.k_scale.astype(np.float32), group_size, axis=2)
+    v_step = np.repeat(q.v_scale.astype(np.float32), cfg.value_group(32), axis=3)
+    tol = 1e-5 * magnitude  # f32 rounding slack (rotation, reconstruction)
+    assert (np.abs(k_mid - k[:, :, start:stop] @ rot) <= 0.5 * k_step + tol).all()
+    assert (np.abs(v_mid - v[:, :, start:stop] @ rot) <= 0.5 * v_step + tol).all()
+    assert q.storage_bytes() == kv_cache_bytes(cfg, seq_len, kv_heads=2, head_dim=32, n_layers=1)
+
+
 def test_statistics_axes_are_kivi():
     # Keys: one scale per (token group, channel); values: one scale per (token, channel group).
     k, v = make_kv(b=1, h=1, s=96, d=64)
@@ -78,7 +113,8 @@ def test_statistics_axes_are_kivi():
     q = quantize_kv(k, v, cfg)
     assert q.k_scale.shape == (1, 1, 3, 64) and q.v_scale.shape == (1, 1, 96, 2)
     k_group = k[0, 0, 32:64, 5].astype(np.float32)
-    assert q.k_zero[0, 0, 1, 5] <= k_group.min() and float(q.k_zero[0, 0, 1, 5]) == pytest.approx(k_group.min(), abs=1e-3)
+    zero = float(q.k_zero[0, 0, 1, 5])
+    assert zero <= k_group.min() and zero == pytest.approx(k_group.min(), abs=1e-3)
     v_group = v[0, 0, 40, 32:64].astype(np.float32)
     assert float(q.v_scale[0, 0, 40, 1]) == pytest.approx((v_group.max() - v_group.min()) / 3, rel=2e-3)
 
@@ -207,5 +243,7 @@ def test_config_and_input_validation():
     k[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="finite"):
         quantize_kv(k, v, KVQuantConfig())
+    with pytest.raises(ValueError, match="fp16"):
+        quantize_kv(np.full((1, 1, 4, 32), 1e6, np.float32), np.zeros((1, 1, 4, 32), np.float32), KVQuantConfig())
     with pytest.raises(dataclasses.FrozenInstanceError):
         KVQuantConfig().bits = 4  # type: ignore[misc]

@@ -15,6 +15,7 @@ from ternc.ir.packing import (
     pack,
     pack_hf_bitnet,
     packed_nbytes,
+    part_names,
     tl2_encode,
     to_gguf_tq1_0,
     to_gguf_tq2_0,
@@ -38,6 +39,7 @@ def random_ternary(n: int, k: int, seed: int = 0) -> np.ndarray:
 @given(w_t=ternary_matrices)
 def test_round_trip_property(fmt, w_t):
     packed = pack(w_t, fmt)
+    assert tuple(packed) == part_names(fmt)
     assert all(a.dtype == np.uint8 and a.shape[0] == w_t.shape[0] for a in packed.values())
     out = unpack(packed, fmt, w_t.shape[1])
     assert out.dtype == np.int8
@@ -244,3 +246,24 @@ def test_gguf_helpers_reject_bad_input():
         to_gguf_tq1_0(random_ternary(2, 300), 1.0)
     with pytest.raises(ValueError, match="scale"):
         to_gguf_tq1_0(random_ternary(2, 256), 0.0)
+
+
+def test_gguf_file_round_trip(tmp_path):
+    # What the benchmark team does: write the helper's bytes as a quantized tensor, read them back.
+    quants, qtypes = _gguf()
+    import gguf
+
+    w_t, scale = random_ternary(4, 512, seed=21), 0.25
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_tensor("w_tq2", to_gguf_tq2_0(w_t, scale), raw_dtype=qtypes.TQ2_0)
+    writer.add_tensor("w_tq1", to_gguf_tq1_0(w_t, scale), raw_dtype=qtypes.TQ1_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    for name, qtype in (("w_tq2", qtypes.TQ2_0), ("w_tq1", qtypes.TQ1_0)):
+        tensor = tensors[name]
+        assert tensor.tensor_type == qtype and list(tensor.shape) == [512, 4]  # GGUF lists ne0 (K) first
+        np.testing.assert_array_equal(quants.dequantize(tensor.data, qtype), w_t * np.float32(scale))

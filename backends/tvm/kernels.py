@@ -1,0 +1,458 @@
+"""TensorIR kernels for the ternary integer contract (ir/semantics.py), built with TVM's TE/TIR APIs.
+
+Every kernel consumes the packed layouts of `ir/packing.py` directly (plus the unpacked `t2` int8
+[N, K] form) and produces the exact int32 accumulators of `semantics.ternary_matmul_i32`.
+
+Kernels (all with a symbolic token count M, K and N static):
+
+  quantize        x f32 [M, K] -> x_q int8 [M, Kp] (zero-padded to Kp >= K), a_scale f32 [M, 1]
+  dot  (CPU)      acc[m, n] = sum_k x_q[m, k] * w(n, k): weights decoded to int8 in registers
+                  from the packed bytes, int32 accumulation, reduction vectorized through rfactor
+                  (LLVM turns the int8 x int8 -> int32 lane sums into pmaddwd / VNNI where present)
+  lut  (CPU)      T-MAC style table lookup (tl2, tl1): per group of g activations (g = 3 for tl2,
+                  2 for tl1) a table of all signed sums is precomputed once per token; each packed
+                  weight index reads the table (tl2 applies the sign bit to the looked-up sum)
+  gemv (CUDA)     one warp-group per output row block, packed bytes decoded in registers (decode)
+  gemm (CUDA)     tiled over tokens x outputs (prefill)
+
+`w_expr(fmt, parts, n, k)` is the single place a packed byte is decoded inside TIR.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+import tvm
+from tvm import te, tirx
+
+from ...ir import packing, semantics
+
+SUPPORTED_FORMATS = ("t2", "i2", "tl1", "tl2", "tq1")
+LUT_FORMATS = ("tl2", "tl1")
+KPAD = 32  # x_q is padded with zeros to a multiple of this (vector width of the dot reduction)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def padded_k(k: int) -> int:
+    return _ceil(k, KPAD) * KPAD
+
+
+def part_names(fmt: str) -> list[str]:
+    """Names (canonical order) of the packed arrays of `fmt`, as TernaryLinear/TernaryMatMul take them."""
+    if fmt == "t2":
+        return ["w"]
+    return list(packing.pack(np.zeros((1, 3), np.int8), fmt).keys())
+
+
+def part_shapes(fmt: str, n: int, k: int) -> list[tuple[int, int]]:
+    if fmt == "t2":
+        return [(n, k)]
+    return [(n, b) for b in packing._row_bytes(k, fmt).values()]
+
+
+def part_dtypes(fmt: str) -> list[str]:
+    return ["int8"] if fmt == "t2" else ["uint8"] * len(part_names(fmt))
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding one weight inside TIR
+# ------------------------------------------------------------------------------------------------
+def _i32(v):
+    return tirx.Cast("int32", v)
+
+
+def _tl2_digit_consts() -> list[int]:
+    """C[r]: 2-bit fields (digit + 1) of balanced-ternary digit r of every TL2 index 0..13."""
+    digs = packing.tl2_digits(np.arange(14))  # [14, 3]
+    consts = []
+    for r in range(3):
+        c = 0
+        for i in range(14):
+            c |= int(digs[i, r] + 1) << (2 * i)
+        consts.append(c)
+    return consts
+
+
+_TL2_C = _tl2_digit_consts()
+
+
+def w_expr(fmt: str, parts, n, k):
+    """int32 PrimExpr: the ternary weight w[n, k] decoded from the packed buffers `parts` (te tensors).
+
+    Written with floordiv/floormod (k >= 0) so TVM's arithmetic simplifies them once k is split
+    into (block, lane) loops.
+    """
+    fd, fm = tirx.floordiv, tirx.floormod
+    if fmt == "t2":
+        return _i32(parts[0][n, k])
+    if fmt == "i2":
+        byte = _i32(parts[0][n, fd(k, 128) * 32 + fm(k, 32)])
+        shift = 6 - 2 * fd(fm(k, 128), 32)
+        return ((byte >> shift) & 3) - 1
+    if fmt == "tl1":
+        byte = _i32(parts[0][n, fd(k, 4)])
+        idx = (byte >> (fd(fm(k, 4), 2) * 4)) & 15
+        return tirx.Select(fm(k, 2) == 0, fd(idx, 3), fm(idx, 3)) - 1
+    if fmt == "tl2":
+        t = fd(k, 3)
+        r = fm(k, 3)
+        idx = (_i32(parts[0][n, fd(t, 2)]) >> (fm(t, 2) * 4)) & 15
+        sign = (_i32(parts[1][n, fd(t, 8)]) >> fm(t, 8)) & 1
+        c = tirx.Select(r == 0, tirx.const(_TL2_C[0], "int32"),
+                        tirx.Select(r == 1, tirx.const(_TL2_C[1], "int32"), tirx.const(_TL2_C[2], "int32")))
+        d = ((c >> (idx * 2)) & 3) - 1
+        return (d ^ (0 - sign)) + sign  # sign ? -d : d
+    if fmt == "tq1":
+        m = fm(k, 5)
+        byte = _i32(parts[0][n, fd(k, 5)])
+        p3 = tirx.Select(m == 0, 1, tirx.Select(m == 1, 3, tirx.Select(m == 2, 9, tirx.Select(m == 3, 27, 81))))
+        return ((((byte * p3) & 255) * 3) >> 8) - 1
+    raise ValueError(f"no TIR decoder for ternary format {fmt!r}; supported: {', '.join(SUPPORTED_FORMATS)}")
+
+
+def _capacity(fmt: str, k: int) -> int:
+    """How many weights per row the packed arrays of `fmt` hold (padding included)."""
+    if fmt == "t2":
+        return k
+    if fmt == "i2":
+        return _ceil(k, 128) * 128
+    if fmt == "tl1":
+        return _ceil(k, 4) * 4
+    if fmt == "tl2":
+        t = _ceil(k, 3)
+        return 3 * min(2 * _ceil(t, 2), 8 * _ceil(t, 8))
+    return _ceil(k, 5) * 5
+
+
+def decoded_te(fmt: str, parts, n: int, k: int, kp: int):
+    """int8 [N, Kp] weights decoded from the packed parts (0 beyond K)."""
+    cap = _capacity(fmt, k)
+
+    def f(j, kk):
+        if cap >= kp:  # every k < Kp is a valid packed position; its padding decodes to 0
+            return tirx.Cast("int8", w_expr(fmt, parts, j, kk))
+        return tirx.Select(kk < k, tirx.Cast("int8", w_expr(fmt, parts, j, tirx.min(kk, k - 1))),
+                           tirx.const(0, "int8"))
+
+    return te.compute((n, kp), f, name="wdec")
+
+
+def _placeholders(fmt: str, n: int, k: int):
+    return [te.placeholder(s, dt, name=f"w_{nm}") for s, dt, nm in
+            zip(part_shapes(fmt, n, k), part_dtypes(fmt), part_names(fmt))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Activation quantization (per-token absmax, round half to even; semantics.quantize_act)
+# ------------------------------------------------------------------------------------------------
+def quantize_te(x: te.Tensor, k: int, kp: int, eps: float):
+    """x f32 [M, K] -> (x_q int8 [M, kp] zero-padded, a_scale f32 [M, 1])."""
+    m = x.shape[0]
+    rk = te.reduce_axis((0, k), name="rk")
+    amax = te.compute((m,), lambda i: te.max(te.abs(x[i, rk]), axis=rk), name="amax")
+    a_scale = te.compute((m, 1), lambda i, _: tirx.const(semantics.ACT_QMAX, "float32")
+                         / te.max(amax[i], tirx.const(eps, "float32")), name="a_scale")
+
+    def q(i, j):
+        v = tirx.nearbyint(x[i, tirx.min(j, k - 1)] * a_scale[i, 0])
+        v = te.min(te.max(v, tirx.const(semantics.ACT_QMIN, "float32")), tirx.const(semantics.ACT_QMAX, "float32"))
+        return tirx.Select(j < k, tirx.Cast("int8", v), tirx.const(0, "int8"))
+
+    x_q = te.compute((m, kp), q, name="x_q")
+    return x_q, a_scale
+
+
+def quantize_func(k: int, eps: float = semantics.ACT_EPS, target_kind: str = "cpu") -> tirx.PrimFunc:
+    m = tirx.Var("m", "int64")
+    x = te.placeholder((m, k), "float32", name="x")
+    x_q, a_scale = quantize_te(x, k, padded_k(k), eps)
+    func = te.create_prim_func([x, x_q, a_scale]).with_attr("global_symbol", f"ternc_quantize_k{k}")
+    if target_kind == "cuda":
+        return _cuda_schedule_quantize(func)
+    return func
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU kernels
+# ------------------------------------------------------------------------------------------------
+def dot_te(fmt: str, k: int, n: int):
+    m = tirx.Var("m", "int64")
+    kp = padded_k(k)
+    xq = te.placeholder((m, kp), "int8", name="x_q")
+    parts = _placeholders(fmt, n, k)
+    wdec = decoded_te(fmt, parts, n, k, kp)
+    rk = te.reduce_axis((0, kp), name="rk")
+    acc = te.compute((m, n), lambda i, j: te.sum(_i32(xq[i, rk]) * _i32(wdec[j, rk]), axis=rk), name="acc")
+    return [xq, *parts, acc]
+
+
+def _cpu_schedule_dot(func: tirx.PrimFunc, n: int, kp: int) -> tirx.PrimFunc:
+    """Rows of W outermost (parallel); each row is decoded once into a [Kp] int8 scratch (in cache)
+    and reused by every token; the K reduction runs as KPAD vector lanes (rfactor), then lane sums."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("acc")
+    i, j, k = sch.get_loops(blk)
+    ko, ki = sch.split(k, [kp // KPAD, KPAD])
+    rf = sch.rfactor(ki, 2)  # lane partial sums acc_rf[i, j, lane]; `acc` then sums the lanes
+    ri, rj, rko, rki = sch.get_loops(rf)
+    sch.reorder(rj, ri)
+    sch.vectorize(rki)
+    sch.parallel(rj)
+    sch.reverse_compute_at(blk, rj)
+    dec = sch.get_sblock("wdec")
+    sch.compute_at(dec, rj)
+    dl = sch.get_loops(dec)
+    _, dki = sch.split(dl[-1], [kp // KPAD, KPAD])
+    sch.vectorize(dki)
+    return sch.mod["main"]
+
+
+def lut_te(fmt: str, k: int, n: int):
+    """T-MAC style: per token and activation group a table of all signed sums; weights index it."""
+    if fmt not in LUT_FORMATS:
+        raise ValueError(f"the LUT kernel supports {LUT_FORMATS}, not {fmt!r}")
+    m = tirx.Var("m", "int64")
+    kp = padded_k(k)
+    xq = te.placeholder((m, kp), "int8", name="x_q")
+    parts = _placeholders(fmt, n, k)
+    if fmt == "tl2":
+        g, entries = 3, 14
+        groups = _ceil(k, 3)
+        digs = packing.tl2_digits(np.arange(14))
+
+        def xg(i, t, r):  # activation r of group t (0 beyond K: x_q padded only to kp)
+            kk = t * 3 + r
+            return tirx.Select(kk < k, _i32(xq[i, tirx.min(kk, kp - 1)]), 0)
+
+        def table(i, t, e):
+            val = tirx.const(0, "int32")
+            # T[e] = sum_r digit(e, r) * a_r, digits as constants selected by e
+            for r in range(3):
+                c = tirx.const(_TL2_C[r], "int32")
+                d = ((c >> (e * 2)) & 3) - 1
+                val = val + d * xg(i, t, r)
+            return val
+
+        lut = te.compute((m, groups, entries), table, name="lut")
+        rt = te.reduce_axis((0, groups), name="rt")
+
+        def body(i, j):
+            idx = (_i32(parts[0][j, rt >> 1]) >> ((rt & 1) * 4)) & 15
+            s = (_i32(parts[1][j, rt >> 3]) >> (rt & 7)) & 1
+            v = lut[i, rt, idx]
+            return te.sum((v ^ (0 - s)) + s, axis=rt)  # conditional negate: s ? -v : v
+
+        acc = te.compute((m, n), body, name="acc")
+        del digs, g
+    else:  # tl1: pairs, 9 entries T[e] = (e//3 - 1) * a0 + (e%3 - 1) * a1
+        groups = _ceil(k, 2)
+
+        def xg(i, t, r):
+            kk = t * 2 + r
+            return tirx.Select(kk < k, _i32(xq[i, tirx.min(kk, kp - 1)]), 0)
+
+        lut = te.compute((m, groups, 9), lambda i, t, e: (tirx.truncdiv(e, 3) - 1) * xg(i, t, 0)
+                         + (tirx.truncmod(e, 3) - 1) * xg(i, t, 1), name="lut")
+        rt = te.reduce_axis((0, groups), name="rt")
+
+        def body(i, j):
+            idx = (_i32(parts[0][j, rt >> 1]) >> ((rt & 1) * 4)) & 15
+            return te.sum(lut[i, rt, idx], axis=rt)
+
+        acc = te.compute((m, n), body, name="acc")
+    return [xq, *parts, acc]
+
+
+def _cpu_schedule_lut(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    lut = sch.get_sblock("lut")
+    li, lt, le = sch.get_loops(lut)
+    sch.unroll(le)
+    blk = sch.get_sblock("acc")
+    i, j, t = sch.get_loops(blk)
+    sch.parallel(j)
+    return sch.mod["main"]
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA kernels
+# ------------------------------------------------------------------------------------------------
+def _cuda_schedule_quantize(func):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    amax = sch.get_sblock("amax")
+    i, k = sch.get_loops(amax)
+    ko, ki = sch.split(k, [None, 32])
+    rf = sch.rfactor(ki, 0)
+    sch.bind(i, "blockIdx.x")
+    sch.reverse_compute_at(amax, i) if False else None
+    rfl = sch.get_loops(rf)
+    sch.compute_at(rf, i)
+    rfl = sch.get_loops(rf)
+    sch.bind(rfl[1], "threadIdx.x")
+    al = sch.get_loops(amax)
+    sch.bind(al[1], "threadIdx.x")
+    sc = sch.get_sblock("a_scale")
+    i2, z = sch.get_loops(sc)
+    sch.bind(i2, "threadIdx.x") if False else None
+    f = sch.fuse(i2, z)
+    bo, bi = sch.split(f, [None, 32])
+    sch.bind(bo, "blockIdx.x")
+    sch.bind(bi, "threadIdx.x")
+    q = sch.get_sblock("x_q")
+    qi, qj = sch.get_loops(q)
+    f = sch.fuse(qi, qj)
+    bo, bi = sch.split(f, [None, 256])
+    sch.bind(bo, "blockIdx.x")
+    sch.bind(bi, "threadIdx.x")
+    return sch.mod["main"]
+
+
+def _cuda_schedule_gemv(func, n: int, kp: int):
+    """Decode: each thread block handles 4 output rows, 32 threads split the K reduction (rfactor)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("acc")
+    i, j, k = sch.get_loops(blk)
+    ko, ki = sch.split(k, [None, 32])
+    rf = sch.rfactor(ki, 2)
+    rl = sch.get_loops(rf)  # i, j, ki, ko
+    jo, ji = sch.split(rl[1], [None, 4])
+    sch.bind(jo, "blockIdx.x")
+    sch.bind(ji, "threadIdx.y")
+    sch.bind(rl[2], "threadIdx.x")
+    sch.reverse_compute_at(blk, ji)
+    bl = sch.get_loops(blk)
+    sch.bind(bl[-1], "threadIdx.x")
+    return sch.mod["main"]
+
+
+def _cuda_schedule_gemm(func, n: int, kp: int):
+    """Prefill: 16x16 output tiles per block, one thread per output, K in 32-wide steps."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("acc")
+    i, j, k = sch.get_loops(blk)
+    io, ii = sch.split(i, [None, 8])
+    jo, ji = sch.split(j, [None, 32])
+    sch.reorder(io, jo, ii, ji, k)
+    sch.bind(io, "blockIdx.y")
+    sch.bind(jo, "blockIdx.x")
+    sch.bind(ii, "threadIdx.y")
+    sch.bind(ji, "threadIdx.x")
+    return sch.mod["main"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Public constructors
+# ------------------------------------------------------------------------------------------------
+KINDS = {"cpu": ("dot", "lut"), "cuda": ("gemv", "gemm")}
+
+
+@lru_cache(maxsize=None)
+def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
+    """Scheduled PrimFunc (x_q int8 [M, Kp], *packed parts, acc int32 [M, N]) for one weight shape."""
+    if fmt not in SUPPORTED_FORMATS:
+        raise ValueError(f"ternary format {fmt!r} has no TVM kernel; supported: {', '.join(SUPPORTED_FORMATS)}")
+    kp = padded_k(k)
+    if kind == "dot":
+        func = _cpu_schedule_dot(te.create_prim_func(dot_te(fmt, k, n)), n, kp)
+    elif kind == "lut":
+        func = _cpu_schedule_lut(te.create_prim_func(lut_te(fmt, k, n)), n)
+    elif kind == "gemv":
+        func = _cuda_schedule_gemv(te.create_prim_func(dot_te(fmt, k, n)), n, kp)
+    elif kind == "gemm":
+        func = _cuda_schedule_gemm(te.create_prim_func(dot_te(fmt, k, n)), n, kp)
+    else:
+        raise ValueError(f"unknown ternary kernel kind {kind!r}")
+    return func.with_attr("global_symbol", f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}")
+
+
+def available_kinds(fmt: str, target_kind: str) -> list[str]:
+    if target_kind == "cuda":
+        return ["gemv", "gemm"]
+    return ["dot", "lut"] if fmt in LUT_FORMATS else ["dot"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Standalone build/run (tests, measured kernel choice)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class KernelTiming:
+    kind: str
+    seconds: float
+
+
+def build_standalone(fmt: str, k: int, n: int, kind: str, target="llvm"):
+    return tvm.compile(tvm.IRModule({"main": matmul_func(fmt, k, n, kind)}), target=target)
+
+
+def run_standalone(lib, x_q: np.ndarray, parts: list[np.ndarray], n: int, dev=None) -> np.ndarray:
+    """Run a compiled matmul kernel on int8 x_q [M, K] (padded here) and numpy packed parts."""
+    dev = dev or tvm.cpu()
+    m, k = x_q.shape
+    xp = np.zeros((m, padded_k(k)), np.int8)
+    xp[:, :k] = x_q
+    out = tvm.runtime.empty((m, n), "int32", dev)
+    args = [tvm.runtime.tensor(xp, dev)] + [tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in parts]
+    lib["main"](*args, out)
+    return out.numpy()
+
+
+def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5, seed: int = 0
+                  ) -> list[KernelTiming]:
+    """Compile each available CPU kernel for (fmt, K, N) and time it on M tokens (best of `repeat`)."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    parts = [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
+    kinds = kinds or available_kinds(fmt, "cpu")
+    dev = tvm.cpu()
+    xp = np.zeros((m, padded_k(k)), np.int8)
+    xp[:, :k] = rng.integers(-128, 128, size=(m, k))
+    args = [tvm.runtime.tensor(xp, dev)] + [tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in parts]
+    out = tvm.runtime.empty((m, n), "int32", dev)
+    res = []
+    for kind in kinds:
+        f = build_standalone(fmt, k, n, kind)["main"]
+        f(*args, out)  # warm up
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            f(*args, out)
+            best = min(best, time.perf_counter() - t0)
+        res.append(KernelTiming(kind, best))
+    return res
+
+
+def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", policy: str = "auto",
+                log: list | None = None) -> str:
+    """The kernel for one weight shape: `policy` names it, or "auto" measures the CPU candidates."""
+    kinds = available_kinds(fmt, target_kind)
+    if target_kind == "cuda":
+        return "gemv" if m == 1 else "gemm"
+    if policy != "auto":
+        if policy not in kinds:
+            return kinds[0]
+        return policy
+    if len(kinds) == 1:
+        return kinds[0]
+    timings = measure_kinds(fmt, k, n, m, kinds)
+    best = min(timings, key=lambda t: t.seconds)
+    if log is not None:
+        log.append({"format": fmt, "k": k, "n": n, "m": m,
+                    "timings_us": {t.kind: round(t.seconds * 1e6, 2) for t in timings}, "chosen": best.kind})
+    return best.kind

@@ -1,0 +1,971 @@
+"""Lower ternc IR functions to a TVM IRModule (Relax + TensorIR) through TVM's Python APIs.
+
+Each IR Function becomes one Relax function built with `relax.BlockBuilder`:
+
+  * parameters: the function's inputs (symbolic dims such as `seq`/`past` become `tirx.Var`s shared
+    by the whole function), then the module constants it uses as tensors ("weights", passed at run
+    time from the artifact's safetensors; constants of <= INLINE_MAX elements are inlined);
+  * shape computations (Shape, Squeeze, Gather on shapes, Add on scalars, Cast, Concat, ...) are
+    evaluated at compile time over symbolic PrimExprs (`Sym` values): they feed Reshape, Range,
+    Expand, Slice as symbolic shapes and never reach the device;
+  * standard ops map to `relax.op.*`; Attention (GQA, bottom-right causal, optional past) is built
+    from Relax ops plus one TE masking stage; the ternary ops call the TensorIR kernels of
+    `kernels.py` (quantize -> packed-weight matmul with exact int32 accumulators -> dequantize).
+
+An op with no lowering raises `LoweringError` naming the node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import tvm
+import tvm.sym
+from tvm import relax, te, tirx
+
+from ...ir import semantics
+from ...ir.core import Function, Module, Node
+from ...ir.ops import Op
+from ...ir.types import DType, TensorType
+from . import kernels
+
+INLINE_MAX = 64  # constants with at most this many elements are embedded in the compiled module
+
+_TVM_DTYPE = {
+    DType.F64: "float64", DType.F32: "float32", DType.F16: "float16", DType.BF16: "bfloat16",
+    DType.I64: "int64", DType.I32: "int32", DType.I16: "int16", DType.I8: "int8",
+    DType.U64: "uint64", DType.U32: "uint32", DType.U16: "uint16", DType.U8: "uint8",
+    DType.BOOL: "bool", DType.T2: "int8", DType.I4: "int8", DType.U4: "uint8", DType.U2: "uint8",
+}
+
+
+class LoweringError(RuntimeError):
+    pass
+
+
+def tvm_dtype(dt: DType) -> str:
+    try:
+        return _TVM_DTYPE[dt]
+    except KeyError:
+        raise LoweringError(f"dtype {dt.value} has no TVM equivalent") from None
+
+
+def np_dtype_of(tvm_dt: str) -> np.dtype:
+    if tvm_dt == "bfloat16":
+        return DType.BF16.np
+    return np.dtype(tvm_dt)
+
+
+@dataclass
+class Sym:
+    """A small integer tensor known at compile time as (symbolic) PrimExprs: shape arithmetic."""
+
+    vals: np.ndarray  # object array of PrimExpr / int
+    dtype: str
+
+    @property
+    def shape(self):
+        return self.vals.shape
+
+
+@dataclass
+class EntrySignature:
+    """How to call one lowered entry point."""
+
+    name: str
+    inputs: list[dict]  # {"name", "dtype", "shape"} (shape dims: int or symbol name)
+    weights: list[str]  # module constant names, passed after the inputs in this order
+    outputs: list[dict]  # {"name", "dtype"}
+
+    def to_json(self) -> dict:
+        return {"inputs": self.inputs, "weights": self.weights, "outputs": self.outputs}
+
+
+@dataclass
+class Lowered:
+    mod: tvm.IRModule
+    entries: dict[str, EntrySignature]
+    weights: list[str]  # union over entries
+    kernel_choices: list[dict] = field(default_factory=list)
+
+
+def _is_int_dtype(dt: str) -> bool:
+    return dt.startswith("int") or dt.startswith("uint")
+
+
+def _simplify(e):
+    """Simplify a PrimExpr; constants come back as Python ints."""
+    if isinstance(e, (int, np.integer)):
+        return int(e)
+    e = _ANALYZER.simplify(e)
+    if isinstance(e, tirx.IntImm):
+        return int(e.value)
+    return e
+
+
+_ANALYZER = tvm.sym.Analyzer()
+
+
+def _as_int(e) -> int | None:
+    e = _simplify(e)
+    return e if isinstance(e, int) else None
+
+
+class FunctionLowerer:
+    def __init__(self, module: Module, fn: Function, bb: relax.BlockBuilder, target_kind: str,
+                 kernel_policy: str, kernel_log: list, kernel_cache: dict):
+        self.module = module
+        self.fn = fn
+        self.bb = bb
+        self.target_kind = target_kind
+        self.kernel_policy = kernel_policy
+        self.kernel_log = kernel_log
+        self.kernel_cache = kernel_cache  # (fmt, k, n, kind) -> GlobalVar, shared across functions
+        self.syms: dict[str, tirx.Var] = {}
+        self.env: dict[str, Any] = {}
+        self.weight_vars: dict[str, relax.Var] = {}
+        self.node: Node | None = None
+        self.types = fn.value_types()
+        self._fresh = 0
+        # decode-like functions (one token) pick GEMV-style kernels; see _tokens_hint
+        self.tokens_hint = 1 if fn.name == (module.meta.get("decoder") or {}).get("decode") else 32
+
+    # ------------------------------------------------------------------ helpers
+    def err(self, msg: str) -> LoweringError:
+        where = f"@{self.fn.name}, node {self.node.label}" if self.node else f"@{self.fn.name}"
+        return LoweringError(f"{where}: {msg}")
+
+    def dim(self, d):
+        if isinstance(d, int):
+            return d
+        if d == "?":
+            self._fresh += 1
+            return tirx.Var(f"d{self._fresh}", "int64")
+        if d not in self.syms:
+            self.syms[d] = tirx.Var(d, "int64")
+        return self.syms[d]
+
+    def emit(self, expr, name: str = ""):
+        return self.bb.emit(expr, name_hint=name.replace(".", "_") if name else "")
+
+    def shape_of(self, x) -> list:
+        shp = x.ty.shape if hasattr(x, "ty") else None
+        if shp is None or not hasattr(shp, "values"):
+            raise self.err(f"shape of operand unknown to the lowering ({x.ty})")
+        return [_simplify(v) for v in shp.values]
+
+    def dtype_of(self, x) -> str:
+        return str(x.ty.dtype)
+
+    def ndim(self, x) -> int:
+        return int(x.ty.ndim)
+
+    # ------------------------------------------------------------------ values
+    def get(self, name: str):
+        if name in self.env:
+            return self.env[name]
+        c = self.module.constants.get(name)
+        if c is None:
+            raise self.err(f"value %{name} is undefined")
+        return ("const", name)
+
+    def const_array(self, name: str) -> np.ndarray:
+        c = self.module.constants[name]
+        if c.data is None:
+            raise self.err(f"constant @{name} has no data")
+        return np.asarray(c.data)
+
+    def sym(self, v) -> Sym | None:
+        """The compile-time value of an operand, if it is one (small int constant or Sym)."""
+        if isinstance(v, Sym):
+            return v
+        if isinstance(v, tuple) and v[0] == "const":
+            a = self.const_array(v[1])
+            if a.size <= INLINE_MAX and a.dtype.kind in "iub":
+                return Sym(np.array([int(x) for x in a.reshape(-1)], dtype=object).reshape(a.shape),
+                           str(a.dtype) if a.dtype.kind != "b" else "bool")
+        return None
+
+    def tensor(self, v):
+        """A Relax expression for an operand."""
+        if isinstance(v, Sym):
+            flat = [_simplify(x) for x in v.vals.reshape(-1)]
+            if all(isinstance(x, int) for x in flat):
+                return relax.const(np.array(flat, dtype=np_dtype_of(v.dtype)).reshape(v.shape), v.dtype)
+            t = self.emit(relax.op.shape_to_tensor(relax.ShapeExpr(flat)))
+            if v.dtype != "int64":
+                t = self.emit(relax.op.astype(t, v.dtype))
+            if v.vals.ndim != 1:
+                t = self.emit(relax.op.reshape(t, list(v.shape)))
+            return t
+        if isinstance(v, tuple) and v[0] == "const":
+            name = v[1]
+            a = self.const_array(name)
+            if a.size <= INLINE_MAX:
+                return relax.const(a, str(a.dtype) if a.dtype != DType.BF16.np else "bfloat16")
+            if name not in self.weight_vars:
+                self.weight_vars[name] = relax.Var(
+                    name.replace(".", "_"), relax.TensorType(list(a.shape), tvm_dtype(self.module.constants[name].type.dtype)))
+            return self.weight_vars[name]
+        return v
+
+    def is_empty_const(self, v) -> bool:
+        return isinstance(v, tuple) and v[0] == "const" and self.const_array(v[1]).size == 0
+
+    # ------------------------------------------------------------------ driver
+    def lower(self) -> tuple[relax.Function, EntrySignature]:
+        fn = self.fn
+        params = []
+        sig_inputs = []
+        for p in fn.params:
+            if p.type.shape is None:
+                raise LoweringError(f"@{fn.name}: input %{p.name} has unknown rank")
+            shape = [self.dim(d) for d in p.type.shape]
+            dt = tvm_dtype(p.type.dtype)
+            var = relax.Var(p.name.replace(".", "_"), relax.TensorType(shape, dt))
+            params.append(var)
+            self.env[p.name] = var
+            sig_inputs.append({"name": p.name, "dtype": dt, "shape": list(p.type.shape)})
+        with self.bb.function(fn.name):
+            with self.bb.dataflow():
+                for node in fn.nodes:
+                    self.node = node
+                    self.lower_node(node)
+                self.node = None
+                outs, sig_outputs = [], []
+                for r in fn.results:
+                    v = self.tensor(self.get(r))
+                    if not isinstance(v, relax.Var):
+                        v = self.emit(v)
+                    outs.append(v)
+                    sig_outputs.append({"name": r, "dtype": self.dtype_of(v)})
+                gv = self.bb.emit_output(relax.Tuple(outs))
+            weights = list(self.weight_vars)
+            self.bb.emit_func_output(gv, params=params + [self.weight_vars[w] for w in weights])
+        return EntrySignature(fn.name, sig_inputs, weights, sig_outputs)
+
+    def lower_node(self, node: Node):
+        args = [self.get(i) if i else None for i in node.inputs]
+        # compile-time shape arithmetic first
+        if node.op in SYM_IMPLS and len(node.outputs) == 1:
+            syms = [self.sym(a) if a is not None else None for a in args]
+            ok = all(s is not None for s, a in zip(syms, args) if a is not None)
+            if node.op == Op.Shape:
+                ok = True
+            if ok:
+                res = SYM_IMPLS[node.op](self, node, args, syms)
+                if res is not None:
+                    self.env[node.outputs[0].name] = res
+                    return
+        impl = IMPLS.get(node.op)
+        if impl is None:
+            raise self.err(f"the TVM backend has no lowering for op {node.op.value}")
+        try:
+            outs = impl(self, node, args)
+        except LoweringError:
+            raise
+        except Exception as e:  # TVM errors: name the node
+            raise self.err(f"{type(e).__name__}: {e}") from e
+        if not isinstance(outs, (list, tuple)):
+            outs = [outs]
+        for o, val in zip(node.outputs, outs):
+            if val is not None and not isinstance(val, (Sym, relax.Var)):
+                val = self.emit(val, o.name)
+            self.env[o.name] = val
+
+
+# ====================================================================== compile-time (Sym) ops
+SYM_IMPLS: dict = {}
+
+
+def sym_impl(*ops):
+    def deco(f):
+        for op in ops:
+            SYM_IMPLS[op] = f
+        return f
+    return deco
+
+
+def _obj(vals) -> np.ndarray:
+    a = np.empty(len(vals), dtype=object)
+    for i, v in enumerate(vals):
+        a[i] = v
+    return a
+
+
+@sym_impl(Op.Shape)
+def _s_shape(L, node, args, syms):
+    x = args[0]
+    if isinstance(x, Sym):
+        shp = list(x.shape)
+    elif isinstance(x, tuple):
+        shp = list(L.const_array(x[1]).shape)
+    else:
+        shp = L.shape_of(x)
+    start, end = node.attr("start", 0), node.attr("end")
+    return Sym(_obj(shp[start:end] if end is not None else shp[start:]), "int64")
+
+
+@sym_impl(Op.Squeeze)
+def _s_squeeze(L, node, args, syms):
+    s = syms[0]
+    if len(args) > 1 and args[1] is not None:
+        axes = tuple(int(a) % s.vals.ndim for a in syms[1].vals.reshape(-1))
+        return Sym(np.squeeze(s.vals, axis=axes), s.dtype)
+    return Sym(s.vals.reshape([d for d in s.shape if d != 1]), s.dtype)
+
+
+@sym_impl(Op.Unsqueeze)
+def _s_unsqueeze(L, node, args, syms):
+    s = syms[0]
+    axes = [int(a) for a in syms[1].vals.reshape(-1)]
+    rank = s.vals.ndim + len(axes)
+    if rank > 1:
+        return None
+    return Sym(np.expand_dims(s.vals, tuple(sorted(a % rank for a in axes))), s.dtype)
+
+
+@sym_impl(Op.Concat)
+def _s_concat(L, node, args, syms):
+    if any(s.vals.ndim != 1 for s in syms):
+        return None
+    return Sym(np.concatenate([s.vals for s in syms]), syms[0].dtype)
+
+
+@sym_impl(Op.Gather)
+def _s_gather(L, node, args, syms):
+    x, idx = syms
+    if x.vals.ndim != 1:
+        return None
+    n = x.shape[0]
+    ii = np.vectorize(lambda i: int(i) % n if _as_int(i) is not None else None, otypes=[object])(idx.vals)
+    if any(v is None for v in np.asarray(ii).reshape(-1)):
+        return None
+    return Sym(np.asarray(x.vals[np.asarray(ii, dtype=np.int64)], dtype=object), x.dtype)
+
+
+@sym_impl(Op.Identity)
+def _s_ident(L, node, args, syms):
+    return syms[0]
+
+
+@sym_impl(Op.Cast)
+def _s_cast(L, node, args, syms):
+    to = tvm_dtype(DType(node.attr("to")))
+    if not _is_int_dtype(to):
+        return None
+    return Sym(syms[0].vals, to)
+
+
+def _sym_binary(f):
+    def run(L, node, args, syms):
+        a, b = syms
+        if not (_is_int_dtype(a.dtype) and _is_int_dtype(b.dtype)):
+            return None
+        try:
+            vals = np.frompyfunc(lambda x, y: _simplify(f(x, y)), 2, 1)(a.vals, b.vals)
+        except Exception:
+            return None
+        vals = np.asarray(vals, dtype=object)
+        if vals.ndim > 1:
+            return None
+        return Sym(vals, a.dtype)
+    return run
+
+
+def _tdiv(x, y):
+    xi, yi = _as_int(x), _as_int(y)
+    if xi is not None and yi is not None:
+        return int(math.trunc(xi / yi))
+    return tirx.floordiv(x, y)  # shapes are non-negative
+
+
+SYM_IMPLS[Op.Add] = _sym_binary(lambda x, y: x + y)
+SYM_IMPLS[Op.Sub] = _sym_binary(lambda x, y: x - y)
+SYM_IMPLS[Op.Mul] = _sym_binary(lambda x, y: x * y)
+SYM_IMPLS[Op.Div] = _sym_binary(_tdiv)
+
+
+@sym_impl(Op.Slice)
+def _s_slice(L, node, args, syms):
+    x = syms[0]
+    if x.vals.ndim != 1 or any(s is None for s in syms[1:3]):
+        return None
+    ints = [[_as_int(v) for v in s.vals.reshape(-1)] if s is not None else None for s in syms[1:]]
+    if any(v is None for part in ints if part for v in part):
+        return None
+    st, en = ints[0][0], ints[1][0]
+    step = ints[3][0] if len(ints) > 3 and ints[3] else 1
+    return Sym(x.vals[slice(st, en, step)], x.dtype)
+
+
+# ====================================================================== tensor ops
+IMPLS: dict = {}
+
+
+def impl(*ops):
+    def deco(f):
+        for op in ops:
+            IMPLS[op] = f
+        return f
+    return deco
+
+
+_UNARY = {
+    Op.Abs: relax.op.abs, Op.Neg: relax.op.negative, Op.Sqrt: relax.op.sqrt, Op.Exp: relax.op.exp,
+    Op.Log: relax.op.log, Op.Tanh: relax.op.tanh, Op.Sigmoid: relax.op.sigmoid, Op.Erf: relax.op.erf,
+    Op.Sin: relax.op.sin, Op.Cos: relax.op.cos, Op.Floor: relax.op.floor, Op.Ceil: relax.op.ceil,
+    Op.Sign: relax.op.sign, Op.Not: relax.op.logical_not, Op.Relu: relax.op.nn.relu,
+    Op.IsNaN: relax.op.isnan, Op.IsInf: relax.op.isinf, Op.Atan: relax.op.atan, Op.Asin: relax.op.asin,
+    Op.Acos: relax.op.acos, Op.Tan: relax.op.tan, Op.Sinh: relax.op.sinh, Op.Cosh: relax.op.cosh,
+    Op.BitwiseNot: relax.op.bitwise_not,
+}
+
+
+@impl(*_UNARY)
+def _unary(L, node, args):
+    return _UNARY[node.op](L.tensor(args[0]))
+
+
+@impl(Op.Identity)
+def _identity(L, node, args):
+    return L.tensor(args[0])
+
+
+@impl(Op.Reciprocal)
+def _recip(L, node, args):
+    x = L.tensor(args[0])
+    return relax.op.divide(relax.const(1, L.dtype_of(x)), x)
+
+
+@impl(Op.Round)
+def _round(L, node, args):  # ONNX Round: half to even
+    x = L.tensor(args[0])
+    return L.bb.emit_te(lambda t: te.compute(t.shape, lambda *i: tirx.nearbyint(t(*i)), name="round"), x)
+
+
+_BINARY = {
+    Op.Add: relax.op.add, Op.Sub: relax.op.subtract, Op.Mul: relax.op.multiply, Op.Pow: relax.op.power,
+    Op.Equal: relax.op.equal, Op.Less: relax.op.less, Op.Greater: relax.op.greater,
+    Op.LessOrEqual: relax.op.less_equal, Op.GreaterOrEqual: relax.op.greater_equal,
+    Op.And: relax.op.logical_and, Op.Or: relax.op.logical_or, Op.Xor: relax.op.logical_xor,
+    Op.BitwiseAnd: relax.op.bitwise_and, Op.BitwiseOr: relax.op.bitwise_or, Op.BitwiseXor: relax.op.bitwise_xor,
+}
+
+
+@impl(*_BINARY)
+def _binary(L, node, args):
+    a, b = L.tensor(args[0]), L.tensor(args[1])
+    da, db = L.dtype_of(a), L.dtype_of(b)
+    if da != db and node.op in (Op.Add, Op.Sub, Op.Mul, Op.Pow):
+        b = L.emit(relax.op.astype(b, da))
+    return _BINARY[node.op](a, b)
+
+
+@impl(Op.Div)
+def _div(L, node, args):
+    a, b = L.tensor(args[0]), L.tensor(args[1])
+    if _is_int_dtype(L.dtype_of(a)):
+        # ONNX integer Div truncates toward zero
+        def f(x, y):
+            return te.compute(x.shape if len(x.shape) >= len(y.shape) else y.shape,
+                              lambda *i: tirx.truncdiv(x(*i[len(i) - len(x.shape):]), y(*i[len(i) - len(y.shape):])),
+                              name="tdiv")
+        if L.shape_of(a) != L.shape_of(b) and (L.ndim(a) and L.ndim(b)):
+            raise L.err("integer Div with broadcasting is not supported")
+        return L.bb.emit_te(f, a, b)
+    return relax.op.divide(a, b)
+
+
+@impl(Op.Max, Op.Min, Op.Sum, Op.Mean)
+def _nary(L, node, args):
+    f = {Op.Max: relax.op.maximum, Op.Min: relax.op.minimum, Op.Sum: relax.op.add, Op.Mean: relax.op.add}[node.op]
+    ts = [L.tensor(a) for a in args if a is not None]
+    r = ts[0]
+    for t in ts[1:]:
+        r = L.emit(f(r, t))
+    if node.op == Op.Mean:
+        r = relax.op.divide(r, relax.const(len(ts), L.dtype_of(ts[0])))
+    return r
+
+
+@impl(Op.Where)
+def _where(L, node, args):
+    c, a, b = (L.tensor(x) for x in args)
+    return relax.op.where(c, a, b)
+
+
+@impl(Op.Clip)
+def _clip(L, node, args):
+    x = L.tensor(args[0])
+    dt = L.dtype_of(x)
+    if len(args) > 1 and args[1] is not None:
+        x = L.emit(relax.op.maximum(x, relax.op.astype(L.tensor(args[1]), dt)))
+    if len(args) > 2 and args[2] is not None:
+        x = L.emit(relax.op.minimum(x, relax.op.astype(L.tensor(args[2]), dt)))
+    return x
+
+
+@impl(Op.Cast)
+def _cast(L, node, args):
+    return relax.op.astype(L.tensor(args[0]), tvm_dtype(DType(node.attr("to"))))
+
+
+@impl(Op.CastLike)
+def _castlike(L, node, args):
+    return relax.op.astype(L.tensor(args[0]), L.dtype_of(L.tensor(args[1])))
+
+
+def _shape_arg(L, v) -> list:
+    s = L.sym(v)
+    if s is None:
+        raise L.err("shape operand is not known at compile time (data-dependent shapes are not supported)")
+    return [_simplify(x) for x in s.vals.reshape(-1)]
+
+
+@impl(Op.Reshape)
+def _reshape(L, node, args):
+    x = L.tensor(args[0])
+    in_shape = L.shape_of(x)
+    shape = _shape_arg(L, args[1])
+    if not node.attr("allowzero", 0):
+        shape = [in_shape[i] if _as_int(s) == 0 else s for i, s in enumerate(shape)]
+    if any(_as_int(s) == -1 for s in shape):
+        total = 1
+        for d in in_shape:
+            total = total * d
+        known = 1
+        for s in shape:
+            if _as_int(s) != -1:
+                known = known * s
+        shape = [_simplify(tirx.floordiv(total, known)) if _as_int(s) == -1 else s for s in shape]
+    return relax.op.reshape(x, [_simplify(s) for s in shape])
+
+
+@impl(Op.Transpose)
+def _transpose(L, node, args):
+    perm = node.attr("perm")
+    return relax.op.permute_dims(L.tensor(args[0]), list(perm) if perm is not None else None)
+
+
+@impl(Op.Squeeze)
+def _squeeze(L, node, args):
+    x = L.tensor(args[0])
+    axes = None
+    if len(args) > 1 and args[1] is not None:
+        axes = [int(a) for a in _shape_arg(L, args[1])]
+    return relax.op.squeeze(x, axes)
+
+
+@impl(Op.Unsqueeze)
+def _unsqueeze(L, node, args):
+    x = L.tensor(args[0])
+    axes = [int(a) for a in _shape_arg(L, args[1])]
+    rank = L.ndim(x) + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = L.emit(relax.op.expand_dims(x, a))
+    return x
+
+
+@impl(Op.Flatten)
+def _flatten(L, node, args):
+    x = L.tensor(args[0])
+    shp = L.shape_of(x)
+    axis = node.attr("axis", 1) % max(len(shp), 1)
+    lead, rest = 1, 1
+    for d in shp[:axis]:
+        lead = lead * d
+    for d in shp[axis:]:
+        rest = rest * d
+    return relax.op.reshape(x, [_simplify(lead), _simplify(rest)])
+
+
+@impl(Op.Concat)
+def _concat(L, node, args):
+    ts = [L.tensor(a) for a in args if a is not None and not L.is_empty_const(a)]
+    if len(ts) == 1:
+        return ts[0]
+    return relax.op.concat(ts, axis=node.attr("axis"))
+
+
+@impl(Op.Slice)
+def _slice(L, node, args):
+    x = L.tensor(args[0])
+    shp = L.shape_of(x)
+    starts, ends = _shape_arg(L, args[1]), _shape_arg(L, args[2])
+    axes = [int(a) for a in _shape_arg(L, args[3])] if len(args) > 3 and args[3] is not None else list(range(len(starts)))
+    steps = _shape_arg(L, args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
+    b, e, st, ax = [], [], [], []
+    for s0, e0, a, step in zip(starts, ends, axes, steps):
+        a %= len(shp)
+        dim = shp[a]
+        step = _as_int(step)
+        if step is None or step <= 0:
+            raise L.err("Slice with a negative or symbolic step is not supported")
+
+        def norm(v, dim=dim):
+            vi = _as_int(v)
+            if vi is not None and vi < 0:
+                v = dim + vi
+            elif vi is not None and vi >= 2 ** 62:
+                return dim
+            return _simplify(tirx.max(tirx.min(tirx.IntImm("int64", v) if isinstance(v, int) else v, dim), 0)
+                             if not isinstance(dim, int) or not isinstance(v, int) else max(0, min(v, dim)))
+
+        b.append(norm(s0))
+        e.append(norm(e0))
+        st.append(step)
+        ax.append(a)
+    return relax.op.strided_slice(x, ax, b, e, st, assume_inbound=True)
+
+
+@impl(Op.Gather)
+def _gather(L, node, args):
+    x, idx = L.tensor(args[0]), L.tensor(args[1])
+    axis = node.attr("axis", 0) % max(L.ndim(x), 1)
+    return relax.op.take(x, idx, axis=axis, mode="wrap")
+
+
+@impl(Op.Expand)
+def _expand(L, node, args):
+    x = L.tensor(args[0])
+    xs = L.shape_of(x)
+    ts = _shape_arg(L, args[1])
+    n = max(len(xs), len(ts))
+    xs = [1] * (n - len(xs)) + list(xs)
+    ts = [1] * (n - len(ts)) + list(ts)
+    out = [t if _as_int(x_) == 1 else x_ for x_, t in zip(xs, ts)]
+    return relax.op.broadcast_to(x, out)
+
+
+@impl(Op.Range)
+def _range(L, node, args):
+    s, l, d = (L.sym(a) for a in args)
+    if s is None or l is None or d is None:
+        raise L.err("Range operands must be compile-time (symbolic) scalars")
+    dt = s.dtype
+    sv, lv, dv = (_simplify(v.vals.reshape(-1)[0]) for v in (s, l, d))
+    return relax.op.arange(sv, lv, dv, dtype=dt)
+
+
+@impl(Op.ConstantOfShape)
+def _const_of_shape(L, node, args):
+    shape = _shape_arg(L, args[0])
+    dt = tvm_dtype(DType(node.attr("dtype", "f32")))
+    return relax.op.full(shape, relax.const(node.attr("value", 0.0), dt), dt)
+
+
+@impl(Op.Shape)
+def _shape_tensor(L, node, args):
+    return L.tensor(_s_shape(L, node, args, None))
+
+
+def _axes_arg(L, node, args, x):
+    if len(args) > 1 and args[1] is not None:
+        ax = [int(a) for a in _shape_arg(L, args[1])]
+        return ax if ax else None
+    ax = node.attr("axes")
+    return list(ax) if ax is not None else None
+
+
+def _reduce(f):
+    def run(L, node, args):
+        x = L.tensor(args[0])
+        axes = _axes_arg(L, node, args, x)
+        if axes is None and node.attr("noop_with_empty_axes", 0):
+            return x
+        return f(x, axes, bool(node.attr("keepdims", 1)))
+    return run
+
+
+IMPLS[Op.ReduceMean] = _reduce(lambda x, a, k: relax.op.mean(x, a, k))
+IMPLS[Op.ReduceSum] = _reduce(lambda x, a, k: relax.op.sum(x, a, k))
+IMPLS[Op.ReduceMax] = _reduce(lambda x, a, k: relax.op.max(x, a, k))
+IMPLS[Op.ReduceMin] = _reduce(lambda x, a, k: relax.op.min(x, a, k))
+IMPLS[Op.ReduceProd] = _reduce(lambda x, a, k: relax.op.prod(x, a, k))
+
+
+@impl(Op.Softmax)
+def _softmax(L, node, args):
+    return relax.op.nn.softmax(L.tensor(args[0]), axis=node.attr("axis", -1))
+
+
+@impl(Op.MatMul)
+def _matmul(L, node, args):
+    return relax.op.matmul(L.tensor(args[0]), L.tensor(args[1]))
+
+
+def _dense_te(x, w):
+    """y[..., n] = sum_k x[..., k] * w[n, k] (torch Linear layout, no transpose materialized)."""
+    kdim = x.shape[-1]
+    rk = te.reduce_axis((0, kdim), name="k")
+    return te.compute(list(x.shape[:-1]) + [w.shape[0]],
+                      lambda *i: te.sum(x(*i[:-1], rk) * w[i[-1], rk], axis=rk), name="linear")
+
+
+@impl(Op.Linear)
+def _linear(L, node, args):
+    x, w = L.tensor(args[0]), L.tensor(args[1])
+    y = L.bb.emit_te(_dense_te, x, w, primfunc_name_hint="linear")
+    if len(args) > 2 and args[2] is not None:
+        y = L.emit(relax.op.add(y, L.tensor(args[2])))
+    return y
+
+
+@impl(Op.Gemm)
+def _gemm(L, node, args):
+    a, b = L.tensor(args[0]), L.tensor(args[1])
+    if node.attr("transA", 0):
+        a = L.emit(relax.op.permute_dims(a))
+    if node.attr("transB", 0):
+        b = L.emit(relax.op.permute_dims(b))
+    y = L.emit(relax.op.matmul(a, b))
+    alpha = node.attr("alpha", 1.0)
+    dt = L.dtype_of(y)
+    if alpha != 1.0:
+        y = L.emit(relax.op.multiply(y, relax.const(alpha, dt)))
+    if len(args) > 2 and args[2] is not None:
+        c = L.tensor(args[2])
+        beta = node.attr("beta", 1.0)
+        if beta != 1.0:
+            c = L.emit(relax.op.multiply(c, relax.const(beta, dt)))
+        y = L.emit(relax.op.add(y, c))
+    return y
+
+
+@impl(Op.RMSNorm)
+def _rmsnorm(L, node, args):
+    x, w = L.tensor(args[0]), L.tensor(args[1])
+    return relax.op.nn.rms_norm(x, w, axes=[-1], epsilon=float(node.attr("eps")))
+
+
+@impl(Op.LayerNorm)
+def _layernorm(L, node, args):
+    x, g = L.tensor(args[0]), L.tensor(args[1])
+    if len(args) > 2 and args[2] is not None:
+        b = L.tensor(args[2])
+    else:
+        b = relax.op.zeros_like(g)
+    return relax.op.nn.layer_norm(x, g, L.emit(b), axes=[-1], epsilon=float(node.attr("eps")))
+
+
+@impl(Op.RoPE)
+def _rope(L, node, args):
+    x, cos, sin = (L.tensor(a) for a in args)
+    d = L.shape_of(x)[-1]
+    if not isinstance(d, int) or d % 2:
+        raise L.err(f"RoPE needs a static even head dim, got {d}")
+    h = d // 2
+    x1 = L.emit(relax.op.strided_slice(x, [L.ndim(x) - 1], [0], [h]))
+    x2 = L.emit(relax.op.strided_slice(x, [L.ndim(x) - 1], [h], [d]))
+    rot = L.emit(relax.op.concat([L.emit(relax.op.negative(x2)), x1], axis=-1))
+    return relax.op.add(L.emit(relax.op.multiply(x, cos)), L.emit(relax.op.multiply(rot, sin)))
+
+
+def _causal_mask_te(s, scale: float, causal: bool):
+    """scores * scale, with -inf where key j is after query i's absolute position (bottom-right)."""
+    sq, sk = s.shape[2], s.shape[3]
+    sc = tirx.const(scale, "float32")
+    ninf = tirx.const(float("-inf"), "float32")
+    if not causal:
+        return te.compute(s.shape, lambda b, h, i, j: s[b, h, i, j] * sc, name="attn_scale")
+    return te.compute(s.shape, lambda b, h, i, j: tirx.Select(j <= i + (sk - sq), s[b, h, i, j] * sc, ninf),
+                      name="attn_mask")
+
+
+@impl(Op.Attention)
+def _attention(L, node, args):
+    q, k, v = (L.tensor(a) for a in args[:3])
+    past_k = args[3] if len(args) > 3 else None
+    past_v = args[4] if len(args) > 4 else None
+    if past_k is not None and not L.is_empty_const(past_k):
+        k = L.emit(relax.op.concat([L.tensor(past_k), k], axis=2))
+    if past_v is not None and not L.is_empty_const(past_v):
+        v = L.emit(relax.op.concat([L.tensor(past_v), v], axis=2))
+    qs, ks = L.shape_of(q), L.shape_of(k)
+    hq, hkv = qs[1], ks[1]
+    if not isinstance(hq, int) or not isinstance(hkv, int) or hq % hkv:
+        raise L.err(f"query heads {hq} must be a static multiple of kv heads {hkv}")
+    dt = L.dtype_of(q)
+    kr, vr = k, v
+    if hq != hkv:
+        kr = L.emit(relax.op.repeat(k, hq // hkv, axis=1))
+        vr = L.emit(relax.op.repeat(v, hq // hkv, axis=1))
+    qf, kf, vf = q, kr, vr
+    if dt != "float32":
+        qf, kf, vf = (L.emit(relax.op.astype(t, "float32")) for t in (q, kr, vr))
+    s = L.emit(relax.op.matmul(qf, L.emit(relax.op.permute_dims(kf, [0, 1, 3, 2]))))
+    s = L.bb.emit_te(_causal_mask_te, s, float(node.attr("scale")), bool(node.attr("causal")),
+                     primfunc_name_hint="attn_mask")
+    p = L.emit(relax.op.nn.softmax(s, axis=-1))
+    out = L.emit(relax.op.matmul(p, vf))
+    if dt != "float32":
+        out = L.emit(relax.op.astype(out, dt))
+    if len(node.outputs) == 3:
+        return [out, k, v]
+    return [out]
+
+
+@impl(Op.GatedAct)
+def _gated(L, node, args):
+    g, u = L.tensor(args[0]), L.tensor(args[1])
+    act = node.attr("act")
+    if act == "silu":
+        a = L.emit(relax.op.multiply(g, L.emit(relax.op.sigmoid(g))))
+    elif act == "relu2":
+        r = L.emit(relax.op.nn.relu(g))
+        a = L.emit(relax.op.multiply(r, r))
+    elif act == "gelu_tanh":
+        a = L.emit(relax.op.nn.gelu_tanh(g))
+    else:
+        raise L.err(f"unknown gate activation {act!r}")
+    return relax.op.multiply(a, u)
+
+
+@impl(Op.Softplus)
+def _softplus(L, node, args):
+    x = L.tensor(args[0])
+    return relax.op.log(L.emit(relax.op.add(L.emit(relax.op.exp(x)), relax.const(1, L.dtype_of(x)))))
+
+
+@impl(Op.Gelu)
+def _gelu(L, node, args):
+    x = L.tensor(args[0])
+    if node.attr("approximate", "none") == "tanh":
+        return relax.op.nn.gelu_tanh(x)
+    return relax.op.nn.gelu(x)
+
+
+# ---------------------------------------------------------------------- ternary contract
+def _flatten_tokens(L, x):
+    shp = L.shape_of(x)
+    m = 1
+    for d in shp[:-1]:
+        m = m * d
+    return L.emit(relax.op.reshape(x, [_simplify(m), shp[-1]])), shp[:-1]
+
+
+def _quantize(L, x2, k: int, eps: float):
+    key = ("quant", k, float(eps), L.target_kind)
+    if key not in L.kernel_cache:
+        f = kernels.quantize_func(k, eps, L.target_kind)
+        L.kernel_cache[key] = L.bb.add_func(f, f"ternc_quantize_k{k}")
+    m = L.shape_of(x2)[0]
+    out = L.emit(relax.call_tir(L.kernel_cache[key], [x2], [
+        relax.TensorType([m, kernels.padded_k(k)], "int8"), relax.TensorType([m, 1], "float32")]))
+    return L.emit(relax.TupleGetItem(out, 0)), L.emit(relax.TupleGetItem(out, 1))
+
+
+def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
+    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.target_kind, L.kernel_policy, L.kernel_log)
+    key = (fmt, k, n, kind)
+    if key not in L.kernel_cache:
+        L.kernel_cache[key] = L.bb.add_func(kernels.matmul_func(fmt, k, n, kind), f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}")
+    m = L.shape_of(xq_padded)[0]
+    exp_shapes = kernels.part_shapes(fmt, n, k)
+    ts = [L.tensor(p) for p in parts]
+    for t, s, nm in zip(ts, exp_shapes, kernels.part_names(fmt)):
+        if [_as_int(d) for d in L.shape_of(t)] != list(s):
+            raise L.err(f"packed part {nm!r} has shape {L.shape_of(t)}, expected {list(s)} for {fmt} [N={n}, K={k}]")
+    return L.emit(relax.call_tir(L.kernel_cache[key], [xq_padded, *ts], relax.TensorType([m, n], "int32")))
+
+
+def _format_attrs(L, node, n_parts: int):
+    fmt, k, n = node.attr("format"), node.attr("k"), node.attr("n")
+    if fmt not in kernels.SUPPORTED_FORMATS:
+        raise L.err(f"ternary format {fmt!r} has no TVM kernel (supported: {', '.join(kernels.SUPPORTED_FORMATS)})")
+    if k is None or n is None:
+        raise L.err("ternary op without k/n attributes")
+    if n_parts != len(kernels.part_names(fmt)):
+        raise L.err(f"format {fmt} takes {len(kernels.part_names(fmt))} packed arrays, got {n_parts}")
+    return fmt, int(k), int(n)
+
+
+def _dequant(L, acc, a_scale, w_scale):
+    ws = L.tensor(w_scale)
+    if L.ndim(ws) != 0:
+        ws = L.emit(relax.op.reshape(ws, []))
+    y = L.emit(relax.op.divide(L.emit(relax.op.astype(acc, "float32")), a_scale))
+    return L.emit(relax.op.multiply(y, ws))
+
+
+@impl(Op.TernaryLinear)
+def _ternary_linear(L, node, args):
+    x = L.tensor(args[0])
+    packed = list(args[2:])
+    bias = None
+    if node.attr("has_bias", 0):
+        bias, packed = packed[-1], packed[:-1]
+    fmt, k, n = _format_attrs(L, node, len(packed))
+    dt = L.dtype_of(x)
+    x2, lead = _flatten_tokens(L, x)
+    if dt != "float32":
+        x2 = L.emit(relax.op.astype(x2, "float32"))
+    xq, a_scale = _quantize(L, x2, k, float(node.attr("eps", semantics.ACT_EPS)))
+    acc = _tmatmul(L, node, xq, packed, fmt, k, n)
+    y = _dequant(L, acc, a_scale, args[1])
+    y = L.emit(relax.op.reshape(y, [*lead, n]))
+    if bias is not None:
+        y = L.emit(relax.op.add(y, L.tensor(bias)))
+    if dt != "float32":
+        y = L.emit(relax.op.astype(y, dt))
+    return y
+
+
+@impl(Op.QuantizeAct)
+def _quantize_act(L, node, args):
+    x = L.tensor(args[0])
+    x2, lead = _flatten_tokens(L, x)
+    k = L.shape_of(x)[-1]
+    if not isinstance(k, int):
+        raise L.err("QuantizeAct needs a static last dim")
+    if L.dtype_of(x2) != "float32":
+        x2 = L.emit(relax.op.astype(x2, "float32"))
+    xq, a_scale = _quantize(L, x2, k, float(node.attr("eps", semantics.ACT_EPS)))
+    xq = L.emit(relax.op.strided_slice(xq, [1], [0], [k]))
+    return [L.emit(relax.op.reshape(xq, [*lead, k])), L.emit(relax.op.reshape(a_scale, [*lead, 1]))]
+
+
+@impl(Op.TernaryMatMul)
+def _ternary_matmul(L, node, args):
+    fmt, k, n = _format_attrs(L, node, len(args) - 1)
+    xq = L.tensor(args[0])
+    x2, lead = _flatten_tokens(L, xq)
+    kp = kernels.padded_k(k)
+    if kp != k:
+        x2 = L.emit(relax.op.nn.pad(x2, [0, 0, 0, kp - k]))
+    acc = _tmatmul(L, node, x2, args[1:], fmt, k, n)
+    return relax.op.reshape(acc, [*lead, n])
+
+
+@impl(Op.Dequantize)
+def _dequantize(L, node, args):
+    acc, a_scale = L.tensor(args[0]), L.tensor(args[1])
+    return _dequant(L, acc, a_scale, args[2])
+
+
+# ====================================================================== module
+def lower_module(module: Module, entries: list[str] | None = None, target_kind: str = "cpu",
+                 kernel_policy: str = "auto") -> Lowered:
+    """Lower the named entry points (default: prefill/decode for decoders, else every function)."""
+    if entries is None:
+        dec = module.meta.get("decoder")
+        entries = [dec["prefill"], dec["decode"]] if dec else module.entry_names
+    bb = relax.BlockBuilder()
+    sigs: dict[str, EntrySignature] = {}
+    log: list = []
+    cache: dict = {}
+    for name in entries:
+        fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, cache)
+        sigs[name] = fl.lower()
+    mod = bb.get()
+    weights: list[str] = []
+    for s in sigs.values():
+        for w in s.weights:
+            if w not in weights:
+                weights.append(w)
+    return Lowered(mod, sigs, weights, log)

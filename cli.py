@@ -1,0 +1,194 @@
+"""The `ternc` command line.
+
+    ternc import MODEL.onnx [-o OUT.ternc]            ONNX -> ternc module file (prints a summary)
+    ternc show MODEL                                  print the IR text
+    ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]
+    ternc generate MODEL --prompt-ids 1,2,3 -n 16
+    ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
+
+MODEL is an .onnx file, a .ternc module file, or (for run/generate) a compiled artifact folder.
+Without MODEL, `compile` uses the built-in default model (a tiny ternary BitNet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class CLIError(Exception):
+    pass
+
+
+def _load_any(path: str):
+    """A Module (onnx / .ternc) or a Runner (artifact folder)."""
+    import ternc
+
+    p = Path(path)
+    if p.is_dir() and (p / "manifest.json").exists():
+        return ternc.load_artifact(p)
+    if not p.exists():
+        raise CLIError(f"{path}: no such file or directory")
+    return ternc.load(p)
+
+
+def _default_model_path(with_past: bool = False) -> Path:
+    from .models import tiny_bitnet
+
+    print(f"[ternc] no MODEL given: using the built-in default model '{tiny_bitnet.DEFAULT_NAME}' "
+          f"({tiny_bitnet.CONFIG['num_hidden_layers']} layers, hidden {tiny_bitnet.CONFIG['hidden_size']}, "
+          f"ternary BitLinear weights)", file=sys.stderr)
+    return tiny_bitnet.default_onnx(with_past=with_past)
+
+
+def cmd_import(args) -> int:
+    import ternc
+
+    t0 = time.time()
+    m = ternc.load(args.model)
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".ternc")
+    ternc.save(m, out)
+    counts = {}
+    for f in m.functions:
+        for n in f.nodes:
+            counts[n.op.value] = counts.get(n.op.value, 0) + 1
+    print(f"imported {args.model} -> {out} in {time.time() - t0:.1f}s")
+    print(f"  entry points: {', '.join('@' + f.name for f in m.functions)}")
+    print(f"  constants: {len(m.constants)} ({m.weight_bytes / 1e6:.2f} MB)")
+    print(f"  raised: {json.dumps(m.meta.get('raised', {}))}")
+    if "raising" in m.meta:
+        print(f"  WARNING: {m.meta['raising']}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    m = _load_any(args.model)
+    if hasattr(m, "functions"):
+        sys.stdout.write(str(m))
+    else:
+        print(json.dumps(m.manifest if hasattr(m, "manifest") else dict(m.meta), indent=2))
+    return 0
+
+
+def _parse_inputs(specs) -> dict:
+    import numpy as np
+
+    feeds = {}
+    for spec in specs or []:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise CLIError(f"--input expects NAME=FILE.npy, got {spec!r}")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except Exception as e:
+            raise CLIError(f"--input {name}: cannot read {file}: {e}") from None
+    return feeds
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    import ternc
+
+    model = _load_any(args.model)
+    feeds = _parse_inputs(args.input)
+    if hasattr(model, "functions"):
+        outs = ternc.interpret(model, feeds, entry=args.entry)
+    else:
+        outs = model.run(args.entry, feeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, val in outs.items():
+        np.save(out / f"{name}.npy", np.asarray(val), allow_pickle=False)
+        print(f"{name}: {list(np.shape(val))} {np.asarray(val).dtype} -> {out / (name + '.npy')}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import ternc
+
+    try:
+        ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+    except ValueError:
+        raise CLIError(f"--prompt-ids expects comma-separated integers, got {args.prompt_ids!r}") from None
+    model = _load_any(args.model) if args.model else ternc.load(_default_model_path())
+    t0 = time.time()
+    out = ternc.generate(model, [ids], args.n, eos_token_id=args.eos)
+    dt = time.time() - t0
+    new = out[0, len(ids):].tolist()
+    print(",".join(str(t) for t in out[0].tolist()))
+    print(f"[ternc] {len(new)} new tokens in {dt:.2f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    import ternc
+
+    src = args.model or _default_model_path()
+    t0 = time.time()
+    module = ternc.load(src)
+    print(f"[ternc] loaded {src} ({time.time() - t0:.1f}s)", file=sys.stderr)
+    from .driver import compile_to
+
+    result = compile_to(module, target=args.target, passes=args.passes, out=args.output,
+                        context=args.context, source=str(src))
+    print(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ternc", description="Compiler for ternary (1.58-bit) language models.")
+    ap.add_argument("--version", action="version", version=f"ternc {__import__('ternc').__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("import", help="import an ONNX model into a .ternc module file")
+    p.add_argument("model")
+    p.add_argument("-o", "--output")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("show", help="print a model's IR text (or an artifact's manifest)")
+    p.add_argument("model")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("run", help="run an entry point on .npy inputs, writing one NAME.npy per output")
+    p.add_argument("model")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
+    p.add_argument("--out", required=True)
+    p.add_argument("--entry", default="main")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("generate", help="greedy generation with the KV cache")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--prompt-ids", required=True)
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("--eos", type=int, default=None)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
+    p.add_argument("model", nargs="?", help="ONNX or .ternc file (default: built-in tiny BitNet)")
+    p.add_argument("--target", default="reference", help="reference | cpu | cuda | aarch64 | kv260")
+    p.add_argument("--passes", default=None, help='pipeline spec, e.g. "pack-ternary{format=tl2},quantize-kv{bits=2}"')
+    p.add_argument("-o", "--output", default=None, help="output (.ternc file for reference, folder otherwise)")
+    p.add_argument("--context", type=int, default=512, help="maximum context length the artifact serves")
+    p.set_defaults(fn=cmd_compile)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CLIError as e:
+        print(f"ternc: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as e:
+        # Library errors carry the file/node/resource in their message; show it without a traceback.
+        print(f"ternc: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""torch -> ONNX (dynamo exporter) -> ternc IR, including Hugging Face decoder LMs.
+
+`export_decoder` wraps a HF causal LM so the export has plain tensor inputs/outputs: `input_ids`
+-> `logits`, and with `with_past=True` also `past_key_values.{i}.key/value` -> `present.{i}.key/value`
+(dynamic `seq` and `past` dims).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _quiet():
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class _LogitsOnly:
+    pass
+
+
+def _wrappers():
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids):
+            return self.lm(input_ids=input_ids, use_cache=False).logits
+
+    class WithPast(torch.nn.Module):
+        def __init__(self, lm, n_layers):
+            super().__init__()
+            self.lm = lm
+            self.n_layers = n_layers
+
+        def forward(self, input_ids, *past):
+            from transformers.cache_utils import DynamicCache
+
+            cache = DynamicCache(config=self.lm.config)
+            for i in range(self.n_layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
+            res = [out.logits]
+            for i in range(self.n_layers):
+                layer = out.past_key_values.layers[i]
+                res += [layer.keys, layer.values]
+            return tuple(res)
+
+    return LogitsOnly, WithPast
+
+
+def export_decoder(lm, path: str | os.PathLike, with_past: bool = False, example_len: int = 7,
+                   opset: int | None = None) -> Path:
+    """Export a HF causal LM (LlamaForCausalLM, BitNetForCausalLM, ...) to ONNX with dynamic seq."""
+    import torch
+
+    LogitsOnly, WithPast = _wrappers()
+    cfg = lm.config
+    lm = lm.eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, example_len), generator=torch.Generator().manual_seed(0))
+    seq = torch.export.Dim("seq", min=1, max=4096)
+    kw = {"opset_version": opset} if opset else {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet(), torch.no_grad():
+        if not with_past:
+            prog = torch.onnx.export(LogitsOnly(lm), (ids,), dynamo=True, dynamic_shapes=({1: seq},),
+                                     input_names=["input_ids"], output_names=["logits"], **kw)
+        else:
+            n = cfg.num_hidden_layers
+            kvh = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            past = [torch.randn(1, kvh, 3, hd) for _ in range(2 * n)]
+            pl = torch.export.Dim("past", min=0, max=4096)
+            names = ["input_ids"] + [f"past_key_values.{i}.{t}" for i in range(n) for t in ("key", "value")]
+            outs = ["logits"] + [f"present.{i}.{t}" for i in range(n) for t in ("key", "value")]
+            prog = torch.onnx.export(WithPast(lm, n), (ids, *past), dynamo=True,
+                                     dynamic_shapes=({1: seq}, tuple({2: pl} for _ in range(2 * n))),
+                                     input_names=names, output_names=outs, **kw)
+        prog.save(str(path))
+    return path
+
+
+def from_torch(module, example_inputs, dynamic_shapes=None, input_names=None, output_names=None, **load_kw):
+    """Export `module(*example_inputs)` with torch.onnx.export(dynamo=True) and import it."""
+    import torch
+
+    from ..api import load
+
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    with tempfile.TemporaryDirectory() as d, _quiet(), torch.no_grad():
+        p = os.path.join(d, "model.onnx")
+        prog = torch.onnx.export(module, example_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                 input_names=input_names, output_names=output_names)
+        prog.save(p)
+        return load(p, **load_kw)
+
+
+def torch_greedy(lm, prompt_ids, max_new_tokens: int) -> np.ndarray:
+    """Reference greedy decoding with the torch model (full recompute, no sampling)."""
+    import torch
+
+    ids = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64)).reshape(1, -1)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = lm(input_ids=ids, use_cache=False).logits
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+    return ids.numpy()

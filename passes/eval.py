@@ -1,0 +1,115 @@
+"""Quality evaluation of a decoder module: perplexity and top-1 agreement, teacher-forced.
+
+`evaluate(module, token_ids, prefix=1, reference=None)` prefills token_ids[:prefix], then decodes
+the rest ONE TOKEN PER STEP with the KV cache (teacher forcing: the fed token is the text's, not the
+prediction), exactly as generation would, so KV quantization, eviction (budget held across steps)
+and prefill pruning act as they do in generation. Positions prefix-1 .. N-2 predict tokens
+prefix .. N-1:
+
+  ppl             exp(mean NLL of the text's next tokens), from log-softmax of the logits in f64
+  top1_agreement  fraction of those positions where argmax(logits) equals the reference's argmax
+                  (`reference`: another module, or the `top1` list of an earlier evaluate)
+  top1            this run's argmax per position (pass it as `reference` to later runs)
+  kv_tokens_max   largest per-layer cache length carried between steps
+  decode_attention_flops  sum over decode steps and layers of kvevict.decode_attention_flops
+                  (query heads x head_dim, over the keys each step attends to)
+
+`run_decoder` is the driver. Besides present -> past it carries every pair in
+meta["decoder"]["state"] ([[input, output], ...], added by evict-kv). api.generate needs the same
+two lines to generate with evict-kv modules (proposed change, in its decode loop after the
+present -> past loop):
+
+        for si, so in dec.get("state", []):
+            feeds[si] = res[so]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..ir.core import Module
+from ..ir.ops import Op
+
+
+def _attention_heads(module: Module) -> tuple[int, int]:
+    """(query heads, head_dim) from the decode function's first attention-like node."""
+    fn = module.func(module.meta["decoder"]["decode"])
+    types = fn.value_types()
+    for n in fn.nodes:
+        if n.op in (Op.Attention, Op.KVQuantAttention, Op.KVEvict):
+            t = types[n.inputs[0]]
+            return int(t.shape[1]), int(t.shape[3])
+    raise ValueError("decode has no attention node")
+
+
+def run_decoder(module: Module, token_ids, prefix: int = 1,
+                observe: Callable | None = None, on_step: Callable[[int, dict], None] | None = None) -> np.ndarray:
+    """Teacher-forced decoding; returns logits [N - prefix + 1, vocab] for positions prefix-1 .. N-1.
+
+    `observe(node, outputs)` goes to the interpreter (prefill and decode); `on_step(step, results)`
+    is called after prefill (step 0) and each decode step with that step's results."""
+    from ..ir.interp import Interpreter
+
+    dec = module.meta.get("decoder")
+    if not dec:
+        raise ValueError(f"module @{module.name} has no decoder entry points")
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+    if not 1 <= prefix <= ids.shape[1]:
+        raise ValueError(f"prefix must be in 1..{ids.shape[1]}, got {prefix}")
+    interp = Interpreter(module, observe)
+    res = interp.run(dec["prefill"], {dec["input_ids"]: ids[:, :prefix]})
+    if on_step:
+        on_step(0, res)
+    logits = [res[dec["logits"]][0, -1]]
+    for t in range(prefix, ids.shape[1]):
+        feeds = {dec["input_ids"]: ids[:, t:t + 1]}
+        for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
+            feeds[pk], feeds[pv] = res[ok], res[ov]
+        for si, so in dec.get("state", []):
+            feeds[si] = res[so]
+        res = interp.run(dec["decode"], feeds)
+        if on_step:
+            on_step(t - prefix + 1, res)
+        logits.append(res[dec["logits"]][0, -1])
+    return np.stack(logits)
+
+
+def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, reference: Any = None,
+             observe: Callable | None = None) -> dict:
+    """{ppl, nll, n_tokens, top1_agreement (None without reference), top1, kv_tokens_max,
+    decode_attention_flops} (see the module doc)."""
+    from ..ir.kvevict import decode_attention_flops
+
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    dec = module.meta["decoder"]
+    hq, hd = _attention_heads(module)
+    kv_max = [0]
+    flops = [0]
+
+    def on_step(step, res):
+        lens = [int(res[ok].shape[2]) for ok, _ in dec["present"]]
+        kv_max[0] = max(kv_max[0], *lens)
+        if prefix + step < ids.size:  # a next decode step attends to each layer's cache + its own token
+            flops[0] += sum(decode_attention_flops(n + 1, hq, hd) for n in lens)
+
+    logits = run_decoder(module, ids, prefix, observe, on_step)
+    pred = logits[:-1]  # positions prefix-1 .. N-2 predict tokens prefix .. N-1
+    target = ids[prefix:]
+    lp = pred.astype(np.float64)
+    lp = lp - lp.max(-1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    nll = float(-lp[np.arange(target.size), target].mean()) if target.size else float("nan")
+    top1 = pred.argmax(-1)
+    agree = None
+    if reference is not None:
+        if isinstance(reference, Module):
+            reference = evaluate(reference, ids, prefix)["top1"]
+        ref = np.asarray(reference)
+        if ref.shape != top1.shape:
+            raise ValueError(f"reference top1 has {ref.shape[0]} positions, this run {top1.shape[0]}")
+        agree = float((ref == top1).mean())
+    return {"ppl": math.exp(nll), "nll": nll, "n_tokens": int(target.size), "top1_agreement": agree,
+            "top1": top1.tolist(), "kv_tokens_max": kv_max[0], "decode_attention_flops": flops[0]}

@@ -1,0 +1,176 @@
+"""Pass pipelines per target (plain ordered lists, all here) and `compile`, which runs one.
+
+    module, report = ternc.passes.pipeline.compile(module, target="kv260")
+    module, report = compile(module, passes="raise-ternary,pack-ternary{format=tl1}")
+
+Every pass's result is verified (`ir.verify`) unless `verify_each=False` or env TERNC_VERIFY=0, and a
+per-pass table (nodes changed, weight bytes, KV bytes per token) is printed or handed to `report`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from ..ir.core import Module
+from ..ir.verify import VerifyError, verify
+from .base import PassInfo, kv_bytes_per_token, node_count, nodes_changed
+from .registry import SpecError, format_spec, get_pass, make_options, parse_spec
+
+# Each target's passes, in order. Spec strings, parsed by registry.parse_spec.
+# Ternary targets fold first: some exports unpack BitLinear weights at run time (ScatterND/bit ops on
+# constants), and raise-ternary needs the unpacked weight as a constant.
+PIPELINES: dict[str, list[str]] = {
+    # The interpreter runs the module as loaded; only cleanups that cannot change a number.
+    "reference": ["fold", "cse", "dce"],
+    # TVM CPU: bitnet.cpp-style I2_S weights (2 bits/weight, x86 block layout).
+    "cpu": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
+    # TVM CUDA: 2-bit codes (W2A8, dp4a-friendly).
+    "cuda": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
+    # KV260 TLMM engine: TL2 (5 bits per 3 weights), epilogues streamed in the linear engine.
+    # (KV-cache passes - quantize-kv / evict-kv / prune-prefill - are appended here once registered.)
+    "kv260": ["fold", "raise-ternary", "cse", "dce", "fuse-epilogue", "pack-ternary{format=tl2}"],
+}
+
+
+@dataclass(frozen=True)
+class PassRow:
+    name: str
+    spec: str  # the pass with its non-default options, as a spec item
+    nodes_before: int
+    nodes_after: int
+    removed: int
+    added: int
+    weight_bytes_before: int
+    weight_bytes_after: int
+    kv_bytes_per_token_before: float | None
+    kv_bytes_per_token_after: float | None
+    seconds: float
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def nodes_changed(self) -> int:
+        return self.removed + self.added
+
+
+@dataclass
+class PassReport:
+    """What a pipeline did, one row per pass. `str(report)` is the table `compile` prints."""
+
+    target: str
+    spec: str
+    rows: list[PassRow] = field(default_factory=list)
+
+    @property
+    def weight_bytes(self) -> tuple[int, int] | None:
+        return (self.rows[0].weight_bytes_before, self.rows[-1].weight_bytes_after) if self.rows else None
+
+    def row(self, name: str) -> PassRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"no pass {name!r} in this report; ran: {', '.join(r.name for r in self.rows)}")
+
+    def table(self) -> str:
+        head = ("pass", "nodes", "changed", "weights", "KV B/tok", "ms", "notes")
+        body = []
+        for r in self.rows:
+            notes = " ".join(f"{k}={v}" for k, v in r.stats.items() if v)
+            body.append((r.spec, f"{r.nodes_before}->{r.nodes_after}", f"-{r.removed}/+{r.added}",
+                         f"{_bytes(r.weight_bytes_before)}->{_bytes(r.weight_bytes_after)}",
+                         f"{_kv(r.kv_bytes_per_token_before)}->{_kv(r.kv_bytes_per_token_after)}",
+                         f"{r.seconds * 1e3:.0f}", notes))
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+        lines = [f"ternc compile: target {self.target}: {self.spec or '(no passes)'}"]
+        for row in [head, *body]:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n}B"
+
+
+def _kv(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+PassesArg = str | Sequence[str | tuple[str, Mapping[str, Any] | Any] | tuple[PassInfo, Any]] | None
+
+
+def resolve(target: str = "reference", passes: PassesArg = None) -> list[tuple[PassInfo, Any]]:
+    """The (pass, options) steps `compile` would run. `passes` overrides the target's pipeline: a spec
+    string, or a list of spec strings / (name, {option: value}) / (name, options object) items."""
+    if passes is None:
+        if target not in PIPELINES:
+            raise SpecError(f"unknown target {target!r}; valid targets: {', '.join(PIPELINES)}")
+        return [step for item in PIPELINES[target] for step in parse_spec(item)]
+    if isinstance(passes, str):
+        return parse_spec(passes)
+    steps = []
+    for item in passes:
+        if isinstance(item, str):
+            steps += parse_spec(item)
+        elif isinstance(item, tuple) and len(item) == 2:
+            info = item[0] if isinstance(item[0], PassInfo) else get_pass(item[0])
+            opts = item[1]
+            if isinstance(opts, Mapping):
+                opts = make_options(info, dict(opts))
+            elif not isinstance(opts, info.options):
+                raise SpecError(f"pass {info.name!r}: options must be a dict or {info.options.__name__}, "
+                                f"got {type(opts).__name__}")
+            steps.append((info, opts))
+        else:
+            raise SpecError(f"bad pipeline item {item!r}: use 'name{{k=v}}' or (name, {{k: v}})")
+    return steps
+
+
+def _verify_enabled(verify_each: bool | None) -> bool:
+    if verify_each is not None:
+        return verify_each
+    return os.environ.get("TERNC_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def compile(module: Module, target: str = "reference", passes: PassesArg = None, verify_each: bool | None = None,
+            report: bool | Callable[[str], Any] = True) -> tuple[Module, PassReport]:
+    """Run `target`'s pipeline (or `passes`) on `module`; returns (new module, PassReport).
+
+    The input module is never modified. `verify_each` (default: on unless env TERNC_VERIFY=0) checks
+    the IR after every pass and names the pass that broke it. `report`: True prints the per-pass
+    table, False is silent, a callable receives the table text. Building an artifact from the
+    returned module is the backends' job (`backends/`).
+    """
+    if target not in PIPELINES:
+        raise SpecError(f"unknown target {target!r}; valid targets: {', '.join(PIPELINES)}")
+    steps = resolve(target, passes)
+    check = _verify_enabled(verify_each)
+    if check:
+        verify(module)
+    rep = PassReport(target, format_spec(steps))
+    for info, opts in steps:
+        t0 = time.perf_counter()
+        result = info.run(module, opts)
+        seconds = time.perf_counter() - t0
+        new = result.module
+        if check:
+            try:
+                verify(new)
+            except VerifyError as e:
+                raise VerifyError(f"IR invalid after pass {info.name!r}: {e}") from e
+        removed, added = nodes_changed(module, new)
+        rep.rows.append(PassRow(info.name, format_spec([(info, opts)]), node_count(module), node_count(new),
+                                removed, added, module.weight_bytes, new.weight_bytes,
+                                kv_bytes_per_token(module), kv_bytes_per_token(new), seconds, dict(result.stats)))
+        module = new
+    if report is True:
+        print(rep.table())
+    elif callable(report):
+        report(rep.table())
+    return module, rep

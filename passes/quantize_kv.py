@@ -1,0 +1,101 @@
+"""`quantize-kv{bits=2|4|8,group=32,residual=32,sinks=0,rotate=false}`: KIVI-style KV-cache quantization.
+
+Replaces every Attention node of the decoder entry points (meta["decoder"] prefill/decode) by a
+KVQuantAttention node with the same inputs/outputs plus the quantization config. Its meaning
+(ir/interp.py, numerics in ir/kvquant.py): the cache (past + the new tokens) is stored quantized --
+keys per channel over groups of `group` tokens, values per token over channel groups, `sinks` first
+and `residual` (+ < group) last tokens in full precision, optional per-head Walsh-Hadamard rotation
+-- and attention (prefill and decode) runs over that stored cache, dequantized.
+
+State ("fake-quant"): the present/past tensors carried between steps hold the DEQUANTIZED cache, a
+faithful 1:1 image of the packed codes (sinks/tail exact). Appending re-quantizes nothing already
+quantized: kvquant's span only grows by whole groups and a group's codes depend only on its tokens,
+so each step quantizes just the groups that newly leave the full-precision tail. Invariant (tested):
+after any sequence of prefill/decode steps the carried cache equals
+dequantize_kv(quantize_kv(exact K/V of all tokens)). meta["kv_bytes_per_token"] reports the real
+packed storage (codes at `bits` bits + fp16 scales/zeros), not the f32 the interpreter carries.
+
+`main` (no cache) is left unchanged. LOSSY: error is measured (tests/passes/test_quantize_kv.py,
+bench/kv_quality.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.core import Module, Node
+from ..ir.kvquant import KVQuantConfig, fp_kv_bytes_per_token, kv_bytes_per_token
+from ..ir.ops import Op
+from .base import PassResult
+from .base import kv_bytes_per_token as module_kv_bytes
+
+
+class KVPassError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class QuantizeKVOptions:
+    bits: int = 2
+    group: int = 32
+    residual: int = 32
+    sinks: int = 0
+    rotate: bool = False
+
+    def __post_init__(self):
+        self.config()  # validates
+
+    def config(self) -> KVQuantConfig:
+        return KVQuantConfig(bits=self.bits, group_size=self.group, residual=self.residual, sinks=self.sinks,
+                             rotate=self.rotate)
+
+
+def decoder_meta(module: Module, pass_name: str) -> dict:
+    dec = module.meta.get("decoder")
+    if not dec:
+        raise KVPassError(f"{pass_name}: module @{module.name} has no decoder entry points (meta['decoder']); "
+                          f"load a decoder LM with ternc.load(..., decoder=True)")
+    return dict(dec)
+
+
+def run(module: Module, opts: QuantizeKVOptions = QuantizeKVOptions()) -> PassResult:
+    dec = decoder_meta(module, "quantize-kv")
+    cfg = opts.config()
+    if dec.get("head_dim"):
+        cfg.value_group(int(dec["head_dim"]))  # head_dim must be a multiple of the value group
+        if cfg.rotate:
+            from ..ir.kvquant import hadamard
+
+            hadamard(int(dec["head_dim"]))  # raises for unsupported head dims
+    attrs = dict(bits=cfg.bits, group_size=cfg.group_size, residual=cfg.residual, sinks=cfg.sinks,
+                 rotate=int(cfg.rotate))
+    rewritten = 0
+    fns = []
+    for fn in module.functions:
+        if fn.name not in (dec["prefill"], dec["decode"]):
+            fns.append(fn)
+            continue
+        nodes = []
+        for n in fn.nodes:
+            if n.op == Op.Attention:
+                if len(n.outputs) != 3:
+                    raise KVPassError(f"quantize-kv: @{fn.name} {n.label} has no present K/V outputs")
+                n = Node.make(Op.KVQuantAttention, n.inputs, n.outputs, n.origin, **n.attr_dict, **attrs)
+                rewritten += 1
+            nodes.append(n)
+        fns.append(fn.with_nodes(nodes))
+    if not rewritten:
+        raise KVPassError("quantize-kv: no Attention node in the decoder entry points (already rewritten?)")
+    before = module_kv_bytes(module)
+    L, H, D = int(dec["n_layers"]), int(dec["kv_heads"]), int(dec["head_dim"])
+    after = kv_bytes_per_token(cfg, H, D, L)
+    meta = dict(module.meta)
+    meta["kv_bytes_per_token"] = after
+    meta["kv_quant"] = dict(bits=cfg.bits, group_size=cfg.group_size, residual=cfg.residual, sinks=cfg.sinks,
+                            rotate=cfg.rotate)
+    out = module.replace(functions=tuple(fns), meta=meta)
+    fp16 = fp_kv_bytes_per_token(H, D, L)
+    return PassResult(out, {"rewritten": rewritten, "kv_bytes_per_token_before": before,
+                            "kv_bytes_per_token_fp16": float(fp16), "kv_bytes_per_token_after": after,
+                            "compression_vs_fp16": fp16 / after,
+                            "fixed_fp_tokens": cfg.sinks + cfg.residual + cfg.group_size - 1})

@@ -1,0 +1,65 @@
+"""The `ternc` console script, used as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ternc
+
+TERNC = [sys.executable, "-m", "ternc.cli"]
+
+
+def run(*args, cwd=None, check=True):
+    r = subprocess.run([*TERNC, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"ternc {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def test_help_lists_verbs():
+    out = run("--help").stdout
+    for verb in ("import", "run", "generate", "compile", "show"):
+        assert verb in out
+
+
+def test_import_run_generate(onnx_export, tmp_path):
+    onnx_path = onnx_export("llama", False)
+    r = run("import", onnx_path, "-o", tmp_path / "m.ternc")
+    assert "Attention" in r.stdout and (tmp_path / "m.ternc").exists()
+    ids = np.array([[5, 6, 7]], np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    run("run", tmp_path / "m.ternc", "--input", f"input_ids={tmp_path / 'ids.npy'}", "--out", tmp_path / "out")
+    got = np.load(tmp_path / "out" / "logits.npy")
+    want = ternc.interpret(ternc.load(onnx_path), {"input_ids": ids})["logits"]
+    np.testing.assert_array_equal(got, want)
+    r = run("generate", tmp_path / "m.ternc", "--prompt-ids", "5,6,7", "-n", "4")
+    toks = [int(t) for t in r.stdout.strip().split(",")]
+    np.testing.assert_array_equal(toks, ternc.generate(ternc.load(onnx_path), [[5, 6, 7]], 4)[0])
+
+
+def test_errors_are_one_line_not_tracebacks(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    r = run("import", bad, check=False)
+    assert r.returncode != 0
+    assert "bad.onnx" in r.stderr and "Traceback" not in r.stderr
+    r = run("run", bad, "--input", "x", "--out", tmp_path, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    r = run("generate", tmp_path / "missing.ternc", "--prompt-ids", "1", check=False)
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_corrupt_ternc_file_is_rejected(onnx_export, tmp_path):
+    p = tmp_path / "m.ternc"
+    ternc.save(ternc.load(onnx_export("llama", False)), p)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip a weight byte
+    p.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="do not match digest|corrupt"):
+        ternc.load(p)
