@@ -1,0 +1,1 @@
+"""Backends: TVM (CPU / aarch64 / CUDA) and artifacts (`artifact.build_artifact`, `artifact.load_artifact`)."""

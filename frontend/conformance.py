@@ -328,8 +328,10 @@ def run_case(case, claimed: frozenset[str] | set[str] | None = None) -> CaseResu
         # The IR cannot hold it: the frontend must say so (FrontendError), not crash or convert wrongly.
         res.status, res.detail = "unsupported_type", tp
         try:
-            run_model(case.model if MIN_OPSET <= (v or 0) <= MAX_OPSET else _with_opset(case.model, MAX_OPSET),
-                      _arrays(case.data_sets[0][0]))
+            m = case.model
+            if v is not None and not MIN_OPSET <= v <= MAX_OPSET:
+                m = _with_opset(m, MIN_OPSET if v < MIN_OPSET else MAX_OPSET)
+            run_model(m, _arrays(case.data_sets[0][0]))
         except FrontendError:
             return res
         except Exception as e:

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..ir.core import Const, Function, Module, Node, Value
-from ..ir.ops import HIGH_LEVEL, Op
+from ..ir.ops import HIGH_LEVEL, ONNX_NAMES, Op
 from ..ir.types import DType, TensorType
 
 MIN_OPSET, MAX_OPSET = 17, 23
@@ -38,7 +38,7 @@ ONNX_DTYPES: dict[int, DType] = {
 TO_ONNX_DTYPE = {v: k for k, v in ONNX_DTYPES.items()}
 
 # Primitive ops the frontend maps 1:1 (the conformance suite runs onnx's node tests for these).
-SUPPORTED_ONNX_OPS = sorted({op.value for op in Op if op not in HIGH_LEVEL} | {"Constant"})
+SUPPORTED_ONNX_OPS = sorted({ONNX_NAMES.get(op, op.value) for op in Op if op not in HIGH_LEVEL} | {"Constant"})
 
 
 def onnx_dtype(code: int, where: str) -> DType:
@@ -216,7 +216,7 @@ class _Converter:
             op = Op(node.op_type)
         except ValueError:
             op = None
-        if conv is None and (op is None or op in HIGH_LEVEL):
+        if conv is None and (op is None or op in HIGH_LEVEL or op in ONNX_NAMES):
             # Checked before the attributes, so e.g. If/Loop are named as unsupported ops rather
             # than failing on their graph attributes.
             raise UnsupportedOpError(
@@ -333,6 +333,7 @@ def _dtype_attrs(op: Op, *names: str):
 
 
 CONVERTERS["QuantizeLinear"] = _dtype_attrs(Op.QuantizeLinear, "output_dtype", "precision")
+CONVERTERS["Attention"] = _dtype_attrs(Op.OnnxAttention, "softmax_precision")  # ONNX's op, not the high-level one
 CONVERTERS["DequantizeLinear"] = _dtype_attrs(Op.DequantizeLinear, "output_dtype")
 
 

@@ -57,7 +57,9 @@ def verilog_cached(component_factory, name: str, key: str) -> Path:
     caller's parameter string). Regenerates if absent. Returns the path."""
     d = CACHE / "verilog"
     d.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    # The key also covers the HDL sources, so editing hw/ invalidates the cache.
+    src = b"".join(p.read_bytes() for p in sorted((REPO / "hw").glob("*.py")))
+    digest = hashlib.sha256(key.encode() + src).hexdigest()[:16]
     p = d / f"{name}-{digest}.v"
     if not p.exists():
         tmp = p.with_suffix(".tmp")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -283,7 +283,7 @@ class WeightBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         attrs = {"ram_style": self.ram_style} if self.ram_style else None
-        width = len(self.rd.payload.as_value())
+        width = len(Value.cast(self.rd.payload))
         # One memory per ``bank_width`` slice of the beat (72 = URAM288 / BRAM36 SDP data width):
         # keeps each inferred memory a plain RAM column for the synthesis tools.
         banks = []
@@ -306,8 +306,8 @@ class WeightBuffer(wiring.Component):
         m.d.comb += [en.eq(~rvalid | self.rd.ready), issue.eq(en & (remaining != 0)),
                      self.rd.valid.eq(rvalid),
                      self.cmd.ready.eq((remaining == 0) | ((remaining == 1) & issue))]
-        wdata = self.load.payload.data.as_value()
-        rdata = self.rd.payload.as_value()
+        wdata = Value.cast(self.load.payload.data)
+        rdata = Value.cast(self.rd.payload)
         for lo, w, wp, rp in banks:
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(wdata[lo:lo + w]), wp.en.eq(self.load.valid),
                          rp.en.eq(en), rp.addr.eq(raddr), rdata[lo:lo + w].eq(rp.data)]

@@ -12,10 +12,10 @@ Formats
   input/output of the epilogue (residual stream, RoPE'd q/k, gated FFN output) is in this format.
   Results saturate to the int32 range (never wrap).
 * Quantizer reciprocal: per token ``amax = max(max|x_raw|, 1)`` (an integer; 1 raw LSB plays the role
-  of semantics' eps); ``e = bit_length(amax)``; ``recip = floor((127 << (e + RECIP_BITS - 7)) / amax
-  + 1/2)`` (a 23-bit integer, computed once per token by a sequential divider); then per element
-  ``x_q = clip((x_raw * recip + 2**(s-1)) >> s, -128, 127)`` with ``s = e + RECIP_BITS - 7``
-  (round half up). This is ``quantize_act_fx``. It differs from ``semantics.quantize_act`` (float32,
+  of semantics' eps); ``e = bit_length(amax)``, ``s = e + RECIP_SHIFT``; ``recip = floor(((127 << s)
+  + amax // 2) / amax)`` (an unsigned integer in (127*2**16, 127*2**17], 24 bits, computed once per
+  token by a sequential divider); then per element ``x_q = clip((x_raw * recip + 2**(s-1)) >> s,
+  -128, 127)`` (round half up). This is ``quantize_act_fx``. It differs from ``semantics.quantize_act`` (float32,
   round half to even) only when x*127/amax lies within ~2**-15 of a .5 tie; the measured disagreement
   rate is pinned by ``tests/ir/test_hw_numerics.py``.
 * Dequantize factor: ``F = amax/2**16 * w_scale / 127`` is held as a normalized pseudo-float
@@ -47,8 +47,10 @@ FX_FRAC = 16
 FX_BITS = 32
 FX_MIN = -(1 << (FX_BITS - 1))
 FX_MAX = (1 << (FX_BITS - 1)) - 1
-RECIP_BITS = 23          # width of the quantizer reciprocal (recip in (2**21, 2**22])
+RECIP_SHIFT = 16         # quantizer: s = bit_length(amax) + 16; recip in (127*2**16, 127*2**17]
+RECIP_BITS = 24          # width of the quantizer reciprocal
 DQ_MANT_BITS = 18        # mantissa width of dequantize factors (fits one DSP48E2 B input)
+DQ_S_MAX = 127           # dequantize shift field is 7 bits
 ROPE_FRAC = 14
 SIG_LUT_BITS = 10        # 1024-entry sigmoid table
 SIG_RANGE = 8            # table covers [-8, 8)
@@ -140,11 +142,11 @@ def quant_amax(x_raw: np.ndarray) -> np.ndarray:
 def quant_shift(amax: np.ndarray) -> np.ndarray:
     amax = np.asarray(amax, dtype=np.int64)
     e = np.frompyfunc(lambda v: int(v).bit_length(), 1, 1)(amax).astype(np.int64)
-    return e + RECIP_BITS - 7
+    return e + RECIP_SHIFT
 
 
 def quant_recip(amax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(recip, shift) with recip = floor((127 << shift) / amax + 1/2); recip < 2**RECIP_BITS."""
+    """(recip, shift) with recip = floor(((127 << shift) + amax // 2) / amax); recip < 2**RECIP_BITS."""
     amax = np.asarray(amax, dtype=np.int64)
     s = quant_shift(amax)
     recip = ((np.int64(ACT_QMAX) << s) + amax // 2) // amax
@@ -176,13 +178,14 @@ def encode_wscale(w_scale: float) -> tuple[int, int]:
 def dq_factor(amax: np.ndarray, ws_m: int, ws_s: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-token dequantize factor F = amax * 2**-16 * ws_m * 2**-ws_s as (m [2**17, 2**18), s).
 
-    p = amax * ws_m (exact, <= 50 bits); m = p >> (bitlen(p) - 18) (truncation); s = ws_s + 16 - (bitlen(p) - 18).
+    p = amax * ws_m (exact, <= 50 bits); m = p >> (bitlen(p) - 18) (truncation);
+    s = clip(ws_s + 16 - (bitlen(p) - 18), 0, 127) (a 7-bit field in hardware).
     """
     p = np.asarray(amax, dtype=np.int64) * np.int64(ws_m)
     bl = np.frompyfunc(lambda v: int(v).bit_length(), 1, 1)(p).astype(np.int64)
     sh = bl - DQ_MANT_BITS
     m = np.where(sh >= 0, p >> np.maximum(sh, 0), p << np.maximum(-sh, 0))
-    return m.astype(np.int64), (ws_s + FX_FRAC - sh).astype(np.int64)
+    return m.astype(np.int64), np.clip(ws_s + FX_FRAC - sh, 0, DQ_S_MAX).astype(np.int64)
 
 
 DQ_SHIFT_MIN = 1

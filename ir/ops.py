@@ -52,6 +52,9 @@ class Op(enum.Enum):
     # --- quantization
     QuantizeLinear = "QuantizeLinear"; DequantizeLinear = "DequantizeLinear"
     DynamicQuantizeLinear = "DynamicQuantizeLinear"; QLinearMatMul = "QLinearMatMul"
+    # ONNX's own Attention (opset 23). Renamed because `Attention` is the high-level op below; the
+    # frontend maps ONNX `Attention` nodes to it (see ONNX_NAMES).
+    OnnxAttention = "OnnxAttention"
 
     # --- high-level ops raised from patterns (semantics in interp.py)
     Linear = "Linear"            # (x, w[N,K], bias?) -> x @ w.T + bias
@@ -100,13 +103,17 @@ SIGNATURES.update({
     Op.RMSNormalization: OpSig(2, 2, 1), Op.MatMulInteger: OpSig(2, 4, 1), Op.RotaryEmbedding: OpSig(3, 4, 1),
     Op.BatchNormalization: OpSig(5, 5, -1), Op.InstanceNormalization: OpSig(3, 3, 1), Op.Compress: OpSig(2, 2, 1),
     Op.QuantizeLinear: OpSig(2, 3, 1), Op.DequantizeLinear: OpSig(2, 3, 1), Op.DynamicQuantizeLinear: OpSig(1, 1, 3),
-    Op.QLinearMatMul: OpSig(8, 8, 1),
+    Op.QLinearMatMul: OpSig(8, 8, 1), Op.OnnxAttention: OpSig(3, 6, -1),
     Op.Linear: OpSig(2, 3, 1), Op.RMSNorm: OpSig(2, 2, 1), Op.LayerNorm: OpSig(2, 3, 1),
     Op.RoPE: OpSig(3, 3, 1), Op.Attention: OpSig(3, 5, -1),
     Op.QuantizeAct: OpSig(1, 1, 2), Op.TernaryMatMul: OpSig(2, -1, 1), Op.Dequantize: OpSig(3, 3, 1),
     Op.TernaryLinear: OpSig(3, -1, 1),
     Op.KVQuantAttention: OpSig(3, -1, -1), Op.KVEvict: OpSig(1, -1, -1), Op.FusedLinear: OpSig(2, -1, 1),
 })
+
+
+# Primitive ops whose IR name differs from the ONNX op they implement.
+ONNX_NAMES: dict[Op, str] = {Op.OnnxAttention: "Attention"}
 
 
 def signature(op: Op) -> OpSig:

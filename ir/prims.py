@@ -880,3 +880,82 @@ def _qlinear_matmul(node, args):
     y = acc * (a_scale * b_scale / y_scale) + y_zp
     lo, hi = _QRANGE[y_zp.dtype]
     return [np.clip(np.rint(y), lo, hi).astype(y_zp.dtype)]
+
+
+# ---------------------------------------------------------------- ONNX Attention (opset 23)
+def _masked_softmax(x):
+    """Softmax over the last axis; rows that are entirely -inf give zeros instead of NaN."""
+    m = np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x - np.where(np.isneginf(m), np.zeros((), x.dtype), m))
+    s = np.sum(e, axis=-1, keepdims=True)
+    return e / np.where(s == 0, np.ones((), x.dtype), s)
+
+
+def _mm(a, b):
+    """matmul that keeps a's dtype (f16/bf16 accumulate in f32)."""
+    if a.dtype in (np.float16, _BF16):
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+    return np.matmul(a, b).astype(a.dtype, copy=False)
+
+
+@impl(Op.OnnxAttention)
+def _onnx_attention(node, args):
+    """ONNX Attention-23: (Q, K, V, attn_mask?, past_key?, past_value?) -> (Y, present_key,
+    present_value, qk_matmul_output). Q/K/V are [b, heads, s, d], or [b, s, heads*d] with
+    q_num_heads/kv_num_heads. Causal masking is aligned to the end of the past (query i sees keys
+    j <= past + i); a mask shorter than the total kv length is padded as "masked"; a bool mask
+    means "may attend"; GQA repeats kv heads."""
+    q, k, v = args[0], args[1], args[2]
+    mask, past_k, past_v = (list(args[3:6]) + [None, None, None])[:3]
+    dt = q.dtype
+    three_d = q.ndim == 3
+    if three_d:
+        hq, hkv = node.attr("q_num_heads"), node.attr("kv_num_heads")
+        if not hq or not hkv:
+            raise InterpError(f"{node.label}: 3-D Attention needs q_num_heads and kv_num_heads")
+
+        def heads(t, h):
+            return t.reshape(t.shape[0], t.shape[1], h, t.shape[2] // h).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(q, hq), heads(k, hkv), heads(v, hkv)
+    scale = node.attr("scale")
+    scale = 1 / np.sqrt(q.shape[3]) if scale is None else scale
+    root = dt.type(np.sqrt(scale))  # applied to both q and k, as onnx's reference does
+    if past_k is not None:
+        k, v = np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2)
+    present_k, present_v = k, v
+    sq, skv = q.shape[2], k.shape[2]
+    past = past_k.shape[2] if past_k is not None else 0
+
+    bias = np.zeros((sq, skv), dt)
+    if mask is not None and mask.shape[-1] < skv:  # short masks: the missing tail is masked out
+        fill = False if mask.dtype == np.bool_ else -np.inf
+        mask = np.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, skv - mask.shape[-1])], constant_values=fill)
+    if mask is not None:
+        bias = bias + (np.where(mask, dt.type(0), dt.type(-np.inf)) if mask.dtype == np.bool_ else mask)
+    if node.attr("is_causal", 0):
+        allowed = np.arange(skv)[None, :] <= np.arange(sq)[:, None] + past
+        bias = bias + np.where(allowed, dt.type(0), dt.type(-np.inf))
+    bias = bias.astype(dt, copy=False)
+
+    if q.shape[1] != k.shape[1]:
+        if q.shape[1] % k.shape[1]:
+            raise InterpError(f"{node.label}: {q.shape[1]} query heads is not a multiple of {k.shape[1]} kv heads")
+        rep = q.shape[1] // k.shape[1]
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    qk = _mm(q * root, np.swapaxes(k, -1, -2) * root)
+    softcap = node.attr("softcap", 0.0)
+    if softcap and softcap > 0:
+        qk = (np.tanh(qk / dt.type(softcap)) * dt.type(softcap)).astype(dt)
+    scores = qk + bias
+    mode = node.attr("qk_matmul_output_mode", 0)
+    qk_out = scores if mode == 2 else qk
+    prec = node.attr("softmax_precision")
+    probs = _masked_softmax(scores.astype(_dt(prec)) if prec else scores)
+    probs = np.where(np.isneginf(np.max(bias, axis=-1, keepdims=True)), np.zeros((), probs.dtype), probs)
+    if mode == 3:
+        qk_out = probs
+    y = _mm(probs.astype(dt), v)
+    if three_d:
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+    return [y, present_k, present_v, np.asarray(qk_out).astype(dt)][: max(len(node.outputs), 1)]

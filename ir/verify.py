@@ -16,7 +16,7 @@ REQUIRED_ATTRS: dict[Op, tuple[str, ...]] = {
     Op.LayerNorm: ("eps",),
     Op.GatedAct: ("act",),
     Op.KVQuantAttention: ("scale", "bits"),
-    Op.FusedLinear: ("epilogue",),
+    Op.FusedLinear: ("epilogue", "linear", "linear_operands"),
 }
 
 

@@ -79,8 +79,8 @@ def run_decoder(module: Module, token_ids, prefix: int = 1,
 
 def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, reference: Any = None,
              observe: Callable | None = None) -> dict:
-    """{ppl, nll, n_tokens, top1_agreement (None without reference), top1, kv_tokens_max,
-    decode_attention_flops} (see the module doc)."""
+    """{ppl, nll, n_tokens, top1_agreement (None without reference), top1, nll_per_token,
+    kv_tokens_max, decode_attention_flops} (see the module doc)."""
     from ..ir.kvevict import decode_attention_flops
 
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
@@ -101,7 +101,8 @@ def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, referenc
     lp = pred.astype(np.float64)
     lp = lp - lp.max(-1, keepdims=True)
     lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
-    nll = float(-lp[np.arange(target.size), target].mean()) if target.size else float("nan")
+    nll_tok = -lp[np.arange(target.size), target]
+    nll = float(nll_tok.mean()) if target.size else float("nan")
     top1 = pred.argmax(-1)
     agree = None
     if reference is not None:
@@ -112,4 +113,4 @@ def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, referenc
             raise ValueError(f"reference top1 has {ref.shape[0]} positions, this run {top1.shape[0]}")
         agree = float((ref == top1).mean())
     return {"ppl": math.exp(nll), "nll": nll, "n_tokens": int(target.size), "top1_agreement": agree,
-            "top1": top1.tolist(), "kv_tokens_max": kv_max[0], "decode_attention_flops": flops[0]}
+            "top1": top1.tolist(), "nll_per_token": nll_tok.tolist(), "kv_tokens_max": kv_max[0], "decode_attention_flops": flops[0]}

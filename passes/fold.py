@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.core import Const, Function, Module, Node, digest
+from ..ir.core import Const, Module, Node, digest
 from ..ir.interp import IMPLS  # importing interp registers the high-level ops too
 from ..ir.ops import Op
 from .base import PassResult, clean, fresh, rename_inputs, used_names

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import semantics
-from ..ir.core import Const, Function, Module, Node
+from ..ir.core import Function, Module, Node
 from ..ir.ops import Op
 from ..ir.types import DType
 from .base import PassResult, add_const, clean, used_names

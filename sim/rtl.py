@@ -85,9 +85,10 @@ def run_tlmm_bench(group=3, tables=3, columns=4, depth=64, sim="verilator", test
     saved = os.environ.get("MAKEFLAGS")
     os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
     try:
-        runner.build(sources=[vpath], hdl_toplevel="tlmm_core", build_dir=build_dir,
-                     always=not stamp.exists(), build_args=build_args, timescale=("1ns", "1ps"),
-                     log_file=build_dir.parent / f"tlmm_core-{digest}.build.log")
+        if not stamp.exists():  # cocotb's Verilator runner always re-runs verilator + make otherwise
+            runner.build(sources=[vpath], hdl_toplevel="tlmm_core", build_dir=build_dir, always=True,
+                         build_args=build_args, timescale=("1ns", "1ps"),
+                         log_file=build_dir.parent / f"tlmm_core-{digest}.build.log")
     finally:
         if saved is None:
             os.environ.pop("MAKEFLAGS", None)
@@ -97,11 +98,13 @@ def run_tlmm_bench(group=3, tables=3, columns=4, depth=64, sim="verilator", test
     with tempfile.TemporaryDirectory(prefix="ternc-cocotb-") as td:
         out = Path(td) / "res.json"
         xml = Path(td) / "results.xml"
+        failure = None
         env = {"TLMM_G": str(group), "TLMM_T": str(tables), "TLMM_C": str(columns),
                "TLMM_DEPTH": str(depth), "TLMM_SEED": str(seed), "TLMM_P_VALID": str(p_valid),
                "TLMM_P_READY": str(p_ready), "TLMM_OUT": str(out)}
         try:
             runner.test(test_module="ternc.sim.cocotb_tlmm", hdl_toplevel="tlmm_core", testcase=testcase,
+                        hdl_toplevel_lang="verilog",
                         build_dir=build_dir, test_dir=td, extra_env=env, results_xml=str(xml),
                         timescale=("1ns", "1ps"), log_file=Path(td) / "sim.log")
         except SystemExit:

@@ -175,8 +175,8 @@ def quantize_func(k: int, eps: float = semantics.ACT_EPS, target_kind: str = "cp
     x_q, a_scale = quantize_te(x, k, padded_k(k), eps)
     func = te.create_prim_func([x, x_q, a_scale]).with_attr("global_symbol", f"ternc_quantize_k{k}")
     if target_kind == "cuda":
-        return _cuda_schedule_quantize(func)
-    return func
+        func = _cuda_schedule_quantize(func)
+    return func.with_attr("op_pattern", 8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,30 +321,32 @@ def _cuda_schedule_quantize(func):
 
 
 def _cuda_schedule_gemv(func, n: int, kp: int):
-    """Decode: each thread block handles 4 output rows, 32 threads split the K reduction (rfactor)."""
+    """Decode (few tokens): 4 output rows per thread block (threadIdx.y); 32 lanes (threadIdx.x)
+    split K, each decoding its packed bytes in registers; TVM's cross-thread reduction (warp
+    shuffles) sums the lanes."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("wdec"))
     blk = sch.get_sblock("acc")
     i, j, k = sch.get_loops(blk)
-    ko, ki = sch.split(k, [None, 32])
-    rf = sch.rfactor(ki, 2)
-    rl = sch.get_loops(rf)  # i, j, ki, ko
-    jo, ji = sch.split(rl[1], [None, 4])
-    sch.bind(jo, "blockIdx.x")
-    sch.bind(ji, "threadIdx.y")
-    sch.bind(rl[2], "threadIdx.x")
-    sch.reverse_compute_at(blk, ji)
-    bl = sch.get_loops(blk)
-    sch.bind(bl[-1], "threadIdx.x")
+    ij = sch.fuse(i, j)
+    bx, ty = sch.split(ij, [None, 4])
+    ko, ki = sch.split(k, [kp // KPAD, KPAD])
+    sch.reorder(ki, ko)
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(ki, "threadIdx.x")
     return sch.mod["main"]
 
 
 def _cuda_schedule_gemm(func, n: int, kp: int):
-    """Prefill: 16x16 output tiles per block, one thread per output, K in 32-wide steps."""
+    """Prefill: 8 tokens x 32 outputs per thread block, one thread per output, weights decoded in
+    registers inside the K loop."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("wdec"))
     blk = sch.get_sblock("acc")
     i, j, k = sch.get_loops(blk)
     io, ii = sch.split(i, [None, 8])
@@ -379,7 +381,8 @@ def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
         func = _cuda_schedule_gemm(te.create_prim_func(dot_te(fmt, k, n)), n, kp)
     else:
         raise ValueError(f"unknown ternary kernel kind {kind!r}")
-    return func.with_attr("global_symbol", f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}")
+    # op_pattern 8 = kOpaque: FuseOps must not fuse neighbours into a hand-scheduled kernel
+    return func.with_attr("global_symbol", f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}").with_attr("op_pattern", 8)
 
 
 def available_kinds(fmt: str, target_kind: str) -> list[str]:
@@ -413,8 +416,11 @@ def run_standalone(lib, x_q: np.ndarray, parts: list[np.ndarray], n: int, dev=No
     return out.numpy()
 
 
-def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5, seed: int = 0
-                  ) -> list[KernelTiming]:
+_MEASURED: dict = {}
+
+
+def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5, seed: int = 0,
+                  target=None) -> list[KernelTiming]:
     """Compile each available CPU kernel for (fmt, K, N) and time it on M tokens (best of `repeat`)."""
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
@@ -425,10 +431,13 @@ def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5,
     xp[:, :k] = rng.integers(-128, 128, size=(m, k))
     args = [tvm.runtime.tensor(xp, dev)] + [tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in parts]
     out = tvm.runtime.empty((m, n), "int32", dev)
+    ref = semantics.ternary_matmul_i32(xp[:, :k], w)
     res = []
     for kind in kinds:
-        f = build_standalone(fmt, k, n, kind)["main"]
-        f(*args, out)  # warm up
+        f = build_standalone(fmt, k, n, kind, target=target or "llvm")["main"]
+        f(*args, out)  # warm up, and never pick a kernel that is not exact
+        if not np.array_equal(out.numpy(), ref):
+            raise RuntimeError(f"ternary kernel {kind}/{fmt} K={k} N={n} is not bit-exact")
         best = float("inf")
         for _ in range(repeat):
             t0 = time.perf_counter()
@@ -439,20 +448,23 @@ def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5,
 
 
 def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", policy: str = "auto",
-                log: list | None = None) -> str:
-    """The kernel for one weight shape: `policy` names it, or "auto" measures the CPU candidates."""
+                log: list | None = None, target=None) -> str:
+    """The kernel for one weight shape and token count: `policy` names it ("dot", "lut"), or
+    "auto" measures the CPU candidates on this machine (cached per shape). CUDA: GEMV for one
+    token (decode), GEMM otherwise. Cross targets (aarch64) cannot be measured here: "dot"."""
     kinds = available_kinds(fmt, target_kind)
     if target_kind == "cuda":
         return "gemv" if m == 1 else "gemm"
     if policy != "auto":
-        if policy not in kinds:
-            return kinds[0]
-        return policy
-    if len(kinds) == 1:
+        return policy if policy in kinds else kinds[0]
+    if len(kinds) == 1 or target_kind != "cpu":
         return kinds[0]
-    timings = measure_kinds(fmt, k, n, m, kinds)
-    best = min(timings, key=lambda t: t.seconds)
-    if log is not None:
-        log.append({"format": fmt, "k": k, "n": n, "m": m,
-                    "timings_us": {t.kind: round(t.seconds * 1e6, 2) for t in timings}, "chosen": best.kind})
-    return best.kind
+    key = (fmt, k, n, m, str(target))
+    if key not in _MEASURED:
+        timings = measure_kinds(fmt, k, n, m, kinds, target=target)
+        best = min(timings, key=lambda t: t.seconds)
+        _MEASURED[key] = {"format": fmt, "k": k, "n": n, "m": m,
+                          "timings_us": {t.kind: round(t.seconds * 1e6, 2) for t in timings}, "chosen": best.kind}
+    if log is not None and _MEASURED[key] not in log:
+        log.append(_MEASURED[key])
+    return _MEASURED[key]["chosen"]

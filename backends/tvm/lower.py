@@ -117,7 +117,8 @@ def _as_int(e) -> int | None:
 
 class FunctionLowerer:
     def __init__(self, module: Module, fn: Function, bb: relax.BlockBuilder, target_kind: str,
-                 kernel_policy: str, kernel_log: list, kernel_cache: dict):
+                 kernel_policy: str, kernel_log: list, kernel_cache: dict, target=None):
+        self.target = target
         self.module = module
         self.fn = fn
         self.bb = bb
@@ -861,7 +862,7 @@ def _quantize(L, x2, k: int, eps: float):
 
 
 def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
-    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.target_kind, L.kernel_policy, L.kernel_log)
+    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.target_kind, L.kernel_policy, L.kernel_log, L.target)
     key = (fmt, k, n, kind)
     if key not in L.kernel_cache:
         L.kernel_cache[key] = L.bb.add_func(kernels.matmul_func(fmt, k, n, kind), f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}")
@@ -950,8 +951,12 @@ def _dequantize(L, node, args):
 
 # ====================================================================== module
 def lower_module(module: Module, entries: list[str] | None = None, target_kind: str = "cpu",
-                 kernel_policy: str = "auto") -> Lowered:
-    """Lower the named entry points (default: prefill/decode for decoders, else every function)."""
+                 kernel_policy: str = "auto", target=None) -> Lowered:
+    """Lower the named entry points (default: prefill/decode for decoders, else every function).
+
+    target_kind: "cpu" (x86/aarch64 LLVM) or "cuda"; kernel_policy: "auto" (measured choice per
+    ternary weight shape, CPU host targets only), "dot" or "lut"; target: the tvm Target the
+    measurement compiles for."""
     if entries is None:
         dec = module.meta.get("decoder")
         entries = [dec["prefill"], dec["decode"]] if dec else module.entry_names
@@ -960,7 +965,7 @@ def lower_module(module: Module, entries: list[str] | None = None, target_kind: 
     log: list = []
     cache: dict = {}
     for name in entries:
-        fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, cache)
+        fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, cache, target)
         sigs[name] = fl.lower()
     mod = bb.get()
     weights: list[str] = []

@@ -148,3 +148,14 @@ def test_real_exports_use_only_claimed_passing_ops(arch, onnx_export, report):
         f"TRANSFORMER_OPS is out of date: {arch} also uses {sorted(used - C.TRANSFORMER_OPS)}"
     passed = Counter(op for r in report.results if r.status == "pass" for op in r.ops)
     assert all(passed[op] for op in used), {op: passed[op] for op in used}
+
+
+def test_onnx_attention_is_primitive_not_high_level():
+    """ONNX's Attention maps to the primitive Op.OnnxAttention (the name `Attention` is the raised op)."""
+    from ternc.ir.ops import Op
+
+    assert "Attention" in CLAIMED and "OnnxAttention" not in CLAIMED
+    case = CASES["test_attention_4d_gqa_with_past_and_present"]
+    module = from_onnx(case.model, raise_patterns=False)
+    assert [n.op for n in module.func("main").nodes] == [Op.OnnxAttention]
+    assert C.run_case(case).status == "pass"

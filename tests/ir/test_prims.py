@@ -109,11 +109,10 @@ def test_round_half_to_even():
 
 def test_slice_negative_step_clamps_start_into_range():
     x = np.arange(5, dtype=np.float32)
-    c = {1: None, 2: None, 3: None, 4: None}
 
     def sl(s, e, st):
         ins = [x, np.array([s]), np.array([e]), np.array([0]), np.array([st])]
-        return ternc1("Slice", ins, const=dict.fromkeys(c, True) and {1: 1, 2: 1, 3: 1, 4: 1})[0].tolist()
+        return ternc1("Slice", ins, const={1: 1, 2: 1, 3: 1, 4: 1})[0].tolist()
 
     assert sl(-100, 2, -1) == []                 # start clamps to 0, not to "the last element"
     assert sl(-100, -200, -1) == [0]             # start -> 0, end -> -1 ("before the front")
@@ -359,3 +358,42 @@ def test_binary_broadcast_matches_onnx(op, data, dtype):
     if op == "Sub" and dtype == np.uint8:
         a, b = np.maximum(a, b), np.minimum(a, b)  # keep clear of wrap-around (the reference warns)
     check_against_onnx(op, [a, b], rtol=2e-3 if dtype == np.float16 else 1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), qtype=st.sampled_from([np.uint8, np.int8, np.int16]), mode=st.sampled_from(["tensor", "axis"]))
+def test_quantize_dequantize_match_onnx(data, qtype, mode):
+    shape = data.draw(array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    x = data.draw(arrays(np.float32, shape, elements=st.floats(-300, 300, width=32)))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    n = 1 if mode == "tensor" else shape[axis]
+    scale = data.draw(arrays(np.float32, (n,) if mode == "axis" else (),
+                             elements=st.sampled_from([0.5, 1.0, 2.0, 0.1, 3.0])))
+    info = np.iinfo(qtype)
+    zp = data.draw(arrays(qtype, scale.shape, elements=st.integers(max(info.min, -20), min(info.max, 20))))
+    (q,) = check_against_onnx("QuantizeLinear", [x, scale, zp], {"axis": axis})
+    check_against_onnx("DequantizeLinear", [q, scale, zp], {"axis": axis})
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), interleaved=st.sampled_from([0, 1]), three_d=st.booleans(), with_pos=st.booleans())
+def test_rotary_embedding_matches_onnx(data, interleaved, three_d, with_pos):
+    b, s, h = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
+    d = 2 * data.draw(st.integers(1, 4))
+    rd = data.draw(st.sampled_from([0, d] + ([d - 2] if d > 2 else [])))
+    half = (rd or d) // 2
+    x = data.draw(arrays(np.float32, (b, s, h * d) if three_d else (b, h, s, d), elements=finite_f32))
+    if with_pos:
+        max_pos = s + 3
+        cos = data.draw(arrays(np.float32, (max_pos, half), elements=st.floats(-1, 1, width=32)))
+        sin = data.draw(arrays(np.float32, (max_pos, half), elements=st.floats(-1, 1, width=32)))
+        pos = data.draw(arrays(np.int64, (b, s), elements=st.integers(0, max_pos - 1)))
+        ins = [x, cos, sin, pos]
+    else:
+        cos = data.draw(arrays(np.float32, (b, s, half), elements=st.floats(-1, 1, width=32)))
+        sin = data.draw(arrays(np.float32, (b, s, half), elements=st.floats(-1, 1, width=32)))
+        ins = [x, cos, sin]
+    attrs = {"interleaved": interleaved, "rotary_embedding_dim": rd}
+    if three_d:
+        attrs["num_heads"] = h
+    check_against_onnx("RotaryEmbedding", ins, attrs, rtol=1e-5)

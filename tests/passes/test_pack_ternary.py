@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ternc.ir import interpret, packing
+from ternc.ir import packing
 from ternc.ir.interp import Interpreter
 from ternc.ir.ops import Op
 from ternc.passes import pack_ternary, split_ternary

@@ -2,7 +2,6 @@
 
 import numpy as np
 
-from ternc.ir import interpret
 from ternc.ir.ops import Op
 from ternc.passes import split_ternary
 

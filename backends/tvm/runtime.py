@@ -1,0 +1,125 @@
+"""Run a compiled ternc artifact with the TVM *runtime* only (no compiler library).
+
+Importing this module sets TVM_USE_RUNTIME_LIB=1 when `tvm` has not been imported yet, so only
+libtvm_runtime.so (plus libtvm_runtime_cuda.so for CUDA) is loaded. It uses `tvm.runtime` and
+`tvm_ffi` only: never `tvm.relax`, `tvm.compile` or anything of the compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+if "tvm" not in sys.modules:
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+
+
+class RuntimeError_(RuntimeError):
+    pass
+
+
+_CUDA_FATBINS: dict[str, bytes] = {}
+
+
+def _load_cuda_runtime():
+    """Register the `cuda` module loader: libtvm_runtime_cuda.so must be loaded RTLD_GLOBAL first."""
+    import ctypes
+
+    import tvm
+
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    if not lib.exists():
+        raise RuntimeError_(f"CUDA artifact needs {lib} (the tvm package's CUDA runtime)")
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+
+
+def _register_fatbins(cuda_dir: Path):
+    """Hand TVM our ahead-of-time nvcc fatbins instead of compiling CUDA source at load time."""
+    import hashlib
+
+    import tvm_ffi
+
+    for f in sorted(cuda_dir.glob("*.fatbin")):
+        _CUDA_FATBINS[f.stem] = f.read_bytes()
+
+    def tvm_callback_cuda_compile(code, *_args):
+        key = hashlib.sha256(code.encode() if isinstance(code, str) else bytes(code)).hexdigest()
+        if key in _CUDA_FATBINS:
+            return bytearray(_CUDA_FATBINS[key])
+        if len(_CUDA_FATBINS) == 1:
+            return bytearray(next(iter(_CUDA_FATBINS.values())))
+        raise RuntimeError_(f"no prebuilt fatbin for CUDA source sha256 {key} (artifact has "
+                            f"{sorted(_CUDA_FATBINS)})")
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", tvm_callback_cuda_compile, override=True)
+
+
+class TVMRunner:
+    """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`."""
+
+    def __init__(self, path: Path, manifest: dict, device: str | None = None):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        self.path = Path(path)
+        self.manifest = manifest
+        self.meta = manifest["model"]["meta"]
+        self.entries = manifest["entries"]
+        target = manifest["target"]["name"]
+        if target == "cuda":
+            _load_cuda_runtime()
+            _register_fatbins(self.path / "cuda")
+            self.device = tvm.cuda(0)
+        else:
+            self.device = tvm.cpu(0)
+        if device is not None:
+            self.device = tvm.device(device)
+        lib = tvm.runtime.load_module(str(self.path / manifest["files_role"]["library"]))
+        self.vm = VirtualMachine(lib, self.device)
+        from safetensors.numpy import load_file
+
+        arrays = load_file(str(self.path / manifest["files_role"]["weights"]))
+        names = manifest["weights"]
+        missing = [w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays]
+        if missing:
+            raise RuntimeError_(f"{self.path}: weights file lacks {missing[:5]}")
+        self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(arrays[key]), self.device)
+                        for w, key in names.items()}
+        self._fns = {}
+
+    def run(self, entry: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        import tvm
+
+        if entry not in self.entries:
+            raise KeyError(f"artifact {self.path} has no entry {entry!r}; it has {sorted(self.entries)}")
+        sig = self.entries[entry]
+        missing = [i["name"] for i in sig["inputs"] if i["name"] not in inputs]
+        extra = set(inputs) - {i["name"] for i in sig["inputs"]}
+        if missing or extra:
+            raise ValueError(f"@{entry}: missing inputs {missing}, unknown inputs {sorted(extra)}; it takes "
+                             f"{[i['name'] for i in sig['inputs']]}")
+        args = []
+        bound: dict[str, int] = {}
+        for spec in sig["inputs"]:
+            a = np.asarray(inputs[spec["name"]])
+            want = np.dtype(spec["dtype"])
+            if a.dtype != want:
+                if not np.can_cast(a.dtype, want, casting="same_kind"):
+                    raise ValueError(f"@{entry}: input {spec['name']} has dtype {a.dtype}, expected {want}")
+                a = a.astype(want)
+            if a.ndim != len(spec["shape"]):
+                raise ValueError(f"@{entry}: input {spec['name']} has shape {list(a.shape)}, expected {spec['shape']}")
+            for d, s in zip(spec["shape"], a.shape):
+                if isinstance(d, int) and d != s:
+                    raise ValueError(f"@{entry}: input {spec['name']} has shape {list(a.shape)}, expected {spec['shape']}")
+                if isinstance(d, str) and d != "?":
+                    if bound.setdefault(d, s) != s:
+                        raise ValueError(f"@{entry}: dim {d} is {bound[d]} elsewhere but {s} in {spec['name']}")
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
+        args += [self.weights[w] for w in sig["weights"]]
+        out = self.vm[entry](*args)
+        return {o["name"]: out[i].numpy() for i, o in enumerate(sig["outputs"])}

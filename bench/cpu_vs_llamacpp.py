@@ -1,0 +1,532 @@
+"""CPU decode/prefill speed of ternc (TVM backend) vs llama.cpp on a BitNet-b1.58-large-shaped model.
+
+    python bench/cpu_vs_llamacpp.py                 # full shape, 2 threads, pp128 / tg32
+    python bench/cpu_vs_llamacpp.py --tiny          # 2 layers, hidden 256: smoke run (~1-2 min)
+    python bench/cpu_vs_llamacpp.py --rounds 3 --out bench/results/cpu_vs_llamacpp.json
+
+Model (both engines, random weights): llama.cpp's "bitnet" architecture (LLM_ARCH_BITNET) -- the
+1bitLLM bitnet_b1_58-large layout: 24 layers, hidden 1536, FFN 4096 (SiLU-gated), 16 heads of dim 96
+(no GQA), vocab 32002, RMSNorm pre-norms plus BitNet's attn_sub_norm (before o_proj) and
+ffn_sub_norm (before down_proj), tied embeddings (the LM head reads token_embd, F16). The seven
+projections per layer are ternary: llama.cpp TQ2_0 or TQ1_0 (per-256-block fp16 scale, Q8_K
+activations); ternc TernaryLinear (per-tensor scale, per-token int8 activations) in the packing
+format given by --format (default i2, the same 2-bit layout as TQ2_0). ternc's module is built
+directly as IR (no ONNX) with `prefill` / `decode` entry points over an explicit KV cache, and like
+llama.cpp its prefill computes logits (and the last layer's FFN) for the last prompt token only.
+
+Peer: llama.cpp's `llama-bench` built from the `llama-cpp-python` sdist (vendor/llama.cpp) under
+.cache/llamacpp/ (built on first use: Release, GGML_NATIVE=ON, CPU only, no curl/openssl).
+`llama-bench -m X.gguf -p 128 -n 32 -t 2 -r R -o json`: pp128 = one 128-token prompt from an
+empty cache, tg32 = 32 single-token steps from an empty cache (figures: avg tokens/s over R reps).
+Ours is timed the same way: prefill(128 tokens) and 32 decode steps (the first from an empty cache),
+wall clock around the TVM Relax VM calls, TVM_NUM_THREADS = --threads.
+
+Runs are interleaved (llama.cpp TQ2_0, TQ1_0, ternc per round) and the table reports medians over
+rounds, since the machine is shared. Prints a markdown table; writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+LLAMA_DIR = REPO / ".cache" / "llamacpp"
+LLAMA_CPP_PYTHON = "0.3.36"
+DEFAULT_OUT = REPO / "bench" / "results" / "cpu_vs_llamacpp.json"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    vocab: int
+    max_pos: int = 1024
+    eps: float = 1e-5
+    rope_theta: float = 10000.0
+    act: str = "silu"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def ternary_params(self) -> int:
+        return self.layers * (4 * self.hidden * self.hidden + 3 * self.hidden * self.ffn)
+
+
+FULL = Config("bitnet-b1.58-large", layers=24, hidden=1536, ffn=4096, heads=16, vocab=32002)
+TINY = Config("bitnet-tiny", layers=2, hidden=256, ffn=768, heads=4, vocab=1024)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights (deterministic per tensor name, shared by both engines)
+# ------------------------------------------------------------------------------------------------
+def _rng(name: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little"))
+
+
+def ternary(name: str, n: int, k: int, seed: int) -> np.ndarray:
+    """Random ternary [N, K] (torch Linear layout), about 1/3 zeros."""
+    return (_rng(name, seed).integers(0, 3, size=(n, k), dtype=np.int8) - 1).astype(np.int8)
+
+
+def embedding(cfg: Config, seed: int) -> np.ndarray:
+    return (_rng("token_embd", seed).standard_normal((cfg.vocab, cfg.hidden), dtype=np.float32) * 0.02).astype(np.float16)
+
+
+W_SCALE = 0.02  # per-tensor weight scale (mean|W| of a real checkpoint is of this order)
+PROJ = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def proj_shape(cfg: Config, proj: str) -> tuple[int, int]:
+    """(N, K) of a projection."""
+    if proj in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        return cfg.hidden, cfg.hidden
+    if proj in ("ffn_gate", "ffn_up"):
+        return cfg.ffn, cfg.hidden
+    return cfg.hidden, cfg.ffn
+
+
+# ------------------------------------------------------------------------------------------------
+# llama.cpp: build llama-bench from the llama-cpp-python sdist, write the GGUF, run it
+# ------------------------------------------------------------------------------------------------
+def llama_bench_path() -> Path:
+    return LLAMA_DIR / "build" / "bin" / "llama-bench"
+
+
+def ensure_llama_bench(jobs: int = 2) -> tuple[Path, float | None]:
+    """Path of llama-bench, building it (sdist download + cmake) if missing; (path, build seconds)."""
+    exe = llama_bench_path()
+    if exe.exists():
+        return exe, None
+    LLAMA_DIR.mkdir(parents=True, exist_ok=True)
+    sdist_dir = LLAMA_DIR / "sdist"
+    tarball = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
+    if not tarball.exists():
+        log(f"downloading the llama-cpp-python {LLAMA_CPP_PYTHON} sdist")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)], check=True)
+    src_root = LLAMA_DIR / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+    if not src_root.exists():
+        with tarfile.open(tarball) as tf:
+            tf.extractall(LLAMA_DIR, filter="data")
+    src = src_root / "vendor" / "llama.cpp"
+    build = LLAMA_DIR / "build"
+    t0 = time.perf_counter()
+    log("building llama-bench (cmake, Release, GGML_NATIVE=ON, CPU only); ~5+ min on 2 cores")
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+                    "-DGGML_CUDA=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_UI=OFF",
+                    "-DLLAMA_BUILD_APP=OFF"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", f"-j{jobs}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return exe, time.perf_counter() - t0
+
+
+def write_gguf(cfg: Config, qtype: str, path: Path, seed: int) -> Path:
+    """The model as GGUF (arch "bitnet"), ternary projections in `qtype` (TQ2_0 / TQ1_0)."""
+    import gguf
+
+    from ternc.ir import packing
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    to_bytes = {"TQ2_0": packing.to_gguf_tq2_0, "TQ1_0": packing.to_gguf_tq1_0}[qtype]
+    w = gguf.GGUFWriter(str(tmp), "bitnet")
+    w.add_name(f"{cfg.name}-random-{qtype}")
+    w.add_context_length(cfg.max_pos)
+    w.add_embedding_length(cfg.hidden)
+    w.add_block_count(cfg.layers)
+    w.add_feed_forward_length(cfg.ffn)
+    w.add_head_count(cfg.heads)
+    w.add_head_count_kv(cfg.heads)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.eps)
+    w.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{qtype}"))
+    # Minimal SentencePiece-style vocab: llama-bench only needs n_vocab tokens and bos/eos ids.
+    toks = ["<unk>", "<s>", "</s>"] + [f"<t{i}>" for i in range(3, cfg.vocab)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores([0.0] * cfg.vocab)
+    w.add_token_types([2, 3, 3] + [1] * (cfg.vocab - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_tensor("token_embd.weight", embedding(cfg, seed))
+    w.add_tensor("output_norm.weight", np.ones(cfg.hidden, np.float32))
+    for i in range(cfg.layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(cfg.hidden, np.float32))
+        w.add_tensor(f"blk.{i}.attn_sub_norm.weight", np.ones(cfg.hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(cfg.hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_sub_norm.weight", np.ones(cfg.ffn, np.float32))
+        for p in PROJ:
+            n, k = proj_shape(cfg, p)
+            data = to_bytes(ternary(f"blk.{i}.{p}", n, k, seed), W_SCALE)
+            w.add_tensor(f"blk.{i}.{p}.weight", data, raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+    return path
+
+
+def run_llama_bench(exe: Path, model: Path, threads: int, pp: int, tg: int, reps: int) -> dict:
+    cmd = [str(exe), "-m", str(model), "-p", str(pp), "-n", str(tg), "-t", str(threads), "-r", str(reps),
+           "-o", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    res = {"cmd": " ".join(cmd)}
+    for t in json.loads(r.stdout):
+        key = "pp" if t["n_prompt"] and not t["n_gen"] else "tg"
+        res[key] = {"avg_ts": t["avg_ts"], "stddev_ts": t["stddev_ts"], "samples_ts": t.get("samples_ts")}
+        res.setdefault("info", {k: t.get(k) for k in ("build_commit", "cpu_info", "model_type", "model_size",
+                                                        "model_n_params", "n_threads", "type_k")})
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# ternc: the same model as an IR module with prefill/decode entry points
+# ------------------------------------------------------------------------------------------------
+def rope_tables(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """HF/NeoX-layout cos/sin [max_pos, head_dim] (halves duplicated)."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    ang = np.arange(cfg.max_pos, dtype=np.float64)[:, None] * inv[None, :]
+    ang = np.concatenate([ang, ang], axis=-1)
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
+    """ternc IR Module @bitnet with `prefill(input_ids[1, seq])` and `decode(input_ids[1, seq], past...)`."""
+    from ternc.ir import packing
+    from ternc.ir.core import Const, Function, Module, Node, Value
+    from ternc.ir.ops import Op
+    from ternc.ir.types import DType, TensorType
+
+    F32, I64 = DType.F32, DType.I64
+    H, FF, NH, HD = cfg.hidden, cfg.ffn, cfg.heads, cfg.head_dim
+    consts: dict[str, Const] = {}
+
+    def const(name, arr, dtype=None):
+        consts[name] = Const.of(arr, dtype)
+        return name
+
+    embed = const("token_embd", embedding(cfg, seed).astype(np.float32))
+    cos, sin = rope_tables(cfg)
+    const("rope_cos", cos)
+    const("rope_sin", sin)
+    ones_h = const("ones_h", np.ones(H, np.float32))
+    ones_f = const("ones_ff", np.ones(FF, np.float32))
+    const("w_scale", np.array(W_SCALE, np.float32))
+    const("shape_heads", np.array([0, 0, NH, HD], np.int64))
+    const("shape_hidden", np.array([0, 0, H], np.int64))
+    const("c0", np.array(0, np.int64))
+    const("c1", np.array(1, np.int64))
+    const("last_start", np.array([-1], np.int64))
+    const("last_end", np.array([2**62], np.int64))
+    const("axis1", np.array([1], np.int64))
+    weights = {}
+    for i in range(cfg.layers):
+        for p in PROJ:
+            n, k = proj_shape(cfg, p)
+            w_t = ternary(f"blk.{i}.{p}", n, k, seed)
+            if fmt == "t2":
+                weights[(i, p)] = [const(f"blk.{i}.{p}", w_t, DType.T2)]
+            else:
+                parts = packing.pack(w_t, fmt)
+                weights[(i, p)] = [const(f"blk.{i}.{p}.{nm}", a) for nm, a in parts.items()]
+
+    def build(decode: bool) -> Function:
+        nodes: list[Node] = []
+        cnt = [0]
+
+        def val(shape, dtype=F32, name=None):
+            cnt[0] += 1
+            return Value(name or f"v{cnt[0]}", TensorType(dtype, tuple(shape)))
+
+        def op(o, inputs, shape, dtype=F32, name=None, **attrs):
+            v = val(shape, dtype, name)
+            nodes.append(Node.make(o, inputs, [v], **attrs))
+            return v.name
+
+        def lin(x, i, p, shape_lead):
+            n, k = proj_shape(cfg, p)
+            return op(Op.TernaryLinear, [x, "w_scale", *weights[(i, p)]], [*shape_lead, n], format=fmt, k=k, n=n)
+
+        params = [Value("input_ids", TensorType(I64, (1, "seq")))]
+        if decode:
+            for i in range(cfg.layers):
+                params += [Value(f"past.{i}.key", TensorType(F32, (1, NH, "past", HD))),
+                           Value(f"past.{i}.value", TensorType(F32, (1, NH, "past", HD)))]
+        # positions: Range(past_len, past_len + seq)
+        seq1 = op(Op.Shape, ["input_ids"], [1], I64, start=1, end=2)
+        seq = op(Op.Squeeze, [seq1], [], I64)
+        if decode:
+            pl1 = op(Op.Shape, ["past.0.key"], [1], I64, start=2, end=3)
+            start = op(Op.Squeeze, [pl1], [], I64)
+        else:
+            start = "c0"
+        limit = op(Op.Add, [start, seq], [], I64)
+        pos = op(Op.Range, [start, limit, "c1"], ["seq"], I64)
+        cos_t = op(Op.Gather, ["rope_cos", pos], ["seq", HD], axis=0)
+        sin_t = op(Op.Gather, ["rope_sin", pos], ["seq", HD], axis=0)
+        h = op(Op.Gather, [embed, "input_ids"], [1, "seq", H], axis=0)
+        present = []
+        lead = [1, "seq"]
+        for i in range(cfg.layers):
+            last = i == cfg.layers - 1
+            x = op(Op.RMSNorm, [h, ones_h], [1, "seq", H], eps=cfg.eps)
+            qkv = []
+            for p in ("attn_q", "attn_k", "attn_v"):
+                t = lin(x, i, p, lead)
+                t = op(Op.Reshape, [t, "shape_heads"], [1, "seq", NH, HD])
+                t = op(Op.Transpose, [t], [1, NH, "seq", HD], perm=(0, 2, 1, 3))
+                qkv.append(t)
+            q = op(Op.RoPE, [qkv[0], cos_t, sin_t], [1, NH, "seq", HD])
+            k = op(Op.RoPE, [qkv[1], cos_t, sin_t], [1, NH, "seq", HD])
+            ins = [q, k, qkv[2]] + ([f"past.{i}.key", f"past.{i}.value"] if decode else [])
+            outs = [val([1, NH, "seq", HD]), val([1, NH, "?", HD], name=f"present.{i}.key"),
+                    val([1, NH, "?", HD], name=f"present.{i}.value")]
+            nodes.append(Node.make(Op.Attention, ins, outs, scale=1.0 / float(np.sqrt(HD)), causal=1))
+            present += [outs[1].name, outs[2].name]
+            a = op(Op.Transpose, [outs[0].name], [1, "seq", NH, HD], perm=(0, 2, 1, 3))
+            a = op(Op.Reshape, [a, "shape_hidden"], [1, "seq", H])
+            a = op(Op.RMSNorm, [a, ones_h], [1, "seq", H], eps=cfg.eps)
+            o = lin(a, i, "attn_output", lead)
+            if last and not decode:  # like llama.cpp: only the output token goes on (inp_out_ids)
+                o = op(Op.Slice, [o, "last_start", "last_end", "axis1"], [1, 1, H])
+                h = op(Op.Slice, [h, "last_start", "last_end", "axis1"], [1, 1, H])
+                lead = [1, 1]
+            h = op(Op.Add, [h, o], [*lead, H])
+            x = op(Op.RMSNorm, [h, ones_h], [*lead, H], eps=cfg.eps)
+            g = lin(x, i, "ffn_gate", lead)
+            u = lin(x, i, "ffn_up", lead)
+            m = op(Op.GatedAct, [g, u], [*lead, FF], act=cfg.act)
+            m = op(Op.RMSNorm, [m, ones_f], [*lead, FF], eps=cfg.eps)
+            d = lin(m, i, "ffn_down", lead)
+            h = op(Op.Add, [h, d], [*lead, H])
+        x = op(Op.RMSNorm, [h, ones_h], [*lead, H], eps=cfg.eps)
+        logits = op(Op.Linear, [x, embed], [*lead, cfg.vocab], name="logits")
+        return Function("decode" if decode else "prefill", tuple(params), tuple(nodes), (logits, *present))
+
+    meta = {"decoder": {"prefill": "prefill", "decode": "decode", "input_ids": "input_ids", "logits": "logits",
+                        "past": [[f"past.{i}.key", f"past.{i}.value"] for i in range(cfg.layers)],
+                        "present": [[f"present.{i}.key", f"present.{i}.value"] for i in range(cfg.layers)],
+                        "n_layers": cfg.layers, "kv_heads": NH, "head_dim": HD, "kv_dtype": "f32"},
+            "bench_config": asdict(cfg)}
+    return Module("bitnet", (build(False), build(True)), consts, meta)
+
+
+class TerncModel:
+    """The compiled module plus its weights on the device, called through the Relax VM."""
+
+    def __init__(self, module, target: str = "cpu", kernel_policy: str = "auto"):
+        import tvm
+        from tvm import relax
+
+        from ternc.backends.tvm.build import compile_module
+
+        t0 = time.perf_counter()
+        self.built = compile_module(module, target, kernel_policy=kernel_policy)
+        self.compile_s = time.perf_counter() - t0
+        self.dev = tvm.cpu()
+        self.vm = relax.VirtualMachine(self.built.executable, self.dev)
+        lw = self.built.lowered
+        self.kernel_choices = lw.kernel_choices
+        self.weights = {n: tvm.runtime.tensor(np.ascontiguousarray(module.constants[n].data), self.dev)
+                        for n in lw.weights}
+        self.sig = lw.entries
+        self.n_layers = module.meta["decoder"]["n_layers"]
+        self.fns = {name: self.vm[name] for name in self.sig}
+
+    def call(self, entry: str, inputs: list):
+        import tvm
+
+        sig = self.sig[entry]
+        args = [x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.tensor(x, self.dev) for x in inputs]
+        return self.fns[entry](*args, *[self.weights[w] for w in sig.weights])
+
+    def prefill(self, ids: np.ndarray):
+        out = self.call("prefill", [ids.reshape(1, -1).astype(np.int64)])
+        return out[0], [out[1 + j] for j in range(2 * self.n_layers)]
+
+    def decode(self, tok: int, kv):
+        out = self.call("decode", [np.array([[tok]], np.int64), *kv])
+        return out[0], [out[1 + j] for j in range(2 * self.n_layers)]
+
+
+def time_ternc(model: TerncModel, cfg: Config, pp: int, tg: int, reps: int, seed: int) -> dict:
+    """tokens/s of prefill(pp tokens) and of tg single-token decode steps from an empty cache."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, cfg.vocab, size=pp)
+    empty = [np.zeros((1, cfg.heads, 0, cfg.head_dim), np.float32)] * (2 * cfg.layers)
+    # warm-up (as llama-bench does): one prefill, two decode steps
+    model.prefill(ids)
+    _, kv = model.decode(5, empty)
+    model.decode(6, kv)
+    pp_s, tg_s = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        logits, _ = model.prefill(ids)
+        logits.numpy()  # synchronize / materialize
+        pp_s.append(pp / (time.perf_counter() - t0))
+        kv = empty
+        t0 = time.perf_counter()
+        tok = int(ids[-1])
+        for _ in range(tg):
+            logits, kv = model.decode(tok, kv)
+            tok = int(np.argmax(logits.numpy()[0, -1])) % cfg.vocab  # greedy, as an app would (argmax ~0.1 ms)
+        tg_s.append(tg / (time.perf_counter() - t0))
+    return {"pp": {"avg_ts": float(np.mean(pp_s)), "samples_ts": pp_s},
+            "tg": {"avg_ts": float(np.mean(tg_s)), "samples_ts": tg_s}}
+
+
+def check_ternc_tiny(module, model: TerncModel, cfg: Config) -> float:
+    """Max |logit| difference of the compiled module vs the IR interpreter (prefill 4 + decode 2)."""
+    from ternc.ir.interp import interpret
+
+    ids = np.array([[5, 17, 3, 99]], np.int64) % cfg.vocab
+    ref = interpret(module, {"input_ids": ids}, "prefill")
+    logits, kv = model.prefill(ids[0])
+    err = float(np.abs(ref["logits"] - logits.numpy()).max())
+    past = {f"past.{i}.{kvn}": ref[f"present.{i}.{kvn}"] for i in range(cfg.layers) for kvn in ("key", "value")}
+    ref2 = interpret(module, {"input_ids": np.array([[7]], np.int64), **past}, "decode")
+    logits2, _ = model.decode(7, kv)
+    return max(err, float(np.abs(ref2["logits"] - logits2.numpy()).max()))
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return float(statistics.median(xs)) if xs else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="2 layers, hidden 256, FFN 768, vocab 1024: smoke run")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pp", type=int, default=128)
+    ap.add_argument("--tg", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per engine per round")
+    ap.add_argument("--format", default="i2", help="ternc packing format (i2, tl2, tl1, tq1, t2)")
+    ap.add_argument("--kernel-policy", default="auto", help="ternc CPU kernel choice: auto (measured), dot, lut")
+    ap.add_argument("--types", default="TQ2_0,TQ1_0", help="llama.cpp weight types")
+    ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--skip-ternc", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(REPO)}"
+                    " or *_tiny.json)")
+    args = ap.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
+    cfg = TINY if args.tiny else FULL
+    out = args.out or (DEFAULT_OUT.with_name("cpu_vs_llamacpp_tiny.json") if args.tiny else DEFAULT_OUT)
+    log(f"model {cfg.name}: {cfg.ternary_params / 1e6:.0f}M ternary weights; threads={args.threads}")
+
+    report: dict = {"config": asdict(cfg), "threads": args.threads, "pp": args.pp, "tg": args.tg,
+                    "rounds": args.rounds, "reps": args.reps, "format": args.format,
+                    "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                             "loadavg_start": os.getloadavg()}, "engines": {}}
+    types = [t for t in args.types.split(",") if t] if not args.skip_llamacpp else []
+    exe = None
+    models = {}
+    if types:
+        exe, build_s = ensure_llama_bench(max(2, args.threads))
+        report["llamacpp_build_s"] = build_s
+        report["llamacpp_source"] = f"llama-cpp-python=={LLAMA_CPP_PYTHON} sdist, vendor/llama.cpp"
+        for t in types:
+            p = LLAMA_DIR / "models" / f"{cfg.name}-s{args.seed}-{t}.gguf"
+            t0 = time.perf_counter()
+            models[t] = write_gguf(cfg, t, p, args.seed)
+            log(f"GGUF {t}: {p} ({p.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - t0:.0f} s)")
+
+    ours = None
+    if not args.skip_ternc:
+        t0 = time.perf_counter()
+        module = build_module(cfg, args.format, args.seed)
+        log(f"ternc module built ({time.perf_counter() - t0:.0f} s, {module.weight_bytes / 1e6:.0f} MB constants)")
+        ours = TerncModel(module, "cpu", args.kernel_policy)
+        log(f"ternc compiled for cpu in {ours.compile_s:.0f} s")
+        report["ternc_compile_s"] = ours.compile_s
+        report["ternc_kernel_choices"] = ours.kernel_choices
+        if args.tiny:
+            report["ternc_max_abs_err_vs_interp"] = check_ternc_tiny(module, ours, cfg)
+            log(f"ternc vs interpreter: max |logit diff| = {report['ternc_max_abs_err_vs_interp']:.3g}")
+        del module
+
+    samples: dict[str, dict[str, list]] = {}
+    for r in range(args.rounds):
+        for t in types:
+            res = run_llama_bench(exe, models[t], args.threads, args.pp, args.tg, args.reps)
+            e = samples.setdefault(f"llama.cpp {t}", {"pp": [], "tg": []})
+            e["pp"].append(res["pp"]["avg_ts"])
+            e["tg"].append(res["tg"]["avg_ts"])
+            report["engines"].setdefault(f"llama.cpp {t}", {})["info"] = res.get("info")
+            report["engines"][f"llama.cpp {t}"]["cmd"] = res["cmd"]
+            log(f"round {r}: llama.cpp {t}: pp {res['pp']['avg_ts']:.1f} tg {res['tg']['avg_ts']:.1f} tok/s")
+        if ours is not None:
+            res = time_ternc(ours, cfg, args.pp, args.tg, args.reps, args.seed + r)
+            key = f"ternc {args.format}"
+            e = samples.setdefault(key, {"pp": [], "tg": []})
+            e["pp"].append(res["pp"]["avg_ts"])
+            e["tg"].append(res["tg"]["avg_ts"])
+            log(f"round {r}: {key}: pp {res['pp']['avg_ts']:.1f} tg {res['tg']['avg_ts']:.1f} tok/s")
+
+    for name, e in samples.items():
+        report["engines"].setdefault(name, {}).update(
+            {"pp_tok_s": _median(e["pp"]), "tg_tok_s": _median(e["tg"]), "pp_rounds": e["pp"], "tg_rounds": e["tg"]})
+    base = report["engines"].get("llama.cpp TQ2_0", {})
+    rows = []
+    for name, e in report["engines"].items():
+        if "pp_tok_s" not in e:
+            continue
+        rp = e["pp_tok_s"] / base["pp_tok_s"] if base.get("pp_tok_s") else None
+        rt = e["tg_tok_s"] / base["tg_tok_s"] if base.get("tg_tok_s") else None
+        e["ratio_vs_tq2_0"] = {"pp": rp, "tg": rt}
+        rows.append((name, e["pp_tok_s"], e["tg_tok_s"], rp, rt))
+    report["host"]["loadavg_end"] = os.getloadavg()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+
+    f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    print(f"\n{cfg.name}, {args.threads} threads, pp{args.pp} / tg{args.tg}, medians of {args.rounds} rounds\n")
+    print(f"| engine / type | pp{args.pp} tok/s | tg{args.tg} tok/s | pp ratio vs llama.cpp TQ2_0 | "
+          f"tg ratio vs llama.cpp TQ2_0 |")
+    print("|---|---|---|---|---|")
+    for name, pp_v, tg_v, rp, rt in rows:
+        print(f"| {name} | {f(pp_v)} | {f(tg_v)} | {f(rp, 2)} | {f(rt, 2)} |")
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

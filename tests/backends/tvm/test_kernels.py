@@ -1,0 +1,120 @@
+"""Ternary TIR kernels: int32 accumulators bit-exact with semantics.ternary_matmul_i32, for every
+packing format and kernel kind; the quantize kernel exact with semantics.quantize_act."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from ternc.backends.tvm import kernels as K  # noqa: E402
+from ternc.ir import packing, semantics  # noqa: E402
+
+CASES = [(fmt, kind) for fmt in K.SUPPORTED_FORMATS for kind in K.available_kinds(fmt, "cpu")]
+# K values hit every padding case: not multiples of 3, 4, 5, 32 or 128, plus exact multiples
+SHAPES = [(1, 131, 7), (5, 96, 33), (3, 256, 16), (2, 7, 5)]
+
+
+def _parts(w, fmt):
+    return [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
+
+
+@pytest.mark.parametrize("fmt,kind", CASES)
+def test_matmul_bit_exact_random(fmt, kind):
+    rng = np.random.default_rng(hash((fmt, kind)) % 2**32)
+    for m, k, n in SHAPES:
+        w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+        x = rng.integers(-128, 128, size=(m, k)).astype(np.int8)
+        lib = K.build_standalone(fmt, k, n, kind)
+        got = K.run_standalone(lib, x, _parts(w, fmt), n)
+        np.testing.assert_array_equal(got, semantics.ternary_matmul_i32(x, w), err_msg=f"{fmt}/{kind} M={m} K={k} N={n}")
+
+
+@pytest.mark.parametrize("fmt,kind", CASES)
+def test_matmul_extremes(fmt, kind):
+    """Largest magnitudes: x = -128 everywhere against all +1 / all -1 rows, and x = 127."""
+    k, n = 200, 4
+    w = np.stack([np.ones(k), -np.ones(k), np.zeros(k), np.tile([1, -1, 0], k)[:k]]).astype(np.int8)
+    x = np.stack([np.full(k, -128), np.full(k, 127)]).astype(np.int8)
+    got = K.run_standalone(K.build_standalone(fmt, k, n, kind), x, _parts(w, fmt), n)
+    ref = semantics.ternary_matmul_i32(x, w)
+    np.testing.assert_array_equal(got, ref)
+    assert got[0, 0] == -128 * k and got[0, 1] == 128 * k
+
+
+def test_decoder_matches_unpack_for_every_byte_value():
+    """The in-TIR decoder (w_expr, through the t2-free 'dot' kernel) agrees with packing.unpack on
+    a weight that uses every TL2 index/sign and every I2/TL1/TQ1 code."""
+    rng = np.random.default_rng(7)
+    k, n = 3 * 27, 9
+    trip = packing.tl2_digits(np.arange(-13, 14)).reshape(-1)  # all 27 triples
+    w = np.stack([np.roll(trip, 3 * i) for i in range(n)]).astype(np.int8)
+    x = np.eye(k, dtype=np.int8)[: k] * 1  # identity: acc[i, j] = w[j, i]
+    for fmt in K.SUPPORTED_FORMATS:
+        got = K.run_standalone(K.build_standalone(fmt, k, n, "dot"), x, _parts(w, fmt), n)
+        np.testing.assert_array_equal(got.T, packing.unpack(packing.pack(w, fmt), fmt, k) if fmt != "t2" else w)
+    del rng
+
+
+def test_quantize_kernel_exact():
+    """Per-token absmax int8 quantization incl. exact .5 ties (round half to even) and padding."""
+    k = 37
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, k)).astype(np.float32) * np.float32(3)
+    x[0, :6] = [127.0, 0.5, 1.5, 2.5, -0.5, -2.5]  # a_scale = 1: ties at .5
+    x[1] = 0.0  # all-zero row: eps clamp
+    x[2, 0] = 1e-7
+    lib = tvm.compile(tvm.IRModule({"main": K.quantize_func(k, semantics.ACT_EPS)}), "llvm")
+    xq = tvm.runtime.empty((6, K.padded_k(k)), "int8")
+    sc = tvm.runtime.empty((6, 1), "float32")
+    lib["main"](tvm.runtime.tensor(x), xq, sc)
+    ref_q, ref_s = semantics.quantize_act(x)
+    np.testing.assert_array_equal(xq.numpy()[:, :k], ref_q)
+    np.testing.assert_array_equal(xq.numpy()[:, k:], 0)
+    np.testing.assert_array_equal(sc.numpy(), ref_s)
+    assert list(xq.numpy()[0, :6]) == [127, 0, 2, 2, 0, -2]
+
+
+def test_measured_kernel_choice():
+    """`auto` times both CPU kernels for a tl2 shape, checks them exact, and picks the faster one."""
+    log = []
+    kind = K.choose_kind("tl2", 96, 64, 1, "cpu", "auto", log)
+    assert kind in ("dot", "lut")
+    (entry,) = log
+    assert set(entry["timings_us"]) == {"dot", "lut"}
+    assert entry["chosen"] == min(entry["timings_us"], key=entry["timings_us"].get)
+    assert K.choose_kind("i2", 96, 64, 1, "cpu", "auto") == "dot"  # no LUT kernel for i2
+    assert K.choose_kind("tl2", 96, 64, 1, "cpu", "lut") == "lut"
+
+
+@pytest.mark.parametrize("kind", ["gemv", "gemm"])
+def test_cuda_kernels_compile(kind):
+    """The CUDA kernels lower and generate CUDA source for sm_90 (no GPU needed)."""
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    mod = tvm.IRModule({"main": K.matmul_func("tl2", 131, 40, kind)})
+    try:
+        ex = tvm.compile(mod, target)
+    except Exception as e:  # no CUDA toolkit to build the device code
+        if "nvrtc" in str(e).lower() or "nvcc" in str(e).lower() or "cuda" in str(e).lower() and "found" in str(e).lower():
+            pytest.skip(f"CUDA toolchain unavailable: {e}")
+        raise
+    src = ex.mod.imports[0].inspect_source()
+    assert "__global__" in src
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["i2", "tl2"])
+@pytest.mark.parametrize("kind,m", [("gemv", 1), ("gemm", 13)])
+def test_cuda_kernels_bit_exact(fmt, kind, m):
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        pytest.skip("no CUDA GPU")
+    rng = np.random.default_rng(11)
+    k, n = 131, 40
+    w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(m, k)).astype(np.int8)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    lib = tvm.compile(tvm.IRModule({"main": K.matmul_func(fmt, k, n, kind)}), target)
+    got = K.run_standalone(lib, x, _parts(w, fmt), n, dev=dev)
+    np.testing.assert_array_equal(got, semantics.ternary_matmul_i32(x, w))

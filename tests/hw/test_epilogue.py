@@ -1,0 +1,88 @@
+"""Epilogue (hw/epilogue.py) bit-exact against ir/hw_numerics.py in Amaranth's simulator."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from ternc.hw.epilogue import Epilogue
+from ternc.ir import hw_numerics as h
+from ternc.ir.semantics import ternary_matmul_i32
+from ternc.sim.amaranth_tb import collect, drive
+
+
+def _vectors(columns, n, rng):
+    """Realistic accumulators from the integer contract plus edge rows."""
+    k = 300
+    x = rng.normal(size=(n, k)) * rng.uniform(0.1, 8, size=(n, 1))
+    q, amax = h.quantize_act_fx(h.to_fx(x))
+    w = rng.integers(-1, 2, size=(columns, k)).astype(np.int8)
+    acc = ternary_matmul_i32(q, w).astype(np.int64)
+    acc[0, 0], acc[0, 1] = 2 ** 31 - 1, -(2 ** 31)  # saturation
+    acc[1] = 0
+    ws = [h.encode_wscale(v) for v in rng.uniform(0.005, 0.5, size=n)]
+    ms = [h.dq_factor(amax[i], *ws[i]) for i in range(n)]
+    mm = np.array([int(a[0][0]) for a in ms])
+    ss = np.array([int(a[1][0]) for a in ms])
+    ss[2] = 10   # clamped shift (F >= 2)
+    return acc, mm, ss
+
+
+@pytest.mark.parametrize("op", ["none", "residual", "relu2", "silu_gate", "relu2_gate", "rope"])
+def test_epilogue_bit_exact(op):
+    columns, n = 6, 10
+    rng = np.random.default_rng(len(op))
+    acc, mm, ss = _vectors(columns, n, rng)
+    y = h.dequantize_fx(acc, mm[:, None], ss[:, None]).astype(np.int64)
+    half = columns // 2
+    aux = [{"m": int(mm[i]), "s": int(ss[i])} for i in range(n)]
+    if op == "none":
+        ref = y
+    elif op == "residual":
+        res = h.to_fx(rng.normal(size=(n, columns)) * 100)
+        res[3, :] = h.FX_MAX
+        for i in range(n):
+            aux[i]["res"] = [int(v) for v in res[i]]
+        ref = h.add_fx(y, res)
+    elif op == "relu2":
+        ref = h.relu2_fx(y)
+    elif op == "silu_gate":
+        ref = h.silu_gate_fx(y[:, :half], y[:, half:])
+    elif op == "relu2_gate":
+        ref = h.relu2_gate_fx(y[:, :half], y[:, half:])
+    else:
+        cs, sn = h.rope_table(np.arange(n) * 13, 2 * half, theta=500000.0)
+        for i in range(n):
+            aux[i]["cos"] = [int(v) for v in cs[i]]
+            aux[i]["sin"] = [int(v) for v in sn[i]]
+        r0, r1 = h.rope_fx(y[:, :half], y[:, half:], cs, sn)
+        ref = np.concatenate([r0, r1], axis=1)
+    dut = Epilogue(columns, op)
+    out = []
+    r = random.Random(1)
+
+    async def a(ctx):
+        await drive(ctx, dut.acc, [[int(v) for v in row] for row in acc], r, 0.7)
+
+    async def b(ctx):
+        await drive(ctx, dut.aux, aux, r, 0.7)
+
+    async def c(ctx):
+        await collect(ctx, dut.out, n, out, r, 0.6)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(a, background=True)
+    sim.add_testbench(b, background=True)
+    sim.add_testbench(c)
+    sim.run()
+    got = np.array([[o[i] for i in range(dut.n_out)] for o in out], dtype=np.int64)
+    assert np.array_equal(got, np.asarray(ref, np.int64)), (got, ref)
+
+
+def test_epilogue_rejects_bad_config():
+    with pytest.raises(ValueError):
+        Epilogue(5, "rope")
+    with pytest.raises(ValueError):
+        Epilogue(4, "gelu")

@@ -1,0 +1,76 @@
+"""compile(): pipelines per target, verification after every pass, the per-pass report."""
+
+import pytest
+
+import ternc
+from ternc.ir import Node, VerifyError
+from ternc.ir.core import Value
+from ternc.ir.ops import Op
+from ternc.ir.types import DType, TensorType
+from ternc.passes.base import NoOptions, PassInfo, PassResult, kv_bytes_per_token
+from ternc.passes.pipeline import PIPELINES, compile, resolve
+from ternc.passes.registry import SpecError
+
+
+def test_every_target_pipeline_resolves():
+    assert set(PIPELINES) == {"reference", "cpu", "cuda", "kv260"}
+    for target in PIPELINES:
+        assert resolve(target)
+    assert [i.name for i, _ in resolve("kv260")][:2] == ["fold", "raise-ternary"]
+    with pytest.raises(SpecError, match="valid targets: reference, cpu, cuda, kv260"):
+        compile(None, target="fpga")
+
+
+def test_reference_is_exact_and_input_untouched(hp, llama, llama_inputs):
+    before = str(llama)
+    out, rep = compile(llama, report=False)
+    assert str(llama) == before
+    hp.assert_same_outputs(llama, out, llama_inputs)
+    assert [r.name for r in rep.rows] == ["fold", "cse", "dce"]
+
+
+def test_report_table(bitnet, capsys):
+    out, rep = compile(bitnet, target="cpu")
+    table = capsys.readouterr().out
+    assert "ternc compile: target cpu: fold,raise-ternary,cse,dce,pack-ternary{format=i2}" in table
+    assert table.splitlines()[1].split() == ["pass", "nodes", "changed", "weights", "KV", "B/tok", "ms", "notes"]
+    raise_row = rep.row("raise-ternary")
+    assert raise_row.stats["raised"] == 42 and raise_row.removed > raise_row.added > 0
+    pack = rep.row("pack-ternary")
+    assert pack.weight_bytes_after < pack.weight_bytes_before
+    assert rep.weight_bytes == (bitnet.weight_bytes, out.weight_bytes)
+    # 2 (K,V) x 2 layers x 2 kv heads x 42 head dim x 4 bytes (f32)
+    assert pack.kv_bytes_per_token_before == pack.kv_bytes_per_token_after == 2 * 2 * 2 * 42 * 4
+    lines = []
+    compile(bitnet, passes=["dce"], report=lines.append)
+    assert len(lines) == 1 and "dce" in lines[0]
+
+
+def test_kv_bytes_reads_meta_override(llama):
+    assert kv_bytes_per_token(llama) == 2 * 2 * 2 * 16 * 4
+    assert kv_bytes_per_token(llama.replace(meta={**llama.meta, "kv_bytes_per_token": 42.5})) == 42.5
+    assert kv_bytes_per_token(llama.replace(meta={})) is None
+
+
+def _breaker(module, opts):
+    """A buggy pass: uses a value before defining it."""
+    fn = module.functions[0]
+    bad = Node.make(Op.Neg, ["nowhere"], [Value("oops", TensorType(DType.F32, None))])
+    return PassResult(module.with_function(fn.with_nodes((bad,) + fn.nodes)))
+
+
+def test_verify_after_each_pass_names_the_pass(llama, monkeypatch):
+    broken = [(PassInfo("breaker", NoOptions, _breaker, "breaks the IR"), NoOptions())]
+    with pytest.raises(VerifyError, match="IR invalid after pass 'breaker'.*nowhere"):
+        compile(llama, passes=broken, report=False)
+    compile(llama, passes=broken, report=False, verify_each=False)
+    monkeypatch.setenv("TERNC_VERIFY", "0")
+    compile(llama, passes=broken, report=False)
+
+
+def test_pass_list_forms_and_api(llama, llama_inputs, hp):
+    a, _ = compile(llama, passes=["fold", ("cse", {"constants": "false"}), "dce"], report=False)
+    b, _ = ternc.compile(llama, passes="fold,cse{constants=false},dce", report=False)
+    assert str(a) == str(b)
+    with pytest.raises(SpecError, match="unknown option 'nope'"):
+        compile(llama, passes=[("cse", {"nope": 1})], report=False)
