@@ -146,6 +146,8 @@ def _tensor_type(vi: onnx.ValueInfoProto, where: str) -> TensorType:
     dims = []
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
+            if d.dim_value < 0:
+                raise FrontendError(f"{where}: value {vi.name!r} has a negative dimension {d.dim_value}")
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param") and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", d.dim_param):
             dims.append(d.dim_param)

@@ -99,8 +99,9 @@ def compile_module(module: Module, target: str = "cpu", kernel_policy: str = "au
                    mcpu: str | None = None) -> Built:
     tgt = make_target(target, mcpu)
     kind = "cuda" if target == "cuda" else "cpu"
-    # The measured kernel choice runs kernels here, so it is only meaningful for the host CPU.
-    policy = kernel_policy if target == "cpu" else (kernel_policy if kernel_policy != "auto" else "auto")
+    # The measured kernel choice runs kernels here, so it is only meaningful for the host CPU;
+    # a cross target (aarch64) gets the int8 dot kernels unless the caller names a kind.
+    policy = kernel_policy if (target != "aarch64" or kernel_policy != "auto") else "dot"
     lowered = lower_module(module, entries, kind, policy, target=tgt if target == "cpu" else None)
     if target == "cuda":
         ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt))
