@@ -6,6 +6,7 @@ TVM CPU/CUDA artifacts or an Amaranth TLMM FPGA accelerator.
 
 __version__ = "0.1.0"
 
+from . import frontend, ir  # noqa: E402
 from .api import compile, generate, interpret, load, load_artifact, save  # noqa: E402
 
 __all__ = ["compile", "generate", "interpret", "load", "load_artifact", "save", "__version__"]

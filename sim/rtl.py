@@ -67,7 +67,7 @@ def _results(xml_path: Path) -> tuple[int, list[str]]:
 
 
 def run_tlmm_bench(group=3, tables=3, columns=4, depth=64, sim="verilator", testcase=None, seed=1,
-                   p_valid=1.0, p_ready=1.0) -> list[dict]:
+                   p_valid=1.0, p_ready=1.0, tokens=2) -> list[dict]:
     from cocotb_tools.runner import get_runner
 
     if not have_simulator(sim):
@@ -101,7 +101,8 @@ def run_tlmm_bench(group=3, tables=3, columns=4, depth=64, sim="verilator", test
         failure = None
         env = {"TLMM_G": str(group), "TLMM_T": str(tables), "TLMM_C": str(columns),
                "TLMM_DEPTH": str(depth), "TLMM_SEED": str(seed), "TLMM_P_VALID": str(p_valid),
-               "TLMM_P_READY": str(p_ready), "TLMM_OUT": str(out)}
+               "TLMM_P_READY": str(p_ready), "TLMM_OUT": str(out),
+               "TLMM_TOKENS": str(tokens)}
         try:
             runner.test(test_module="ternc.sim.cocotb_tlmm", hdl_toplevel="tlmm_core", testcase=testcase,
                         hdl_toplevel_lang="verilog",

@@ -37,7 +37,7 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
-def make_target(target: str, mcpu: str | None = None, cuda_arch: str = CUDA_ARCH) -> tvm.target.Target:
+def make_target(target: str, mcpu: str | None = None, cuda_arch: str | None = None) -> tvm.target.Target:
     """`cpu`: LLVM for this machine's CPU (or `mcpu`); `aarch64`: LLVM cross target; `cuda`: sm_90."""
     if target == "cpu":
         return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or host_cpu()})
@@ -47,7 +47,7 @@ def make_target(target: str, mcpu: str | None = None, cuda_arch: str = CUDA_ARCH
             cfg["mcpu"] = mcpu
         return tvm.target.Target(cfg)
     if target == "cuda":
-        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch}, host={"kind": "llvm"})
+        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch or CUDA_ARCH}, host={"kind": "llvm"})
     raise BuildError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
 
 
@@ -105,10 +105,23 @@ def compile_module(module: Module, target: str = "cpu", kernel_policy: str = "au
     lowered = lower_module(module, entries, kind, policy, target=tgt if target == "cpu" else None)
     if target == "cuda":
         ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt))
-        sources = [m.inspect_source() for m in ex.mod.imports if m.kind == "cuda"] if hasattr(ex, "mod") else []
-        return Built(target, tgt, ex, lowered, sources)
+        return Built(target, tgt, ex, lowered, cuda_sources(ex.mod))
     ex = tvm.compile(lowered.mod, tgt)
     return Built(target, tgt, ex, lowered)
+
+
+def cuda_sources(mod) -> list[str]:
+    """CUDA C sources of every `cuda` module imported (transitively) by a runtime module."""
+    out, stack, seen = [], [mod], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if m.kind == "cuda":
+            out.append(m.inspect_source())
+        stack.extend(m.imports)
+    return out
 
 
 def _cross_compiler():
@@ -121,7 +134,8 @@ def _cross_compiler():
     return cc.cross_compiler(path)
 
 
-def nvcc_fatbin(code: str, arch: str = CUDA_ARCH, out_dir: str | None = None) -> bytes:
+def nvcc_fatbin(code: str, arch: str | None = None, out_dir: str | None = None) -> bytes:
+    arch = arch or CUDA_ARCH
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
     if nvcc is None:
         raise BuildError("target cuda needs nvcc to build fatbins ahead of time")
@@ -180,3 +194,13 @@ class JitRunner:
 def compile_runner(module: Module, target: str = "cpu", kernel_policy: str = "auto") -> JitRunner:
     """Compile for the host CPU and return an in-process Runner (no artifact written)."""
     return JitRunner(module, compile_module(module, target, kernel_policy=kernel_policy))
+
+
+def build_artifact(module: Module, target: str = "cpu", out_dir="artifact", pipeline=None, source: str = "",
+                   kernel_policy: str = "auto", **kw):
+    """The signature driver.compile_to calls (`ternc compile`): forwards to
+    `ternc.backends.artifact.build_artifact`, recording the pass pipeline and the model source."""
+    from ..artifact import build_artifact as _build
+
+    return _build(module, target, out_dir, pipeline_desc={"passes": pipeline, "source": source},
+                  kernel_policy=kernel_policy, **kw)

@@ -6,9 +6,11 @@ Every kernel consumes the packed layouts of `ir/packing.py` directly (plus the u
 Kernels (all with a symbolic token count M, K and N static):
 
   quantize        x f32 [M, K] -> x_q int8 [M, Kp] (zero-padded to Kp >= K), a_scale f32 [M, 1]
-  dot  (CPU)      acc[m, n] = sum_k x_q[m, k] * w(n, k): weights decoded to int8 in registers
-                  from the packed bytes, int32 accumulation, reduction vectorized through rfactor
-                  (LLVM turns the int8 x int8 -> int32 lane sums into pmaddwd / VNNI where present)
+  dot  (CPU)      acc[m, n] = sum_k x_q[m, k] * w(n, k): each weight row decoded once from the
+                  packed bytes into an int8 scratch row (L1), reused by every token; the K
+                  reduction runs as 32 int32 vector lanes in registers (rfactor), then lane sums
+  dot16 (CPU)     the same with 64 int16 lanes (exact while K <= 16320: a lane sums <= 255
+                  products of magnitude <= 128), about 2x faster for prefill
   lut  (CPU)      T-MAC style table lookup (tl2, tl1): per group of g activations (g = 3 for tl2,
                   2 for tl1) a table of all signed sums is precomputed once per token; each packed
                   weight index reads the table (tl2 applies the sign bit to the looked-up sum)
@@ -176,7 +178,7 @@ def quantize_func(k: int, eps: float = semantics.ACT_EPS, target_kind: str = "cp
     func = te.create_prim_func([x, x_q, a_scale]).with_attr("global_symbol", f"ternc_quantize_k{k}")
     if target_kind == "cuda":
         func = _cuda_schedule_quantize(func)
-    return func.with_attr("op_pattern", 8)
+    return func.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,9 +195,17 @@ def dot_te(fmt: str, k: int, n: int):
     return [xq, *parts, acc]
 
 
-def _cpu_schedule_dot(func: tirx.PrimFunc, n: int, kp: int) -> tirx.PrimFunc:
+_DECODE_SPLIT = {  # decode-loop split per format, so k // 3, k % 5, ... simplify to loop variables
+    "tl2": [None, 8, 3],  # 8 triples share one sign byte (and 4 nibble bytes)
+    "tq1": [None, 5],  # 5 trits per byte
+    "tl1": [None, 4],  # 4 weights (2 pairs) per byte
+}
+
+
+def _cpu_schedule_dot(func: tirx.PrimFunc, n: int, kp: int, fmt: str = "i2") -> tirx.PrimFunc:
     """Rows of W outermost (parallel); each row is decoded once into a [Kp] int8 scratch (in cache)
-    and reused by every token; the K reduction runs as KPAD vector lanes (rfactor), then lane sums."""
+    and reused by every token; per (token, row) the K reduction runs as KPAD int32 vector lanes in
+    a local (register) accumulator (rfactor), then the lanes are summed."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -207,12 +217,74 @@ def _cpu_schedule_dot(func: tirx.PrimFunc, n: int, kp: int) -> tirx.PrimFunc:
     sch.reorder(rj, ri)
     sch.vectorize(rki)
     sch.parallel(rj)
-    sch.reverse_compute_at(blk, rj)
+    sch.reverse_compute_at(blk, ri)
+    sch.set_scope(rf, 0, "local")
     dec = sch.get_sblock("wdec")
     sch.compute_at(dec, rj)
     dl = sch.get_loops(dec)
-    _, dki = sch.split(dl[-1], [kp // KPAD, KPAD])
-    sch.vectorize(dki)
+    if fmt in _DECODE_SPLIT:
+        inner = sch.split(dl[-1], _DECODE_SPLIT[fmt])[1:]
+        for lp in inner:
+            sch.unroll(lp)
+    else:  # t2, i2: byte and shift are affine in (block, lane): vectorize the lanes
+        _, dki = sch.split(dl[-1], [kp // KPAD, KPAD])
+        sch.vectorize(dki)
+    return sch.mod["main"]
+
+
+DOT16_LANES = 64
+DOT16_MAX_K = 255 * DOT16_LANES  # per-lane int16 sums stay exact: |sum| <= 128 * 255 < 32768
+
+
+def dot16_te(fmt: str, k: int, n: int):
+    """Like `dot`, but each of 64 lanes accumulates x * w in int16 (exact while K <= DOT16_MAX_K:
+    a lane sums at most 255 products of magnitude <= 128); lanes are summed in int32 at the end."""
+    if padded_k(k) > DOT16_MAX_K:
+        raise ValueError(f"dot16 needs K <= {DOT16_MAX_K}, got {k}")
+    m = tirx.Var("m", "int64")
+    kp = _ceil(k, DOT16_LANES) * DOT16_LANES
+    xq = te.placeholder((m, padded_k(k)), "int8", name="x_q")
+    parts = _placeholders(fmt, n, k)
+    wdec = decoded_te(fmt, parts, n, k, kp)
+    ro = te.reduce_axis((0, kp // DOT16_LANES), name="ro")
+
+    def xv(i, kk):
+        if kp == padded_k(k):
+            return tirx.Cast("int16", xq[i, kk])
+        return tirx.Select(kk < padded_k(k), tirx.Cast("int16", xq[i, tirx.min(kk, padded_k(k) - 1)]),
+                           tirx.const(0, "int16"))
+
+    part = te.compute((m, n, DOT16_LANES), lambda i, j, l: te.sum(
+        xv(i, ro * DOT16_LANES + l) * tirx.Cast("int16", wdec[j, ro * DOT16_LANES + l]), axis=ro), name="part")
+    rl = te.reduce_axis((0, DOT16_LANES), name="rl")
+    acc = te.compute((m, n), lambda i, j: te.sum(tirx.Cast("int32", part[i, j, rl]), axis=rl), name="acc")
+    return [xq, *parts, acc]
+
+
+def _cpu_schedule_dot16(func: tirx.PrimFunc, n: int, kp: int, fmt: str) -> tirx.PrimFunc:
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("acc")
+    part = sch.get_sblock("part")
+    i, j = sch.get_loops(blk)[:2]
+    sch.reorder(j, i)
+    sch.parallel(j)
+    sch.compute_at(part, i)
+    sch.set_scope(part, 0, "local")
+    pl = sch.get_loops(part)  # j, i, l, ro (ro is gone when K fits one lane block)
+    if len(pl) == 4:
+        sch.reorder(pl[3], pl[2])
+    sch.vectorize(pl[2])
+    dec = sch.get_sblock("wdec")
+    sch.compute_at(dec, j)
+    dl = sch.get_loops(dec)
+    if fmt in _DECODE_SPLIT:
+        for lp in sch.split(dl[-1], _DECODE_SPLIT[fmt])[1:]:
+            sch.unroll(lp)
+    else:
+        _, dki = sch.split(dl[-1], [None, KPAD])
+        sch.vectorize(dki)
     return sch.mod["main"]
 
 
@@ -281,8 +353,48 @@ def _cpu_schedule_lut(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
     sch.unroll(le)
     blk = sch.get_sblock("acc")
     i, j, t = sch.get_loops(blk)
+    sch.reorder(j, i)  # weight rows outermost (parallel), tokens inside: packed rows stay in cache
     sch.parallel(j)
     return sch.mod["main"]
+
+
+FLOAT_LANES = 16
+
+
+@lru_cache(maxsize=None)
+def dense_func(k: int, n: int, dtype: str = "float32") -> tirx.PrimFunc:
+    """Float Linear for CPU: y[M, N] = x[M, K] @ w[N, K]^T (torch layout, no transpose), rows of w
+    outermost (parallel), K reduced in FLOAT_LANES vector lanes kept in registers (rfactor: the
+    summation order differs from a sequential dot product, by float rounding only)."""
+    from tvm import s_tir
+
+    m = tirx.Var("m", "int64")
+    kp = _ceil(k, FLOAT_LANES) * FLOAT_LANES
+    x = te.placeholder((m, k), dtype, name="x")
+    w = te.placeholder((n, k), dtype, name="w")
+    rk = te.reduce_axis((0, kp), name="rk")
+    zero = tirx.const(0, dtype)
+
+    def term(i, j):
+        if kp == k:
+            return x[i, rk] * w[j, rk]
+        kk = tirx.min(rk, k - 1)
+        return tirx.Select(rk < k, x[i, kk] * w[j, kk], zero)
+
+    y = te.compute((m, n), lambda i, j: te.sum(term(i, j), axis=rk), name="y")
+    sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
+    blk = sch.get_sblock("y")
+    i, j, kl = sch.get_loops(blk)
+    _, ki = sch.split(kl, [kp // FLOAT_LANES, FLOAT_LANES])
+    rf = sch.rfactor(ki, 2)
+    ri, rj, _, rki = sch.get_loops(rf)
+    sch.reorder(rj, ri)
+    sch.vectorize(rki)
+    sch.parallel(rj)
+    sch.reverse_compute_at(blk, ri)
+    sch.set_scope(rf, 0, "local")
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_dense_k{k}_n{n}").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,7 +484,9 @@ def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
         raise ValueError(f"ternary format {fmt!r} has no TVM kernel; supported: {', '.join(SUPPORTED_FORMATS)}")
     kp = padded_k(k)
     if kind == "dot":
-        func = _cpu_schedule_dot(te.create_prim_func(dot_te(fmt, k, n)), n, kp)
+        func = _cpu_schedule_dot(te.create_prim_func(dot_te(fmt, k, n)), n, kp, fmt)
+    elif kind == "dot16":
+        func = _cpu_schedule_dot16(te.create_prim_func(dot16_te(fmt, k, n)), n, kp, fmt)
     elif kind == "lut":
         func = _cpu_schedule_lut(te.create_prim_func(lut_te(fmt, k, n)), n)
     elif kind == "gemv":
@@ -382,13 +496,22 @@ def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
     else:
         raise ValueError(f"unknown ternary kernel kind {kind!r}")
     # op_pattern 8 = kOpaque: FuseOps must not fuse neighbours into a hand-scheduled kernel
-    return func.with_attr("global_symbol", f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}").with_attr("op_pattern", 8)
+    # (and tirx.is_scheduled: dlight's default GPU schedules must leave it alone)
+    return (func.with_attr("global_symbol", f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
 
 
-def available_kinds(fmt: str, target_kind: str) -> list[str]:
+def available_kinds(fmt: str, target_kind: str, k: int | None = None) -> list[str]:
+    """Kernel kinds for a format: CPU `dot` (int32 lanes), `dot16` (int16 lanes, K <= DOT16_MAX_K),
+    `lut` (tl2/tl1); CUDA `gemv`/`gemm`."""
     if target_kind == "cuda":
         return ["gemv", "gemm"]
-    return ["dot", "lut"] if fmt in LUT_FORMATS else ["dot"]
+    kinds = ["dot"]
+    if k is None or padded_k(k) <= DOT16_MAX_K:
+        kinds.append("dot16")
+    if fmt in LUT_FORMATS:
+        kinds.append("lut")
+    return kinds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -425,7 +548,7 @@ def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5,
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
     parts = [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
-    kinds = kinds or available_kinds(fmt, "cpu")
+    kinds = kinds or available_kinds(fmt, "cpu", k)
     dev = tvm.cpu()
     xp = np.zeros((m, padded_k(k)), np.int8)
     xp[:, :k] = rng.integers(-128, 128, size=(m, k))
@@ -452,7 +575,7 @@ def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", poli
     """The kernel for one weight shape and token count: `policy` names it ("dot", "lut"), or
     "auto" measures the CPU candidates on this machine (cached per shape). CUDA: GEMV for one
     token (decode), GEMM otherwise. Cross targets (aarch64) cannot be measured here: "dot"."""
-    kinds = available_kinds(fmt, target_kind)
+    kinds = available_kinds(fmt, target_kind, k)
     if target_kind == "cuda":
         return "gemv" if m == 1 else "gemm"
     if policy != "auto":

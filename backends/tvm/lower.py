@@ -711,7 +711,19 @@ def _dense_te(x, w):
 @impl(Op.Linear)
 def _linear(L, node, args):
     x, w = L.tensor(args[0]), L.tensor(args[1])
-    y = L.bb.emit_te(_dense_te, x, w, primfunc_name_hint="linear")
+    ws = L.shape_of(w)
+    dt = L.dtype_of(x)
+    if (L.target_kind == "cpu" and dt in ("float32", "float64") and L.dtype_of(w) == dt and len(ws) == 2
+            and all(isinstance(d, int) for d in ws) and L.shape_of(x)[-1] == ws[1]):
+        n, k = ws
+        key = ("dense", k, n, dt)
+        if key not in L.kernel_cache:
+            L.kernel_cache[key] = L.bb.add_func(kernels.dense_func(k, n, dt), f"ternc_dense_k{k}_n{n}")
+        x2, lead = _flatten_tokens(L, x)
+        y = L.emit(relax.call_tir(L.kernel_cache[key], [x2, w], relax.TensorType([L.shape_of(x2)[0], n], dt)))
+        y = L.emit(relax.op.reshape(y, [*lead, n]))
+    else:
+        y = L.bb.emit_te(_dense_te, x, w, primfunc_name_hint="linear")
     if len(args) > 2 and args[2] is not None:
         y = L.emit(relax.op.add(y, L.tensor(args[2])))
     return y

@@ -58,6 +58,38 @@ def _register_fatbins(cuda_dir: Path):
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", tvm_callback_cuda_compile, override=True)
 
 
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+
+
+def load_safetensors(path) -> dict[str, np.ndarray]:
+    """Read a .safetensors file: the `safetensors` package if present, else this small reader of
+    the documented format (u64 header length, JSON header, raw little-endian data), so a deployment
+    machine needs only numpy."""
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        pass
+    else:
+        return load_file(str(path))
+    import json
+    import struct
+
+    data = Path(path).read_bytes()
+    (hlen,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8:8 + hlen])
+    base = 8 + hlen
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise RuntimeError_(f"{path}: tensor {name} has dtype {info['dtype']} this reader does not know")
+        b, e = info["data_offsets"]
+        out[name] = np.frombuffer(data[base + b:base + e], dtype=_ST_DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
+    return out
+
+
 class TVMRunner:
     """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`."""
 
@@ -80,9 +112,7 @@ class TVMRunner:
             self.device = tvm.device(device)
         lib = tvm.runtime.load_module(str(self.path / manifest["files_role"]["library"]))
         self.vm = VirtualMachine(lib, self.device)
-        from safetensors.numpy import load_file
-
-        arrays = load_file(str(self.path / manifest["files_role"]["weights"]))
+        arrays = load_safetensors(self.path / manifest["files_role"]["weights"])
         names = manifest["weights"]
         missing = [w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays]
         if missing:

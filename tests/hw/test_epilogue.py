@@ -81,6 +81,7 @@ def test_epilogue_bit_exact(op):
     assert np.array_equal(got, np.asarray(ref, np.int64)), (got, ref)
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_epilogue_rejects_bad_config():
     with pytest.raises(ValueError):
         Epilogue(5, "rope")

@@ -244,6 +244,7 @@ def test_verilator_lint_clean(name, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.rtl
 def test_lint_catches_a_real_problem(tmp_path):
     """The waivers are not a blanket: a multi-driven signal still fails the lint."""
     from ternc.sim.rtl import have_simulator, lint

@@ -108,8 +108,9 @@ def test_h2o_keeps_the_heaviest_tokens(rng):
     np.testing.assert_array_equal(pk, kvevict.gather_tokens(k_all, keep))
     np.testing.assert_allclose(new_acc, np.take_along_axis(want_acc, keep, 2), rtol=1e-6)
     # the output is attention over the full (pre-eviction) cache
-    ref = IMPLS[Op.Attention](Node.make(Op.Attention, ["q", "k", "v", "pk", "pv"], [Value("o", TensorType(DType.F32, None))],
-                                        scale=0.25, causal=1), [q, k, v, past_k, past_v])[0]
+    attn = Node.make(Op.Attention, ["q", "k", "v", "pk", "pv"], [Value("o", TensorType(DType.F32, None))],
+                     scale=0.25, causal=1)
+    ref = IMPLS[Op.Attention](attn, [q, k, v, past_k, past_v])[0]
     np.testing.assert_array_equal(out, ref)
 
 
@@ -132,3 +133,15 @@ def test_options_and_spec():
                 dict(policy="h2o", budget=10, sinks=4, recent=7)):
         with pytest.raises(ValueError):
             evict_kv.EvictKVOptions(**bad)
+
+
+def test_explicit_past_export_form(onnx_export):
+    """Exports with explicit past inputs (decode = the exported graph): same guarantees."""
+    m = ternc.load(onnx_export("llama", True))
+    ids = np.random.default_rng(4).integers(0, 128, 20)
+    base, _ = _collect(m, ids, 4)
+    full = evict_kv.run(m, evict_kv.EvictKVOptions(policy="h2o", budget=20, sinks=2)).module
+    np.testing.assert_array_equal(_collect(full, ids, 4)[0], base)
+    small = evict_kv.run(m, evict_kv.EvictKVOptions(policy="streaming", budget=6, sinks=2)).module
+    _, steps = _collect(small, ids, 4)
+    assert [s["present.1.key"].shape[2] for s in steps] == [min(4 + i, 6) for i in range(len(steps))]

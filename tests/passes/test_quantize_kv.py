@@ -67,8 +67,8 @@ def test_rewrites_decoder_attention_only(llama):
                                       dec["kv_heads"], dec["head_dim"], dec["n_layers"])
     assert r.module.meta["kv_bytes_per_token"] == want == r.stats["kv_bytes_per_token_after"]
     assert r.stats["kv_bytes_per_token_before"] == 2 * 2 * 2 * 16 * 4  # f32 K and V, 2 layers, 2 heads
-    with pytest.raises(ValueError):
-        quantize_kv.run(r.module, _opts())  # nothing left to rewrite
+    with pytest.raises(ValueError, match="do not compose"):
+        quantize_kv.run(r.module, _opts())  # already rewritten
 
 
 def test_registry_spec():
@@ -116,3 +116,15 @@ def test_rejects_non_decoder_and_bad_head_dim(llama):
         quantize_kv.run(llama.replace(meta={}), _opts())
     with pytest.raises(ValueError):
         quantize_kv.run(llama, quantize_kv.QuantizeKVOptions(group=12))  # head_dim 16 % 12
+
+
+def test_kv_passes_refuse_to_compose(llama):
+    from ternc.passes import evict_kv, prune_prefill
+
+    pruned = prune_prefill.run(llama, prune_prefill.PrunePrefillOptions(keep=0.5)).module
+    for run, opts in ((quantize_kv.run, _opts()), (evict_kv.run, evict_kv.EvictKVOptions(budget=8))):
+        with pytest.raises(ValueError, match="do not compose"):
+            run(pruned, opts)
+    with pytest.raises(ValueError, match="do not compose"):
+        prune_prefill.run(evict_kv.run(llama, evict_kv.EvictKVOptions(budget=8)).module,
+                          prune_prefill.PrunePrefillOptions())

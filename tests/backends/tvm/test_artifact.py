@@ -45,9 +45,12 @@ def test_layout_and_manifest(built_artifact, ternary_model):
     assert set(man["files"]) == {"lib/model.so", "weights.safetensors"}
     for rel, info in man["files"].items():
         assert A.sha256_file(built_artifact / rel) == info["sha256"]
-    # measured dot-vs-LUT choice recorded for the tl2 weights (decode: 1 token, prefill: 32)
+    # measured kernel choice recorded per weight shape (decode: 1 token, prefill: 32 tokens)
     choices = man["kernels"]["choices"]
-    assert choices and {c["format"] for c in choices} == {"tl2"} and {c["m"] for c in choices} == {1, 32}
+    assert choices and {c["format"] for c in choices} == {"tl2", "i2"} and {c["m"] for c in choices} == {1, 32}
+    for c in choices:
+        assert c["chosen"] == min(c["timings_us"], key=c["timings_us"].get)
+        assert set(c["timings_us"]) == ({"dot", "dot16", "lut"} if c["format"] == "tl2" else {"dot", "dot16"})
     # weights: safetensors only, nothing pickled
     from safetensors.numpy import load_file
 
@@ -166,3 +169,17 @@ def test_failed_build_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
         A.build_artifact(tiny_llama, "cpu", out)
     assert (out / "manifest.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_weights_load_without_safetensors_package(built_artifact, monkeypatch):
+    """Deployment machines may lack `safetensors`: the runtime's own reader gives the same arrays."""
+    from ternc.backends.tvm import runtime as R
+    from safetensors.numpy import load_file
+
+    ref = load_file(str(built_artifact / "weights.safetensors"))
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # import -> ImportError
+    got = R.load_safetensors(built_artifact / "weights.safetensors")
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype
+        np.testing.assert_array_equal(got[k], ref[k])

@@ -80,12 +80,26 @@ def test_measured_kernel_choice():
     """`auto` times both CPU kernels for a tl2 shape, checks them exact, and picks the faster one."""
     log = []
     kind = K.choose_kind("tl2", 96, 64, 1, "cpu", "auto", log)
-    assert kind in ("dot", "lut")
+    assert kind in ("dot", "dot16", "lut")
     (entry,) = log
-    assert set(entry["timings_us"]) == {"dot", "lut"}
+    assert set(entry["timings_us"]) == {"dot", "dot16", "lut"}
     assert entry["chosen"] == min(entry["timings_us"], key=entry["timings_us"].get)
-    assert K.choose_kind("i2", 96, 64, 1, "cpu", "auto") == "dot"  # no LUT kernel for i2
+    assert K.choose_kind("i2", 96, 64, 1, "cpu", "auto") in ("dot", "dot16")  # no LUT kernel for i2
     assert K.choose_kind("tl2", 96, 64, 1, "cpu", "lut") == "lut"
+    assert K.choose_kind("i2", 96, 64, 1, "cpu", "lut") == "dot"  # a kind the format lacks: the default
+
+
+def test_dot16_int16_lanes_exact_at_the_bound():
+    """dot16 accumulates 255 products of magnitude 128 per int16 lane at K = DOT16_MAX_K: the
+    worst case (x = -128, w = +1 / -1) must still be exact; beyond the bound dot16 is not offered."""
+    k = K.DOT16_MAX_K
+    w = np.stack([np.ones(k), -np.ones(k)]).astype(np.int8)
+    x = np.full((1, k), -128, np.int8)
+    got = K.run_standalone(K.build_standalone("i2", k, 2, "dot16"), x, _parts(w, "i2"), 2)
+    np.testing.assert_array_equal(got, [[-128 * k, 128 * k]])
+    assert "dot16" not in K.available_kinds("i2", "cpu", k + 1)
+    with pytest.raises(ValueError, match="dot16 needs K"):
+        K.dot16_te("i2", k + 1, 2)
 
 
 @pytest.mark.parametrize("kind", ["gemv", "gemm"])

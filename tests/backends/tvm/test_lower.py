@@ -72,11 +72,16 @@ def _formats_used(m):
     return {n.attr("format") for f in m.functions for n in f.nodes if n.op == Op.TernaryLinear}
 
 
-def test_ternary_bitnet_all_formats_one_model(tiny_bitnet, prompt):
-    """Weights packed round-robin in all five formats in one model (one compile), int8 dot kernels."""
+@pytest.mark.parametrize("policy", ["dot", "dot16"])
+def test_ternary_bitnet_all_formats_one_model(tiny_bitnet, prompt, policy):
+    """Weights packed round-robin in all five formats in one model (one compile), int8 dot kernels
+    with int32 or int16 lanes."""
     m = ternarize(tiny_bitnet, FORMATS)
     assert _formats_used(m) == set(FORMATS)
-    _check_prefill_decode(m, compile_runner(m, kernel_policy="dot"), prompt)
+    runner = compile_runner(m, kernel_policy=policy)
+    assert {g.name_hint.split("_")[2] for g in runner.built.lowered.mod.get_global_vars()
+            if g.name_hint.startswith("ternc_tmm_")} == {policy}
+    _check_prefill_decode(m, runner, prompt)
 
 
 def test_ternary_lut_kernels_end_to_end(tiny_llama, prompt):
