@@ -451,6 +451,54 @@ def time_ternc(model: TerncModel, cfg: Config, pp: int, tg: int, reps: int, seed
             "tg": {"avg_ts": float(np.mean(tg_s)), "samples_ts": tg_s}}
 
 
+KERNEL_CLASSES = ("proto_i2_vnni", "proto_i2_perm", "proto_linear", "ternc_tmm", "ternc_quantize", "attn_mask",
+                  "matmul", "softmax", "rms_norm", "concat", "take", "linear", "transpose", "vm.builtin", "fused")
+
+
+def profile_ternc(model: TerncModel, cfg: Config, pp: int, seed: int = 0, reps: int = 3) -> dict:
+    """Per-kernel-class time (ms, median over reps) of one prefill(pp) and one decode step at past = pp,
+    from the Relax VM's instrument hook (each call timed between its before/after callbacks)."""
+    import tvm
+
+    agg: dict[str, float] = {}
+    start: dict[str, float] = {}
+
+    def instr(func, name, before, ret, *args):
+        t = time.perf_counter()
+        if before:
+            start[name] = t
+        else:
+            agg[name] = agg.get(name, 0.0) + t - start.pop(name, t)
+        return 0
+
+    ids = np.random.default_rng(seed).integers(3, cfg.vocab, size=pp)
+    _, kv = model.prefill(ids)
+    model.vm.set_instrument(instr)
+    res = {}
+    try:
+        for entry in ("prefill", "decode"):
+            runs = []
+            for _ in range(reps):
+                agg.clear()
+                t0 = time.perf_counter()
+                if entry == "prefill":
+                    model.prefill(ids)
+                else:
+                    model.decode(7, kv)
+                wall = time.perf_counter() - t0
+                cls: dict[str, float] = {}
+                for name, d in agg.items():
+                    key = next((c for c in KERNEL_CLASSES if c in name), "other")
+                    cls[key] = cls.get(key, 0.0) + d * 1e3
+                cls["(wall)"] = wall * 1e3
+                runs.append(cls)
+            keys = sorted({k for r in runs for k in r}, key=lambda k: -statistics.median([r.get(k, 0) for r in runs]))
+            res[entry] = {k: round(statistics.median([r.get(k, 0.0) for r in runs]), 3) for k in keys}
+    finally:
+        model.vm.set_instrument(lambda *a: 0)
+    return res
+
+
 def check_ternc_tiny(module, model: TerncModel, cfg: Config) -> float:
     """Max |logit| difference of the compiled module vs the IR interpreter (prefill 4 + decode 2)."""
     from ternc.ir.interp import interpret
@@ -518,6 +566,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mcpu", default=None, help="LLVM CPU for --export (default: this host)")
     ap.add_argument("--load", type=Path, default=None,
                     help="time libraries written by --export (TVM runtime only) instead of compiling")
+    ap.add_argument("--profile", action="store_true",
+                    help="also break ternc's prefill/decode time down by kernel class (VM instrument hook)")
     ap.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(REPO)}"
                     " or *_tiny.json)")
     args = ap.parse_args(argv)
@@ -581,6 +631,12 @@ def main(argv=None) -> int:
                 e["max_abs_err_vs_interp"] = check_ternc_tiny(module, ours[v], cfg)
                 log(f"ternc [{v}] vs interpreter: max |logit diff| = {e['max_abs_err_vs_interp']:.3g}")
         del module
+        if args.profile:
+            for v, model in ours.items():
+                prof = profile_ternc(model, cfg, args.pp, args.seed)
+                report["engines"][f"ternc {args.format} [{v}]"]["profile_ms"] = prof
+                for entry, d in prof.items():
+                    log(f"profile [{v}] {entry}: " + ", ".join(f"{k} {x:.1f}" for k, x in d.items() if x >= 0.05))
 
     samples: dict[str, dict[str, list]] = {}
 

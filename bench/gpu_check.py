@@ -14,6 +14,10 @@ TVM *runtime* (runtime-only `tvm` package, no libtvm_compiler.so, no package reg
         on the GPU: loads OUT/art-cuda with ternc.load_artifact (runtime only), generates the same
         tokens, compares; prints a JSON summary; exit status 1 on any mismatch.
 
+With the device tool: prepare into out/gpu-check (ignored by git, ~45 MB with the runtime bundle;
+`rm -r out/gpu-check/wheels out/gpu-check/*.onnx` first to save space) and carry ["out/gpu-check"]:
+    PYTHONPATH=out/gpu-check/rt python3 bench/gpu_check.py check out/gpu-check --json $OUT/gpu_check.json
+
 The repo root is the `ternc` package; when `import ternc` fails, `check` links the repo root as
 `ternc` in a temp dir and imports from there.
 """

@@ -1,6 +1,6 @@
 """Hardware figures of the TLMM core: RTL throughput, Verilator speed, Yosys resources vs the KV260.
 
-    python bench/hw_figures.py [--out figures.json] [--configs 16x28,32x28] [--no-synth] [--no-rtl] [--strict]
+    python bench/hw_figures.py [--out figures.json] [--configs 16x28,32x28] [--no-synth] [--no-rtl] [--pipeline OP] [--strict]
 
 For each ``CxT`` configuration (C columns x T tables, G = 3):
   * runs the cocotb throughput bench on Verilator (always-valid sources, always-ready sink; results
@@ -49,12 +49,31 @@ def synth_core(c: int, t: int, depth: int = 4096) -> dict:
     return r
 
 
+def synth_pipeline(c: int, t: int, op: str, depth: int = 4096) -> dict:
+    """The fused linear (ActQuantizer -> TLMMCore -> DqFactor/Epilogue) for one epilogue op."""
+    from ternc.hw.pipeline import TLMMPipeline
+    srcs = ("hw/tlmm.py", "hw/quant.py", "hw/epilogue.py", "hw/pipeline.py", "ir/hw_numerics.py")
+    path = verilog_cached(lambda: TLMMPipeline(3, t, c, op, wbuf_depth=depth, ram_style="ultra"),
+                          "tlmm_pipeline", f"pipe G3 T{t} C{c} D{depth} {op}", sources=srcs, fmt="il")
+    r = synth_xilinx(path, "tlmm_pipeline")
+    try:
+        r["utilization"] = check_fit(r["resources"])
+        r["fits_kv260"] = True
+    except ResourceError as e:
+        r["fits_kv260"] = False
+        r["error"] = str(e)
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument("--configs", default="16x28", help="comma-separated CxT list (default 16x28)")
     ap.add_argument("--no-synth", action="store_true", help="skip yosys synthesis")
     ap.add_argument("--no-rtl", action="store_true", help="skip the Verilator throughput run")
+    ap.add_argument("--pipeline", default=None, metavar="OP",
+                    help="also synthesize the fused quantize->TLMM->epilogue pipeline with this op "
+                         "(none, residual, relu2, silu_gate, relu2_gate, rope)")
     ap.add_argument("--strict", action="store_true",
                     help="raise ResourceError when a configuration does not fit the KV260")
     args = ap.parse_args(argv)
@@ -66,6 +85,9 @@ def main(argv=None) -> int:
             entry["rtl"] = rtl_throughput(c, t)
         if not args.no_synth:
             entry["synth"] = synth_core(c, t)
+            if args.pipeline:
+                entry["pipeline_synth"] = synth_pipeline(c, t, args.pipeline)
+                entry["pipeline_op"] = args.pipeline
         figures["configs"].append(entry)
 
     print(f"{'config':>8} {'MACs/cyc':>9} {'steady':>8} {'e2e':>8} {'cyc/s':>8} "
@@ -83,17 +105,27 @@ def main(argv=None) -> int:
               f"{f(r.get('sim_cycles_per_s')):>8} {f(res.get('LUT')):>8} {f(res.get('FF')):>8} "
               f"{f(res.get('DSP')):>5} {f(res.get('BRAM'), '{:g}'):>5} {f(res.get('URAM')):>5} "
               f"{f(s.get('seconds')):>8}  {s.get('fits_kv260', '-')}")
+    for e in figures["configs"]:
+        p = e.get("pipeline_synth")
+        if p:
+            r = p["resources"]
+            print(f"{e['columns']:>3}x{e['tables']:<4} fused pipeline (quantizer + core + epilogue "
+                  f"'{e['pipeline_op']}'): LUT {r['LUT']:.0f}, FF {r['FF']:.0f}, DSP {r['DSP']:.0f}, "
+                  f"BRAM {r['BRAM']:g}, URAM {r['URAM']:.0f}, LUTRAM {r['LUTRAM']:.0f} "
+                  f"({p['seconds']:.0f} s), fits KV260: {p['fits_kv260']}")
     print(f"KV260 budget: {KV260}")
     for e in figures["configs"]:
-        if e.get("synth", {}).get("error"):
-            print(e["synth"]["error"])
+        for key in ("synth", "pipeline_synth"):
+            if e.get(key, {}).get("error"):
+                print(e[key]["error"])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=1, sort_keys=True))
     if args.strict:
         for e in figures["configs"]:
-            if "synth" in e:
-                check_fit(e["synth"]["resources"])
+            for key in ("synth", "pipeline_synth"):
+                if key in e:
+                    check_fit(e[key]["resources"])
     return 0
 
 

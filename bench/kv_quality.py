@@ -3,6 +3,7 @@
     python bench/kv_quality.py                      # SmolLM2-135M (real weights) + the tiny QAT model
     python bench/kv_quality.py --model smollm2 --tokens 256
     python bench/kv_quality.py --model tiny-qat
+    python bench/kv_quality.py --model smollm2 --budget 128 --only StreamingLLM --suffix _streaming128
 
 Prints a markdown table and writes JSON (bench/results/kv_quality_<model>.json).
 
@@ -140,9 +141,10 @@ def run_model(name: str, module, ids: np.ndarray, budget: int, prompt: int, only
 
     rows, refs = [], {}
     t_all = time.time()
-    for label, spec, prefix in settings(budget, prompt):
-        if only and only not in label and spec:
-            continue
+    chosen = [s for s in settings(budget, prompt) if not only or only in s[0]]
+    needed = {p for _, spec, p in chosen if spec}
+    chosen = [s for s in settings(budget, prompt) if (not only or only in s[0]) or (not s[1] and s[2] in needed)]
+    for label, spec, prefix in chosen:
         t0 = time.time()
         mod, stats = apply(module, spec)
         ref = refs.get(prefix)
@@ -196,6 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=192, help="prompt length for prune-prefill rows")
     ap.add_argument("--only", default=None, help="run only settings whose label contains this")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--suffix", default="", help="appended to the result file names")
     args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     results = []
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
         print(f"[kv_quality] SmolLM2-135M loaded in {time.time() - t0:.0f} s", file=sys.stderr)
         results.append(run_model("SmolLM2-135M-Instruct (Q4_1 GGUF -> f32)", module, ids, args.budget,
                                  args.prompt, args.only))
-        (Path(args.out) / "kv_quality_smollm2.json").write_text(json.dumps(results[-1], indent=1))
+        (Path(args.out) / f"kv_quality_smollm2{args.suffix}.json").write_text(json.dumps(results[-1], indent=1))
     if args.model in ("tiny-qat", "all"):
         sys.path.insert(0, str(REPO / "bench"))
         from train_tiny_qat import eval_ids, load_module
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
         ids = eval_ids()
         results.append(run_model("tiny QAT ternary (tests/fixtures/tiny_qat.safetensors, bytes)", module, ids,
                                  args.budget, min(args.prompt, ids.size - 32), args.only))
-        (Path(args.out) / "kv_quality_tiny_qat.json").write_text(json.dumps(results[-1], indent=1))
+        (Path(args.out) / f"kv_quality_tiny_qat{args.suffix}.json").write_text(json.dumps(results[-1], indent=1))
     for r in results:
         print(markdown(r))
         print()

@@ -198,6 +198,62 @@ def make_linear_f16w(k: int, n: int, nt: int = 2):
     return build
 
 
+def make_attention(h: int, d: int, scale: float):
+    """Causal (bottom-right aligned) attention, f32, no GQA: out[0, h, i] = softmax(q k^T * scale) v.
+
+    One pass per query row with an online softmax (running max / denominator, the accumulator rescaled
+    when the max grows): no [sq, sk] score matrix, no separate mask/softmax/matmul kernels. Heads in
+    parallel; the head dim in f32x16 vectors."""
+    from tvm.script import tirx as T
+
+    assert d % 16 == 0
+    dv = d // 16
+
+    @T.prim_func(s_tir=True)
+    def attn(var_q: T.handle, var_k: T.handle, var_v: T.handle, var_o: T.handle):
+        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+        sq = T.int64()
+        sk = T.int64()
+        q = T.match_buffer(var_q, (1, h, sq, d), "float32")
+        k = T.match_buffer(var_k, (1, h, sk, d), "float32")
+        v = T.match_buffer(var_v, (1, h, sk, d), "float32")
+        o = T.match_buffer(var_o, (1, h, sq, d), "float32")
+        with T.sblock("root"):
+            for hh in T.parallel(h):
+                acc = T.decl_buffer((d,), "float32", scope="local")
+                dot = T.decl_buffer((16,), "float32", scope="local")
+                st = T.decl_buffer((4,), "float32", scope="local")  # max, denominator, score, rescale
+                for i in range(sq):
+                    for c in T.unroll(dv):
+                        acc[T.ramp(c * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    st[0] = T.float32(-3.0e38)
+                    st[1] = T.float32(0)
+                    for j in range(i + sk - sq + 1):
+                        dot[T.ramp(0, 1, 16)] = q[0, hh, i, T.ramp(0, 1, 16)] * k[0, hh, j, T.ramp(0, 1, 16)]
+                        for c in T.unroll(dv - 1):
+                            dot[T.ramp(0, 1, 16)] = dot[T.ramp(0, 1, 16)] + q[0, hh, i, T.ramp((c + 1) * 16, 1, 16)] \
+                                * k[0, hh, j, T.ramp((c + 1) * 16, 1, 16)]
+                        st[2] = T.float32(0)
+                        for l in T.unroll(16):
+                            st[2] = st[2] + dot[l]
+                        st[2] = st[2] * T.float32(scale)
+                        if st[2] > st[0]:
+                            st[3] = T.exp(st[0] - st[2])
+                            st[1] = st[1] * st[3]
+                            for c in T.unroll(dv):
+                                acc[T.ramp(c * 16, 1, 16)] = acc[T.ramp(c * 16, 1, 16)] * T.broadcast(st[3], 16)
+                            st[0] = st[2]
+                        st[2] = T.exp(st[2] - st[0])
+                        st[1] = st[1] + st[2]
+                        for c in T.unroll(dv):
+                            acc[T.ramp(c * 16, 1, 16)] = acc[T.ramp(c * 16, 1, 16)] \
+                                + T.broadcast(st[2], 16) * v[0, hh, j, T.ramp(c * 16, 1, 16)]
+                    for c in T.unroll(dv):
+                        o[0, hh, i, T.ramp(c * 16, 1, 16)] = acc[T.ramp(c * 16, 1, 16)] / T.broadcast(st[1], 16)
+
+    return attn
+
+
 def _mark(f, name):
     # op_pattern 8 = kOpaque: AnnotateTIROpPattern and FuseOps leave the hand-written kernels alone
     return f.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name).with_attr("op_pattern", 8)
@@ -258,8 +314,33 @@ class _Patched:
             y = L.emit(relax.call_tir(L.kernel_cache[key], [x2, w], relax.TensorType([lower._simplify(m), n], "float32")))
             return relax.op.reshape(y, [*lead, n])
 
+        self.orig_attn = lower.IMPLS[Op.Attention]
+        orig_attn = self.orig_attn
+
+        def attention(L, node, args):
+            q, k, v = (L.tensor(a) for a in args[:3])
+            qs, ks = L.shape_of(q), L.shape_of(k)
+            if (not node.attr("causal") or L.dtype_of(q) != "float32" or qs[1] != ks[1] or not isinstance(qs[1], int)
+                    or not isinstance(qs[3], int) or qs[3] % 16 or qs[0] != 1):
+                return orig_attn(L, node, args)
+            past_k = args[3] if len(args) > 3 else None
+            past_v = args[4] if len(args) > 4 else None
+            if past_k is not None and not L.is_empty_const(past_k):
+                k = L.emit(relax.op.concat([L.tensor(past_k), k], axis=2))
+            if past_v is not None and not L.is_empty_const(past_v):
+                v = L.emit(relax.op.concat([L.tensor(past_v), v], axis=2))
+            h, d = qs[1], qs[3]
+            scale = float(node.attr("scale"))
+            key = ("proto_attn", h, d, scale)
+            if key not in L.kernel_cache:
+                name = f"proto_attention_h{h}_d{d}"
+                L.kernel_cache[key] = L.bb.add_func(_mark(make_attention(h, d, scale), name), name)
+            out = L.emit(relax.call_tir(L.kernel_cache[key], [q, k, v], relax.TensorType(qs, "float32")))
+            return [out, k, v] if len(node.outputs) == 3 else [out]
+
         lower._tmatmul = tmm
         lower.IMPLS[Op.Linear] = linear
+        lower.IMPLS[Op.Attention] = attention
         return self
 
     def __exit__(self, *exc):
@@ -267,6 +348,7 @@ class _Patched:
 
         self.lower._tmatmul = self.orig_tmm
         self.lower.IMPLS[Op.Linear] = self.orig_linear
+        self.lower.IMPLS[Op.Attention] = self.orig_attn
 
 
 def cpu_pipeline(target, dlight: bool = True):

@@ -41,8 +41,10 @@ def _rshift_round(v, sh: int):
 class Epilogue(wiring.Component):
     def __init__(self, columns: int = 16, op: str = "none", acc_width: int = 32):
         if op not in OPS:
+            self._MustUse__silence = True  # rejected: never elaborated
             raise ValueError(f"unknown epilogue op {op!r}; expected one of {OPS}")
         if op in ("rope", "silu_gate", "relu2_gate") and columns % 2:
+            self._MustUse__silence = True  # rejected: never elaborated
             raise ValueError(f"op {op} pairs lanes: columns must be even")
         self.columns, self.op, self.acc_width = columns, op, acc_width
         half = columns // 2

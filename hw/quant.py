@@ -33,6 +33,7 @@ class ActQuantizer(wiring.Component):
                  passes_bits: int = 12):
         chunk = group * tables
         if chunk % lanes:
+            self._MustUse__silence = True  # rejected: never elaborated
             raise ValueError(f"lanes ({lanes}) must divide G*tables ({chunk})")
         self.group, self.n_tables, self.max_chunks, self.lanes = group, tables, max_chunks, lanes
         self.chunk = chunk

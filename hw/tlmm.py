@@ -342,6 +342,7 @@ class TLMMEngine(wiring.Component):
 
     def __init__(self, group: int = 3, tables: int = 28, columns: int = 16, acc_width: int = 32):
         if group < 1 or tables < 1 or columns < 1:
+            self._MustUse__silence = True  # rejected: never elaborated
             raise ValueError("group, tables and columns must be >= 1")
         self.group, self.n_tables, self.columns, self.acc_width = group, tables, columns, acc_width
         self.macs_per_cycle = group * tables * columns

@@ -103,7 +103,7 @@ def run(module: Module, opts: PrunePrefillOptions = PrunePrefillOptions()) -> Pa
     n1, n0 = fresh("lazy.len1d", taken), fresh("lazy.len", taken)
     c0, c1 = fresh("lazy.zero", taken), fresh("lazy.one", taken)
     consts[c0], consts[c1] = Const.of(np.array(0, np.int64)), Const.of(np.array(1, np.int64))
-    active = {first - 1: fresh("lazy.active.0", taken)}
+    active = {first - 1: fresh(f"lazy.active.{first - 1}", taken)}
     head = [Node.make(Op.Shape, [ids], [Value(n1, i64((1,)))], start=1, end=2),
             Node.make(Op.Squeeze, [n1], [Value(n0, i64(()))]),
             Node.make(Op.Range, [c0, n0, c1], [Value(active[first - 1], i64(("seq",)))])]

@@ -297,9 +297,8 @@ def lut_te(fmt: str, k: int, n: int):
     xq = te.placeholder((m, kp), "int8", name="x_q")
     parts = _placeholders(fmt, n, k)
     if fmt == "tl2":
-        g, entries = 3, 14
+        entries = 14
         groups = _ceil(k, 3)
-        digs = packing.tl2_digits(np.arange(14))
 
         def xg(i, t, r):  # activation r of group t (0 beyond K: x_q padded only to kp)
             kk = t * 3 + r
@@ -324,7 +323,6 @@ def lut_te(fmt: str, k: int, n: int):
             return te.sum((v ^ (0 - s)) + s, axis=rt)  # conditional negate: s ? -v : v
 
         acc = te.compute((m, n), body, name="acc")
-        del digs, g
     else:  # tl1: pairs, 9 entries T[e] = (e//3 - 1) * a0 + (e%3 - 1) * a1
         groups = _ceil(k, 2)
 
@@ -401,34 +399,23 @@ def dense_func(k: int, n: int, dtype: str = "float32") -> tirx.PrimFunc:
 # CUDA kernels
 # ------------------------------------------------------------------------------------------------
 def _cuda_schedule_quantize(func):
+    """One thread block per token for the absmax (32 threads, cross-thread max reduction), then
+    flat elementwise kernels for the scale and the int8 codes."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     amax = sch.get_sblock("amax")
     i, k = sch.get_loops(amax)
     ko, ki = sch.split(k, [None, 32])
-    rf = sch.rfactor(ki, 0)
+    sch.reorder(ki, ko)
     sch.bind(i, "blockIdx.x")
-    sch.reverse_compute_at(amax, i) if False else None
-    rfl = sch.get_loops(rf)
-    sch.compute_at(rf, i)
-    rfl = sch.get_loops(rf)
-    sch.bind(rfl[1], "threadIdx.x")
-    al = sch.get_loops(amax)
-    sch.bind(al[1], "threadIdx.x")
-    sc = sch.get_sblock("a_scale")
-    i2, z = sch.get_loops(sc)
-    sch.bind(i2, "threadIdx.x") if False else None
-    f = sch.fuse(i2, z)
-    bo, bi = sch.split(f, [None, 32])
-    sch.bind(bo, "blockIdx.x")
-    sch.bind(bi, "threadIdx.x")
-    q = sch.get_sblock("x_q")
-    qi, qj = sch.get_loops(q)
-    f = sch.fuse(qi, qj)
-    bo, bi = sch.split(f, [None, 256])
-    sch.bind(bo, "blockIdx.x")
-    sch.bind(bi, "threadIdx.x")
+    sch.bind(ki, "threadIdx.x")
+    for name, width in (("a_scale", 32), ("x_q", 256)):
+        blk = sch.get_sblock(name)
+        f = sch.fuse(*sch.get_loops(blk))
+        bo, bi = sch.split(f, [None, width])
+        sch.bind(bo, "blockIdx.x")
+        sch.bind(bi, "threadIdx.x")
     return sch.mod["main"]
 
 
@@ -471,10 +458,55 @@ def _cuda_schedule_gemm(func, n: int, kp: int):
     return sch.mod["main"]
 
 
+def dp4a_pack_func(k: int) -> tirx.PrimFunc:
+    """CUDA helper for the dp4a GEMV (cuda_ternary.py): x_q int8 [M, padded_k(K)] -> group-major
+    int32 activation words X [M, 4, Kp128/16] (zero beyond K) and S[M] = sum_k x_q (the code offset)."""
+    from tvm import s_tir
+
+    m = tirx.Var("m", "int64")
+    kp = padded_k(k)
+    k128 = _ceil(k, 128) * 128
+    kw = k128 // 16
+    xq = te.placeholder((m, kp), "int8", name="x_q")
+
+    def byte(i, kk):
+        return tirx.Select(kk < kp, tirx.Cast("int32", xq[i, tirx.min(kk, kp - 1)]) & 255, 0)
+
+    def word(i, g, w):
+        base = (w // 8) * 128 + g * 32 + (w % 8) * 4
+        return byte(i, base) | (byte(i, base + 1) << 8) | (byte(i, base + 2) << 16) | (byte(i, base + 3) << 24)
+
+    xw = te.compute((m, 4, kw), word, name="xw")
+    rk = te.reduce_axis((0, kp), name="rk")
+    ssum = te.compute((m,), lambda i: te.sum(tirx.Cast("int32", xq[i, rk]), axis=rk), name="ssum")
+    sch = s_tir.Schedule(te.create_prim_func([xq, xw, ssum]))
+    wb = sch.get_sblock("xw")
+    f = sch.fuse(*sch.get_loops(wb))
+    bo, bi = sch.split(f, [None, 128])
+    sch.bind(bo, "blockIdx.x")
+    sch.bind(bi, "threadIdx.x")
+    sb = sch.get_sblock("ssum")
+    si, sk = sch.get_loops(sb)
+    sch.bind(si, "blockIdx.x")
+    _, ski = sch.split(sk, [None, 32])
+    sch.bind(ski, "threadIdx.x")
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_dp4a_pack_k{k}").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
+
+
+def dp4a_gemv_func(k: int, n: int) -> tirx.PrimFunc:
+    """The dp4a W2A8 GEMV of cuda_ternary.py (i2 weights as int32 words), with a symbolic M."""
+    from .cuda_ternary import build_gemv
+
+    m = tirx.Var("m", "int64")
+    return (build_gemv(n, k, m).with_attr("global_symbol", f"ternc_tmm_dp4a_i2_k{k}_n{n}")
+            .with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True))
+
+
 # ------------------------------------------------------------------------------------------------
 # Public constructors
 # ------------------------------------------------------------------------------------------------
-KINDS = {"cpu": ("dot", "lut"), "cuda": ("gemv", "gemm")}
+KINDS = {"cpu": ("dot", "dot16", "lut"), "cuda": ("gemv", "gemm", "dp4a")}
 
 
 @lru_cache(maxsize=None)
@@ -577,7 +609,9 @@ def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", poli
     token (decode), GEMM otherwise. Cross targets (aarch64) cannot be measured here: "dot"."""
     kinds = available_kinds(fmt, target_kind, k)
     if target_kind == "cuda":
-        return "gemv" if m == 1 else "gemm"
+        if m == 1:
+            return "dp4a" if fmt == "i2" and policy in ("auto", "dp4a") else "gemv"
+        return "gemm"
     if policy != "auto":
         return policy if policy in kinds else kinds[0]
     if len(kinds) == 1 or target_kind != "cpu":

@@ -72,6 +72,17 @@ class Sym:
         return self.vals.shape
 
 
+class Lazy:
+    """A value emitted only if something reads it as a tensor (e.g. W^T of a tied LM head, which
+    MatMul consumes as a dense kernel on W without materializing the transpose)."""
+
+    def __init__(self, make, source=None, shape=None):
+        self.make = make
+        self.source = source
+        self.shape = shape
+        self.var = None
+
+
 @dataclass
 class EntrySignature:
     """How to call one lowered entry point."""
@@ -193,6 +204,10 @@ class FunctionLowerer:
 
     def tensor(self, v):
         """A Relax expression for an operand."""
+        if isinstance(v, Lazy):
+            if v.var is None:
+                v.var = self.emit(v.make())
+            return v.var
         if isinstance(v, Sym):
             flat = [_simplify(x) for x in v.vals.reshape(-1)]
             if all(isinstance(x, int) for x in flat):
@@ -274,7 +289,7 @@ class FunctionLowerer:
         if not isinstance(outs, (list, tuple)):
             outs = [outs]
         for o, val in zip(node.outputs, outs):
-            if val is not None and not isinstance(val, (Sym, relax.Var)):
+            if val is not None and not isinstance(val, (Sym, relax.Var, Lazy)):
                 val = self.emit(val, o.name)
             self.env[o.name] = val
 
@@ -301,10 +316,14 @@ def _obj(vals) -> np.ndarray:
 @sym_impl(Op.Shape)
 def _s_shape(L, node, args, syms):
     x = args[0]
+    if isinstance(x, Lazy):
+        x = x.shape if x.shape is not None else L.tensor(x)
     if isinstance(x, Sym):
         shp = list(x.shape)
     elif isinstance(x, tuple):
         shp = list(L.const_array(x[1]).shape)
+    elif isinstance(x, list):
+        shp = x
     else:
         shp = L.shape_of(x)
     start, end = node.attr("start", 0), node.attr("end")
@@ -550,7 +569,11 @@ def _reshape(L, node, args):
 @impl(Op.Transpose)
 def _transpose(L, node, args):
     perm = node.attr("perm")
-    return relax.op.permute_dims(L.tensor(args[0]), list(perm) if perm is not None else None)
+    x = L.tensor(args[0])
+    p = list(perm) if perm is not None else None
+    if L.ndim(x) == 2 and (perm is None or tuple(perm) == (1, 0)):
+        return Lazy(lambda: relax.op.permute_dims(x, p), source=x, shape=L.shape_of(x)[::-1])  # see _matmul
+    return relax.op.permute_dims(x, p)
 
 
 @impl(Op.Squeeze)
@@ -697,7 +720,14 @@ def _softmax(L, node, args):
 
 @impl(Op.MatMul)
 def _matmul(L, node, args):
-    return relax.op.matmul(L.tensor(args[0]), L.tensor(args[1]))
+    a = L.tensor(args[0])
+    b = args[1]
+    w = b.source if isinstance(b, Lazy) else None
+    if w is not None and L.ndim(a) >= 2:
+        y = _dense(L, a, w)  # a @ W^T without materializing W^T (tied LM heads)
+        if y is not None:
+            return y
+    return relax.op.matmul(a, L.tensor(args[1]))
 
 
 def _dense_te(x, w):
@@ -708,21 +738,27 @@ def _dense_te(x, w):
                       lambda *i: te.sum(x(*i[:-1], rk) * w[i[-1], rk], axis=rk), name="linear")
 
 
+def _dense(L, x, w):
+    """x [..., K] @ w[N, K]^T with the scheduled CPU dense kernel, or None when it does not apply."""
+    ws = L.shape_of(w)
+    dt = L.dtype_of(x)
+    if not (L.target_kind == "cpu" and dt in ("float32", "float64") and L.dtype_of(w) == dt and len(ws) == 2
+            and all(isinstance(d, int) for d in ws) and L.shape_of(x)[-1] == ws[1]):
+        return None
+    n, k = ws
+    key = ("dense", k, n, dt)
+    if key not in L.kernel_cache:
+        L.kernel_cache[key] = L.bb.add_func(kernels.dense_func(k, n, dt), f"ternc_dense_k{k}_n{n}")
+    x2, lead = _flatten_tokens(L, x)
+    y = L.emit(relax.call_tir(L.kernel_cache[key], [x2, w], relax.TensorType([L.shape_of(x2)[0], n], dt)))
+    return L.emit(relax.op.reshape(y, [*lead, n]))
+
+
 @impl(Op.Linear)
 def _linear(L, node, args):
     x, w = L.tensor(args[0]), L.tensor(args[1])
-    ws = L.shape_of(w)
-    dt = L.dtype_of(x)
-    if (L.target_kind == "cpu" and dt in ("float32", "float64") and L.dtype_of(w) == dt and len(ws) == 2
-            and all(isinstance(d, int) for d in ws) and L.shape_of(x)[-1] == ws[1]):
-        n, k = ws
-        key = ("dense", k, n, dt)
-        if key not in L.kernel_cache:
-            L.kernel_cache[key] = L.bb.add_func(kernels.dense_func(k, n, dt), f"ternc_dense_k{k}_n{n}")
-        x2, lead = _flatten_tokens(L, x)
-        y = L.emit(relax.call_tir(L.kernel_cache[key], [x2, w], relax.TensorType([L.shape_of(x2)[0], n], dt)))
-        y = L.emit(relax.op.reshape(y, [*lead, n]))
-    else:
+    y = _dense(L, x, w)
+    if y is None:
         y = L.bb.emit_te(_dense_te, x, w, primfunc_name_hint="linear")
     if len(args) > 2 and args[2] is not None:
         y = L.emit(relax.op.add(y, L.tensor(args[2])))
@@ -873,8 +909,28 @@ def _quantize(L, x2, k: int, eps: float):
     return L.emit(relax.TupleGetItem(out, 0)), L.emit(relax.TupleGetItem(out, 1))
 
 
+def _tmatmul_dp4a(L, xq_padded, parts, k: int, n: int):
+    """CUDA decode on i2 weights: dp4a over the packed bytes viewed as int32 words (zero copy)."""
+    m = L.shape_of(xq_padded)[0]
+    kw = -(-k // 128) * 8
+    pk = ("dp4a_pack", k)
+    if pk not in L.kernel_cache:
+        L.kernel_cache[pk] = L.bb.add_func(kernels.dp4a_pack_func(k), f"ternc_dp4a_pack_k{k}")
+    packed = L.emit(relax.call_tir(L.kernel_cache[pk], [xq_padded], [
+        relax.TensorType([m, 4, kw], "int32"), relax.TensorType([m], "int32")]))
+    xw, ssum = L.emit(relax.TupleGetItem(packed, 0)), L.emit(relax.TupleGetItem(packed, 1))
+    codes = L.tensor(parts[0])
+    words = L.emit(relax.op.memory.view(codes, [n, kw], "int32"))
+    key = ("i2", k, n, "dp4a")
+    if key not in L.kernel_cache:
+        L.kernel_cache[key] = L.bb.add_func(kernels.dp4a_gemv_func(k, n), f"ternc_tmm_dp4a_i2_k{k}_n{n}")
+    return L.emit(relax.call_tir(L.kernel_cache[key], [words, xw, ssum], relax.TensorType([m, n], "int32")))
+
+
 def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
     kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.target_kind, L.kernel_policy, L.kernel_log, L.target)
+    if kind == "dp4a":
+        return _tmatmul_dp4a(L, xq_padded, parts, k, n)
     key = (fmt, k, n, kind)
     if key not in L.kernel_cache:
         L.kernel_cache[key] = L.bb.add_func(kernels.matmul_func(fmt, k, n, kind), f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}")

@@ -55,6 +55,14 @@ def test_quantizer_disagreement_rate_vs_semantics():
     assert rate < 1e-4, rate
     # amax is the same quantity semantics uses (up to the FX grid)
     np.testing.assert_allclose(127.0 / a_scale, amax / 65536.0, rtol=1e-6)
+    # Plain N(0, 1) tokens: the rate quoted in hw_numerics' docstring (3 / 256,000).
+    x = np.random.default_rng(0).normal(size=(1000, 256)).astype(np.float32)
+    xr = h.to_fx(x)
+    q_hw, _ = h.quantize_act_fx(xr)
+    q_sw, _ = S.quantize_act(h.from_fx(xr))
+    diff = q_hw.astype(np.int64) - q_sw
+    assert np.abs(diff).max() <= 1
+    assert np.count_nonzero(diff) / diff.size < 1e-4
 
 
 def test_quantizer_edges():

@@ -39,7 +39,11 @@ def test_cuda_artifact_has_fatbins(cuda_artifact):
         data = (art / f).read_bytes()
         assert data[:4] == bytes.fromhex("50ed55ba")  # CUDA fatbin magic 0xba55ed50 (little-endian)
         src = (art / f.replace(".fatbin", ".cu")).read_text()
-        assert "ternc_tmm_gemv_i2" in src and "ternc_tmm_gemm_tl2" in src and "ternc_quantize" in src
+        # decode: dp4a GEMV on i2 (cuda_ternary.py), plain GEMV on tl2; prefill: GEMM; quantize
+        for name in ("ternc_tmm_dp4a_i2", "ternc_dp4a_pack", "ternc_tmm_gemv_tl2", "ternc_tmm_gemm_i2",
+                     "ternc_tmm_gemm_tl2", "ternc_quantize"):
+            assert name in src, name
+        assert "__dp4a" in src
     A.read_manifest(art)
 
 
