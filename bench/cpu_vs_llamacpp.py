@@ -223,8 +223,11 @@ def rope_tables(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
-def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
-    """ternc IR Module @bitnet with `prefill(input_ids[1, seq])` and `decode(input_ids[1, seq], past...)`."""
+def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int | None = 1):
+    """ternc IR Module @bitnet with `prefill(input_ids[1, seq])` and `decode(input_ids[1, S], past...)`.
+
+    static_decode: decode's token count S as a static dim (1: one token per step, as llama.cpp's
+    decode graph; every shape but the cache length is then static), or None for a symbolic `seq`."""
     from ternc.ir import packing
     from ternc.ir.core import Const, Function, Module, Node, Value
     from ternc.ir.ops import Op
@@ -265,6 +268,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
 
     def build(decode: bool) -> Function:
         nodes: list[Node] = []
+        S = static_decode if decode and static_decode else "seq"  # decode's token count
         cnt = [0]
 
         def val(shape, dtype=F32, name=None):
@@ -280,7 +284,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
             n, k = proj_shape(cfg, p)
             return op(Op.TernaryLinear, [x, "w_scale", *weights[(i, p)]], [*shape_lead, n], format=fmt, k=k, n=n)
 
-        params = [Value("input_ids", TensorType(I64, (1, "seq")))]
+        params = [Value("input_ids", TensorType(I64, (1, S)))]
         if decode:
             for i in range(cfg.layers):
                 params += [Value(f"past.{i}.key", TensorType(F32, (1, NH, "past", HD))),
@@ -294,32 +298,32 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0):
         else:
             start = "c0"
         limit = op(Op.Add, [start, seq], [], I64)
-        pos = op(Op.Range, [start, limit, "c1"], ["seq"], I64)
-        cos_t = op(Op.Gather, ["rope_cos", pos], ["seq", HD], axis=0)
-        sin_t = op(Op.Gather, ["rope_sin", pos], ["seq", HD], axis=0)
-        h = op(Op.Gather, [embed, "input_ids"], [1, "seq", H], DType.F16, axis=0)
-        h = op(Op.Cast, [h], [1, "seq", H], to=F32.value)
+        pos = op(Op.Range, [start, limit, "c1"], [S], I64)
+        cos_t = op(Op.Gather, ["rope_cos", pos], [S, HD], axis=0)
+        sin_t = op(Op.Gather, ["rope_sin", pos], [S, HD], axis=0)
+        h = op(Op.Gather, [embed, "input_ids"], [1, S, H], DType.F16, axis=0)
+        h = op(Op.Cast, [h], [1, S, H], to=F32.value)
         present = []
-        lead = [1, "seq"]
+        lead = [1, S]
         for i in range(cfg.layers):
             last = i == cfg.layers - 1
-            x = op(Op.RMSNorm, [h, ones_h], [1, "seq", H], eps=cfg.eps)
+            x = op(Op.RMSNorm, [h, ones_h], [1, S, H], eps=cfg.eps)
             qkv = []
             for p in ("attn_q", "attn_k", "attn_v"):
                 t = lin(x, i, p, lead)
-                t = op(Op.Reshape, [t, "shape_heads"], [1, "seq", NH, HD])
-                t = op(Op.Transpose, [t], [1, NH, "seq", HD], perm=(0, 2, 1, 3))
+                t = op(Op.Reshape, [t, "shape_heads"], [1, S, NH, HD])
+                t = op(Op.Transpose, [t], [1, NH, S, HD], perm=(0, 2, 1, 3))
                 qkv.append(t)
-            q = op(Op.RoPE, [qkv[0], cos_t, sin_t], [1, NH, "seq", HD])
-            k = op(Op.RoPE, [qkv[1], cos_t, sin_t], [1, NH, "seq", HD])
+            q = op(Op.RoPE, [qkv[0], cos_t, sin_t], [1, NH, S, HD])
+            k = op(Op.RoPE, [qkv[1], cos_t, sin_t], [1, NH, S, HD])
             ins = [q, k, qkv[2]] + ([f"past.{i}.key", f"past.{i}.value"] if decode else [])
-            outs = [val([1, NH, "seq", HD]), val([1, NH, "?", HD], name=f"present.{i}.key"),
+            outs = [val([1, NH, S, HD]), val([1, NH, "?", HD], name=f"present.{i}.key"),
                     val([1, NH, "?", HD], name=f"present.{i}.value")]
             nodes.append(Node.make(Op.Attention, ins, outs, scale=1.0 / float(np.sqrt(HD)), causal=1))
             present += [outs[1].name, outs[2].name]
-            a = op(Op.Transpose, [outs[0].name], [1, "seq", NH, HD], perm=(0, 2, 1, 3))
-            a = op(Op.Reshape, [a, "shape_hidden"], [1, "seq", H])
-            a = op(Op.RMSNorm, [a, ones_h], [1, "seq", H], eps=cfg.eps)
+            a = op(Op.Transpose, [outs[0].name], [1, S, NH, HD], perm=(0, 2, 1, 3))
+            a = op(Op.Reshape, [a, "shape_hidden"], [1, S, H])
+            a = op(Op.RMSNorm, [a, ones_h], [1, S, H], eps=cfg.eps)
             o = lin(a, i, "attn_output", lead)
             if last and not decode:  # like llama.cpp: only the output token goes on (inp_out_ids)
                 o = op(Op.Slice, [o, "last_start", "last_end", "axis1"], [1, 1, H])

@@ -369,7 +369,7 @@ def cpu_pipeline(target, dlight: bool = True):
     return _pipeline
 
 
-def compile_proto(module, kernel_policy: str = "auto", dlight: bool = True, mcpu: str | None = None):
+def compile_proto(module, kernel_policy: str = "auto", dlight: bool = False, mcpu: str | None = None):
     """Like backends.tvm.build.compile_module(module, "cpu") with the prototype kernels patched in."""
     import tvm
 

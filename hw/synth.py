@@ -70,7 +70,7 @@ def verilog_cached(component_factory, name: str, key: str,
     digest = hashlib.sha256(key.encode() + src).hexdigest()[:16]
     p = d / f"{name}-{digest}.{fmt}"
     if not p.exists():
-        tmp = p.with_suffix(".tmp")
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
         conv = {"v": to_verilog, "il": to_rtlil}[fmt]
         tmp.write_text(conv(component_factory(), name))
         tmp.replace(p)

@@ -56,8 +56,20 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
 
 @impl(Op.RoPE)
 def _rope(node, args):
-    """x * cos + rotate_half(x) * sin (HF / GPT-NeoX layout: halves, not interleaved pairs)."""
+    """x * cos + rotate_half(x) * sin (HF / GPT-NeoX layout: halves, not interleaved pairs).
+
+    {numerics = "fx"}: FX activations with cos/sin rounded to Q1.14, `hw_numerics.rope_fx`."""
     x, cos, sin = args
+    if node.attr("numerics", "float") == "fx":
+        from . import hw_numerics as hn
+
+        h = x.shape[-1] // 2
+        q14 = float(1 << hn.ROPE_FRAC)
+        c = np.round(np.asarray(cos, np.float64)[..., :h] * q14).astype(np.int64)
+        sn = np.round(np.asarray(sin, np.float64)[..., :h] * q14).astype(np.int64)
+        xr = hn.to_fx(x)
+        y0, y1 = hn.rope_fx(xr[..., :h], xr[..., h:], c, sn)
+        return [hn.from_fx(np.concatenate([y0, y1], axis=-1)).astype(x.dtype)]
     return [(x * cos + rotate_half(x) * sin).astype(x.dtype)]
 
 
@@ -100,6 +112,11 @@ def _attention(node, args):
 def _gated(node, args):
     g, u = args
     act = node.attr("act")
+    if node.attr("numerics", "float") == "fx" and act in ("silu", "relu2"):
+        from . import hw_numerics as hn
+
+        f = hn.silu_gate_fx if act == "silu" else hn.relu2_gate_fx
+        return [hn.from_fx(f(hn.to_fx(g), hn.to_fx(u))).astype(g.dtype)]
     if act == "silu":
         a = g * (1.0 / (1.0 + np.exp(-g)))
     elif act == "relu2":
@@ -147,12 +164,24 @@ def _dequant(node, args):
 
 @impl(Op.TernaryLinear)
 def _tlinear(node, args):
+    """The integer contract; with {numerics = "fx"} the FPGA datapath's formats (ir/hw_numerics.py):
+    FX Q15.16 activations, the hardware quantizer, the same exact int32 core, and the pseudo-float
+    dequantize factor. The fx variant is lossy against the float path; tests measure by how much."""
     x, w_scale = args[0], np.asarray(args[1]).reshape(())
     packed = args[2:]
     bias = None
     if node.attr("has_bias", 0):
         bias, packed = packed[-1], packed[:-1]
-    y = semantics.ternary_linear(x, unpack_weight(node, packed), w_scale, node.attr("eps", semantics.ACT_EPS))
+    w = unpack_weight(node, packed)
+    if node.attr("numerics", "float") == "fx":
+        from . import hw_numerics as hn
+
+        x_q, amax = hn.quantize_act_fx(hn.to_fx(x))
+        acc = semantics.ternary_matmul_i32(x_q, w)
+        m, s = hn.dq_factor(amax, *hn.encode_wscale(float(w_scale)))
+        y = hn.from_fx(hn.dequantize_fx(acc, m, s)).astype(np.float32)
+    else:
+        y = semantics.ternary_linear(x, w, w_scale, node.attr("eps", semantics.ACT_EPS))
     if bias is not None:
         y = y + bias
     return [y.astype(x.dtype)]
@@ -280,9 +309,9 @@ def _fused_linear(node, args):
         shape, cos, sin = rest
         h = step(Op.Reshape, [y, shape], allowzero=node.attr("allowzero", 0))
         h = step(Op.Transpose, [h], perm=node.attr("perm"))
-        return [step(Op.RoPE, [h, cos, sin])]
+        return [step(Op.RoPE, [h, cos, sin], numerics=node.attr("numerics"))]
     up = linear(rest[:n_ops], node.inputs[1 + n_ops:1 + 2 * n_ops])
-    return [step(Op.GatedAct, [y, up], act=epilogue.removeprefix("gated_"))]
+    return [step(Op.GatedAct, [y, up], act=epilogue.removeprefix("gated_"), numerics=node.attr("numerics"))]
 
 
 # ---------------------------------------------------------------- KV cache ops (passes quantize-kv,

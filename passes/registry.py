@@ -21,7 +21,7 @@ import typing
 from typing import Any
 
 from . import cse, dce, fold, fuse_epilogue, pack_ternary, quantize_ternary, raise_ternary, split_ternary
-from . import evict_kv, prune_prefill, quantize_kv
+from . import evict_kv, hw_numerics, prune_prefill, quantize_kv
 from .base import NoOptions, PassInfo
 
 # ----------------------------------------------------------------------------------------------
@@ -43,6 +43,9 @@ _PASSES = [
              "store ternary weights packed (i2, tl1, tl2, tq1; see ir/packing.py)"),
     PassInfo("split-ternary", NoOptions, split_ternary.run,
              "lower TernaryLinear to QuantizeAct + TernaryMatMul (int32) + Dequantize"),
+    PassInfo("hw-numerics", hw_numerics.HWNumericsOptions, hw_numerics.run,
+             "interpret ternary linears and epilogues in the FPGA datapath's fixed-point formats (LOSSY)",
+             lossless=False),
     # KV cache and prompt pruning
     PassInfo("quantize-kv", quantize_kv.QuantizeKVOptions, quantize_kv.run,
              "KIVI-style KV-cache quantization (2/4/8 bit, sinks + recent in full precision) (LOSSY)",

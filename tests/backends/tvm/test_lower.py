@@ -133,6 +133,21 @@ def test_tied_head_matmul_of_transposed_weight():
     np.testing.assert_array_equal(got["s"], ref["s"])
 
 
+def test_linear_with_f16_weight():
+    """Linear(x f32, W f16) (a tied f16 embedding as LM head): W widened in registers."""
+    from ternc.ir.core import Const
+
+    rng = np.random.default_rng(1)
+    x = Value("x", TensorType(DType.F32, (1, "seq", 24)))
+    node = Node.make(Op.Linear, ["x", "W"], [Value("y", TensorType(DType.F32, (1, "seq", 40)))])
+    m = Module("m", (Function("main", (x,), (node,), ("y",)),),
+               {"W": Const.of(rng.standard_normal((40, 24)).astype(np.float16))})
+    assert "ternc_dense_k24_n40_float16" in lower_module(m).mod.script()
+    xin = rng.standard_normal((1, 3, 24)).astype(np.float32)
+    got = compile_runner(m).run("main", {"x": xin})["y"]
+    assert _rel_err(got, ternc.interpret(m, {"x": xin})["y"]) < REL_TOL
+
+
 def _one_node_module(op, **attrs):
     x = Value("x", TensorType(DType.F32, (2, 3)))
     y = Value("y", TensorType(DType.F32, (2, 3)))
