@@ -129,6 +129,9 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
         feeds = {dec["input_ids"]: out[-1]}
         for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
             feeds[pk], feeds[pv] = res[ok], res[ov]
+        # extra carried state (e.g. H2O attention scores, tokens seen) added by KV passes
+        for si, so in dec.get("state", []):
+            feeds[si] = res[so]
         res = runner.run(dec["decode"], feeds)
     return np.concatenate(out, axis=1)
 

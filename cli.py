@@ -5,6 +5,7 @@
     ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]
     ternc generate MODEL --prompt-ids 1,2,3 -n 16
     ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
+    ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
 
 MODEL is an .onnx file, a .ternc module file, or (for run/generate) a compiled artifact folder.
 Without MODEL, `compile` uses the built-in default model (a tiny ternary BitNet).
@@ -139,6 +140,34 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Perplexity / top-1 agreement of a (possibly lossy) pass pipeline against the unmodified model."""
+    import numpy as np
+
+    import ternc
+    from .passes.eval import evaluate
+
+    if args.ids.endswith(".npy"):
+        ids = np.load(args.ids, allow_pickle=False).reshape(-1)
+    else:
+        try:
+            ids = np.array([int(t) for t in args.ids.split(",") if t.strip()], np.int64)
+        except ValueError:
+            raise CLIError("--ids expects comma-separated integers or a .npy file") from None
+    base = ternc.load(args.model)
+    ref = evaluate(base, ids, prefix=args.prefix)
+    rows = [("unmodified", ref, None)]
+    if args.passes:
+        mod, _ = ternc.compile(base, passes=args.passes)
+        rows.append((args.passes, evaluate(mod, ids, prefix=args.prefix, reference=ref["top1"]), args.passes))
+    print("| setting | tokens | perplexity | top-1 agreement | max KV tokens |")
+    print("|---|---|---|---|---|")
+    for name, r, _ in rows:
+        agree = "1.000" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.3f}"
+        print(f"| {name} | {r['n_tokens']} | {r['ppl']:.3f} | {agree} | {r['kv_tokens_max']} |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ternc", description="Compiler for ternary (1.58-bit) language models.")
     ap.add_argument("--version", action="version", version=f"ternc {__import__('ternc').__version__}")
@@ -166,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=16)
     p.add_argument("--eos", type=int, default=None)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("eval", help="perplexity and top-1 agreement of a pass pipeline vs the unmodified model")
+    p.add_argument("model")
+    p.add_argument("--ids", required=True, help="token ids: comma-separated or a .npy file")
+    p.add_argument("--passes", default=None, help='e.g. "quantize-kv{bits=2}" or "evict-kv{budget=64}"')
+    p.add_argument("--prefix", type=int, default=1, help="tokens fed before scoring starts")
+    p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
     p.add_argument("model", nargs="?", help="ONNX or .ternc file (default: built-in tiny BitNet)")

@@ -180,6 +180,13 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> dict:
 def load_artifact(path: str | os.PathLike, device: str | None = None):
     """Verify an artifact and return a Runner (`.meta`, `.run(entry, inputs)`) on the TVM runtime only."""
     manifest = read_manifest(path)
+    import platform
+
+    machine = platform.machine().lower()
+    want = {"aarch64": ("aarch64", "arm64")}.get(manifest["target"]["name"], ("x86_64", "amd64"))
+    if manifest["target"]["name"] in ("cpu", "aarch64", "cuda") and machine not in want:
+        raise ArtifactError(f"{path}: built for target {manifest['target']['name']} ({want[0]} host code), but "
+                            f"this machine is {machine}")
     from .tvm.runtime import TVMRunner  # sets TVM_USE_RUNTIME_LIB=1 if tvm is not imported yet
 
     import tvm

@@ -63,3 +63,21 @@ def test_corrupt_ternc_file_is_rejected(onnx_export, tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="do not match digest|corrupt"):
         ternc.load(p)
+
+
+def test_eval_reports_lossy_pipeline(onnx_export):
+    ids = ",".join(str(i % 128) for i in range(5, 100, 3))
+    r = run("eval", onnx_export("llama", False), "--ids", ids, "--passes", "evict-kv{policy=h2o,budget=12,sinks=2}")
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("| ")]
+    assert lines[2].startswith("| unmodified |") and "| 1.000 |" in lines[2]
+    cells = [c.strip() for c in lines[3].split("|")]
+    assert cells[1].startswith("evict-kv") and int(cells[5]) == 12 and float(cells[4]) < 1.0
+
+
+def test_generate_carries_kv_pass_state(onnx_export):
+    """H2O adds explicit state (scores, tokens seen) that generate must carry between decode steps."""
+    m = ternc.load(onnx_export("llama", False))
+    evicted, _ = ternc.compile(m, passes="evict-kv{policy=h2o,budget=64,sinks=4}", report=False)
+    assert evicted.meta["decoder"].get("state")
+    # budget larger than the sequence: eviction never triggers, so tokens equal the exact ones
+    np.testing.assert_array_equal(ternc.generate(evicted, [[3, 4, 5]], 12), ternc.generate(m, [[3, 4, 5]], 12))

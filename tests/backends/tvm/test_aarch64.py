@@ -38,6 +38,11 @@ def test_aarch64_artifact_is_aarch64_elf(tiny_bitnet, tmp_path):
     # cross targets are not measured here: every weight uses the int8 dot kernel
     assert man["kernels"]["choices"] == []
     A.read_manifest(out)  # checksums verify
+    import platform
+
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        with pytest.raises(A.ArtifactError, match="built for target aarch64"):
+            A.load_artifact(out)
 
 
 def test_aarch64_without_cross_compiler_is_a_clear_error(tiny_llama, tmp_path, monkeypatch):

@@ -183,3 +183,19 @@ def test_weights_load_without_safetensors_package(built_artifact, monkeypatch):
     for k in ref:
         assert got[k].dtype == ref[k].dtype
         np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_driver_signature_forwards(monkeypatch, tiny_llama, tmp_path):
+    """backends.tvm.build.build_artifact is what driver.compile_to (`ternc compile`) calls."""
+    from ternc.backends.tvm import build as B
+
+    seen = {}
+
+    def fake(module, target, out_dir, pipeline_desc=None, kernel_policy="auto", **kw):
+        seen.update(target=target, out_dir=out_dir, pipeline_desc=pipeline_desc, policy=kernel_policy)
+        return out_dir
+
+    monkeypatch.setattr(A, "build_artifact", fake)
+    B.build_artifact(tiny_llama, target="cpu", out_dir=tmp_path / "o", pipeline="default:cpu", source="m.onnx")
+    assert seen == {"target": "cpu", "out_dir": tmp_path / "o", "policy": "auto",
+                    "pipeline_desc": {"passes": "default:cpu", "source": "m.onnx"}}

@@ -90,6 +90,17 @@ def test_ternary_lut_kernels_end_to_end(tiny_llama, prompt):
     _check_prefill_decode(m, compile_runner(m, kernel_policy="lut"), prompt)
 
 
+def test_real_cpu_pipeline_on_qat_bitnet(onnx_export, prompt):
+    """The repo's tiny QAT BitNet through the real `cpu` pass pipeline (fold, raise-ternary, ...,
+    pack-ternary{format=i2}) and this backend: tokens equal the interpreter's on the same module."""
+    pytest.importorskip("torch")
+    from ternc.passes.pipeline import compile as run_passes
+
+    m, _ = run_passes(ternc.load(str(onnx_export("tiny-bitnet", False))), target="cpu")
+    assert _formats_used(m) == {"i2"}
+    _check_prefill_decode(m, compile_runner(m, kernel_policy="dot"), prompt)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_ternary_bitnet_each_format(tiny_bitnet, prompt, fmt):
