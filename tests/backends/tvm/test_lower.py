@@ -118,6 +118,15 @@ def test_dynamic_lengths(tiny_llama):
         ref = ternc.interpret(tiny_llama, ids, dec["prefill"])
         got = runner.run(dec["prefill"], ids)
         assert _rel_err(got[dec["logits"]], ref[dec["logits"]]) < REL_TOL
+        # decode with an empty (zero-length) past: the KV append kernel must not read the past
+        feeds = dict(ids)
+        for pk, pv in dec["past"]:
+            feeds[pk] = feeds[pv] = np.zeros((1, 2, 0, 16), np.float32)
+        ref_d = ternc.interpret(tiny_llama, feeds, dec["decode"])
+        got_d = runner.run(dec["decode"], feeds)
+        for name in ref_d:
+            assert got_d[name].shape == ref_d[name].shape
+            assert _rel_err(got_d[name], ref_d[name]) < REL_TOL, name
 
 
 def test_tied_head_matmul_of_transposed_weight():
