@@ -1,28 +1,37 @@
 """CPU decode/prefill speed of ternc (TVM backend) vs llama.cpp on a BitNet-b1.58-large-shaped model.
 
-    python bench/cpu_vs_llamacpp.py                 # full shape, 2 threads, pp128 / tg32
-    python bench/cpu_vs_llamacpp.py --tiny          # 2 layers, hidden 256: smoke run (~1-2 min)
-    python bench/cpu_vs_llamacpp.py --rounds 3 --out bench/results/cpu_vs_llamacpp.json
+    python bench/cpu_vs_llamacpp.py --variants backend,proto --rounds 3 --reps 3 --ternc-reps backend=1
+    python bench/cpu_vs_llamacpp.py --tiny --variants backend,proto     # 2 layers, hidden 256: smoke run
+    python bench/cpu_vs_llamacpp.py --profile ...                       # + per-kernel-class breakdown
 
 Model (both engines, random weights): llama.cpp's "bitnet" architecture (LLM_ARCH_BITNET) -- the
 1bitLLM bitnet_b1_58-large layout: 24 layers, hidden 1536, FFN 4096 (SiLU-gated), 16 heads of dim 96
 (no GQA), vocab 32002, RMSNorm pre-norms plus BitNet's attn_sub_norm (before o_proj) and
-ffn_sub_norm (before down_proj), tied embeddings (the LM head reads token_embd, F16). The seven
+ffn_sub_norm (before down_proj), tied F16 embeddings (the LM head reads token_embd). The seven
 projections per layer are ternary: llama.cpp TQ2_0 or TQ1_0 (per-256-block fp16 scale, Q8_K
 activations); ternc TernaryLinear (per-tensor scale, per-token int8 activations) in the packing
-format given by --format (default i2, the same 2-bit layout as TQ2_0). ternc's module is built
-directly as IR (no ONNX) with `prefill` / `decode` entry points over an explicit KV cache, and like
-llama.cpp its prefill computes logits (and the last layer's FFN) for the last prompt token only.
+format --format (default i2, the 2-bit layout TQ2_0 also uses). The same ternary matrices go into
+both. ternc's module is built directly as IR (no ONNX) with `prefill(input_ids[1, seq])` and
+`decode(input_ids[1, 1], past...)` over an explicit KV cache; like llama.cpp, prefill computes
+the logits (and the last layer's FFN) for the last prompt token only.
 
 Peer: llama.cpp's `llama-bench` built from the `llama-cpp-python` sdist (vendor/llama.cpp) under
-.cache/llamacpp/ (built on first use: Release, GGML_NATIVE=ON, CPU only, no curl/openssl).
+.cache/llamacpp/ on first use (Release, GGML_NATIVE=ON, CPU only, no curl/openssl), or --llama-bench.
 `llama-bench -m X.gguf -p 128 -n 32 -t 2 -r R -o json`: pp128 = one 128-token prompt from an
-empty cache, tg32 = 32 single-token steps from an empty cache (figures: avg tokens/s over R reps).
-Ours is timed the same way: prefill(128 tokens) and 32 decode steps (the first from an empty cache),
-wall clock around the TVM Relax VM calls, TVM_NUM_THREADS = --threads.
+empty cache, tg32 = 32 single-token steps from an empty cache. Ours is timed the same way:
+prefill(128 tokens) and 32 greedy decode steps from an empty cache, wall clock around the Relax VM
+calls (KV cache stays on the device), TVM_NUM_THREADS = --threads.
 
-Runs are interleaved (llama.cpp TQ2_0, TQ1_0, ternc per round) and the table reports medians over
-rounds, since the machine is shared. Prints a markdown table; writes JSON (--out).
+ternc variants (--variants): `backend` = backends/tvm as it is (compile_module(module, "cpu"));
+`proto` = the same lowering with the prototype kernels of bench/proto_i2_vnni.py patched in at
+compile time (AVX-512 VNNI i2 matmul, vectorized F16 LM head, fused attention): a measured
+proposal for the backend, not the backend.
+
+Runs are interleaved (llama.cpp TQ2_0, TQ1_0, ternc variants per round); the table reports the
+median over all samples and the best sample, plus the load average: on a shared machine llama.cpp's
+spinning thread pool in particular swings by 10x. For a quiet host without the TVM compiler:
+`--export DIR --mcpu CPU` compiles the variants here, `--load DIR` times them with the TVM runtime
+only (run under `taskset -c 0,1` to pin 2 cores). Prints a markdown table; writes JSON (--out).
 """
 
 from __future__ import annotations

@@ -15,9 +15,19 @@ weight vectors, no rfactor scratch.
 
 Schedule: rows N in tiles of `NT` (parallel over tiles, TVM thread pool), tokens in tiles of `MT`;
 for each (row, token) pair one int32x16 accumulator in registers; codes decoded once per row and
-reused by all MT tokens (prefill); K loop innermost. Horizontal sum at the end.
+reused by all MT tokens (prefill); K loop innermost. Horizontal sum at the end. Decode uses
+MT=1/NT=4, prefill MT=4/NT=2. (A 16-row-interleaved layout that drops the permutation and the
+horizontal sums was also tried: no gain, the decode GEMV is at the memory-bandwidth limit.)
 
-    python bench/proto_i2_vnni.py            # correctness + timing vs backends/tvm "dot" at BitNet-large shapes
+Note: LLVM 22's `llvm.x86.avx512.vpdpbusd.512` takes <64 x i8> operands; TVM's own
+`dot_16x4_vnni` tensor intrinsic (tvm.s_tir.tensor_intrin.x86) still passes <16 x i32> and fails
+LLVM verification with this TVM build.
+
+Also here, for `cpu_vs_llamacpp.py --proto`-style whole-model runs (`compile_proto`): a vectorized,
+parallel LM head (f32 x f16 weights) and a fused causal attention kernel (online softmax, heads in
+parallel), patched into the lowering at compile time.
+
+    python bench/proto_i2_vnni.py            # exactness + timing vs backends/tvm "dot16" at BitNet-large shapes
 """
 
 from __future__ import annotations
@@ -135,7 +145,7 @@ def main():
     rng = np.random.default_rng(0)
     shapes = [(1536, 1536), (1536, 4096), (4096, 1536)]
     only_proto = "--proto-only" in sys.argv
-    print("| M | K | N | backend dot ms | proto ms | proto GMAC/s | speedup |")
+    print("| M | K | N | backend dot16 ms | proto ms | proto GMAC/s | speedup |")
     print("|---|---|---|---|---|---|---|")
     for m in (1, 128):
         for k, n in shapes:
@@ -143,13 +153,13 @@ def main():
             codes = packing.pack(w, "i2")["codes"]
             x = rng.integers(-127, 128, size=(m, k)).astype(np.int8)
             ref = semantics.ternary_matmul_i32(x, w)
-            lib = build(k, n, mt=1 if m == 1 else 4, nt=2)
+            lib = build(k, n, mt=1 if m == 1 else 4, nt=4 if m == 1 else 2)
             got, ts = run(lib, x, codes, n, reps=7)
             assert np.array_equal(got, ref), "prototype kernel is not exact"
             tp = float(np.median(ts))
             tb = None
             if not only_proto:
-                tb = min(t.seconds for t in K.measure_kinds("i2", k, n, m, ["dot"], repeat=3))
+                tb = min(t.seconds for t in K.measure_kinds("i2", k, n, m, ["dot16"], repeat=3))
             sp = f"{tb / tp:.0f}x" if tb else "-"
             print(f"| {m} | {k} | {n} | {tb * 1e3 if tb else float('nan'):.2f} | {tp * 1e3:.3f} | "
                   f"{m * k * n / tp / 1e9:.1f} | {sp} |", flush=True)
@@ -352,7 +362,10 @@ class _Patched:
 
 
 def cpu_pipeline(target, dlight: bool = True):
-    """The default Relax CPU pipeline plus dlight's CPU GEMV/Reduction rules after fusion."""
+    """The default Relax CPU pipeline, optionally plus dlight's CPU GEMV/Reduction rules after fusion.
+
+    Off by default: with static shapes (decode with seq = 1) dl.cpu.Reduction's schedule made the
+    1536-element rms_norm ~1000x slower (0.4 s per decode step); unscheduled it costs ~2 us."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cp

@@ -18,7 +18,7 @@ if "tvm" not in sys.modules:
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
 
 
-class RuntimeError_(RuntimeError):
+class RunnerError(RuntimeError):
     pass
 
 
@@ -33,7 +33,7 @@ def _load_cuda_runtime():
 
     lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
     if not lib.exists():
-        raise RuntimeError_(f"CUDA artifact needs {lib} (the tvm package's CUDA runtime)")
+        raise RunnerError(f"CUDA artifact needs {lib} (the tvm package's CUDA runtime)")
     ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
@@ -52,7 +52,7 @@ def _register_fatbins(cuda_dir: Path):
             return bytearray(_CUDA_FATBINS[key])
         if len(_CUDA_FATBINS) == 1:
             return bytearray(next(iter(_CUDA_FATBINS.values())))
-        raise RuntimeError_(f"no prebuilt fatbin for CUDA source sha256 {key} (artifact has "
+        raise RunnerError(f"no prebuilt fatbin for CUDA source sha256 {key} (artifact has "
                             f"{sorted(_CUDA_FATBINS)})")
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", tvm_callback_cuda_compile, override=True)
@@ -84,7 +84,7 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
         if name == "__metadata__":
             continue
         if info["dtype"] not in _ST_DTYPES:
-            raise RuntimeError_(f"{path}: tensor {name} has dtype {info['dtype']} this reader does not know")
+            raise RunnerError(f"{path}: tensor {name} has dtype {info['dtype']} this reader does not know")
         b, e = info["data_offsets"]
         out[name] = np.frombuffer(data[base + b:base + e], dtype=_ST_DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
     return out
@@ -116,7 +116,7 @@ class TVMRunner:
         names = manifest["weights"]
         missing = [w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays]
         if missing:
-            raise RuntimeError_(f"{self.path}: weights file lacks {missing[:5]}")
+            raise RunnerError(f"{self.path}: weights file lacks {missing[:5]}")
         self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(arrays[key]), self.device)
                         for w, key in names.items()}
         self._fns = {}
