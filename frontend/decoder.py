@@ -22,7 +22,7 @@ from ..ir.core import Const, Function, Module, Node, Value
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .onnx_import import FrontendError
-from .raising import dce
+from ..ir.core import dce_function as dce
 
 
 def _rope_position_ranges(fn: Function) -> list[Node]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.core import Const, Function, Module, Node, Value
+from ..ir.core import dce_function as dce
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 
@@ -295,17 +296,6 @@ class _Raiser:
             nodes.append(self.replace.get(i, n))
         fn = dce(self.g.fn.with_nodes(nodes))
         return fn, self.counts
-
-
-def dce(fn: Function) -> Function:
-    """Drop nodes none of whose outputs reach a result."""
-    live = set(fn.results)
-    keep = []
-    for n in reversed(fn.nodes):
-        if any(o.name in live for o in n.outputs):
-            keep.append(n)
-            live.update(i for i in n.inputs if i)
-    return fn.with_nodes(reversed(keep))
 
 
 def random_inputs(fn: Function, seed: int = 0, dims: dict | None = None, vocab: int | None = None) -> dict:

@@ -188,6 +188,17 @@ class Module:
         return print_module(self)
 
 
+def dce_function(fn: Function) -> Function:
+    """Drop nodes none of whose outputs reach a result (the IR has no side-effecting ops)."""
+    live = set(fn.results)
+    keep = []
+    for n in reversed(fn.nodes):
+        if any(o.name in live for o in n.outputs):
+            keep.append(n)
+            live.update(i for i in n.inputs if i)
+    return fn.with_nodes(reversed(keep))
+
+
 def prune_constants(module: Module) -> Module:
     """Drop constants no function references."""
     used = {i for f in module.functions for n in f.nodes for i in n.inputs}

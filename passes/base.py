@@ -38,17 +38,6 @@ class NoOptions:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def dce_function(fn: Function) -> Function:
-    """Drop nodes none of whose outputs reach a result (the IR has no side-effecting ops)."""
-    live = set(fn.results)
-    keep = []
-    for n in reversed(fn.nodes):
-        if any(o.name in live for o in n.outputs):
-            keep.append(n)
-            live.update(i for i in n.inputs if i)
-    return fn.with_nodes(reversed(keep))
-
-
 def clean(module: Module) -> Module:
     """DCE every function and drop constants nothing references (how passes tidy up after rewrites)."""
     return prune_constants(module.replace(functions=tuple(dce_function(f) for f in module.functions)))
