@@ -11,7 +11,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from ..ir.core import Const, Function, Module, Node, prune_constants
+from ..ir.core import Const, Function, Module, Node, dce_function, prune_constants
 from ..ir.types import DType
 
 
