@@ -23,17 +23,17 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     from .passes.pipeline import compile as run_pipeline
 
     t0 = time.time()
-    result = run_pipeline(module, target=target, passes=passes)
-    module, report = result if isinstance(result, tuple) else (result, None)
-    if report is not None:
-        print(report, file=sys.stderr)
+    # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
+    module, _report = run_pipeline(module, target=target, passes=passes,
+                                   report=lambda text: print(text, file=sys.stderr))
     module = module.replace(meta={**module.meta, "max_context": context})
-    lines = [f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s"]
+    lines = []
     if target == "reference":
         from .ir.serialize import save_module
 
         path = Path(out or f"out/{module.name}.ternc")
         save_module(module, path)
+        lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
         lines.append(f"  wrote {path} ({path.stat().st_size / 1e6:.2f} MB): the transformed module (IR text + "
                      f"weights); run it with `ternc generate {path} --prompt-ids 1,2,3`")
         return "\n".join(lines)
@@ -45,9 +45,10 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     out_dir = Path(out or f"out/{module.name}-{target}")
     art = build_artifact(module, target=target, out_dir=out_dir,
                          pipeline=passes or f"default:{target}", source=source)
+    lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
     lines.append(f"  wrote artifact {out_dir}/ :")
-    for p in sorted(Path(out_dir).iterdir()):
-        lines.append(f"    {p.name:<28} {p.stat().st_size / 1e6:8.2f} MB")
+    for p in sorted(q for q in Path(out_dir).rglob("*") if q.is_file()):
+        lines.append(f"    {str(p.relative_to(out_dir)):<40} {p.stat().st_size / 1e6:8.2f} MB")
     lines.append(f"  run it: ternc generate {out_dir} --prompt-ids 1,2,3 -n 16")
     _ = art
     return "\n".join(lines)
