@@ -132,3 +132,116 @@ def test_cuda_kernels_bit_exact(fmt, kind, m):
     lib = tvm.compile(tvm.IRModule({"main": K.matmul_func(fmt, k, n, kind)}), target)
     got = K.run_standalone(lib, x, _parts(w, fmt), n, dev=dev)
     np.testing.assert_array_equal(got, semantics.ternary_matmul_i32(x, w))
+
+
+# ------------------------------------------------------------------------------------------------
+# AVX-512 VNNI kernel on packed i2 codes (x86 hosts with avx512_vnni only)
+# ------------------------------------------------------------------------------------------------
+def _host_cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+HOST_VNNI = {"avx512_vnni", "avx512bw", "avx512vl"} <= _host_cpu_flags()
+needs_vnni = pytest.mark.skipif(not HOST_VNNI, reason="host CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+
+
+def _host_target():
+    from ternc.backends.tvm.build import make_target
+
+    return make_target("cpu")
+
+
+# K: below one 128-block, odd/even block counts, not multiples of 32/128/256; N: ragged row tiles
+VNNI_SHAPES = [(64, 5), (131, 7), (256, 16), (300, 9), (640, 33), (1000, 3), (7, 1)]
+
+
+@needs_vnni
+@pytest.mark.parametrize("k,n", VNNI_SHAPES)
+def test_vnni_bit_exact_random(k, n):
+    assert "vnni" in K.available_kinds("i2", "cpu", k, _host_target())
+    rng = np.random.default_rng(k * 1000 + n)
+    lib = K.build_standalone("i2", k, n, "vnni", target=_host_target())
+    w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
+    parts = _parts(w, "i2")
+    for m in (1, 3, 32):
+        x = rng.integers(-128, 128, size=(m, k)).astype(np.int8)
+        got = K.run_standalone(lib, x, parts, n)
+        np.testing.assert_array_equal(got, semantics.ternary_matmul_i32(x, w), err_msg=f"vnni M={m} K={k} N={n}")
+
+
+@needs_vnni
+@pytest.mark.parametrize("k", [200, 256, 1300])
+def test_vnni_extremes(k):
+    """x = -128 / 127 everywhere against all +1 / all -1 / zero / mixed rows (N = 5: ragged tiles)."""
+    n = 5
+    w = np.stack([np.ones(k), -np.ones(k), np.zeros(k), np.tile([1, -1, 0], k)[:k], np.tile([-1, 1], k)[:k]])
+    w = w.astype(np.int8)
+    lib = K.build_standalone("i2", k, n, "vnni", target=_host_target())
+    for rows in ([-128], [127], [-128, 127, -128], [127] * 32):
+        x = np.stack([np.full(k, v) for v in rows]).astype(np.int8)
+        got = K.run_standalone(lib, x, _parts(w, "i2"), n)
+        np.testing.assert_array_equal(got, semantics.ternary_matmul_i32(x, w))
+        assert got[0, 0] == rows[0] * k and got[0, 1] == -rows[0] * k
+
+
+def test_vnni_availability_follows_the_target():
+    """vnni is offered for i2 only, on LLVM x86 targets whose CPU/mattr has AVX-512 VNNI."""
+    def tgt(**cfg):
+        return tvm.target.Target({"kind": "llvm", **cfg})
+
+    assert K.target_has_vnni(tgt(mcpu="cascadelake")) and K.target_has_vnni(tgt(mcpu="znver5"))
+    for t in (None, "llvm", tgt(mcpu="skylake-avx512"), tgt(mcpu="haswell"),
+              tgt(mtriple="aarch64-linux-gnu"), tgt(mtriple="aarch64-linux-gnu", mcpu="cortex-a76")):
+        assert not K.target_has_vnni(t), t
+    assert K.target_has_vnni(tgt(mcpu="haswell", mattr=["+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"]))
+    vt = tgt(mcpu="cascadelake")
+    assert "vnni" in K.available_kinds("i2", "cpu", 1536, vt)
+    assert "vnni" not in K.available_kinds("i2", "cpu", 1536)
+    for fmt in ("t2", "tl1", "tl2", "tq1"):
+        assert "vnni" not in K.available_kinds(fmt, "cpu", 1536, vt)
+    assert "vnni" not in K.available_kinds("i2", "cuda", 1536, vt)
+    assert K.choose_kind("i2", 96, 64, 1, "cpu", "vnni", target=tgt(mcpu="haswell")) == "dot"  # lacks it
+
+
+def _foreign_x86_cpu() -> str:
+    from tvm.target import codegen
+
+    host = str(codegen.llvm_get_system_cpu())
+    return "cascadelake" if host != "cascadelake" else "icelake-server"
+
+
+def test_foreign_mcpu_is_not_measured(monkeypatch):
+    """choose_kind("auto") for a target CPU other than the host's must not run its kernels here
+    (SIGILL on a host without its features): a static default, nothing measured."""
+    def boom(*a, **kw):
+        raise AssertionError("measured kernels for a foreign target")
+
+    monkeypatch.setattr(K, "measure_kinds", boom)
+    foreign = tvm.target.Target({"kind": "llvm", "mcpu": _foreign_x86_cpu()})
+    assert not K.target_runs_here(foreign)
+    log = []
+    assert K.choose_kind("i2", 1536, 64, 1, "cpu", "auto", log, target=foreign) == "vnni"
+    assert K.choose_kind("tl2", 96, 64, 32, "cpu", "auto", log, target=foreign) == "dot"
+    a64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
+    assert not K.target_runs_here(a64)
+    assert K.choose_kind("i2", 1536, 64, 1, "cpu", "auto", log, target=a64) == "dot"
+    assert log == []
+    assert K.target_runs_here(None) and K.target_runs_here(_host_target()) and K.target_runs_here("llvm")
+
+
+@needs_vnni
+def test_measured_choice_includes_vnni():
+    """On a VNNI host, `auto` times dot, dot16 and vnni for an i2 shape (all checked exact) and picks
+    the fastest."""
+    log = []
+    kind = K.choose_kind("i2", 300, 40, 1, "cpu", "auto", log, target=_host_target())
+    (entry,) = log
+    assert set(entry["timings_us"]) == {"dot", "dot16", "vnni"}
+    assert kind == entry["chosen"] == min(entry["timings_us"], key=entry["timings_us"].get)

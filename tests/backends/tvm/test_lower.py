@@ -188,3 +188,39 @@ def test_unsupported_ternary_format_is_clear(tiny_bitnet):
     m2 = m.with_function(fn.with_nodes(bad))
     with pytest.raises(LoweringError, match=r"@prefill, node %\S+ = TernaryLinear.*format 'q9'"):
         lower_module(m2, entries=["prefill"], kernel_policy="dot")
+
+
+def _host_has_vnni() -> bool:
+    from .test_kernels import HOST_VNNI
+
+    return HOST_VNNI
+
+
+@pytest.mark.skipif(not _host_has_vnni(), reason="host CPU lacks avx512_vnni")
+def test_ternary_i2_vnni_kernels_end_to_end(tiny_bitnet, prompt):
+    """i2 weights through the AVX-512 VNNI kernel (activation permutation inside the kernel; the
+    tiny model's K are not multiples of 256): prefill/decode/tokens match the interpreter."""
+    m = ternarize(tiny_bitnet, "i2")
+    runner = compile_runner(m, kernel_policy="vnni")
+    assert {g.name_hint.split("_")[2] for g in runner.built.lowered.mod.get_global_vars()
+            if g.name_hint.startswith("ternc_tmm_")} == {"vnni"}
+    _check_prefill_decode(m, runner, prompt)
+
+
+def test_foreign_mcpu_lowering_is_not_measured(tiny_bitnet, monkeypatch):
+    """`auto` for a target CPU that is not this host's (here cascadelake, which has AVX-512 VNNI)
+    must not run kernels here: i2 weights get the static default (vnni), nothing is measured."""
+    from ternc.backends.tvm import kernels as K
+
+    def boom(*a, **kw):
+        raise AssertionError("measured kernels for a foreign target")
+
+    monkeypatch.setattr(K, "measure_kinds", boom)
+    host = str(tvm.target.codegen.llvm_get_system_cpu())
+    mcpu = "cascadelake" if host != "cascadelake" else "icelake-server"
+    low = lower_module(ternarize(tiny_bitnet, ["i2", "tl2"]), kernel_policy="auto",
+                       target=tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    names = {g.name_hint for g in low.mod.get_global_vars() if g.name_hint.startswith("ternc_tmm_")}
+    assert {nm.split("_")[2] for nm in names if "_i2_" in nm} == {"vnni"}
+    assert {nm.split("_")[2] for nm in names if "_tl2_" in nm} == {"dot"}
+    assert low.kernel_choices == []
