@@ -11,6 +11,9 @@ Kernels (all with a symbolic token count M, K and N static):
                   reduction runs as 32 int32 vector lanes in registers (rfactor), then lane sums
   dot16 (CPU)     the same with 64 int16 lanes (exact while K <= 16320: a lane sums <= 255
                   products of magnitude <= 128), about 2x faster for prefill
+  vnni (CPU, i2)  x86 AVX-512 VNNI only (target_has_vnni): the packed 2-bit codes c = w + 1 go
+                  straight into `vpdpbusd` (acc = sum c*x - sum x) against activations permuted once
+                  per token inside the kernel; register tiles over (tokens, rows), rows parallel
   lut  (CPU)      T-MAC style table lookup (tl2, tl1): per group of g activations (g = 3 for tl2,
                   2 for tl1) a table of all signed sums is precomputed once per token; each packed
                   weight index reads the table (tl2 applies the sign bit to the looked-up sum)
@@ -818,7 +821,11 @@ _MEASURED: dict = {}
 
 def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5, seed: int = 0,
                   target=None) -> list[KernelTiming]:
-    """Compile each available CPU kernel for (fmt, K, N) and time it on M tokens (best of `repeat`)."""
+    """Compile each available CPU kernel for (fmt, K, N) and time it on M tokens (best of `repeat`).
+    Runs the kernels here: `target` must be runnable on this host (target_runs_here)."""
+    if not target_runs_here(target):
+        raise RuntimeError(f"cannot measure kernels built for {target} on this host "
+                           f"(CPU {tvm.target.codegen.llvm_get_system_cpu()})")
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
     parts = [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
