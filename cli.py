@@ -135,7 +135,7 @@ def cmd_compile(args) -> int:
     from .driver import compile_to
 
     result = compile_to(module, target=args.target, passes=args.passes, out=args.output,
-                        context=args.context, source=str(src))
+                        context=args.context, source=str(src), mcpu=args.mcpu)
     print(result)
     return 0
 
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default=None, help='pipeline spec, e.g. "pack-ternary{format=tl2},quantize-kv{bits=2}"')
     p.add_argument("-o", "--output", default=None, help="output (.ternc file for reference, folder otherwise)")
     p.add_argument("--context", type=int, default=512, help="maximum context length the artifact serves")
+    p.add_argument("--mcpu", default=None,
+                   help="CPU to compile for (default: this host's; e.g. x86-64-v3 for portable artifacts)")
     p.set_defaults(fn=cmd_compile)
     return ap
 

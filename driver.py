@@ -16,7 +16,7 @@ class TargetError(ValueError):
 
 
 def compile_to(module: Module, target: str = "reference", passes: str | None = None, out: str | None = None,
-               context: int = 512, source: str = "") -> str:
+               context: int = 512, source: str = "", mcpu: str | None = None) -> str:
     """Run the target's pipeline (or `passes`), then write the target's output. Returns a summary."""
     if target not in TARGETS:
         raise TargetError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -43,8 +43,9 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     from .backends.tvm.build import build_artifact
 
     out_dir = Path(out or f"out/{module.name}-{target}")
+    extra = {"mcpu": mcpu} if mcpu else {}
     art = build_artifact(module, target=target, out_dir=out_dir,
-                         pipeline=passes or f"default:{target}", source=source)
+                         pipeline=passes or f"default:{target}", source=source, **extra)
     lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
     lines.append(f"  wrote artifact {out_dir}/ :")
     for p in sorted(q for q in Path(out_dir).rglob("*") if q.is_file()):
