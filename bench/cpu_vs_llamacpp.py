@@ -550,7 +550,7 @@ def _cpu_model() -> str | None:
 
 VARIANTS = {
     "backend": "ternc (backends/tvm as is)",
-    "proto": "ternc + prototype kernels (bench/proto_i2_vnni.py, not in the backend)",
+    "proto": "ternc + prototype LM-head and attention kernels (bench/proto_i2_vnni.py, not in the backend)",
 }
 
 
