@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ternc.ir import packing
 from ternc.ir.semantics import ACT_QMAX, ACT_QMIN
 
 FX_FRAC = 16
@@ -71,36 +72,9 @@ def tlg_index_bits(group: int) -> int:
     return max(1, (tlg_num_indices(group) - 1).bit_length())
 
 
-def tlg_digits(index: np.ndarray, group: int) -> np.ndarray:
-    """Balanced-ternary digits (w_0 .. w_{G-1}), most significant first, of v = sum w_j 3**(G-1-j)."""
-    v = np.asarray(index, dtype=np.int64)
-    digits = np.zeros(v.shape + (group,), dtype=np.int8)
-    rest = v.copy()
-    for pos in range(group - 1, -1, -1):
-        d = ((rest + 1) % 3) - 1
-        digits[..., pos] = d
-        rest = (rest - d) // 3
-    return digits
-
-
-def tlg_encode(w_t: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """TL2 generalized to G weights per index: (index [N, ceil(K/G)], sign [N, ceil(K/G)]).
-
-    For G = 3 this is identical to ``packing.tl2_encode`` (tested); K is zero-padded to a multiple of G.
-    """
-    if group == 3:
-        from ternc.ir.packing import tl2_encode
-        return tl2_encode(w_t)
-    w_t = np.asarray(w_t)
-    if w_t.ndim != 2 or (w_t.size and (w_t.min() < -1 or w_t.max() > 1)):
-        raise ValueError("ternary weight must be 2-D with values in {-1, 0, 1}")
-    n, k = w_t.shape
-    t = -(-k // group)
-    padded = np.zeros((n, t * group), dtype=np.int64)
-    padded[:, :k] = w_t
-    tri = padded.reshape(n, t, group)
-    v = (tri * (3 ** np.arange(group - 1, -1, -1))).sum(-1)
-    return np.abs(v).astype(np.uint8), (v < 0).astype(np.uint8)
+# One definition of the TL-G encodings lives in ir/packing.py.
+tlg_digits = packing.tlg_digits
+tlg_encode = packing.tlg_encode
 
 
 def tlg_table(a: np.ndarray, group: int) -> np.ndarray:

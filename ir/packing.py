@@ -56,28 +56,39 @@ def _check_ternary(w_t: np.ndarray) -> np.ndarray:
     return w_t.astype(np.int8)
 
 
-def tl2_digits(index: np.ndarray) -> np.ndarray:
-    """Balanced-ternary digits (w0, w1, w2) of v = 9*w0 + 3*w1 + w2, for v in [-13, 13]."""
+def tlg_digits(index: np.ndarray, group: int) -> np.ndarray:
+    """Balanced-ternary digits (w_0 .. w_{G-1}), most significant first, of v = sum w_j 3**(G-1-j)."""
     v = np.asarray(index, dtype=np.int64)
-    digits = np.zeros(v.shape + (3,), dtype=np.int8)
+    digits = np.zeros(v.shape + (group,), dtype=np.int8)
     rest = v.copy()
-    for pos in (2, 1, 0):  # least-significant trit first
+    for pos in range(group - 1, -1, -1):  # least-significant trit first
         d = ((rest + 1) % 3) - 1  # in {-1, 0, 1}
         digits[..., pos] = d
         rest = (rest - d) // 3
     return digits
 
 
-def tl2_encode(w_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Field-level TL2 encoding: returns (index u8 [N, T] in 0..13, sign u8 [N, T] in 0..1), T = ceil(K/3)."""
+def tlg_encode(w_t: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """TL2 generalized to G weights per index: (index [N, ceil(K/G)], sign [N, ceil(K/G)]), K zero-padded.
+
+    The index is |v| for v = sum_j w_j 3**(G-1-j), in 0 .. (3**G - 1) / 2; the sign bit is v < 0."""
     w_t = _check_ternary(w_t)
     n, k = w_t.shape
-    t = -(-k // TL2_GROUP)
-    padded = np.zeros((n, t * TL2_GROUP), dtype=np.int8)
+    t = -(-k // group)
+    padded = np.zeros((n, t * group), dtype=np.int64)
     padded[:, :k] = w_t
-    tri = padded.reshape(n, t, TL2_GROUP).astype(np.int16)
-    v = 9 * tri[..., 0] + 3 * tri[..., 1] + tri[..., 2]
+    v = (padded.reshape(n, t, group) * (3 ** np.arange(group - 1, -1, -1))).sum(-1)
     return np.abs(v).astype(np.uint8), (v < 0).astype(np.uint8)
+
+
+def tl2_digits(index: np.ndarray) -> np.ndarray:
+    """Balanced-ternary digits (w0, w1, w2) of v = 9*w0 + 3*w1 + w2, for v in [-13, 13]."""
+    return tlg_digits(index, TL2_GROUP)
+
+
+def tl2_encode(w_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Field-level TL2 encoding: returns (index u8 [N, T] in 0..13, sign u8 [N, T] in 0..1), T = ceil(K/3)."""
+    return tlg_encode(w_t, TL2_GROUP)
 
 
 def tl2_decode(index: np.ndarray, sign: np.ndarray, k: int) -> np.ndarray:

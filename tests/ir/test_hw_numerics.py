@@ -5,16 +5,6 @@ import pytest
 
 from ternc.ir import hw_numerics as h
 from ternc.ir import semantics as S
-from ternc.ir.packing import tl2_digits, tl2_encode
-
-
-def test_tlg_matches_tl2_for_group3():
-    v = np.arange(-13, 14)
-    assert np.array_equal(h.tlg_digits(v, 3), tl2_digits(v))
-    rng = np.random.default_rng(0)
-    w = rng.integers(-1, 2, size=(5, 17)).astype(np.int8)
-    for a, b in zip(h.tlg_encode(w, 3), tl2_encode(w)):
-        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("group", [1, 2, 3, 4])
