@@ -27,6 +27,8 @@ PIPELINES: dict[str, list[str]] = {
     "reference": ["fold", "cse", "dce"],
     # TVM CPU: bitnet.cpp-style I2_S weights (2 bits/weight, x86 block layout).
     "cpu": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
+    # TVM for aarch64 edge boards (cross-compiled): the same I2_S weights as the CPU target.
+    "aarch64": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
     # TVM CUDA: 2-bit codes (W2A8, dp4a-friendly).
     "cuda": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
     # KV260 TLMM engine: TL2 (5 bits per 3 weights), epilogues streamed in the linear engine.

@@ -81,3 +81,25 @@ def test_generate_carries_kv_pass_state(onnx_export):
     assert evicted.meta["decoder"].get("state")
     # budget larger than the sequence: eviction never triggers, so tokens equal the exact ones
     np.testing.assert_array_equal(ternc.generate(evicted, [[3, 4, 5]], 12), ternc.generate(m, [[3, 4, 5]], 12))
+
+
+def test_compile_cpu_artifact_generates_interpreter_tokens(onnx_export, tmp_path):
+    """The main job's flow on a tiny model: ternc compile --target cpu, then ternc generate ART."""
+    model = onnx_export("tiny-bitnet", False)
+    art = tmp_path / "art"
+    r = run("compile", model, "--target", "cpu", "-o", art)
+    assert "weights.safetensors" in r.stdout and (art / "manifest.json").exists()
+    toks = [int(t) for t in run("generate", art, "--prompt-ids", "5,77,200", "-n", "6").stdout.strip().split(",")]
+    np.testing.assert_array_equal(toks, ternc.generate(ternc.load(model), [[5, 77, 200]], 6)[0])
+
+
+def test_compile_every_pipeline_target_is_accepted_and_unknown_rejected(onnx_export, tmp_path):
+    import shutil
+
+    r = run("compile", onnx_export("llama", False), "--target", "nope", check=False)
+    assert r.returncode != 0 and "unknown target 'nope'" in r.stderr and "aarch64" in r.stderr
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("aarch64-linux-gnu-gcc not installed")
+    run("compile", onnx_export("llama", False), "--target", "aarch64", "-o", tmp_path / "a64")
+    header = (tmp_path / "a64" / "lib" / "model.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64

@@ -13,11 +13,11 @@ from ternc.passes.registry import SpecError
 
 
 def test_every_target_pipeline_resolves():
-    assert set(PIPELINES) == {"reference", "cpu", "cuda", "kv260"}
+    assert set(PIPELINES) == {"reference", "cpu", "aarch64", "cuda", "kv260"}
     for target in PIPELINES:
         assert resolve(target)
     assert [i.name for i, _ in resolve("kv260")][:2] == ["fold", "raise-ternary"]
-    with pytest.raises(SpecError, match="valid targets: reference, cpu, cuda, kv260"):
+    with pytest.raises(SpecError, match="valid targets: reference, cpu, aarch64, cuda, kv260"):
         compile(None, target="fpga")
 
 
