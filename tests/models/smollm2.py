@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -15,6 +16,7 @@ def gguf_path() -> Path | None:
     return files[0] if files else None
 
 
+@functools.lru_cache(maxsize=1)  # the export fixture and the test share one load (~16 s)
 def load_hf():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
