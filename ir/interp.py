@@ -38,15 +38,10 @@ def _rmsnorm(node, args):
 
 @impl(Op.LayerNorm)
 def _layernorm(node, args):
-    x, scale = args[0], args[1]
-    bias = args[2] if len(args) > 2 else None
-    xf = x.astype(np.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = ((xf - mean) ** 2).mean(-1, keepdims=True)
-    y = (xf - mean) / np.sqrt(var + np.float32(node.attr("eps"))) * scale
-    if bias is not None:
-        y = y + bias
-    return [y.astype(x.dtype)]
+    """ONNX LayerNormalization over the last axis (one definition: ir/prims.py)."""
+    ln = Node.make(Op.LayerNormalization, node.inputs, node.outputs[:1], node.origin, axis=-1,
+                   epsilon=float(node.attr("eps")))
+    return IMPLS[Op.LayerNormalization](ln, args)
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
@@ -122,8 +117,6 @@ def _gated(node, args):
     elif act == "relu2":
         r = np.maximum(g, 0)
         a = r * r
-    elif act == "gelu_tanh":
-        a = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
     else:
         raise InterpError(f"{node.label}: unknown gate activation {act!r}")
     return [(a * u).astype(g.dtype)]
