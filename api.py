@@ -91,6 +91,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
     Returns the prompt followed by the generated ids, shape [1, len(prompt) + n_generated].
     Modules without decoder entry points are run by re-evaluating `main` on the whole sequence.
     """
+    from .frontend.decoder import decode_feeds
+
     runner = _runner(model)
     ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
     if ids.shape[1] == 0:
@@ -126,13 +128,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
         total += 1
         if limit and total > limit:
             break
-        feeds = {dec["input_ids"]: out[-1]}
-        for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
-            feeds[pk], feeds[pv] = res[ok], res[ov]
-        # extra carried state (e.g. H2O attention scores, tokens seen) added by KV passes
-        for si, so in dec.get("state", []):
-            feeds[si] = res[so]
-        res = runner.run(dec["decode"], feeds)
+        res = runner.run(dec["decode"], decode_feeds(dec, res, out[-1]))
     return np.concatenate(out, axis=1)
 
 

@@ -92,7 +92,7 @@ def make_decoder(module: Module) -> Module:
         past_len = "__past_len"
         for n in main.nodes:
             if id(n) in attn_ids:
-                kt, vt = types.get(n.inputs[1]), types.get(n.inputs[2])
+                kt = types.get(n.inputs[1])
                 hkv, hd = kt.shape[1], kt.shape[3]
                 pk, pv = f"past.{layer}.key", f"past.{layer}.value"
                 ok, ov = f"present.{layer}.key", f"present.{layer}.value"
@@ -146,3 +146,14 @@ def make_decoder(module: Module) -> Module:
     }
     fns = [f for f in module.functions if f.name not in ("prefill", "decode")]
     return module.replace(functions=tuple(fns) + (dce(prefill), dce(decode)), meta=meta)
+
+
+def decode_feeds(dec: dict, results: dict, next_ids) -> dict:
+    """Inputs of the next `decode` step: the new token ids, each layer's present KV as its past, and
+    any extra carried state that KV passes declare in meta["decoder"]["state"] (e.g. H2O scores)."""
+    feeds = {dec["input_ids"]: np.asarray(next_ids, dtype=np.int64)}
+    for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
+        feeds[pk], feeds[pv] = results[ok], results[ov]
+    for si, so in dec.get("state", []):
+        feeds[si] = results[so]
+    return feeds

@@ -51,6 +51,7 @@ def run_decoder(module: Module, token_ids, prefix: int = 1,
 
     `observe(node, outputs)` goes to the interpreter (prefill and decode); `on_step(step, results)`
     is called after prefill (step 0) and each decode step with that step's results."""
+    from ..frontend.decoder import decode_feeds
     from ..ir.interp import Interpreter
 
     dec = module.meta.get("decoder")
@@ -65,12 +66,7 @@ def run_decoder(module: Module, token_ids, prefix: int = 1,
         on_step(0, res)
     logits = [res[dec["logits"]][0, -1]]
     for t in range(prefix, ids.shape[1]):
-        feeds = {dec["input_ids"]: ids[:, t:t + 1]}
-        for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
-            feeds[pk], feeds[pv] = res[ok], res[ov]
-        for si, so in dec.get("state", []):
-            feeds[si] = res[so]
-        res = interp.run(dec["decode"], feeds)
+        res = interp.run(dec["decode"], decode_feeds(dec, res, ids[:, t:t + 1]))
         if on_step:
             on_step(t - prefix + 1, res)
         logits.append(res[dec["logits"]][0, -1])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ternc
+from ternc.frontend.decoder import decode_feeds
 from ternc.ir import interpret, parse
 
 
@@ -44,10 +45,7 @@ def decoder_inputs(module, seq: int = 6, past: int = 4, seed: int = 0):
     if "main" in module.entry_names:
         out["main"] = {dec["input_ids"]: ids}
     pre = interpret(module, out[dec["prefill"]], dec["prefill"])
-    feeds = {dec["input_ids"]: ids[:, -1:]}
-    for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
-        feeds[pk], feeds[pv] = pre[ok], pre[ov]
-    out[dec["decode"]] = feeds
+    out[dec["decode"]] = decode_feeds(dec, pre, ids[:, -1:])
     return out
 
 

@@ -12,6 +12,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import ternc  # noqa: E402
+from ternc.frontend.decoder import decode_feeds  # noqa: E402
 from ternc.backends.tvm.build import compile_runner  # noqa: E402
 from ternc.backends.tvm.lower import LoweringError, lower_module  # noqa: E402
 from ternc.ir.core import Function, Module, Node, Value  # noqa: E402
@@ -38,9 +39,7 @@ def _check_prefill_decode(module, runner, prompt):
         assert got[name].shape == ref[name].shape, name
         assert _rel_err(got[name], ref[name]) < REL_TOL, (name, _rel_err(got[name], ref[name]))
     # one decode step on the interpreter's KV state
-    feeds = {dec["input_ids"]: np.array([[7]], np.int64)}
-    for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
-        feeds[pk], feeds[pv] = ref[ok], ref[ov]
+    feeds = decode_feeds(dec, ref, [[7]])
     ref_d = ternc.interpret(module, feeds, dec["decode"])
     got_d = runner.run(dec["decode"], feeds)
     for name in ref_d:
