@@ -68,11 +68,14 @@ def _rope(node, args):
     return [(x * cos + rotate_half(x) * sin).astype(x.dtype)]
 
 
-def attention_probs(q: np.ndarray, k: np.ndarray, scale: float, causal: bool) -> np.ndarray:
+def attention_probs(q: np.ndarray, k: np.ndarray, scale: float, causal: bool,
+                    q_pos: np.ndarray | None = None, k_pos: np.ndarray | None = None) -> np.ndarray:
     """Softmax(q k^T * scale) with bottom-right-aligned causal masking and GQA head sharing.
 
     q [b, hq, sq, d]; k [b, hkv, sk, d]; query i (of sq) sits at absolute position sk - sq + i and
-    sees keys j <= that position. Computed in f32.
+    sees keys j <= that position. With q_pos [sq] / k_pos [sk] (token positions; caches whose
+    entries are not in position order, KVEvict{policy=lazyllm}) the causal mask is by position:
+    query i sees key j iff k_pos[j] <= q_pos[i]. Computed in f32.
     """
     b, hq, sq, d = q.shape
     hkv, sk = k.shape[1], k.shape[2]
@@ -81,8 +84,12 @@ def attention_probs(q: np.ndarray, k: np.ndarray, scale: float, causal: bool) ->
     kr = np.repeat(k, hq // hkv, axis=1).astype(np.float32)
     s = np.matmul(q.astype(np.float32), np.swapaxes(kr, -1, -2)) * np.float32(scale)
     if causal:
-        qi = np.arange(sq)[:, None] + (sk - sq)
-        kj = np.arange(sk)[None, :]
+        if q_pos is None:
+            qi = np.arange(sq)[:, None] + (sk - sq)
+            kj = np.arange(sk)[None, :]
+        else:
+            qi = np.asarray(q_pos, np.int64).reshape(-1)[:, None]
+            kj = np.asarray(k_pos, np.int64).reshape(-1)[None, :]
         s = np.where(kj <= qi, s, np.float32(-np.inf))
     return _softmax(s, -1).astype(np.float32)
 
@@ -320,9 +327,10 @@ def _kv_concat(args):
     return q, np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2), past_k.shape[2]
 
 
-def _attend(q, k, v, node):
-    """Exactly Op.Attention's arithmetic, also returning the probabilities [b, hq, sq, sk]."""
-    p = attention_probs(q, k, node.attr("scale"), bool(node.attr("causal")))
+def _attend(q, k, v, node, q_pos=None, k_pos=None):
+    """Exactly Op.Attention's arithmetic, also returning the probabilities [b, hq, sq, sk].
+    (q_pos/k_pos: causal mask by token position, see `attention_probs`.)"""
+    p = attention_probs(q, k, node.attr("scale"), bool(node.attr("causal")), q_pos, k_pos)
     hq, hkv = q.shape[1], k.shape[1]
     return np.matmul(p, np.repeat(v, hq // hkv, axis=1).astype(np.float32)).astype(q.dtype), p
 
@@ -378,22 +386,32 @@ def _kvquant_attention(node, args):
 
 @impl(Op.KVEvict)
 def _kv_evict(node, args):
-    """Attention with a token-selecting cache; inputs (q, k, v, past_k?, past_v?, state?).
+    """Attention with a token-selecting cache; inputs (q, k, v, past_k?, past_v?, policy state...).
 
     policy=streaming {budget, sinks}: attend over past + new, then keep kvevict.streaming_keep(n,
         sinks, budget - sinks) -> (out, present_k, present_v).
     policy=h2o {budget, sinks, recent}: state = accumulated attention [b, kv_heads, n_past] (f32);
         acc = h2o_accumulate(state, probs summed over each GQA group); keep = h2o_keep(acc, budget,
         recent, sinks) per KV head -> (out, present_k, present_v, acc gathered at keep).
-    policy=lazyllm {keep_count_layer, schedule}: prefill pruning; state = active prompt positions
-        [n_active] i64 of this layer (ascending, last = last prompt token); selects the next layer's
-        active set with kvevict.lazyllm_select from the last query's attention ->
-        (out, present_k, present_v, rows [n_next] (indices into this layer's rows), next_active).
+    policy=lazyllm {layer, schedule} (LazyLLM prefill pruning with revival, passes/prune_prefill.py):
+        inputs (q, k, v, past_k?, past_v?, past_pos?, rows_pos, aux_pos?). The r query rows are the
+        tokens layer `layer` computes in this call, at ascending positions rows_pos [r] i64 (the
+        last = the newest token); past_pos [n_past] i64 are the positions of the cached entries
+        (any order; absent = empty). Attention runs over past + new with the causal mask BY
+        POSITION (key pos <= query pos) -> (out, present_k, present_v, present_pos = past_pos ++
+        rows_pos). Unless `layer` is the last (layer + 1 == len(schedule)), the layer also selects
+        the next layer's rows: aux_pos [a] i64 (absent = empty) are the positions parked in layer
+        + 1's aux cache, and (take, park) = kvevict.lazyllm_next_rows(newest row's attention,
+        present_pos, rows_pos, aux_pos, kvevict.lazyllm_keep_counts(max(present_pos) + 1,
+        schedule)[layer + 1]) are indices into concat(rows, aux): take = the rows of layer + 1,
+        park = its new aux cache -> (out, present_k, present_v, present_pos, take, park). Batch 1.
     """
     from . import kvevict
 
     policy = node.attr("policy")
     q, k_all, v_all, n_past = _kv_concat(args)
+    if policy == "lazyllm":
+        return _lazyllm(node, args, q, k_all, v_all)
     state = args[5] if len(args) > 5 else None
     out, p = _attend(q, k_all, v_all, node)
     budget = int(node.attr("budget", 0))
@@ -411,15 +429,32 @@ def _kv_evict(node, args):
         keep = kvevict.h2o_keep(acc, budget, int(node.attr("recent")), sinks, per_head=True)
         return [out, kvevict.gather_tokens(k_all, keep), kvevict.gather_tokens(v_all, keep),
                 kvevict.gather_tokens(acc[..., None], keep)[..., 0]]
-    if policy == "lazyllm":
-        active = np.asarray(state, np.int64).reshape(1, -1)
-        if active.shape[1] != q.shape[2] or n_past:
-            raise InterpError(f"{node.label}: lazyllm pruning needs a prefill without past and one active "
-                              f"position per query row ({active.shape[1]} vs {q.shape[2]})")
-        schedule = node.attr("schedule")
-        layer = int(node.attr("layer"))
-        counts = kvevict.lazyllm_keep_counts(int(active[0, -1]) + 1, schedule)
-        nxt = kvevict.lazyllm_select(p[:, :, -1, :], active, int(counts[layer + 1]))
-        rows = np.searchsorted(active[0], nxt[0]).astype(np.int64)
-        return [out, k_all, v_all, rows, nxt[0]]
     raise InterpError(f"{node.label}: unknown KVEvict policy {policy!r}")
+
+
+def _lazyllm(node, args, q, k_all, v_all):
+    """KVEvict{policy=lazyllm}: see `_kv_evict`'s docstring (the semantics) and ir/kvevict.py."""
+    from . import kvevict
+
+    def pos(i):
+        a = args[i] if len(args) > i else None
+        return np.zeros(0, np.int64) if a is None else np.asarray(a, np.int64).reshape(-1)
+
+    past_pos, rows_pos, aux_pos = pos(5), pos(6), pos(7)
+    present_pos = np.concatenate([past_pos, rows_pos])
+    if q.shape[0] != 1:
+        raise InterpError(f"{node.label}: lazyllm pruning supports batch 1, got {q.shape[0]}")
+    if rows_pos.size != q.shape[2] or present_pos.size != k_all.shape[2]:
+        raise InterpError(f"{node.label}: {rows_pos.size} row positions for {q.shape[2]} query rows and "
+                          f"{present_pos.size} cache positions for {k_all.shape[2]} keys")
+    if rows_pos.size == 0 or (np.diff(rows_pos) <= 0).any():
+        raise InterpError(f"{node.label}: row positions must be non-empty and strictly ascending")
+    if np.unique(present_pos).size != present_pos.size or rows_pos[-1] != present_pos.max():
+        raise InterpError(f"{node.label}: cache positions must be unique and the last row the newest token")
+    out, p = _attend(q, k_all, v_all, node, rows_pos, present_pos)
+    schedule, layer = node.attr("schedule"), int(node.attr("layer"))
+    if layer + 1 >= len(schedule):
+        return [out, k_all, v_all, present_pos]
+    count = int(kvevict.lazyllm_keep_counts(int(present_pos.max()) + 1, schedule)[layer + 1])
+    take, park = kvevict.lazyllm_next_rows(p[:, :, -1, :], present_pos, rows_pos, aux_pos, count)
+    return [out, k_all, v_all, present_pos, take, park]

@@ -110,17 +110,25 @@ def gather_tokens(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
 # LazyLLM (dynamic prefill pruning with an aux cache)
 # --------------------------------------------------------------------------------------------
 #
-# Semantics ternc implements:
-#   * Layer l processes the active token set A_l (A_0 = all prompt tokens). After layer l's
+# Semantics ternc implements (passes/prune_prefill.py; the KVEvict{policy=lazyllm} op in ir/interp.py):
+#   * Prefill: layer l processes the active token set A_l (A_0 = all prompt tokens). After layer l's
 #     attention, the last prompt token's attention over A_l, averaged over heads, scores A_l;
 #     A_{l+1} = the top keep_count(l+1) of A_l (progressive: A_{l+1} is a subset of A_l) and the
-#     last token is always kept (it produces the first output token).
+#     last token is always kept (it produces the first output token). keep_count = lazyllm_keep_counts
+#     of the sequence length.
 #   * A token t dropped before layer p = pruned_at[t] has KV only for layers < p. Its hidden state
-#     entering layer p (the output of layer p-1) is stored in the aux cache.
-#   * Revival: if a later step (a later decode step's selection) needs token t at layer l >= p, the
-#     interpreter resumes from the aux-cache hidden state and runs layers p .. l-1 for t (filling
-#     their KV) before computing t's K/V at layer l; `revival_layers` counts this work. A token is
-#     thus computed at most once per layer over the whole generation.
+#     entering layer p (the output of layer p-1) is parked in layer p's aux cache (with its position).
+#   * Revival (decode, `lazyllm_next_rows`): at each step, layer l computes "rows": the new token(s)
+#     plus tokens revived at l. Their K/V are appended to layer l's cache (positions recorded, causal
+#     mask by position). Then the newest token's attention over the whole cache of l (mean over
+#     heads) selects the top keep_count(l+1) of the current sequence length, exactly the prefill
+#     rule. Selected tokens without KV at l+1 are the rows of l (they continue) and the selected
+#     members of l+1's aux cache (revived: their parked hidden state enters l+1); unselected rows are
+#     parked in l+1's aux cache. A token thus resumes from where it was pruned, one layer at a time
+#     (a token pruned at p needs selection at p, p+1, ... to regain KV there), and is computed at
+#     most once per layer over the whole generation. Cached tokens are never evicted: the cache of
+#     layer l holds at most prompt + generated tokens. `pruned_at_layer` / `revival_layers` give the
+#     prefill-time view of this bookkeeping (how far each token has to go to have KV at a layer).
 
 
 def lazyllm_schedule(n_layers: int, final_keep: float, first_prune_layer: int = 1) -> np.ndarray:
@@ -165,6 +173,39 @@ def lazyllm_select(last_token_attn: np.ndarray, active: np.ndarray, keep_count: 
     return np.take_along_axis(active, picked, axis=1)
 
 
+def lazyllm_next_rows(
+    last_token_attn: np.ndarray, cache_pos: np.ndarray, rows_pos: np.ndarray, aux_pos: np.ndarray, keep_count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One LazyLLM layer transition with revival: which tokens layer l+1 computes, which are parked.
+
+    last_token_attn: [1, heads, n] attention of the newest token over layer l's cache (after this
+    step's rows were appended), in cache order; cache_pos: [n] the cache's token positions (unique,
+    any order; the newest token has the largest); rows_pos: [r] ascending positions of the rows
+    layer l computed this step (in the cache; the last is the newest token); aux_pos: [a] ascending
+    positions parked in layer l+1's aux cache (in l's cache, disjoint from the rows and from l+1's
+    cache). Selection = lazyllm_select over the cache sorted by position (ties -> older token) with
+    `keep_count`. With cand = concat(rows_pos, aux_pos):
+      take: indices into cand of the selected candidates, ordered by position (the rows of l+1:
+            continuing rows and revived aux entries; the newest token last);
+      park: indices into cand of the others, ordered by position (layer l+1's new aux cache).
+    Selected cache tokens that are not candidates already have KV at l+1 and need nothing.
+    """
+    attn = np.asarray(last_token_attn)
+    cache_pos = np.asarray(cache_pos, np.int64).reshape(-1)
+    rows_pos = np.asarray(rows_pos, np.int64).reshape(-1)
+    aux_pos = np.asarray(aux_pos, np.int64).reshape(-1)
+    if attn.ndim != 3 or attn.shape[0] != 1 or attn.shape[2] != cache_pos.size:
+        raise ValueError(f"expected attention [1, heads, {cache_pos.size}], got {attn.shape}")
+    if rows_pos.size == 0 or rows_pos[-1] != cache_pos.max():
+        raise ValueError("the last row must be the newest token of the cache")
+    order = np.argsort(cache_pos, kind="stable")
+    selected = lazyllm_select(attn[:, :, order], cache_pos[order][None], keep_count)[0]
+    cand = np.concatenate([rows_pos, aux_pos])
+    by_pos = np.argsort(cand, kind="stable")
+    chosen = np.isin(cand[by_pos], selected)
+    return by_pos[chosen].astype(np.int64), by_pos[~chosen].astype(np.int64)
+
+
 def pruned_at_layer(active_per_layer: Sequence[np.ndarray], seq_len: int) -> np.ndarray:
     """First layer each prompt token is absent from: [B, seq_len] int64 (n_layers if never pruned).
 
@@ -183,7 +224,8 @@ def pruned_at_layer(active_per_layer: Sequence[np.ndarray], seq_len: int) -> np.
 
 def revival_layers(pruned_at: np.ndarray, layer: int) -> np.ndarray:
     """Full transformer layers to run per token so it has KV at `layer`: max(0, layer - pruned_at).
-    (Layers pruned_at .. layer-1 from the aux-cache hidden state; then its K/V projection at `layer`.)"""
+    (Layers pruned_at .. layer-1 from the aux-cache hidden state; then its K/V projection at `layer`.
+    Under revival each of those layers is run at most once, when the token is selected there.)"""
     return np.maximum(0, layer - np.asarray(pruned_at, dtype=np.int64))
 
 

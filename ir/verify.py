@@ -16,6 +16,7 @@ REQUIRED_ATTRS: dict[Op, tuple[str, ...]] = {
     Op.LayerNorm: ("eps",),
     Op.GatedAct: ("act",),
     Op.KVQuantAttention: ("scale", "bits"),
+    Op.KVEvict: ("policy", "scale", "causal"),
     Op.FusedLinear: ("epilogue", "linear", "linear_operands"),
 }
 
@@ -27,6 +28,36 @@ class VerifyError(ValueError):
 def _fail(fn: Function, node: Node | None, msg: str):
     where = f"@{fn.name}" + (f", node {node.label}" if node is not None else "")
     raise VerifyError(f"{where}: {msg}")
+
+
+# KVEvict policies: (required attrs, inputs min..max, allowed output counts); see ir/interp.py _kv_evict.
+_KVEVICT = {
+    "streaming": (("budget", "sinks"), 3, 5, (3,)),
+    "h2o": (("budget", "sinks", "recent"), 3, 6, (4,)),
+    "lazyllm": (("layer", "schedule"), 7, 8, (4, 6)),
+}
+
+
+def _check_kvevict(fn: Function, node: Node) -> None:
+    policy = node.attr("policy")
+    if policy not in _KVEVICT:
+        _fail(fn, node, f"unknown KVEvict policy {policy!r}; valid: {', '.join(_KVEVICT)}")
+    attrs, lo, hi, n_outs = _KVEVICT[policy]
+    for a in attrs:
+        if node.attr(a) is None:
+            _fail(fn, node, f"KVEvict{{policy={policy}}} needs attribute '{a}'")
+    if not lo <= len(node.inputs) <= hi:
+        _fail(fn, node, f"KVEvict{{policy={policy}}} takes {lo}..{hi} inputs, got {len(node.inputs)}")
+    if policy == "lazyllm":
+        schedule, layer = node.attr("schedule"), node.attr("layer")
+        if not isinstance(schedule, tuple) or not isinstance(layer, int) or not 0 <= layer < len(schedule):
+            _fail(fn, node, f"lazyllm needs a schedule list and 0 <= layer < len(schedule), got layer={layer!r}")
+        if not node.inputs[6]:
+            _fail(fn, node, "lazyllm needs the row positions (input #6)")
+        n_outs = (4,) if layer + 1 == len(schedule) else (6,)
+    if len(node.outputs) not in n_outs:
+        _fail(fn, node, f"KVEvict{{policy={policy}}} here has {' or '.join(map(str, n_outs))} outputs, "
+                        f"got {len(node.outputs)}")
 
 
 def verify_function(fn: Function, module: Module) -> None:
@@ -57,6 +88,8 @@ def verify_function(fn: Function, module: Module) -> None:
         for a in REQUIRED_ATTRS.get(node.op, ()):
             if node.attr(a) is None:
                 _fail(fn, node, f"missing required attribute '{a}'")
+        if node.op == Op.KVEvict:
+            _check_kvevict(fn, node)
         for o in node.outputs:
             if o.name in defined or o.name in module.constants:
                 _fail(fn, node, f"value %{o.name} is defined twice")

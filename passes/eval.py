@@ -11,16 +11,17 @@ prefix .. N-1:
                   (`reference`: another module, or the `top1` list of an earlier evaluate)
   top1            this run's argmax per position (pass it as `reference` to later runs)
   kv_tokens_max   largest per-layer cache length carried between steps
-  decode_attention_flops  sum over decode steps and layers of kvevict.decode_attention_flops
-                  (query heads x head_dim, over the keys each step attends to)
+  kv_tokens_final per-layer cache lengths after the last step
+  decode_attention_flops  sum over decode steps and layers of kvevict.attention_flops (query heads
+                  x head_dim) over the (query, key) pairs each step attends: the new token and its
+                  layer's cache; with prune-prefill revival also the revived rows (causal by position,
+                  from the per-layer positions in meta["prune_prefill"]["positions"])
+  revived_token_layers  prune-prefill revival: (token, layer) computations beyond the new tokens over
+                  all decode steps (0 for every other module)
 
 `run_decoder` is the driver. Besides present -> past it carries every pair in
-meta["decoder"]["state"] ([[input, output], ...], added by evict-kv). api.generate needs the same
-two lines to generate with evict-kv modules (proposed change, in its decode loop after the
-present -> past loop):
-
-        for si, so in dec.get("state", []):
-            feeds[si] = res[so]
+meta["decoder"]["state"] ([[input, output], ...], added by evict-kv and prune-prefill revival)
+through frontend.decoder.decode_feeds, the same feed builder api.generate uses.
 """
 
 from __future__ import annotations
@@ -74,22 +75,31 @@ def run_decoder(module: Module, token_ids, prefix: int = 1,
 
 
 def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, reference: Any = None,
-             observe: Callable | None = None) -> dict:
+             observe: Callable | None = None, keep_logits: bool = False) -> dict:
     """{ppl, nll, n_tokens, top1_agreement (None without reference), top1, nll_per_token,
-    kv_tokens_max, decode_attention_flops} (see the module doc)."""
-    from ..ir.kvevict import decode_attention_flops
+    kv_tokens_max, kv_tokens_final, decode_attention_flops, revived_token_layers} (see the module doc);
+    with keep_logits also "logits" [positions, vocab] (what run_decoder returns)."""
+    from ..ir.kvevict import attention_flops, attention_pairs
 
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     dec = module.meta["decoder"]
     hq, hd = _attention_heads(module)
-    kv_max = [0]
-    flops = [0]
+    positions = {int(l): name for l, name in ((module.meta.get("prune_prefill") or {}).get("positions") or {}).items()}
+    kv_max, flops, revived, prev = [0], [0], [0], [[]]
 
     def on_step(step, res):
         lens = [int(res[ok].shape[2]) for ok, _ in dec["present"]]
         kv_max[0] = max(kv_max[0], *lens)
-        if prefix + step < ids.size:  # a next decode step attends to each layer's cache + its own token
-            flops[0] += sum(decode_attention_flops(n + 1, hq, hd) for n in lens)
+        if step >= 1:  # this decode step (one token): per layer, its rows attend to the cache
+            for layer, n_prev in enumerate(prev[0]):
+                if layer in positions:
+                    pos = np.asarray(res[positions[layer]])
+                    rows = pos[n_prev:]  # the new token and the tokens revived at this layer
+                    revived[0] += rows.size - 1
+                    flops[0] += attention_flops(attention_pairs(rows, pos), hq, hd)
+                else:
+                    flops[0] += attention_flops(n_prev + 1, hq, hd)
+        prev[0] = lens
 
     logits = run_decoder(module, ids, prefix, observe, on_step)
     pred = logits[:-1]  # positions prefix-1 .. N-2 predict tokens prefix .. N-1
@@ -110,4 +120,5 @@ def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, referenc
         agree = float((ref == top1).mean())
     return {"ppl": math.exp(nll), "nll": nll, "n_tokens": int(target.size), "top1_agreement": agree,
             "top1": top1.tolist(), "nll_per_token": nll_tok.tolist(), "kv_tokens_max": kv_max[0],
-            "decode_attention_flops": flops[0]}
+            "kv_tokens_final": list(prev[0]), "decode_attention_flops": flops[0],
+            "revived_token_layers": revived[0], **({"logits": logits} if keep_logits else {})}

@@ -54,7 +54,8 @@ _PASSES = [
              "fixed-budget KV eviction: StreamingLLM (sinks + recent) or H2O (heavy hitters) (LOSSY)",
              lossless=False),
     PassInfo("prune-prefill", prune_prefill.PrunePrefillOptions, prune_prefill.run,
-             "LazyLLM-style progressive prompt-token pruning in prefill, no revival (LOSSY)", lossless=False),
+             "LazyLLM-style progressive prompt-token pruning in prefill; pruned tokens revived from an aux cache "
+             "in decode (revive=false: never) (LOSSY)", lossless=False),
 ]
 REGISTRY: dict[str, PassInfo] = {p.name: p for p in _PASSES}
 assert len(REGISTRY) == len(_PASSES), "duplicate pass name in the registry"

@@ -17,6 +17,7 @@ from ternc.ir.kvevict import (
     h2o_accumulate,
     h2o_keep,
     lazyllm_keep_counts,
+    lazyllm_next_rows,
     lazyllm_prefill_flops,
     lazyllm_schedule,
     lazyllm_select,
@@ -185,6 +186,27 @@ def test_lazyllm_select_picks_top_mean_attention_with_ties():
     np.testing.assert_array_equal(lazyllm_select(attn, active, 10), active)
     with pytest.raises(ValueError):
         lazyllm_select(attn, active[:, :4], 2)
+
+
+def test_lazyllm_next_rows_revives_continues_and_parks():
+    # layer l's cache (in cache order, not sorted: 3 was revived earlier), newest token 6 last
+    cache_pos = np.array([0, 1, 2, 5, 3, 6])
+    attn = np.array([[[0.3, 0.25, 0.05, 0.05, 0.1, 0.25]]])  # by position 0..6: .3 .25 .05 .1 .05 (6: newest)
+    rows_pos, aux_pos = np.array([3, 6]), np.array([1, 5])  # 3 computed at l this step; 1, 5 parked for l+1
+    # keep 4: {6 (forced), 0, 1, 3}; 0 already has KV at l+1 (no candidate); 1 revived, 3 continues
+    take, park = lazyllm_next_rows(attn, cache_pos, rows_pos, aux_pos, 4)
+    cand = np.concatenate([rows_pos, aux_pos])
+    np.testing.assert_array_equal(cand[take], [1, 3, 6])
+    np.testing.assert_array_equal(cand[park], [5])
+    # keep 5: 2 and 5 tie at .05, the older (2) wins; 2 has KV at l+1 already, 5 stays parked
+    take, park = lazyllm_next_rows(attn, cache_pos, rows_pos, aux_pos, 5)
+    np.testing.assert_array_equal(cand[take], [1, 3, 6])
+    np.testing.assert_array_equal(cand[park], [5])
+    take, park = lazyllm_next_rows(attn, cache_pos, rows_pos, aux_pos, 1)  # only the newest token
+    np.testing.assert_array_equal(cand[take], [6])
+    np.testing.assert_array_equal(cand[park], [1, 3, 5])
+    with pytest.raises(ValueError):
+        lazyllm_next_rows(attn, cache_pos, np.array([6, 3]), aux_pos, 4)  # the last row must be the newest
 
 
 def test_pruned_at_and_revival():
