@@ -99,7 +99,7 @@ def build_artifact(module, target: str = "cpu", out_dir: str | os.PathLike = "ar
             if c.data is None:
                 raise ArtifactError(f"constant @{w} has no data; cannot write weights")
             key_of[w] = w
-            tensors[w] = np.ascontiguousarray(c.data)
+            tensors[w] = lowered.weight_array(module, w)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "module": module.name})
         files = {}
         for p in sorted(tmp.rglob("*")):

@@ -70,14 +70,19 @@ class Config:
     eps: float = 1e-5
     rope_theta: float = 10000.0
     act: str = "silu"
+    kv_heads: int = 0  # 0: as many as query heads (no GQA)
 
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
     @property
+    def n_kv(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
     def ternary_params(self) -> int:
-        return self.layers * (4 * self.hidden * self.hidden + 3 * self.hidden * self.ffn)
+        return self.layers * (sum(n * k for n, k in (proj_shape(self, p) for p in PROJ)))
 
 
 FULL = Config("bitnet-b1.58-large", layers=24, hidden=1536, ffn=4096, heads=16, vocab=32002)
@@ -110,7 +115,9 @@ PROJ = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_
 
 def proj_shape(cfg: Config, proj: str) -> tuple[int, int]:
     """(N, K) of a projection."""
-    if proj in ("attn_q", "attn_k", "attn_v", "attn_output"):
+    if proj in ("attn_k", "attn_v"):
+        return cfg.n_kv * cfg.head_dim, cfg.hidden
+    if proj in ("attn_q", "attn_output"):
         return cfg.hidden, cfg.hidden
     if proj in ("ffn_gate", "ffn_up"):
         return cfg.ffn, cfg.hidden
@@ -172,7 +179,7 @@ def write_gguf(cfg: Config, qtype: str, path: Path, seed: int) -> Path:
     w.add_block_count(cfg.layers)
     w.add_feed_forward_length(cfg.ffn)
     w.add_head_count(cfg.heads)
-    w.add_head_count_kv(cfg.heads)
+    w.add_head_count_kv(cfg.n_kv)
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.eps)
@@ -243,7 +250,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
     from ternc.ir.types import DType, TensorType
 
     F32, I64 = DType.F32, DType.I64
-    H, FF, NH, HD = cfg.hidden, cfg.ffn, cfg.heads, cfg.head_dim
+    H, FF, NH, HD, NKV = cfg.hidden, cfg.ffn, cfg.heads, cfg.head_dim, cfg.n_kv
     consts: dict[str, Const] = {}
 
     def const(name, arr, dtype=None):
@@ -258,6 +265,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
     ones_f = const("ones_ff", np.ones(FF, np.float32))
     const("w_scale", np.array(W_SCALE, np.float32))
     const("shape_heads", np.array([0, 0, NH, HD], np.int64))
+    const("shape_kv_heads", np.array([0, 0, NKV, HD], np.int64))
     const("shape_hidden", np.array([0, 0, H], np.int64))
     const("c0", np.array(0, np.int64))
     const("c1", np.array(1, np.int64))
@@ -296,8 +304,8 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
         params = [Value("input_ids", TensorType(I64, (1, S)))]
         if decode:
             for i in range(cfg.layers):
-                params += [Value(f"past.{i}.key", TensorType(F32, (1, NH, "past", HD))),
-                           Value(f"past.{i}.value", TensorType(F32, (1, NH, "past", HD)))]
+                params += [Value(f"past.{i}.key", TensorType(F32, (1, NKV, "past", HD))),
+                           Value(f"past.{i}.value", TensorType(F32, (1, NKV, "past", HD)))]
         # positions: Range(past_len, past_len + seq)
         seq1 = op(Op.Shape, ["input_ids"], [1], I64, start=1, end=2)
         seq = op(Op.Squeeze, [seq1], [], I64)
@@ -320,14 +328,15 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
             qkv = []
             for p in ("attn_q", "attn_k", "attn_v"):
                 t = lin(x, i, p, lead)
-                t = op(Op.Reshape, [t, "shape_heads"], [1, S, NH, HD])
-                t = op(Op.Transpose, [t], [1, NH, S, HD], perm=(0, 2, 1, 3))
+                nh = NH if p == "attn_q" else NKV
+                t = op(Op.Reshape, [t, "shape_heads" if p == "attn_q" else "shape_kv_heads"], [1, S, nh, HD])
+                t = op(Op.Transpose, [t], [1, nh, S, HD], perm=(0, 2, 1, 3))
                 qkv.append(t)
             q = op(Op.RoPE, [qkv[0], cos_t, sin_t], [1, NH, S, HD])
-            k = op(Op.RoPE, [qkv[1], cos_t, sin_t], [1, NH, S, HD])
+            k = op(Op.RoPE, [qkv[1], cos_t, sin_t], [1, NKV, S, HD])
             ins = [q, k, qkv[2]] + ([f"past.{i}.key", f"past.{i}.value"] if decode else [])
-            outs = [val([1, NH, S, HD]), val([1, NH, "?", HD], name=f"present.{i}.key"),
-                    val([1, NH, "?", HD], name=f"present.{i}.value")]
+            outs = [val([1, NH, S, HD]), val([1, NKV, "?", HD], name=f"present.{i}.key"),
+                    val([1, NKV, "?", HD], name=f"present.{i}.value")]
             nodes.append(Node.make(Op.Attention, ins, outs, scale=1.0 / float(np.sqrt(HD)), causal=1))
             present += [outs[1].name, outs[2].name]
             a = op(Op.Transpose, [outs[0].name], [1, S, NH, HD], perm=(0, 2, 1, 3))
@@ -353,7 +362,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
     meta = {"decoder": {"prefill": "prefill", "decode": "decode", "input_ids": "input_ids", "logits": "logits",
                         "past": [[f"past.{i}.key", f"past.{i}.value"] for i in range(cfg.layers)],
                         "present": [[f"present.{i}.key", f"present.{i}.value"] for i in range(cfg.layers)],
-                        "n_layers": cfg.layers, "kv_heads": NH, "head_dim": HD, "kv_dtype": "f32"},
+                        "n_layers": cfg.layers, "kv_heads": NKV, "head_dim": HD, "kv_dtype": "f32"},
             "bench_config": asdict(cfg)}
     return Module("bitnet", (build(False), build(True)), consts, meta)
 
@@ -442,7 +451,7 @@ def time_ternc(model: TerncModel, cfg: Config, pp: int, tg: int, reps: int, seed
     """tokens/s of prefill(pp tokens) and of tg single-token decode steps from an empty cache."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(3, cfg.vocab, size=pp)
-    empty = [np.zeros((1, cfg.heads, 0, cfg.head_dim), np.float32)] * (2 * cfg.layers)
+    empty = [np.zeros((1, cfg.n_kv, 0, cfg.head_dim), np.float32)] * (2 * cfg.layers)
     # warm-up (as llama-bench does): one prefill, two decode steps
     model.prefill(ids)
     _, kv = model.decode(5, empty)

@@ -33,24 +33,29 @@ SHAPES = [
     ("fused gate+up 2560->13824", 13824, 2560),
 ]
 PREFILL_M = 128
+# decode schedule sweep: (M, warps per block (one output row each), where activations are read from)
+DECODE_VARIANTS = [(1, r, xs) for xs in ("shared", "global") for r in (4, 8, 16)]
 
 
 def build(out: Path, arch: str = "sm_90") -> None:
-    from ternc.backends.tvm.cuda_ternary import compile_gemv
+    from ternc.backends.tvm.cuda_ternary import compile_gemm, compile_gemv
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = []
     for name, n, k in SHAPES:
-        for m in (1, PREFILL_M):
-            tag = f"n{n}_k{k}_m{m}"
+        for m, rpb, xs in DECODE_VARIANTS + [(PREFILL_M, 4, "shared"), (PREFILL_M, 0, "gemm"), (37, 0, "gemm")]:
+            tag = f"n{n}_k{k}_m{m}_r{rpb}_{xs}"
             t0 = time.time()
-            ex = compile_gemv(n, k, m, arch=arch)
+            if xs == "gemm":  # prefill: the tiled GEMM (M = 37: a ragged token tile, checked for exactness)
+                ex = compile_gemm(n, k, None, arch=arch)  # symbolic M, as the backend builds it
+            else:
+                ex = compile_gemv(n, k, m, arch=arch, rows_per_block=rpb, x_stage=xs)
             src = ex.mod.imports[0].inspect_source()
             (out / f"{tag}.cu").write_text(src)
             subprocess.run(["nvcc", "--fatbin", f"-arch={arch}", "-O3", "-o", str(out / f"{tag}.fatbin"),
                             str(out / f"{tag}.cu")], check=True)
             ex.export_library(str(out / f"{tag}.so"))
-            manifest.append({"name": name, "n": n, "k": k, "m": m, "tag": tag})
+            manifest.append({"name": name, "n": n, "k": k, "m": m, "tag": tag, "rows_per_block": rpb, "x_stage": xs})
             print(f"built {tag} in {time.time() - t0:.1f}s", flush=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
@@ -113,23 +118,31 @@ def run(out: Path, json_out: str | None) -> None:
         x = rng.standard_normal((m, k)).astype(np.float32)
         x_q, _ = semantics.quantize_act(x)
         words = weight_words(packing.pack(w_t, "i2")["codes"])
-        xw = pack_activations(x_q)
-        s = x_q.astype(np.int64).sum(axis=1).astype(np.int32)
+        gemm = ent.get("x_stage") == "gemm"
+        mb = -(-m // 32)
+        mp = mb * 32 if gemm else m  # the GEMM takes whole 32-token tiles (zero padding rows)
+        xw = np.zeros((mp,) + pack_activations(x_q).shape[1:], np.int32)
+        xw[:m] = pack_activations(x_q)
+        s = np.zeros(mp, np.int32)
+        s[:m] = x_q.astype(np.int64).sum(axis=1).astype(np.int32)
         tW = torch.from_numpy(words).to(dev)
         tX = torch.from_numpy(xw).to(dev)
         tS = torch.from_numpy(s).to(dev)
-        tY = torch.full((m, n), -7, dtype=torch.int32, device=dev)  # poisoned
+        tY = torch.full((mp, n), -7, dtype=torch.int32, device=dev)  # poisoned
 
         dl = tvm.runtime.from_dlpack
         vX, vS, vY = dl(tX), dl(tS), dl(tY)
 
         def call(Wt, _Y=None):
-            f(Wt, vX, vS, vY)
+            if gemm:
+                f(Wt, vX, vS, mb, vY)
+            else:
+                f(Wt, vX, vS, vY)
 
         call(dl(tW))
         torch.cuda.synchronize()
         want = semantics.ternary_matmul_i32(x_q, w_t)
-        exact = bool(np.array_equal(tY.cpu().numpy(), want))
+        exact = bool(np.array_equal(tY.cpu().numpy()[:m], want))
         # timing: rotate weight copies so the working set is >= 4x L2
         wbytes = words.nbytes
         copies = max(2, int(np.ceil(4 * l2 / wbytes)))
@@ -156,17 +169,54 @@ def run(out: Path, json_out: str | None) -> None:
 
         t_tern = timed(lambda i: call(Ws[i % copies]))
         t_fp16 = timed(lambda i: torch.nn.functional.linear(xf, Wf[i % len(Wf)]))
+
+        def graphed(fn, n_calls=100):
+            """us per call of `n_calls` back-to-back calls replayed as one CUDA graph: kernel time
+            without host launch overhead (TVM launches join torch's capture stream via tvm_ffi)."""
+            import tvm_ffi
+
+            for i in range(3):
+                fn(i)
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with tvm_ffi.use_torch_stream(torch.cuda.graph(g)):
+                for i in range(n_calls):
+                    fn(i)
+            g.replay()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(5):
+                a, b = torch.cuda.Event(True), torch.cuda.Event(True)
+                a.record()
+                g.replay()
+                b.record()
+                torch.cuda.synchronize()
+                times.append(a.elapsed_time(b) / n_calls * 1e3)
+            return float(np.median(times))
+
+        g_tern = graphed(lambda i: call(Ws[i % copies]))
+        g_fp16 = graphed(lambda i: torch.nn.functional.linear(xf, Wf[i % len(Wf)]))
         bw = wbytes / (t_tern * 1e-6)
-        rows.append({"shape": ent["name"], "m": m, "n": n, "k": k, "exact": exact, "ternary_us": t_tern,
+        gbw = wbytes / (g_tern * 1e-6)
+        rows.append({"shape": ent["name"], "m": m, "n": n, "k": k, "rows_per_block": ent.get("rows_per_block", 4),
+                     "x_stage": ent.get("x_stage", "shared"),
+                     "exact": exact, "ternary_us": t_tern,
                      "fp16_us": t_fp16, "speedup": t_fp16 / t_tern, "packed_MB": wbytes / 1e6,
-                     "weight_bw_TBps": bw / 1e12, "frac_copy_bw": bw / copy_bw})
+                     "weight_bw_TBps": bw / 1e12, "frac_copy_bw": bw / copy_bw,
+                     "graph_ternary_us": g_tern, "graph_fp16_us": g_fp16, "graph_speedup": g_fp16 / g_tern,
+                     "graph_weight_bw_TBps": gbw / 1e12, "graph_frac_copy_bw": gbw / copy_bw,
+                     "fp16_weight_bw_TBps": 2 * n * k / (g_fp16 * 1e-6) / 1e12})
         print(json.dumps(rows[-1]), flush=True)
 
-    print("\n| shape | M | bit-exact | ternary us | fp16 cuBLAS us | speedup | packed weight TB/s | % of copy BW |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nPer call (host launch included), and in a CUDA graph of 100 back-to-back calls (kernel time):")
+    print("| shape | M | kernel (GEMV: warps/block, X from) | bit-exact | ternary us | fp16 cuBLAS us | speedup | graph: ternary us | "
+          "graph: fp16 us | graph speedup | packed TB/s (graph) | % of copy BW |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['m']} | {'yes' if r['exact'] else 'NO'} | {r['ternary_us']:.2f} | "
-              f"{r['fp16_us']:.2f} | {r['speedup']:.2f}x | {r['weight_bw_TBps']:.2f} | {100 * r['frac_copy_bw']:.0f}% |")
+        print(f"| {r['shape']} | {r['m']} | {r['rows_per_block']}, {r['x_stage']} | {'yes' if r['exact'] else 'NO'} | "
+              f"{r['ternary_us']:.2f} | {r['fp16_us']:.2f} | {r['speedup']:.2f}x | {r['graph_ternary_us']:.2f} | "
+              f"{r['graph_fp16_us']:.2f} | {r['graph_speedup']:.2f}x | {r['graph_weight_bw_TBps']:.2f} | "
+              f"{100 * r['graph_frac_copy_bw']:.0f}% |")
     if json_out:
         Path(json_out).write_text(json.dumps({"device": props.name, "copy_bw_TBps": copy_bw / 1e12, "rows": rows},
                                              indent=1))

@@ -60,7 +60,22 @@ class Built:
     cuda_sources: list[str] = field(default_factory=list)
 
 
-def _cuda_pipeline_pass(target):
+def _no_fuse_scalar_param_funcs():
+    """Mark TIR functions that take scalar (non-buffer) parameters opaque to FuseOps: TVM 0.27's
+    FuseTIR fails with a RenewDefs check when such a function (e.g. arange(past)) joins a group
+    whose shapes use the same symbolic variable."""
+
+    @tvm.transform.module_pass(opt_level=0, name="NoFuseScalarParamFuncs")
+    def _pass(mod, _ctx):
+        for gv, f in list(mod.functions.items()):
+            if isinstance(f, tvm.tirx.PrimFunc) and any("BufferType" not in type(p.ty).__name__ for p in f.params):
+                mod[gv] = f.with_attr("op_pattern", 8)  # kOpaque
+        return mod
+
+    return _pass
+
+
+def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
     """Relax pipeline for CUDA: legalize, then dlight default GPU schedules for every unscheduled
     TIR function (our ternary kernels come scheduled already)."""
     from tvm import relax
@@ -73,9 +88,10 @@ def _cuda_pipeline_pass(target):
                 relax.backend.DispatchSampling(),
                 relax.backend.DispatchSortScan(),
                 relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
-                # (no FuseOps/FuseTIR: TVM 0.27's FuseTIR fails on these CUDA-legalized graphs
-                # with a RenewDefs check; each op is its own kernel for now)
+                *([_no_fuse_scalar_param_funcs(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+                  if fuse else []),
                 dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                         dl.gpu.GeneralReduction(), dl.gpu.Fallback()),
                 relax.transform.RewriteDataflowReshape(),
@@ -83,6 +99,7 @@ def _cuda_pipeline_pass(target):
                 relax.transform.RemovePurityChecking(),
                 relax.transform.CallTIRRewrite(),
                 relax.transform.StaticPlanBlockMemory(),
+                *([relax.transform.RewriteCUDAGraph()] if cuda_graph else []),
                 relax.transform.LowerAllocTensor(),
                 relax.transform.KillAfterLastUse(),
                 relax.transform.LowerRuntimeBuiltin(),
@@ -96,15 +113,21 @@ def _cuda_pipeline_pass(target):
 
 
 def compile_module(module: Module, target: str = "cpu", kernel_policy: str = "auto", entries=None,
-                   mcpu: str | None = None) -> Built:
+                   mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True) -> Built:
+    """cuda only: `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become one kernel);
+    `cuda_graph` captures the static-shape regions of each call (everything but the KV-length
+    dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph)."""
     tgt = make_target(target, mcpu)
     kind = "cuda" if target == "cuda" else "cpu"
     # The measured kernel choice runs kernels here, so it is only meaningful for the host CPU;
     # a cross target (aarch64) gets the int8 dot kernels unless the caller names a kind.
     policy = kernel_policy if (target != "aarch64" or kernel_policy != "auto") else "dot"
-    lowered = lower_module(module, entries, kind, policy, target=tgt if target == "cpu" else None)
+    # CUDA decode takes one new token per call (what generate does): static shapes, capturable
+    lowered = lower_module(module, entries, kind, policy, target=tgt if target == "cpu" else None,
+                           decode_tokens=1 if target == "cuda" and cuda_graph else None)
     if target == "cuda":
-        ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt))
+        with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(cuda_graph)}):
+            ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, cuda_graph))
         return Built(target, tgt, ex, lowered, cuda_sources(ex.mod))
     ex = tvm.compile(lowered.mod, tgt)
     return Built(target, tgt, ex, lowered)
@@ -178,8 +201,7 @@ class JitRunner:
         self.meta = module.meta
         self.built = built
         self.vm = relax.VirtualMachine(built.executable, tvm.cpu())
-        self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(module.constants[w].data))
-                        for w in built.lowered.weights}
+        self.weights = {w: tvm.runtime.tensor(built.lowered.weight_array(module, w)) for w in built.lowered.weights}
 
     def run(self, entry, inputs):
         import numpy as np

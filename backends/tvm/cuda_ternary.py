@@ -41,12 +41,15 @@ def weight_words(packed_i2: np.ndarray) -> np.ndarray:
     return b.view(np.int32)
 
 
-def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int = 32, vec: int = 4):
+def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int = 32, vec: int = 4,
+               x_stage: str = "shared"):
     """A prim_func `ternary_gemv(W i32[N, Kp/16], X i32[M, 4, Kp/16], S i32[M], Y i32[M, N])`.
 
     S[m] = sum_k x_q[m, k] (the code offset). Schedule: one warp per output row (rows_per_block
     warps per block), 16-byte weight loads into registers, the activation row staged once per block
-    in shared memory and read back as 16-byte vectors, warp-shuffle reduction. Tokens (M) map to
+    in shared memory and read back as 16-byte vectors (x_stage="shared"), or read as 16-byte vectors
+    straight from global memory through L1 (x_stage="global": no block-wide barrier before the
+    weight loads), warp-shuffle reduction. Tokens (M) map to
     blockIdx.y.
     """
     import tvm
@@ -76,8 +79,9 @@ def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int
     no, nr = sch.split(ni, [None, rows_per_block])
     wo, wt, wv = sch.split(w, [None, threads, vec])
     sch.reorder(mi, no, nr, wt, wo, wv, g)
-    x_shared = sch.cache_read(blk, 1, "shared")
-    sch.compute_at(x_shared, no)
+    if x_stage == "shared":
+        x_shared = sch.cache_read(blk, 1, "shared")
+        sch.compute_at(x_shared, no)
     w_reg = sch.cache_read(blk, 0, "local")
     sch.compute_at(w_reg, wo)
     sch.vectorize(sch.get_loops(w_reg)[-1])
@@ -90,13 +94,87 @@ def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int
     sch.bind(wt, "threadIdx.x")  # cross-thread (warp) reduction over the row's words
     for loop in (g, wv, wo):
         sch.unroll(loop)
-    fetch = sch.fuse(*sch.get_loops(x_shared)[2:])
-    _, fy, fx = sch.split(fetch, [None, rows_per_block, threads])
-    sch.bind(fy, "threadIdx.y")
-    sch.bind(fx, "threadIdx.x")
+    if x_stage == "shared":
+        fetch = sch.fuse(*sch.get_loops(x_shared)[2:])
+        _, fy, fx = sch.split(fetch, [None, rows_per_block, threads])
+        sch.bind(fy, "threadIdx.y")
+        sch.bind(fx, "threadIdx.x")
     sch.reverse_compute_at(sch.get_sblock("Y"), nr)
     sch.set_scope(blk, 0, "local")
     return sch.mod["main"].with_attr("global_symbol", "ternary_gemv")
+
+
+def build_gemm(n: int, k: int, m=None, tile_m: int = 32, tile_n: int = 64, threads_m: int = 8,
+               threads_n: int = 16, k_chunk: int = 16):
+    """Prefill: the same dp4a contract as build_gemv for many tokens, tiled so each weight word is
+    read from global memory once per `tile_m` tokens (the GEMV re-reads all weights per token).
+
+    Block tile [tile_m tokens x tile_n rows]; per K chunk of `k_chunk` words the block stages its
+    weight words [tile_n, k_chunk] and activation words [tile_m, 4, k_chunk] in shared memory
+    (cooperative 16-byte loads); each thread accumulates a register tile of
+    (tile_m / threads_m) x (tile_n / threads_n) int32 sums over the chunk's (word, group) dp4a
+    products, then writes acc - S. No cross-thread reduction. m=None: the token count is
+    `mb * tile_m` with `mb` a scalar parameter before Y (callers pad tokens to whole tiles).
+    """
+    import tvm
+    from tvm import te, tirx
+
+    mb = None
+    if m is None:  # symbolic: `mb` token tiles (a scalar parameter), so every tile is whole
+        mb = tirx.Var("mb", "int64")
+        m = mb * tile_m
+    kp = -(-k // 128) * 128
+    kw = kp // 16
+    k_chunk = min(k_chunk, kw)
+    W = te.placeholder((n, kw), "int32", name="W")
+    X = te.placeholder((m, 4, kw), "int32", name="X")
+    S = te.placeholder((m,), "int32", name="S")
+    rw = te.reduce_axis((0, kw), name="rw")
+    rg = te.reduce_axis((0, 4), name="rg")
+
+    def term(mi, ni, w, g):
+        codes = tirx.bitwise_and(tirx.shift_right(W[ni, w], (6 - 2 * g).astype("int32")),
+                                 tirx.const(0x03030303, "int32"))
+        return tirx.call_pure_extern("int32", "__dp4a", codes, X[mi, g, w], tirx.const(0, "int32"))
+
+    acc = te.compute((m, n), lambda mi, ni: te.sum(term(mi, ni, rw, rg), axis=[rw, rg]), name="acc")
+    Y = te.compute((m, n), lambda mi, ni: acc[mi, ni] - S[mi], name="Y")
+    func = te.create_prim_func([W, X, S] + ([mb] if mb is not None else []) + [Y])
+
+    sch = tvm.s_tir.Schedule(func)
+    blk = sch.get_sblock("acc")
+    mi, ni, w, g = sch.get_loops(blk)
+    mr_n, nr_n = tile_m // threads_m, tile_n // threads_n
+    mo, mt, mr = sch.split(mi, [None, threads_m, mr_n])
+    no, nt, nr = sch.split(ni, [None, threads_n, nr_n])
+    wo, wi = sch.split(w, [None, k_chunk])
+    sch.reorder(mo, no, mt, nt, wo, wi, g, mr, nr)
+    sch.bind(mo, "blockIdx.y")
+    sch.bind(no, "blockIdx.x")
+    sch.bind(mt, "threadIdx.y")
+    sch.bind(nt, "threadIdx.x")
+    nthreads = threads_m * threads_n
+    for idx in (0, 1):  # weight words, activation words -> shared, per K chunk
+        sh = sch.cache_read(blk, idx, "shared")
+        sch.compute_at(sh, wo)
+        fused = sch.fuse(*sch.get_loops(sh)[-(2 if idx == 0 else 3):])
+        _, fy, fx = sch.split(fused, [None, threads_m, threads_n])
+        sch.bind(fy, "threadIdx.y")
+        sch.bind(fx, "threadIdx.x")
+        # weights K-major in shared memory, rows permuted so that the threads of a warp (thread nt
+        # owns rows nt*nr_n .. +nr_n-1) read consecutive words of one K step: no bank conflicts
+        if idx == 0:  # (activations: a warp reads 2 token rows of one word, a 2-way conflict at most)
+            c_nr = tirx.const(nr_n, "int32")
+            sch.transform_layout(sh, ("write", 0), tirx.IndexMap.from_func(
+                lambda r, c: (c, tirx.floormod(r, c_nr), tirx.floordiv(r, c_nr)), index_dtype="int32"))
+    acc_local = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(acc_local, nt)
+    sch.reverse_compute_inline(sch.get_sblock("Y"))
+    sch.decompose_reduction(blk, wo)
+    for loop in (g, mr, nr):
+        sch.unroll(loop)
+    assert nthreads <= 1024
+    return sch.mod["main"].with_attr("global_symbol", "ternary_gemm")
 
 
 def cuda_target(arch: str = "sm_90"):
@@ -109,6 +187,15 @@ def compile_gemv(n: int, k: int, m: int = 1, arch: str = "sm_90", **kw):
     import tvm
 
     f = build_gemv(n, k, m, **kw)
+    return tvm.compile(tvm.IRModule({"ternary_gemv": f}), target=cuda_target(arch))
+
+
+def compile_gemm(n: int, k: int, m=None, arch: str = "sm_90", **kw):
+    """The prefill GEMM under the symbol `ternary_gemv`: (W, X, S, mb, Y) with the tile count `mb`
+    when m is None, else the GEMV's (W, X, S, Y)."""
+    import tvm
+
+    f = build_gemm(n, k, m, **kw).with_attr("global_symbol", "ternary_gemv")
     return tvm.compile(tvm.IRModule({"ternary_gemv": f}), target=cuda_target(arch))
 
 

@@ -550,27 +550,31 @@ def _cuda_schedule_gemm(func, n: int, kp: int):
     return sch.mod["main"]
 
 
-def dp4a_pack_func(k: int) -> tirx.PrimFunc:
+def dp4a_pack_func(k: int, row_tile: int = 1) -> tirx.PrimFunc:
     """CUDA helper for the dp4a GEMV (cuda_ternary.py): x_q int8 [M, padded_k(K)] -> group-major
-    int32 activation words X [M, 4, Kp128/16] (zero beyond K) and S[M] = sum_k x_q (the code offset)."""
+    int32 activation words X [M', 4, Kp128/16] (zero beyond K) and S[M'] = sum_k x_q (the code
+    offset), M' = M rounded up to `row_tile` (padding rows are zero: the prefill GEMM's token tiles)."""
     from tvm import s_tir
 
     m = tirx.Var("m", "int64")
+    mp = m if row_tile == 1 else tirx.floordiv(m + (row_tile - 1), row_tile) * row_tile
     kp = padded_k(k)
     k128 = _ceil(k, 128) * 128
     kw = k128 // 16
     xq = te.placeholder((m, kp), "int8", name="x_q")
 
     def byte(i, kk):
-        return tirx.Select(kk < kp, tirx.Cast("int32", xq[i, tirx.min(kk, kp - 1)]) & 255, 0)
+        ok = kk < kp if row_tile == 1 else tirx.all(kk < kp, i < m)
+        return tirx.Select(ok, tirx.Cast("int32", xq[tirx.min(i, m - 1), tirx.min(kk, kp - 1)]) & 255, 0)
 
     def word(i, g, w):
         base = (w // 8) * 128 + g * 32 + (w % 8) * 4
         return byte(i, base) | (byte(i, base + 1) << 8) | (byte(i, base + 2) << 16) | (byte(i, base + 3) << 24)
 
-    xw = te.compute((m, 4, kw), word, name="xw")
+    xw = te.compute((mp, 4, kw), word, name="xw")
     rk = te.reduce_axis((0, kp), name="rk")
-    ssum = te.compute((m,), lambda i: te.sum(tirx.Cast("int32", xq[i, rk]), axis=rk), name="ssum")
+    ssum = te.compute((mp,), lambda i: te.sum(tirx.Select(i < m, tirx.Cast("int32", xq[tirx.min(i, m - 1), rk]), 0),
+                                              axis=rk), name="ssum")
     sch = s_tir.Schedule(te.create_prim_func([xq, xw, ssum]))
     wb = sch.get_sblock("xw")
     f = sch.fuse(*sch.get_loops(wb))
@@ -582,8 +586,20 @@ def dp4a_pack_func(k: int) -> tirx.PrimFunc:
     sch.bind(si, "blockIdx.x")
     _, ski = sch.split(sk, [None, 32])
     sch.bind(ski, "threadIdx.x")
-    return (sch.mod["main"].with_attr("global_symbol", f"ternc_dp4a_pack_k{k}").with_attr("op_pattern", 8)
+    return (sch.mod["main"].with_attr("global_symbol", f"ternc_dp4a_pack_k{k}_t{row_tile}").with_attr("op_pattern", 8)
             .with_attr("tirx.is_scheduled", True))
+
+
+GEMM_TOKEN_TILE = 32  # cuda_ternary.build_gemm's default tile_m
+
+
+def dp4a_gemm_func(k: int, n: int) -> tirx.PrimFunc:
+    """The tiled dp4a W2A8 GEMM of cuda_ternary.py for prefill: token tiles of GEMM_TOKEN_TILE, the
+    tile count a scalar parameter: (W, X, S, tiles, Y); X, S, Y have tiles * GEMM_TOKEN_TILE rows."""
+    from .cuda_ternary import build_gemm
+
+    return (build_gemm(n, k, tile_m=GEMM_TOKEN_TILE).with_attr("global_symbol", f"ternc_tmm_dp4a_gemm_i2_k{k}_n{n}")
+            .with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True))
 
 
 def dp4a_gemv_func(k: int, n: int) -> tirx.PrimFunc:
@@ -861,13 +877,14 @@ def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", poli
     """The kernel for one weight shape and token count: `policy` names it ("dot", "dot16", "lut",
     "vnni"; a kind the format/target lacks falls back to "dot"), or "auto" measures the CPU
     candidates on this machine (cached per shape; a kernel that is not bit-exact is refused).
-    CUDA: GEMV for one token (decode), GEMM otherwise. A target that cannot run here (another mcpu
+    CUDA: i2 takes the dp4a kernels (GEMV for one token, tiled GEMM otherwise); other formats a
+    plain GEMV for one token (decode), GEMM otherwise. A target that cannot run here (another mcpu
     or mtriple, e.g. aarch64, or host-missing mattr features) is not measured: `static_kind`."""
     kinds = available_kinds(fmt, target_kind, k, target)
     if target_kind == "cuda":
-        if m == 1:
-            return "dp4a" if fmt == "i2" and policy in ("auto", "dp4a") else "gemv"
-        return "gemm"
+        if fmt == "i2" and policy in ("auto", "dp4a"):
+            return "dp4a"  # GEMV for one token, tiled GEMM otherwise (lower._tmatmul_dp4a)
+        return "gemv" if m == 1 else "gemm"
     if policy != "auto":
         return policy if policy in kinds else kinds[0]
     if len(kinds) == 1 or target_kind != "cpu":

@@ -102,6 +102,16 @@ class Lowered:
     entries: dict[str, EntrySignature]
     weights: list[str]  # union over entries
     kernel_choices: list[dict] = field(default_factory=list)
+    # weights passed in another storage dtype/shape than the IR constant (a byte view): name -> (dtype, shape)
+    weight_storage: dict = field(default_factory=dict)
+
+    def weight_array(self, module: Module, name: str) -> np.ndarray:
+        """The array to pass for weight `name`: the constant, viewed as the kernels take it."""
+        a = np.ascontiguousarray(module.constants[name].data)
+        if name in self.weight_storage:
+            dtype, shape = self.weight_storage[name]
+            a = a.view(np.dtype(dtype)).reshape(shape)
+        return a
 
 
 def _is_int_dtype(dt: str) -> bool:
@@ -128,7 +138,8 @@ def _as_int(e) -> int | None:
 
 class FunctionLowerer:
     def __init__(self, module: Module, fn: Function, bb: relax.BlockBuilder, target_kind: str,
-                 kernel_policy: str, kernel_log: list, kernel_cache: dict, target=None):
+                 kernel_policy: str, kernel_log: list, kernel_cache: dict, target=None,
+                 fixed_dims: dict | None = None):
         self.target = target
         self.module = module
         self.fn = fn
@@ -137,9 +148,10 @@ class FunctionLowerer:
         self.kernel_policy = kernel_policy
         self.kernel_log = kernel_log
         self.kernel_cache = kernel_cache  # (fmt, k, n, kind) -> GlobalVar, shared across functions
-        self.syms: dict[str, tirx.Var] = {}
+        self.syms: dict[str, Any] = dict(fixed_dims or {})  # symbol -> tirx.Var, or an int it is fixed to
         self.env: dict[str, Any] = {}
         self.weight_vars: dict[str, relax.Var] = {}
+        self.memo: dict = {}  # per-function reuse of emitted values (shared activation quantization)
         self.node: Node | None = None
         self.types = fn.value_types()
         self._fresh = 0
@@ -223,11 +235,35 @@ class FunctionLowerer:
             a = self.const_array(name)
             if a.size <= INLINE_MAX:
                 return relax.const(a, str(a.dtype) if a.dtype != DType.BF16.np else "bfloat16")
-            if name not in self.weight_vars:
-                self.weight_vars[name] = relax.Var(
-                    name.replace(".", "_"), relax.TensorType(list(a.shape), tvm_dtype(self.module.constants[name].type.dtype)))
-            return self.weight_vars[name]
+            var = self._weight_var(name)
+            if name in self.kernel_cache.get("__weight_storage__", {}):  # stored as a byte view: view back
+                key = ("__raw_view__", self.fn.name, name)
+                if key not in self.kernel_cache:
+                    self.kernel_cache[key] = self.emit(relax.op.memory.view(
+                        var, list(a.shape), tvm_dtype(self.module.constants[name].type.dtype)))
+                return self.kernel_cache[key]
+            return var
         return v
+
+    def weight_as(self, v, dtype: str, shape: list):
+        """The weight `v` as the parameter of its storage view (dtype, shape) when lower_module decided
+        to store it that way (Lowered.weight_storage), else None."""
+        if not (isinstance(v, tuple) and v[0] == "const"):
+            return None
+        if self.kernel_cache.get("__weight_storage__", {}).get(v[1]) != (dtype, tuple(shape)):
+            return None
+        return self._weight_var(v[1])
+
+    def _weight_var(self, name: str):
+        if name not in self.weight_vars:
+            view = self.kernel_cache.get("__weight_storage__", {}).get(name)
+            if view is not None:
+                ty = relax.TensorType(list(view[1]), view[0])
+            else:
+                a = self.const_array(name)
+                ty = relax.TensorType(list(a.shape), tvm_dtype(self.module.constants[name].type.dtype))
+            self.weight_vars[name] = relax.Var(name.replace(".", "_"), ty)
+        return self.weight_vars[name]
 
     def is_empty_const(self, v) -> bool:
         return isinstance(v, tuple) and v[0] == "const" and self.const_array(v[1]).size == 0
@@ -245,7 +281,8 @@ class FunctionLowerer:
             var = relax.Var(p.name.replace(".", "_"), relax.TensorType(shape, dt))
             params.append(var)
             self.env[p.name] = var
-            sig_inputs.append({"name": p.name, "dtype": dt, "shape": list(p.type.shape)})
+            sig_inputs.append({"name": p.name, "dtype": dt,
+                               "shape": [self.syms[d] if isinstance(self.syms.get(d), int) else d for d in p.type.shape]})
         with self.bb.function(fn.name):
             with self.bb.dataflow():
                 for node in fn.nodes:
@@ -613,6 +650,12 @@ def _concat(L, node, args):
     ts = [L.tensor(a) for a in args if a is not None and not L.is_empty_const(a)]
     if len(ts) == 1:
         return ts[0]
+    if all(t.same_as(ts[0]) for t in ts[1:]):
+        # concat(x, x, ...) (RoPE's cat(freqs, freqs)) as a tile: a fused TIR function may not take
+        # one buffer twice (TVM 0.27 FuseTIR fails on that with a RenewDefs check)
+        reps = [1] * L.ndim(ts[0])
+        reps[node.attr("axis") % L.ndim(ts[0])] = len(ts)
+        return relax.op.tile(ts[0], reps)
     return relax.op.concat(ts, axis=node.attr("axis"))
 
 
@@ -644,7 +687,15 @@ def _slice(L, node, args):
         e.append(norm(e0))
         st.append(step)
         ax.append(a)
-    return relax.op.strided_slice(x, ax, b, e, st, assume_inbound=True)
+    y = L.emit(relax.op.strided_slice(x, ax, b, e, st, assume_inbound=True))
+    # A declared static result (e.g. "the last token": [1, 1, H] from seq) is a contract of the IR;
+    # Relax would carry min(1, seq), which GPU schedules cannot allocate. Checked at run time.
+    declared = node.outputs[0].type.shape if node.outputs[0].type is not None else None
+    got = L.shape_of(y)
+    if (declared is not None and len(declared) == len(got) and all(isinstance(d, int) for d in declared)
+            and any(_as_int(g) is None for g in got)):
+        y = L.bb.match_cast(y, relax.TensorType(list(declared), L.dtype_of(y)))
+    return y
 
 
 @impl(Op.Gather)
@@ -808,11 +859,28 @@ def _rope(L, node, args):
     d = L.shape_of(x)[-1]
     if not isinstance(d, int) or d % 2:
         raise L.err(f"RoPE needs a static even head dim, got {d}")
+    return L.bb.emit_te(_rope_te, x, cos, sin, primfunc_name_hint="rope")
+
+
+def _rope_te(x, cos, sin):
+    """x * cos + rotate_half(x) * sin in one elementwise kernel (cos/sin broadcast from the right;
+    rotate_half(x)[..., i] = -x[..., i + d/2] for i < d/2, else x[..., i - d/2])."""
+    nd, d = len(x.shape), int(x.shape[-1])
     h = d // 2
-    x1 = L.emit(relax.op.strided_slice(x, [L.ndim(x) - 1], [0], [h]))
-    x2 = L.emit(relax.op.strided_slice(x, [L.ndim(x) - 1], [h], [d]))
-    rot = L.emit(relax.op.concat([L.emit(relax.op.negative(x2)), x1], axis=-1))
-    return relax.op.add(L.emit(relax.op.multiply(x, cos)), L.emit(relax.op.multiply(rot, sin)))
+
+    def bidx(t, ix):
+        off = nd - len(t.shape)
+        return [0 if (isinstance(t.shape[i], tirx.IntImm) and int(t.shape[i]) == 1
+                      and not (isinstance(x.shape[i + off], tirx.IntImm) and int(x.shape[i + off]) == 1))
+                else ix[i + off] for i in range(len(t.shape))]
+
+    def f(*ix):
+        last = ix[-1]
+        partner = x[(*ix[:-1], tirx.floormod(last + h, d))]  # in range for every lane, no masked read
+        rot = tirx.Select(last < h, -partner, partner)
+        return x[ix] * cos[tuple(bidx(cos, ix))] + rot * sin[tuple(bidx(sin, ix))]
+
+    return te.compute(x.shape, f, name="rope")
 
 
 def _causal_mask_te(s, scale: float, causal: bool):
@@ -892,6 +960,8 @@ def _attention(L, node, args):
 def _gated(L, node, args):
     g, u = L.tensor(args[0]), L.tensor(args[1])
     act = node.attr("act")
+    if act in ("silu", "relu2") and [str(d) for d in L.shape_of(g)] == [str(d) for d in L.shape_of(u)]:
+        return L.bb.emit_te(_gated_te, g, u, act, primfunc_name_hint=f"gated_{act}")
     if act == "silu":
         a = L.emit(relax.op.multiply(g, L.emit(relax.op.sigmoid(g))))
     elif act == "relu2":
@@ -902,6 +972,20 @@ def _gated(L, node, args):
     else:
         raise L.err(f"unknown gate activation {act!r}")
     return relax.op.multiply(a, u)
+
+
+def _gated_te(g, u, act: str):
+    """act(g) * u in one elementwise kernel: silu(g) = g * sigmoid(g), relu2(g) = max(g, 0)^2."""
+    def f(*ix):
+        x = g[ix]
+        if act == "silu":
+            a = x * tirx.sigmoid(x)
+        else:
+            r = tirx.max(x, tirx.const(0, x.dtype))
+            a = r * r
+        return a * u[ix]
+
+    return te.compute(g.shape, f, name=f"gated_{act}")
 
 
 @impl(Op.Softplus)
@@ -942,17 +1026,37 @@ def _tmatmul_dp4a(L, xq_padded, parts, k: int, n: int):
     """CUDA decode on i2 weights: dp4a over the packed bytes viewed as int32 words (zero copy)."""
     m = L.shape_of(xq_padded)[0]
     kw = -(-k // 128) * 8
-    pk = ("dp4a_pack", k)
+    tile = 1 if L.tokens_hint == 1 else kernels.GEMM_TOKEN_TILE  # prefill: whole token tiles
+    mp = m if tile == 1 else _simplify(tirx.floordiv(m + (tile - 1), tile) * tile)
+    pk = ("dp4a_pack", k, tile)
     if pk not in L.kernel_cache:
-        L.kernel_cache[pk] = L.bb.add_func(kernels.dp4a_pack_func(k), f"ternc_dp4a_pack_k{k}")
-    packed = L.emit(relax.call_tir(L.kernel_cache[pk], [xq_padded], [
-        relax.TensorType([m, 4, kw], "int32"), relax.TensorType([m], "int32")]))
-    xw, ssum = L.emit(relax.TupleGetItem(packed, 0)), L.emit(relax.TupleGetItem(packed, 1))
-    codes = L.tensor(parts[0])
-    words = L.emit(relax.op.memory.view(codes, [n, kw], "int32"))
-    key = ("i2", k, n, "dp4a")
-    if key not in L.kernel_cache:
-        L.kernel_cache[key] = L.bb.add_func(kernels.dp4a_gemv_func(k, n), f"ternc_tmm_dp4a_i2_k{k}_n{n}")
+        L.kernel_cache[pk] = L.bb.add_func(kernels.dp4a_pack_func(k, tile), f"ternc_dp4a_pack_k{k}_t{tile}")
+    memo = L.memo.setdefault("dp4a_pack", [])  # q/k/v (gate/up) share one packed activation
+    hit = next((r for v, kk, r in memo if kk == k and v.same_as(xq_padded)), None)
+    if hit is None:
+        packed = L.emit(relax.call_tir(L.kernel_cache[pk], [xq_padded], [
+            relax.TensorType([mp, 4, kw], "int32"), relax.TensorType([mp], "int32")]))
+        hit = (L.emit(relax.TupleGetItem(packed, 0)), L.emit(relax.TupleGetItem(packed, 1)))
+        memo.append((xq_padded, k, hit))
+    xw, ssum = hit
+    words = L.weight_as(parts[0], "int32", [n, kw])
+    if words is None:
+        words = L.emit(relax.op.memory.view(L.tensor(parts[0]), [n, kw], "int32"))
+    if L.tokens_hint == 1:  # decode: one token per call
+        key = ("i2", k, n, "dp4a")
+        if key not in L.kernel_cache:
+            L.kernel_cache[key] = L.bb.add_func(kernels.dp4a_gemv_func(k, n), f"ternc_tmm_dp4a_i2_k{k}_n{n}")
+    else:  # prefill: tiled GEMM, each weight word read once per 32 tokens
+        key = ("i2", k, n, "dp4a_gemm")
+        if key not in L.kernel_cache:
+            L.kernel_cache[key] = L.bb.add_func(kernels.dp4a_gemm_func(k, n), f"ternc_tmm_dp4a_gemm_i2_k{k}_n{n}")
+        mb = _simplify(tirx.floordiv(m + (tile - 1), tile))
+        acc = L.emit(relax.call_tir(L.kernel_cache[key], [words, xw, ssum, relax.prim_value(mb)],
+                                    relax.TensorType([mp, n], "int32")))
+        acc = L.emit(relax.op.strided_slice(acc, [0], [0], [m], assume_inbound=True))
+        if _as_int(L.shape_of(acc)[0]) is None and str(L.shape_of(acc)[0]) != str(m):
+            acc = L.bb.match_cast(acc, relax.TensorType([m, n], "int32"))
+        return acc
     return L.emit(relax.call_tir(L.kernel_cache[key], [words, xw, ssum], relax.TensorType([m, n], "int32")))
 
 
@@ -1000,10 +1104,16 @@ def _ternary_linear(L, node, args):
         bias, packed = packed[-1], packed[:-1]
     fmt, k, n = _format_attrs(L, node, len(packed))
     dt = L.dtype_of(x)
-    x2, lead = _flatten_tokens(L, x)
-    if dt != "float32":
-        x2 = L.emit(relax.op.astype(x2, "float32"))
-    xq, a_scale = _quantize(L, x2, k, float(node.attr("eps", semantics.ACT_EPS)))
+    eps = float(node.attr("eps", semantics.ACT_EPS))
+    qkey = (node.inputs[0], k, eps)
+    if qkey in L.memo.setdefault("quant", {}):  # linears reading the same activation quantize it once
+        xq, a_scale, lead = L.memo["quant"][qkey]
+    else:
+        x2, lead = _flatten_tokens(L, x)
+        if dt != "float32":
+            x2 = L.emit(relax.op.astype(x2, "float32"))
+        xq, a_scale = _quantize(L, x2, k, eps)
+        L.memo["quant"][qkey] = (xq, a_scale, lead)
     acc = _tmatmul(L, node, xq, packed, fmt, k, n)
     y = _dequant(L, acc, a_scale, args[1])
     y = L.emit(relax.op.reshape(y, [*lead, n]))
@@ -1047,10 +1157,45 @@ def _dequantize(L, node, args):
 
 
 # ====================================================================== module
+def _weight_storage(module: Module, entries: list[str], target_kind: str) -> dict:
+    """Weights stored in another dtype than their IR constant (zero-copy byte views), decided once
+    for all entries: on CUDA, i2 codes are int32 words [N, 8 ceil(K/128)] (what dp4a reads), so
+    decode's kernels take them without a view op (which would split CUDA-graph capture regions)."""
+    if target_kind != "cuda":
+        return {}
+    out = {}
+    for name in entries:
+        for n in module.func(name).nodes:
+            if n.op not in (Op.TernaryLinear, Op.TernaryMatMul) or n.attr("format") != "i2":
+                continue
+            codes = n.inputs[2] if n.op == Op.TernaryLinear else n.inputs[1]
+            c = module.constants.get(codes)
+            k, nn = n.attr("k"), n.attr("n")
+            if c is None or c.data is None or k is None or nn is None:
+                continue
+            kw = -(-int(k) // 128) * 8
+            if c.data.dtype == np.uint8 and c.data.shape == (int(nn), 4 * kw):
+                out[codes] = ("int32", (int(nn), kw))
+    return out
+
+
+def _decode_token_dim(module: Module, name: str) -> str | None:
+    """The symbol of decode's new-token count (input_ids [B, seq]) when `name` is a decoder's decode."""
+    dec = module.meta.get("decoder") or {}
+    if name != dec.get("decode"):
+        return None
+    p = next((p for p in module.func(name).params if p.name == dec.get("input_ids")), None)
+    if p is None or p.type.shape is None or len(p.type.shape) != 2 or not isinstance(p.type.shape[1], str):
+        return None
+    return p.type.shape[1]
+
+
 def lower_module(module: Module, entries: list[str] | None = None, target_kind: str = "cpu",
-                 kernel_policy: str = "auto", target=None) -> Lowered:
+                 kernel_policy: str = "auto", target=None, decode_tokens: int | None = None) -> Lowered:
     """Lower the named entry points (default: prefill/decode for decoders, else every function).
 
+    decode_tokens: fix a decoder's decode entry to this many new tokens per call (CUDA: 1, so its
+    shapes are static but for the KV length and CUDA graphs can capture them).
     target_kind: "cpu" (x86/aarch64 LLVM) or "cuda"; kernel_policy: "auto" (measured choice per
     ternary weight shape, CPU host targets only), "dot" or "lut"; target: the tvm Target the
     measurement compiles for."""
@@ -1060,14 +1205,20 @@ def lower_module(module: Module, entries: list[str] | None = None, target_kind: 
     bb = relax.BlockBuilder()
     sigs: dict[str, EntrySignature] = {}
     log: list = []
-    cache: dict = {}
+    cache: dict = {"__weight_storage__": _weight_storage(module, entries, target_kind)}
     for name in entries:
-        fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, cache, target)
+        tok = _decode_token_dim(module, name) if decode_tokens else None
+        fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, cache, target,
+                             fixed_dims={tok: int(decode_tokens)} if tok else None)
         sigs[name] = fl.lower()
     mod = bb.get()
+    for name, sig in sigs.items():  # parameters after the inputs are weights (static for CUDA graphs)
+        gv = mod.get_global_var(name)
+        mod[gv] = mod[gv].with_attr("num_input", len(sig.inputs))
     weights: list[str] = []
     for s in sigs.values():
         for w in s.weights:
             if w not in weights:
                 weights.append(w)
-    return Lowered(mod, sigs, weights, log)
+    storage = {w: v for w, v in cache["__weight_storage__"].items() if w in weights}
+    return Lowered(mod, sigs, weights, log, storage)

@@ -90,6 +90,27 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     return out
 
 
+class DeviceTensor:
+    """An output left on the artifact's device (the KV cache a decode step hands to the next one):
+    fed back to `run` without a host round trip; `np.asarray(t)` / `t.numpy()` copy it out."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.shape = tuple(int(d) for d in tensor.shape)
+        self.dtype = np.dtype(str(tensor.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def numpy(self) -> np.ndarray:
+        return self.tensor.numpy()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.tensor.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+
 class TVMRunner:
     """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`."""
 
@@ -120,6 +141,10 @@ class TVMRunner:
         self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(arrays[key]), self.device)
                         for w, key in names.items()}
         self._fns = {}
+        # decoder outputs that only feed the next step stay on the device (no copy per token)
+        dec = self.meta.get("decoder") or {}
+        self._device_outputs = {n for pair in dec.get("present", []) for n in pair}
+        self._device_outputs |= {so for _si, so in dec.get("state", [])}
 
     def run(self, entry: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         import tvm
@@ -135,10 +160,12 @@ class TVMRunner:
         args = []
         bound: dict[str, int] = {}
         for spec in sig["inputs"]:
-            a = np.asarray(inputs[spec["name"]])
+            a = inputs[spec["name"]]
+            if not isinstance(a, DeviceTensor):
+                a = np.asarray(a)
             want = np.dtype(spec["dtype"])
             if a.dtype != want:
-                if not np.can_cast(a.dtype, want, casting="same_kind"):
+                if isinstance(a, DeviceTensor) or not np.can_cast(a.dtype, want, casting="same_kind"):
                     raise ValueError(f"@{entry}: input {spec['name']} has dtype {a.dtype}, expected {want}")
                 a = a.astype(want)
             if a.ndim != len(spec["shape"]):
@@ -149,7 +176,8 @@ class TVMRunner:
                 if isinstance(d, str) and d != "?":
                     if bound.setdefault(d, s) != s:
                         raise ValueError(f"@{entry}: dim {d} is {bound[d]} elsewhere but {s} in {spec['name']}")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
+            args.append(a.tensor if isinstance(a, DeviceTensor) else tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
         args += [self.weights[w] for w in sig["weights"]]
         out = self.vm[entry](*args)
-        return {o["name"]: out[i].numpy() for i, o in enumerate(sig["outputs"])}
+        return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
+                for i, o in enumerate(sig["outputs"])}

@@ -107,6 +107,26 @@ def test_load_in_process_matches_interpreter_logits(built_artifact, ternary_mode
         runner.run("main", {})
 
 
+def test_kv_cache_stays_on_the_device_between_steps(built_artifact, ternary_model, prompt):
+    """present KV outputs come back as DeviceTensor (no host copy per token) and feed the next step;
+    the step's logits still equal the interpreter's."""
+    from ternc.backends.tvm.runtime import DeviceTensor
+    from ternc.frontend.decoder import decode_feeds
+
+    runner = ternc.load_artifact(built_artifact)
+    dec = ternary_model.meta["decoder"]
+    res = runner.run("prefill", {"input_ids": prompt})
+    ref = ternc.interpret(ternary_model, {"input_ids": prompt}, "prefill")
+    for ok, ov in dec["present"]:
+        assert isinstance(res[ok], DeviceTensor) and isinstance(res[ov], DeviceTensor)
+        np.testing.assert_allclose(np.asarray(res[ok]), ref[ok], rtol=1e-4, atol=1e-5)
+    assert isinstance(res["logits"], np.ndarray)
+    nxt = np.array([[int(np.argmax(ref["logits"][0, -1]))]])
+    got = runner.run("decode", decode_feeds(dec, res, nxt))["logits"]
+    want = ternc.interpret(ternary_model, decode_feeds(dec, ref, nxt), "decode")["logits"]
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+
+
 @pytest.fixture
 def art_copy(built_artifact, tmp_path):
     dst = tmp_path / "copy"
