@@ -41,22 +41,13 @@ def weight_words(packed_i2: np.ndarray) -> np.ndarray:
     return b.view(np.int32)
 
 
-def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int = 32, vec: int = 4,
-               x_stage: str = "shared"):
-    """A prim_func `ternary_gemv(W i32[N, Kp/16], X i32[M, 4, Kp/16], S i32[M], Y i32[M, N])`.
-
-    S[m] = sum_k x_q[m, k] (the code offset). Schedule: one warp per output row (rows_per_block
-    warps per block), 16-byte weight loads into registers, the activation row staged once per block
-    in shared memory and read back as 16-byte vectors (x_stage="shared"), or read as 16-byte vectors
-    straight from global memory through L1 (x_stage="global": no block-wide barrier before the
-    weight loads), warp-shuffle reduction. Tokens (M) map to
-    blockIdx.y.
-    """
-    import tvm
+def _dp4a_compute(n: int, k: int, m):
+    """The contract both kernels schedule: Y[m, n] = sum_(w, g) dp4a(codes_g(W[n, w]), X[m, g, w]) - S[m]
+    over int32 weight words W [N, Kp/16] and group-major activation words X [M, 4, Kp/16].
+    Returns (W, X, S, Y, words per row); the reduction block is named "acc"."""
     from tvm import te, tirx
 
-    kp = -(-k // 128) * 128
-    kw = kp // 16  # 32-bit words per weight row
+    kw = -(-k // 128) * 128 // 16  # 32-bit words per weight row
     W = te.placeholder((n, kw), "int32", name="W")
     X = te.placeholder((m, 4, kw), "int32", name="X")
     S = te.placeholder((m,), "int32", name="S")
@@ -71,9 +62,25 @@ def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int
 
     acc = te.compute((m, n), lambda mi, ni: te.sum(term(mi, ni, rw, rg), axis=[rw, rg]), name="acc")
     Y = te.compute((m, n), lambda mi, ni: acc[mi, ni] - S[mi], name="Y")
-    func = te.create_prim_func([W, X, S, Y])
+    return W, X, S, Y, kw
 
-    sch = tvm.s_tir.Schedule(func)
+
+def build_gemv(n: int, k: int, m: int = 1, rows_per_block: int = 4, threads: int = 32, vec: int = 4,
+               x_stage: str = "shared"):
+    """A prim_func `ternary_gemv(W i32[N, Kp/16], X i32[M, 4, Kp/16], S i32[M], Y i32[M, N])`.
+
+    S[m] = sum_k x_q[m, k] (the code offset). Schedule: one warp per output row (rows_per_block
+    warps per block), 16-byte weight loads into registers, the activation row staged once per block
+    in shared memory and read back as 16-byte vectors (x_stage="shared"), or read as 16-byte vectors
+    straight from global memory through L1 (x_stage="global": no block-wide barrier before the
+    weight loads), warp-shuffle reduction. Tokens (M) map to
+    blockIdx.y.
+    """
+    import tvm
+    from tvm import te
+
+    W, X, S, Y, _kw = _dp4a_compute(n, k, m)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([W, X, S, Y]))
     blk = sch.get_sblock("acc")
     mi, ni, w, g = sch.get_loops(blk)
     no, nr = sch.split(ni, [None, rows_per_block])
@@ -123,25 +130,9 @@ def build_gemm(n: int, k: int, m=None, tile_m: int = 32, tile_n: int = 64, threa
     if m is None:  # symbolic: `mb` token tiles (a scalar parameter), so every tile is whole
         mb = tirx.Var("mb", "int64")
         m = mb * tile_m
-    kp = -(-k // 128) * 128
-    kw = kp // 16
+    W, X, S, Y, kw = _dp4a_compute(n, k, m)
     k_chunk = min(k_chunk, kw)
-    W = te.placeholder((n, kw), "int32", name="W")
-    X = te.placeholder((m, 4, kw), "int32", name="X")
-    S = te.placeholder((m,), "int32", name="S")
-    rw = te.reduce_axis((0, kw), name="rw")
-    rg = te.reduce_axis((0, 4), name="rg")
-
-    def term(mi, ni, w, g):
-        codes = tirx.bitwise_and(tirx.shift_right(W[ni, w], (6 - 2 * g).astype("int32")),
-                                 tirx.const(0x03030303, "int32"))
-        return tirx.call_pure_extern("int32", "__dp4a", codes, X[mi, g, w], tirx.const(0, "int32"))
-
-    acc = te.compute((m, n), lambda mi, ni: te.sum(term(mi, ni, rw, rg), axis=[rw, rg]), name="acc")
-    Y = te.compute((m, n), lambda mi, ni: acc[mi, ni] - S[mi], name="Y")
-    func = te.create_prim_func([W, X, S] + ([mb] if mb is not None else []) + [Y])
-
-    sch = tvm.s_tir.Schedule(func)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([W, X, S] + ([mb] if mb is not None else []) + [Y]))
     blk = sch.get_sblock("acc")
     mi, ni, w, g = sch.get_loops(blk)
     mr_n, nr_n = tile_m // threads_m, tile_n // threads_n

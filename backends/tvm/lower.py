@@ -937,6 +937,22 @@ def _attention(L, node, args):
         p = L.emit(relax.op.nn.softmax(s, axis=-1))
         out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, sq, d], "float32")))
         return [out, k, v] if len(node.outputs) == 3 else [out]
+    if (L.target_kind == "cuda" and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt
+            and L.dtype_of(v) == dt and _as_int(qs[2]) == 1):
+        # one query token (decode): the causal mask keeps every key, so scores are a plain GQA
+        # product by indexing (no repeated K/V); the scale goes on q (an elementwise op that fuses
+        # into the static, CUDA-graph captured producer of q)
+        qsc = L.emit(relax.op.multiply(q, relax.const(float(node.attr("scale")), "float32")))
+        ks_, kp_ = ("gqa_scores", hq, hkv, d), ("gqa_pv", hq, hkv, d)
+        if ks_ not in L.kernel_cache:
+            L.kernel_cache[ks_] = L.bb.add_func(kernels.gqa_decode_scores_func(hq, hkv, d),
+                                                f"ternc_gqa_scores_h{hq}_{hkv}_d{d}")
+            L.kernel_cache[kp_] = L.bb.add_func(kernels.gqa_decode_pv_func(hq, hkv, d), f"ternc_gqa_pv_h{hq}_{hkv}_d{d}")
+        b, sk = qs[0], ks[2]
+        s = L.emit(relax.call_tir(L.kernel_cache[ks_], [qsc, k], relax.TensorType([b, hq, 1, sk], "float32")))
+        p = L.emit(relax.op.nn.softmax(s, axis=-1))
+        out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, 1, d], "float32")))
+        return [out, k, v] if len(node.outputs) == 3 else [out]
     kr, vr = k, v
     if hq != hkv:
         kr = L.emit(relax.op.repeat(k, hq // hkv, axis=1))
