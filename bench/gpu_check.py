@@ -66,7 +66,7 @@ def _pip_versions() -> dict:
     return out
 
 
-def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12") -> None:
+def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12", passes: str | None = None) -> None:
     ternc = _import_ternc()
     from ternc.backends.artifact import build_artifact, bundle_runtime
     from ternc.backends.tvm import build as B
@@ -80,7 +80,8 @@ def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12") -> No
 
         onnx_path = str(out / "tiny-bitnet.onnx")
         export_decoder(tiny_bitnet.build(), onnx_path)
-    module, _report = run_passes(ternc.load(onnx_path), target="cuda")
+    spec = None if passes is None else ",".join(PIPELINES["cuda"]) + "," + passes  # e.g. quantize-kv{...}
+    module, _report = run_passes(ternc.load(onnx_path), target="cuda", passes=spec)
     B.CUDA_ARCH = arch
     t0 = time.time()
     art = build_artifact(module, "cuda", out / "art-cuda", pipeline_desc=PIPELINES["cuda"])
@@ -153,12 +154,13 @@ def main(argv=None) -> int:
     p.add_argument("--onnx", default=None)
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--python", default="3.12")
+    p.add_argument("--passes", default=None, help="extra passes after the cuda pipeline, e.g. 'quantize-kv{bits=2}'")
     c = sub.add_parser("check")
     c.add_argument("out", type=Path)
     c.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.cmd == "prepare":
-        prepare(a.out, a.onnx, a.arch, a.python)
+        prepare(a.out, a.onnx, a.arch, a.python, a.passes)
         return 0
     return check(a.out, a.json)
 

@@ -720,6 +720,24 @@ def _expand(L, node, args):
 @impl(Op.Range)
 def _range(L, node, args):
     s, l, d = (L.sym(a) for a in args)
+    declared = node.outputs[0].type.shape if node.outputs[0].type is not None else None
+    if (s is None or l is None) and d is not None and declared is not None and len(declared) == 1 \
+            and declared[0] != "?":
+        # a start known only at run time (e.g. the position counter evict-kv carries) with the
+        # length the IR declares: start + arange(len) * delta
+        dt = d.dtype
+        dv = _simplify(d.vals.reshape(-1)[0])
+        if _as_int(dv) is None:
+            raise L.err("Range with a run-time start needs a constant delta")
+        start = L.tensor(args[0])
+        if L.dtype_of(start) != dt:
+            start = L.emit(relax.op.astype(start, dt))
+        if L.ndim(start) != 0:
+            start = L.emit(relax.op.reshape(start, []))
+        steps = L.emit(relax.op.arange(0, L.dim(declared[0]), 1, dtype=dt))
+        if _as_int(dv) != 1:
+            steps = L.emit(relax.op.multiply(steps, relax.const(_as_int(dv), dt)))
+        return relax.op.add(steps, start)
     if s is None or l is None or d is None:
         raise L.err("Range operands must be compile-time (symbolic) scalars")
     dt = s.dtype
@@ -894,6 +912,92 @@ def _causal_mask_te(s, scale: float, causal: bool):
                       name="attn_mask")
 
 
+def _fp16_directed(x, up: bool):
+    """The fp16 value nearest to f32 `x` that is >= x (up) or <= x, as f32 (kvquant._round_to_fp16):
+    round to nearest even, then one fp16 step toward the bound if that overshot."""
+    h = x.astype("float16")
+    hf = h.astype("float32")
+    bits = tirx.reinterpret("uint16", h).astype("int32")
+    neg = tirx.bitwise_and(bits, tirx.const(0x8000, "int32")) != 0
+    if up:  # scales are >= 0: the next fp16 above a non-negative h is bits + 1
+        fix = tirx.Select(neg, bits - 1, bits + 1)
+        bad = hf < x
+    else:  # next fp16 below: magnitude + 1 for negatives (incl. -0), - 1 for positives
+        fix = tirx.Select(neg, bits + 1, bits - 1)
+        bad = hf > x
+    stepped = tirx.reinterpret("float16", fix.astype("uint16")).astype("float32")
+    return tirx.Select(bad, stepped, hf)
+
+
+def _kv_fake_quant_te(x, n_past, cfg: dict, keys: bool):
+    """ir/kvquant.py's KIVI quantize-dequantize of the rows [lo, stop(n)) of a cache x [b, h, n, d]
+    that join the quantized span in this call (lo = max(stop(n_past), sinks)); other rows pass
+    through. Keys: statistics per channel over each group of `group_size` tokens; values: per
+    token over groups of min(group_size, d) channels. zero = min rounded down to fp16, scale =
+    (max - zero) / qmax rounded up to fp16 (+ one fp16 step if zero + qmax * scale < max), codes
+    round half to even, x_hat = code * scale + zero (f32)."""
+    b, h, n, d = x.shape
+    bits, grp, resid, sinks = cfg["bits"], cfg["group_size"], cfg["residual"], cfg["sinks"]
+    qmax = float((1 << bits) - 1)
+    i64 = lambda v: tirx.IntImm("int64", v) if isinstance(v, int) else v.astype("int64")  # noqa: E731
+
+    def stop(m):
+        start = tirx.min(i64(m), i64(sinks))
+        return start + tirx.max(i64(0), tirx.floordiv(i64(m) - start - i64(resid), i64(grp))) * i64(grp)
+
+    start_n = tirx.min(i64(n), i64(sinks))
+    lo, hi = tirx.max(stop(n_past), start_n), stop(n)
+    vg = min(grp, int(d))
+    r = te.reduce_axis((0, grp if keys else vg), name="r")
+
+    def member(bb, hh, t, c, rr):
+        if keys:  # the token group holding t (aligned at the sinks), same channel
+            t0 = start_n + tirx.floordiv(t - start_n, i64(grp)) * i64(grp)
+            return x[bb, hh, tirx.min(t0 + rr, n - 1), c]
+        return x[bb, hh, t, tirx.floordiv(c, vg) * vg + rr]  # the channel group holding c, same token
+
+    mn = te.compute(x.shape, lambda bb, hh, t, c: te.min(member(bb, hh, t, c, r), axis=r), name="kvq_min")
+    r2 = te.reduce_axis((0, grp if keys else vg), name="r2")
+    mx = te.compute(x.shape, lambda bb, hh, t, c: te.max(member(bb, hh, t, c, r2), axis=r2), name="kvq_max")
+
+    def fq(bb, hh, t, c):
+        xv = x[bb, hh, t, c]
+        zero = _fp16_directed(mn[bb, hh, t, c], up=False)
+        top = mx[bb, hh, t, c]
+        scale = _fp16_directed((top - zero) / tirx.const(qmax, "float32"), up=True)
+        short = zero + tirx.const(qmax, "float32") * scale < top
+        bump = tirx.reinterpret("float16", (tirx.reinterpret("uint16", scale.astype("float16")).astype("int32")
+                                            + 1).astype("uint16")).astype("float32")
+        scale = tirx.Select(short, bump, scale)
+        q = tirx.Select(scale > tirx.const(0.0, "float32"), (xv - zero) / scale, tirx.const(0.0, "float32"))
+        code = tirx.min(tirx.max(tirx.nearbyint(q), tirx.const(0.0, "float32")), tirx.const(qmax, "float32"))
+        xhat = code * scale + zero
+        return tirx.Select(tirx.all(t >= lo, t < hi), xhat, xv)
+
+    return te.compute(x.shape, fq, name="kv_fake_quant")
+
+
+@impl(Op.KVEvict)
+def _kv_evict(L, node, args):
+    """policy=streaming: attention over past + new, then the cache keeps the first `sinks` and the
+    most recent budget - sinks tokens (kvevict.streaming_keep) as two slices."""
+    outs = _attention(L, node, args)
+    if len(outs) != 3:
+        return outs
+    sinks, window = int(node.attr("sinks", 0)), int(node.attr("budget", 0)) - int(node.attr("sinks", 0))
+
+    def keep(t):
+        n = L.shape_of(t)[2]
+        a = _simplify(tirx.min(tirx.IntImm("int64", sinks), n)) if not isinstance(n, int) else min(sinks, n)
+        b = _simplify(tirx.max(a, n - window)) if not (isinstance(n, int) and isinstance(a, int)) else max(a, n - window)
+        head = L.emit(relax.op.strided_slice(t, [2], [0], [a], assume_inbound=True))
+        tail = L.emit(relax.op.strided_slice(t, [2], [b], [n], assume_inbound=True))
+        return L.emit(relax.op.concat([head, tail], axis=2))
+
+    return [outs[0], keep(outs[1]), keep(outs[2])]
+
+
+@impl(Op.KVQuantAttention)
 @impl(Op.Attention)
 def _attention(L, node, args):
     q, k, v = (L.tensor(a) for a in args[:3])
@@ -912,10 +1016,27 @@ def _attention(L, node, args):
             return L.emit(relax.call_tir(L.kernel_cache[key], [pt, new], relax.TensorType(shape, L.dtype_of(pt))))
         return L.emit(relax.op.concat([pt, new], axis=2))
 
+    n_past = 0
     if past_k is not None and not L.is_empty_const(past_k):
+        n_past = L.shape_of(L.tensor(past_k))[2]
         k = append(past_k, k)
     if past_v is not None and not L.is_empty_const(past_v):
         v = append(past_v, v)
+    if node.op == Op.KVEvict and node.attr("policy") != "streaming":
+        raise L.err(f"KV eviction policy {node.attr('policy')!r} has no TVM lowering (streaming has)")
+    if node.op == Op.KVQuantAttention:
+        # the cache holds KIVI fake-quantized values (ir/interp.kv_fake_quant_append): only the
+        # rows that join the quantized span in this call are quantized and dequantized
+        if node.attr("rotate"):
+            raise L.err("quantize-kv{rotate=1} has no TVM lowering (the Hadamard rotation); use rotate=0")
+        if L.dtype_of(k) != "float32":
+            raise L.err(f"quantize-kv lowering needs a float32 cache, got {L.dtype_of(k)}")
+        cfg = {a: int(node.attr(a)) for a in ("bits", "group_size", "residual", "sinks")}
+        d = L.shape_of(k)[3]
+        if not isinstance(d, int) or d % min(cfg["group_size"], d):
+            raise L.err(f"head dim {d} must be static and a multiple of the value group")
+        k = L.bb.emit_te(_kv_fake_quant_te, k, n_past, cfg, True, primfunc_name_hint="kv_fake_quant_k")
+        v = L.bb.emit_te(_kv_fake_quant_te, v, n_past, cfg, False, primfunc_name_hint="kv_fake_quant_v")
     qs, ks = L.shape_of(q), L.shape_of(k)
     hq, hkv = qs[1], ks[1]
     if not isinstance(hq, int) or not isinstance(hkv, int) or hq % hkv:
