@@ -54,6 +54,22 @@ def test_fake_quant_kernel_is_bit_exact(bits, group, residual, sinks, n_past, n,
     np.testing.assert_array_equal(got_k[:, :, stop:], x[:, :, stop:])
 
 
+def _same_caches(m, runner, prompt_ids, steps: int, cache_len: int | None = None):
+    """Prefill then greedy decode steps on the interpreter and the compiled runner side by side: each
+    layer's carried K/V agree within the float-path bound (1e-4 relative), of length `cache_len`."""
+    dec = m.meta["decoder"]
+    ri = ternc.interpret(m, {dec["input_ids"]: prompt_ids}, dec["prefill"])
+    rt = runner.run(dec["prefill"], {dec["input_ids"]: prompt_ids})
+    for _ in range(steps):
+        for o in (o for pair in dec["present"] for o in pair):
+            got, ref = np.asarray(rt[o]), ri[o]
+            assert got.shape == ref.shape and (cache_len is None or ref.shape[2] == cache_len)
+            assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)) + 1e-6
+        nxt = np.array([[int(np.argmax(ri[dec["logits"]][0, -1]))]])
+        ri = ternc.interpret(m, decode_feeds(dec, ri, nxt), dec["decode"])
+        rt = runner.run(dec["decode"], decode_feeds(dec, rt, nxt))
+
+
 @pytest.mark.parametrize("spec", ["quantize-kv{bits=2,group=4,residual=4}", "quantize-kv{bits=4,group=8,residual=3,sinks=2}"])
 def test_quantize_kv_artifact_tokens_equal_interpreter(tiny_llama, prompt, spec):
     from ternc.backends.tvm.build import compile_runner
@@ -61,20 +77,9 @@ def test_quantize_kv_artifact_tokens_equal_interpreter(tiny_llama, prompt, spec)
 
     m, _ = run_passes(tiny_llama, target="cpu", passes="fold," + spec)
     runner = compile_runner(m, "cpu")
-    dec = m.meta["decoder"]
     long_prompt = np.concatenate([prompt, prompt + 1], axis=1)  # 14 tokens: quantized groups in prefill
     np.testing.assert_array_equal(ternc.generate(runner, long_prompt, N_NEW + 6), ternc.generate(m, long_prompt, N_NEW + 6))
-    # the carried caches hold the same fake-quantized values (float path: 1e-4 relative)
-    ri = ternc.interpret(m, {dec["input_ids"]: long_prompt}, dec["prefill"])
-    rt = runner.run(dec["prefill"], {dec["input_ids"]: long_prompt})
-    for _ in range(5):
-        for pair in dec["present"]:
-            for o in pair:
-                ref = ri[o]
-                assert np.max(np.abs(np.asarray(rt[o]) - ref)) <= 1e-4 * np.max(np.abs(ref)) + 1e-6
-        nxt = np.array([[int(np.argmax(ri[dec["logits"]][0, -1]))]])
-        ri = ternc.interpret(m, decode_feeds(dec, ri, nxt), dec["decode"])
-        rt = runner.run(dec["decode"], decode_feeds(dec, rt, nxt))
+    _same_caches(m, runner, long_prompt, steps=5)  # the carried caches hold the same fake-quantized values
 
 
 def test_rotation_is_refused_by_name(tiny_llama):
@@ -95,19 +100,9 @@ def test_streaming_eviction_artifact_tokens_equal_interpreter(tiny_llama, prompt
 
     m, _ = run_passes(tiny_llama, target="cpu", passes="fold,evict-kv{policy=streaming,budget=8,sinks=2}")
     runner = compile_runner(m, "cpu")
-    dec = m.meta["decoder"]
     long_prompt = np.concatenate([prompt, prompt + 1], axis=1)
     np.testing.assert_array_equal(ternc.generate(runner, long_prompt, 10), ternc.generate(m, long_prompt, 10))
-    ri = ternc.interpret(m, {dec["input_ids"]: long_prompt}, dec["prefill"])
-    rt = runner.run(dec["prefill"], {dec["input_ids"]: long_prompt})
-    for _ in range(4):
-        for pair in dec["present"]:
-            for o in pair:
-                assert np.asarray(rt[o]).shape == ri[o].shape == (1, ri[o].shape[1], 8, ri[o].shape[3])
-                assert np.max(np.abs(np.asarray(rt[o]) - ri[o])) <= 1e-4 * np.max(np.abs(ri[o])) + 1e-6
-        nxt = np.array([[int(np.argmax(ri[dec["logits"]][0, -1]))]])
-        ri = ternc.interpret(m, decode_feeds(dec, ri, nxt), dec["decode"])
-        rt = runner.run(dec["decode"], decode_feeds(dec, rt, nxt))
+    _same_caches(m, runner, long_prompt, steps=4, cache_len=8)
 
 
 def test_h2o_is_refused_by_name(tiny_llama):
