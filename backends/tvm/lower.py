@@ -929,6 +929,30 @@ def _fp16_directed(x, up: bool):
     return tirx.Select(bad, stepped, hf)
 
 
+def _i64(v):
+    return tirx.IntImm("int64", v) if isinstance(v, int) else v.astype("int64")
+
+
+def _kv_span(n, n_past, cfg: dict):
+    """(start, lo, hi) for a cache of n tokens after n_past: the sinks end at start, and rows
+    [lo, hi) join the quantized span in this call (kvquant.quantized_span of n_past and n)."""
+    grp, resid, sinks = cfg["group_size"], cfg["residual"], cfg["sinks"]
+
+    def stop(m):
+        start = tirx.min(_i64(m), _i64(sinks))
+        return start + tirx.max(_i64(0), tirx.floordiv(_i64(m) - start - _i64(resid), _i64(grp))) * _i64(grp)
+
+    start_n = tirx.min(_i64(n), _i64(sinks))
+    return start_n, tirx.max(stop(n_past), start_n), stop(n)
+
+
+def _kv_span_select_te(y, x, n_past, cfg: dict):
+    """Rows of y where they join the quantized span in this call, else x."""
+    _, lo, hi = _kv_span(x.shape[2], n_past, cfg)
+    return te.compute(x.shape, lambda bb, hh, t, c: tirx.Select(tirx.all(t >= lo, t < hi), y[bb, hh, t, c],
+                                                                 x[bb, hh, t, c]), name="kv_span_select")
+
+
 def _kv_fake_quant_te(x, n_past, cfg: dict, keys: bool):
     """ir/kvquant.py's KIVI quantize-dequantize of the rows [lo, stop(n)) of a cache x [b, h, n, d]
     that join the quantized span in this call (lo = max(stop(n_past), sinks)); other rows pass
@@ -937,16 +961,10 @@ def _kv_fake_quant_te(x, n_past, cfg: dict, keys: bool):
     (max - zero) / qmax rounded up to fp16 (+ one fp16 step if zero + qmax * scale < max), codes
     round half to even, x_hat = code * scale + zero (f32)."""
     b, h, n, d = x.shape
-    bits, grp, resid, sinks = cfg["bits"], cfg["group_size"], cfg["residual"], cfg["sinks"]
+    bits, grp = cfg["bits"], cfg["group_size"]
     qmax = float((1 << bits) - 1)
-    i64 = lambda v: tirx.IntImm("int64", v) if isinstance(v, int) else v.astype("int64")  # noqa: E731
-
-    def stop(m):
-        start = tirx.min(i64(m), i64(sinks))
-        return start + tirx.max(i64(0), tirx.floordiv(i64(m) - start - i64(resid), i64(grp))) * i64(grp)
-
-    start_n = tirx.min(i64(n), i64(sinks))
-    lo, hi = tirx.max(stop(n_past), start_n), stop(n)
+    i64 = _i64
+    start_n, lo, hi = _kv_span(n, n_past, cfg)
     vg = min(grp, int(d))
     r = te.reduce_axis((0, grp if keys else vg), name="r")
 
@@ -982,6 +1000,8 @@ def _kv_evict(L, node, args):
     """policy=streaming: attention over past + new, then the cache keeps the first `sinks` and the
     most recent budget - sinks tokens (kvevict.streaming_keep) as two slices."""
     outs = _attention(L, node, args)
+    if node.attr("policy") == "h2o":
+        return _h2o_evict(L, node, args, outs)
     if len(outs) != 3:
         return outs
     sinks, window = int(node.attr("sinks", 0)), int(node.attr("budget", 0)) - int(node.attr("sinks", 0))
@@ -995,6 +1015,72 @@ def _kv_evict(L, node, args):
         return L.emit(relax.op.concat([head, tail], axis=2))
 
     return [outs[0], keep(outs[1]), keep(outs[2])]
+
+
+def _h2o_evict(L, node, args, outs):
+    """policy=h2o (ir/interp.py): acc = state (zeros for new tokens) + this call's attention
+    probabilities summed over each GQA group and the query rows; keep per KV head the `sinks` first,
+    `recent` newest and highest-acc others, budget in all (ties -> lower index), ascending ->
+    (out, K, V, acc) gathered at the kept indices. Ranking and compaction are O(n^2) per head."""
+    k_all, v_all, p = outs[1], outs[2], L.memo["attn_probs"]
+    b, hq, sq, n = L.shape_of(p)
+    hkv = L.shape_of(k_all)[1]
+    state = L.tensor(args[5]) if len(args) > 5 and args[5] is not None else None
+    budget, recent, sinks = int(node.attr("budget")), int(node.attr("recent")), int(node.attr("sinks", 0))
+    kk = n if isinstance(n, int) and n <= budget else (_simplify(tirx.min(n, budget)) if not isinstance(n, int) else budget)
+    acc = L.bb.emit_te(_h2o_acc_te, p, state, hq // hkv, primfunc_name_hint="h2o_accumulate")
+    sel = L.bb.emit_te(_h2o_select_te, acc, kk, budget, recent, sinks, primfunc_name_hint="h2o_select")
+    gk = L.bb.emit_te(_gather_tokens_te, k_all, sel, primfunc_name_hint="h2o_gather")
+    gv = L.bb.emit_te(_gather_tokens_te, v_all, sel, primfunc_name_hint="h2o_gather")
+    ga = L.bb.emit_te(lambda a, ix: te.compute(ix.shape, lambda bb, h, o: a[bb, h, ix[bb, h, o]], name="h2o_acc_keep"),
+                      acc, sel, primfunc_name_hint="h2o_gather_acc")
+    return [outs[0], gk, gv, ga]
+
+
+def _h2o_acc_te(p, state, group: int):
+    """acc[b, g, j] = sum_i sum_(q heads of group g) p[b, q, i, j] (+ state[b, g, j] for old tokens)."""
+    b, hq, sq, n = p.shape
+    rg = te.reduce_axis((0, group), name="rg")
+    grouped = te.compute((b, hq // group, sq, n), lambda bb, g, i, j: te.sum(p[bb, g * group + rg, i, j], axis=rg),
+                         name="h2o_group")
+    ri = te.reduce_axis((0, sq), name="ri")
+    fresh = te.compute((b, hq // group, n), lambda bb, g, j: te.sum(grouped[bb, g, ri, j], axis=ri), name="h2o_fresh")
+    if state is None:
+        return fresh
+    n_old = state.shape[2]
+    return te.compute(fresh.shape, lambda bb, g, j: fresh[bb, g, j] + tirx.Select(
+        j < n_old, state[bb, g, tirx.min(j, n_old - 1)], tirx.const(0.0, "float32")), name="h2o_acc")
+
+
+def _h2o_select_te(acc, kk, budget: int, recent: int, sinks: int):
+    """Ascending indices [b, g, kk] of the kept tokens (kvevict.h2o_keep): forced (first `sinks`,
+    last `recent`) rank above all, then by acc descending, ties to the lower index; when n <= budget
+    all are kept (kk = n)."""
+    b, g, n = acc.shape
+    inf = tirx.const(float("inf"), "float32")
+
+    def score(bb, h, j):
+        forced = tirx.any(j < sinks, j >= n - recent)
+        return tirx.Select(forced, inf, acc[bb, h, j])
+
+    ri = te.reduce_axis((0, n), name="ri")
+    rank = te.compute(acc.shape, lambda bb, h, j: te.sum(tirx.Select(tirx.any(
+        score(bb, h, ri) > score(bb, h, j), tirx.all(score(bb, h, ri) == score(bb, h, j), ri < j)),
+        tirx.const(1, "int64"), tirx.const(0, "int64")), axis=ri), name="h2o_rank")
+    rp = te.reduce_axis((0, n), name="rp")
+    before = te.compute(acc.shape, lambda bb, h, j: te.sum(tirx.Select(tirx.all(rp < j, rank[bb, h, rp] < kk),
+                                                                     tirx.const(1, "int64"), tirx.const(0, "int64")),
+                                                          axis=rp), name="h2o_prefix")
+    rs = te.reduce_axis((0, n), name="rs")
+    return te.compute((b, g, kk), lambda bb, h, o: te.sum(tirx.Select(
+        tirx.all(rank[bb, h, rs] < kk, before[bb, h, rs] == o.astype("int64")), rs.astype("int64"),
+        tirx.const(0, "int64")), axis=rs), name="h2o_keep")
+
+
+def _gather_tokens_te(x, sel):
+    """x[b, h, sel[b, h, o], :] -> [b, h, kk, d]."""
+    b, h, kk = sel.shape
+    return te.compute((b, h, kk, x.shape[3]), lambda bb, hh, o, c: x[bb, hh, sel[bb, hh, o], c], name="gather_tokens")
 
 
 @impl(Op.KVQuantAttention)
@@ -1022,21 +1108,38 @@ def _attention(L, node, args):
         k = append(past_k, k)
     if past_v is not None and not L.is_empty_const(past_v):
         v = append(past_v, v)
-    if node.op == Op.KVEvict and node.attr("policy") != "streaming":
-        raise L.err(f"KV eviction policy {node.attr('policy')!r} has no TVM lowering (streaming has)")
+    if node.op == Op.KVEvict and node.attr("policy") not in ("streaming", "h2o"):
+        raise L.err(f"KV eviction policy {node.attr('policy')!r} has no TVM lowering (streaming and h2o have)")
     if node.op == Op.KVQuantAttention:
         # the cache holds KIVI fake-quantized values (ir/interp.kv_fake_quant_append): only the
         # rows that join the quantized span in this call are quantized and dequantized
-        if node.attr("rotate"):
-            raise L.err("quantize-kv{rotate=1} has no TVM lowering (the Hadamard rotation); use rotate=0")
         if L.dtype_of(k) != "float32":
             raise L.err(f"quantize-kv lowering needs a float32 cache, got {L.dtype_of(k)}")
         cfg = {a: int(node.attr(a)) for a in ("bits", "group_size", "residual", "sinks")}
         d = L.shape_of(k)[3]
         if not isinstance(d, int) or d % min(cfg["group_size"], d):
             raise L.err(f"head dim {d} must be static and a multiple of the value group")
-        k = L.bb.emit_te(_kv_fake_quant_te, k, n_past, cfg, True, primfunc_name_hint="kv_fake_quant_k")
-        v = L.bb.emit_te(_kv_fake_quant_te, v, n_past, cfg, False, primfunc_name_hint="kv_fake_quant_v")
+        if node.attr("rotate") and L.target_kind == "cuda":
+            raise L.err("quantize-kv{rotate=1} lowers for CPU targets only (the CUDA schedule of the "
+                        "rotation matmul over the growing cache is missing); use rotate=0 on cuda")
+        if node.attr("rotate"):
+            # RotateKV-style: quantize x @ H, keep (x_hat @ H) @ H^T for the rows that join the span
+            # (float32 matmuls: summation order differs from numpy's, so a code can flip at a
+            # rounding boundary; tests compare tokens)
+            from ...ir.kvquant import hadamard
+
+            hm = hadamard(d)
+            hc, htc = relax.const(hm), relax.const(np.ascontiguousarray(hm.T))
+            rot = []
+            for x, keys in ((k, True), (v, False)):
+                xr = L.emit(relax.op.matmul(x, hc))
+                xq = L.bb.emit_te(_kv_fake_quant_te, xr, n_past, cfg, keys, primfunc_name_hint="kv_fake_quant_rot")
+                back = L.emit(relax.op.matmul(xq, htc))
+                rot.append(L.bb.emit_te(_kv_span_select_te, back, x, n_past, cfg, primfunc_name_hint="kv_span_select"))
+            k, v = rot
+        else:
+            k = L.bb.emit_te(_kv_fake_quant_te, k, n_past, cfg, True, primfunc_name_hint="kv_fake_quant_k")
+            v = L.bb.emit_te(_kv_fake_quant_te, v, n_past, cfg, False, primfunc_name_hint="kv_fake_quant_v")
     qs, ks = L.shape_of(q), L.shape_of(k)
     hq, hkv = qs[1], ks[1]
     if not isinstance(hq, int) or not isinstance(hkv, int) or hq % hkv:
@@ -1055,9 +1158,9 @@ def _attention(L, node, args):
             L.kernel_cache[kp_] = L.bb.add_func(kernels.attention_pv_func(hq, hkv, d), f"ternc_attn_pv_h{hq}_{hkv}_d{d}")
         b, sq, sk = qs[0], qs[2], ks[2]
         s = L.emit(relax.call_tir(L.kernel_cache[ks_], [q, k], relax.TensorType([b, hq, sq, sk], "float32")))
-        p = L.emit(relax.op.nn.softmax(s, axis=-1))
+        p = L.memo["attn_probs"] = L.emit(relax.op.nn.softmax(s, axis=-1))
         out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, sq, d], "float32")))
-        return [out, k, v] if len(node.outputs) == 3 else [out]
+        return [out, k, v] if len(node.outputs) >= 3 else [out]
     if (L.target_kind == "cuda" and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt
             and L.dtype_of(v) == dt and _as_int(qs[2]) == 1):
         # one query token (decode): the causal mask keeps every key, so scores are a plain GQA
@@ -1071,9 +1174,9 @@ def _attention(L, node, args):
             L.kernel_cache[kp_] = L.bb.add_func(kernels.gqa_decode_pv_func(hq, hkv, d), f"ternc_gqa_pv_h{hq}_{hkv}_d{d}")
         b, sk = qs[0], ks[2]
         s = L.emit(relax.call_tir(L.kernel_cache[ks_], [qsc, k], relax.TensorType([b, hq, 1, sk], "float32")))
-        p = L.emit(relax.op.nn.softmax(s, axis=-1))
+        p = L.memo["attn_probs"] = L.emit(relax.op.nn.softmax(s, axis=-1))
         out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, 1, d], "float32")))
-        return [out, k, v] if len(node.outputs) == 3 else [out]
+        return [out, k, v] if len(node.outputs) >= 3 else [out]
     kr, vr = k, v
     if hq != hkv:
         kr = L.emit(relax.op.repeat(k, hq // hkv, axis=1))
@@ -1084,11 +1187,11 @@ def _attention(L, node, args):
     s = L.emit(relax.op.matmul(qf, L.emit(relax.op.permute_dims(kf, [0, 1, 3, 2]))))
     s = L.bb.emit_te(_causal_mask_te, s, float(node.attr("scale")), bool(node.attr("causal")),
                      primfunc_name_hint="attn_mask")
-    p = L.emit(relax.op.nn.softmax(s, axis=-1))
+    p = L.memo["attn_probs"] = L.emit(relax.op.nn.softmax(s, axis=-1))
     out = L.emit(relax.op.matmul(p, vf))
     if dt != "float32":
         out = L.emit(relax.op.astype(out, dt))
-    if len(node.outputs) == 3:
+    if len(node.outputs) >= 3:
         return [out, k, v]
     return [out]
 
