@@ -590,22 +590,31 @@ def dp4a_pack_func(k: int, row_tile: int = 1) -> tirx.PrimFunc:
             .with_attr("tirx.is_scheduled", True))
 
 
+def _gqa_decode_inputs(hq: int, hkv: int, d: int, first: tuple, first_name: str, cache_name: str):
+    """(b, sk, group, first [b, *first] (None = sk), cache [b, hkv, sk, d]) for one-token GQA kernels."""
+    b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
+    a = te.placeholder((b, *(sk if x is None else x for x in first)), "float32", name=first_name)
+    c = te.placeholder((b, hkv, sk, d), "float32", name=cache_name)
+    return b, sk, hq // hkv, a, c
+
+
+def _schedule_of(tensors: list, block: str):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    return sch, sch.get_sblock(block)
+
+
 def gqa_decode_scores_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     """CUDA decode attention scores for one query token: s[b, h, 0, j] = q[b, h, 0] . k[b, h // g, j]
     (GQA by indexing, no repeated K). A thread per (head, key) reduces the head dim in order (no
     cross-thread reduction; K rows are re-read from L1/L2 by the heads of a group). The caller
     pre-scales q."""
-    from tvm import s_tir
-
-    b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
-    g = hq // hkv
-    q = te.placeholder((b, hq, 1, d), "float32", name="q")
-    k = te.placeholder((b, hkv, sk, d), "float32", name="k")
+    b, sk, g, q, k = _gqa_decode_inputs(hq, hkv, d, (hq, 1, d), "q", "k")
     rd = te.reduce_axis((0, d), name="rd")
     s = te.compute((b, hq, 1, sk), lambda bb, h, i, j: te.sum(q[bb, h, i, rd] * k[bb, h // g, j, rd], axis=rd),
                    name="scores")
-    sch = s_tir.Schedule(te.create_prim_func([q, k, s]))
-    blk = sch.get_sblock("scores")
+    sch, blk = _schedule_of([q, k, s], "scores")
     lb, lh, li, lj, lr = sch.get_loops(blk)
     f = sch.fuse(lb, lh, li, lj)
     fo, fi = sch.split(f, [None, 128])
@@ -621,17 +630,11 @@ def gqa_decode_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     """CUDA decode attention output for one query token: out[b, h, 0, e] = sum_j p[b, h, 0, j] *
     v[b, h // g, j, e]. A block per head, a thread per output element e (coalesced rows of V), keys
     summed in order by each thread."""
-    from tvm import s_tir
-
-    b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
-    g = hq // hkv
-    p = te.placeholder((b, hq, 1, sk), "float32", name="p")
-    v = te.placeholder((b, hkv, sk, d), "float32", name="v")
+    b, sk, g, p, v = _gqa_decode_inputs(hq, hkv, d, (hq, 1, None), "p", "v")
     rj = te.reduce_axis((0, sk), name="rj")
     o = te.compute((b, hq, 1, d), lambda bb, h, i, e: te.sum(p[bb, h, i, rj] * v[bb, h // g, rj, e], axis=rj),
                    name="pv")
-    sch = s_tir.Schedule(te.create_prim_func([p, v, o]))
-    blk = sch.get_sblock("pv")
+    sch, blk = _schedule_of([p, v, o], "pv")
     lb, lh, li, le, lr = sch.get_loops(blk)
     sch.bind(sch.fuse(lb, lh, li), "blockIdx.x")
     sch.bind(le, "threadIdx.x")
