@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -294,7 +293,49 @@ class TorchFP16:
         return toks, first.float().cpu().numpy(), t_pre, dts, argmaxes
 
 
-def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int) -> dict:
+KERNEL_CLASSES = (("ternary GEMV", "tmm_dp4a_i2"), ("activation quantize/pack", ("quantize", "dp4a_pack")),
+                  ("attention", ("gqa_", "softmax", "concatenate", "kv_append")), ("LM head", "linear"),
+                  ("norms", "rms_norm"))
+
+
+def profile_decode(tern: "Ternc", ids, steps: int = 16, kernel_classes=KERNEL_CLASSES) -> dict:
+    """CUDA kernel time of `steps` decode steps by class (torch.profiler/CUPTI sees TVM's launches
+    too) against the wall time: how busy the GPU is and with what."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    logits, kv = tern.prefill(ids)
+    tok = int(np.argmax(logits.numpy().reshape(-1)))
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            logits, kv = tern.decode(tok, kv)
+            tok = int(np.argmax(logits.numpy().reshape(-1)))
+        wall = time.perf_counter() - t0
+    by_class: dict = {}
+    n_kernels = 0
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        n_kernels += 1
+        name = e.name
+        cls = next((c for c, keys in kernel_classes if any(k in name for k in ((keys,) if isinstance(keys, str)
+                                                                                 else keys))), "other")
+        by_class[cls] = by_class.get(cls, 0.0) + e.device_time_total / 1e3  # ms
+    busy = sum(by_class.values())
+    res = {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps, "gpu_busy_ms_per_step": busy / steps,
+           "kernels_per_step": n_kernels / steps,
+           "ms_per_step_by_class": {k: v / steps for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])}}
+    print(f"\nternc decode profile ({steps} steps): wall {res['wall_ms_per_step']:.2f} ms/step, GPU busy "
+          f"{res['gpu_busy_ms_per_step']:.2f} ms/step ({100 * busy / 1e3 / wall:.0f}%), "
+          f"{res['kernels_per_step']:.0f} kernels/step")
+    for k, v in res["ms_per_step_by_class"].items():
+        print(f"  {k:28s} {v:.3f} ms/step")
+    return res
+
+
+def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, profile: bool = False) -> dict:
     import torch
 
     info = json.loads((out / "model.json").read_text())
@@ -332,6 +373,11 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int) -> 
                                                                         for n in vinfo["entries"]["decode"]),
                                    "kernels": vinfo.get("n_kernels")}
         log(f"ternc [{v}]: {engines[f'ternc [{v}]']['decode_tok_s']:.1f} tok/s decode")
+        if profile:
+            try:
+                engines[f"ternc [{v}]"]["profile"] = profile_decode(tern, ids)
+            except Exception as e:  # the profiler is a diagnostic: never lose the measured run to it
+                log(f"profile failed: {type(e).__name__}: {e}")
         del tern
     del module
     ref_v = next(iter(tokens))
@@ -363,7 +409,7 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int) -> 
         t32.embed = t32.embed * (1 + 1e-7 * torch.randn(t32.embed.shape, generator=torch.Generator(
             device=t32.dev).manual_seed(0), device=t32.dev))
         t32.prefill(ids)
-        keys[f"torch fp32, embeddings x (1 + 1e-7 noise)"] = [t32.k[i][0, :, :prompt].cpu().numpy()
+        keys["torch fp32, embeddings x (1 + 1e-7 noise)"] = [t32.k[i][0, :, :prompt].cpu().numpy()
                                                             for i in range(cfg.layers)]
     del t32
     # Where do the engines part? Relative L2 of each layer's prefill keys vs torch fp32. A float
@@ -420,11 +466,12 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"build: comma list of {list(VARIANTS)}")
     ap.add_argument("--json")
+    ap.add_argument("--profile", action="store_true", help="run: CUDA kernel time of decode steps by class")
     a = ap.parse_args(argv)
     if a.phase == "build":
         build(Path(a.dir), a.layers, a.seed, a.variants.split(","))
     else:
-        run(Path(a.dir), a.json, a.prompt, a.steps, a.reps)
+        run(Path(a.dir), a.json, a.prompt, a.steps, a.reps, a.profile)
     return 0
 
 
