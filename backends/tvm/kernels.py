@@ -403,6 +403,31 @@ def dense_func(k: int, n: int, dtype: str = "float32", wdtype: str | None = None
             .with_attr("tirx.is_scheduled", True))
 
 
+def gqa_scores_te(hq: int, hkv: int, d: int, sq, name: str):
+    """(q [b, hq, sq, d], k [b, hkv, sk, d], s [b, hq, sq, sk]) with s[b, h, i, j] = q[b, h, i] .
+    k[b, h // (hq/hkv), j]: GQA without repeating K. The one definition the CPU and CUDA attention
+    kernels schedule."""
+    b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
+    q = te.placeholder((b, hq, sq, d), "float32", name="q")
+    k = te.placeholder((b, hkv, sk, d), "float32", name="k")
+    rd = te.reduce_axis((0, d), name="rd")
+    g = hq // hkv
+    return q, k, te.compute((b, hq, sq, sk), lambda bb, h, i, j: te.sum(q[bb, h, i, rd] * k[bb, h // g, j, rd], axis=rd),
+                            name=name)
+
+
+def gqa_pv_te(hq: int, hkv: int, d: int, sq):
+    """(p [b, hq, sq, sk], v [b, hkv, sk, d], o [b, hq, sq, d]) with o[b, h, i] = sum_j p[b, h, i, j] *
+    v[b, h // (hq/hkv), j]: GQA without repeating V (CPU and CUDA kernels schedule this)."""
+    b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
+    p = te.placeholder((b, hq, sq, sk), "float32", name="p")
+    v = te.placeholder((b, hkv, sk, d), "float32", name="v")
+    rj = te.reduce_axis((0, sk), name="rj")
+    g = hq // hkv
+    return p, v, te.compute((b, hq, sq, d), lambda bb, h, i, e: te.sum(p[bb, h, i, rj] * v[bb, h // g, rj, e], axis=rj),
+                            name="pv")
+
+
 @lru_cache(maxsize=None)
 def attention_scores_func(hq: int, hkv: int, d: int, scale: float, causal: bool) -> tirx.PrimFunc:
     """CPU: s[b, h, i, j] = scale * q[b, h, i, :] . k[b, h // (hq/hkv), j, :], -inf where key j is
@@ -410,13 +435,8 @@ def attention_scores_func(hq: int, hkv: int, d: int, scale: float, causal: bool)
     is reduced in vector lanes (rfactor); heads x queries run in parallel."""
     from tvm import s_tir
 
-    b, sq, sk = (tirx.Var(nm, "int64") for nm in ("b", "sq", "sk"))
-    q = te.placeholder((b, hq, sq, d), "float32", name="q")
-    kk = te.placeholder((b, hkv, sk, d), "float32", name="k")
-    rd = te.reduce_axis((0, d), name="rd")
-    g = hq // hkv
-    dot = te.compute((b, hq, sq, sk), lambda bb, h, i, j: te.sum(q[bb, h, i, rd] * kk[bb, h // g, j, rd], axis=rd),
-                     name="dot")
+    q, kk, dot = gqa_scores_te(hq, hkv, d, tirx.Var("sq", "int64"), "dot")
+    b, _, sq, sk = dot.shape
     sc = tirx.const(scale, "float32")
     ninf = tirx.const(float("-inf"), "float32")
     if causal:
@@ -451,13 +471,7 @@ def attention_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     accumulated over j into a vectorized head-dim row; heads x queries in parallel."""
     from tvm import s_tir
 
-    b, sq, sk = (tirx.Var(nm, "int64") for nm in ("b", "sq", "sk"))
-    p = te.placeholder((b, hq, sq, sk), "float32", name="p")
-    v = te.placeholder((b, hkv, sk, d), "float32", name="v")
-    rj = te.reduce_axis((0, sk), name="rj")
-    g = hq // hkv
-    o = te.compute((b, hq, sq, d), lambda bb, h, i, e: te.sum(p[bb, h, i, rj] * v[bb, h // g, rj, e], axis=rj),
-                   name="pv")
+    p, v, o = gqa_pv_te(hq, hkv, d, tirx.Var("sq", "int64"))
     sch = s_tir.Schedule(te.create_prim_func([p, v, o]))
     blk = sch.get_sblock("pv")
     lb, lh, li, le, lj = sch.get_loops(blk)
@@ -590,14 +604,6 @@ def dp4a_pack_func(k: int, row_tile: int = 1) -> tirx.PrimFunc:
             .with_attr("tirx.is_scheduled", True))
 
 
-def _gqa_decode_inputs(hq: int, hkv: int, d: int, first: tuple, first_name: str, cache_name: str):
-    """(b, sk, group, first [b, *first] (None = sk), cache [b, hkv, sk, d]) for one-token GQA kernels."""
-    b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
-    a = te.placeholder((b, *(sk if x is None else x for x in first)), "float32", name=first_name)
-    c = te.placeholder((b, hkv, sk, d), "float32", name=cache_name)
-    return b, sk, hq // hkv, a, c
-
-
 def _schedule_of(tensors: list, block: str):
     from tvm import s_tir
 
@@ -610,10 +616,7 @@ def gqa_decode_scores_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     (GQA by indexing, no repeated K). A thread per (head, key) reduces the head dim in order (no
     cross-thread reduction; K rows are re-read from L1/L2 by the heads of a group). The caller
     pre-scales q."""
-    b, sk, g, q, k = _gqa_decode_inputs(hq, hkv, d, (hq, 1, d), "q", "k")
-    rd = te.reduce_axis((0, d), name="rd")
-    s = te.compute((b, hq, 1, sk), lambda bb, h, i, j: te.sum(q[bb, h, i, rd] * k[bb, h // g, j, rd], axis=rd),
-                   name="scores")
+    q, k, s = gqa_scores_te(hq, hkv, d, 1, "scores")
     sch, blk = _schedule_of([q, k, s], "scores")
     lb, lh, li, lj, lr = sch.get_loops(blk)
     f = sch.fuse(lb, lh, li, lj)
@@ -630,10 +633,7 @@ def gqa_decode_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     """CUDA decode attention output for one query token: out[b, h, 0, e] = sum_j p[b, h, 0, j] *
     v[b, h // g, j, e]. A block per head, a thread per output element e (coalesced rows of V), keys
     summed in order by each thread."""
-    b, sk, g, p, v = _gqa_decode_inputs(hq, hkv, d, (hq, 1, None), "p", "v")
-    rj = te.reduce_axis((0, sk), name="rj")
-    o = te.compute((b, hq, 1, d), lambda bb, h, i, e: te.sum(p[bb, h, i, rj] * v[bb, h // g, rj, e], axis=rj),
-                   name="pv")
+    p, v, o = gqa_pv_te(hq, hkv, d, 1)
     sch, blk = _schedule_of([p, v, o], "pv")
     lb, lh, li, le, lr = sch.get_loops(blk)
     sch.bind(sch.fuse(lb, lh, li), "blockIdx.x")
