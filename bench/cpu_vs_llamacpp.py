@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -373,14 +372,24 @@ class TerncModel:
     `compile` builds it here (the TVM compiler); `load` opens a library written by `export` with the
     TVM runtime only (for timing on another host: see --export / --load)."""
 
-    def __init__(self, vm, module, weight_order: dict[str, list[str]], compile_s=None, kernel_choices=None):
+    def __init__(self, vm, module, weight_order: dict[str, list[str]], compile_s=None, kernel_choices=None,
+                 dev=None, storage: dict | None = None):
+        """dev: the VM's device (default CPU); storage: the backend's weight storage views
+        (Lowered.weight_storage, e.g. i2 codes as int32 words on CUDA)."""
         import tvm
 
-        self.dev = tvm.cpu()
+        from ternc.backends.tvm.runtime import storage_view
+
+        self.dev = dev if dev is not None else tvm.cpu()
         self.vm = vm
         names = {w for ws in weight_order.values() for w in ws}
-        self.weights = {n: tvm.runtime.tensor(np.ascontiguousarray(module.constants[n].data), self.dev)
-                        for n in names}
+        storage = storage or {}
+
+        def array(n):
+            a = np.ascontiguousarray(module.constants[n].data)
+            return storage_view(a, *storage[n]) if n in storage else a
+
+        self.weights = {n: tvm.runtime.tensor(array(n), self.dev) for n in names}
         self.weight_order = weight_order
         self.compile_s = compile_s
         self.kernel_choices = kernel_choices or []
@@ -480,8 +489,6 @@ KERNEL_CLASSES = ("proto_i2_vnni", "proto_i2_perm", "proto_linear", "ternc_tmm",
 def profile_ternc(model: TerncModel, cfg: Config, pp: int, seed: int = 0, reps: int = 3) -> dict:
     """Per-kernel-class time (ms, median over reps) of one prefill(pp) and one decode step at past = pp,
     from the Relax VM's instrument hook (each call timed between its before/after callbacks)."""
-    import tvm
-
     agg: dict[str, float] = {}
     start: dict[str, float] = {}
 

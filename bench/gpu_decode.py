@@ -40,7 +40,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cpu_vs_llamacpp import PROJ, W_SCALE, Config, build_module, embedding, proj_shape, ternary  # noqa: E402
+from cpu_vs_llamacpp import (PROJ, W_SCALE, Config, TerncModel, build_module, embedding, proj_shape,  # noqa: E402
+                             ternary)
 
 B2B4T = Config("bitnet-b1.58-2B4T-shaped", layers=30, hidden=2560, ffn=6912, heads=20, kv_heads=5, vocab=128256,
                max_pos=4096, rope_theta=500000.0, act="relu2")
@@ -108,8 +109,11 @@ def build(out: Path, layers: int, seed: int, variants: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------
 # run (GPU host: TVM runtime only, torch with CUDA)
 # ------------------------------------------------------------------------------------------------
-class Ternc:
-    def __init__(self, out: Path, module, info: dict, weights: dict | None = None):
+class Ternc(TerncModel):
+    """bench/cpu_vs_llamacpp.TerncModel on the GPU: the library and fatbins written by `build`, loaded
+    with the TVM runtime only; weights in the backend's storage views; KV cache stays on the device."""
+
+    def __init__(self, out: Path, module, info: dict):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -117,34 +121,9 @@ class Ternc:
 
         rt._load_cuda_runtime()
         rt._register_fatbins(out / "cuda")
-        self.dev = tvm.cuda(0)
-        self.vm = VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), self.dev)
-        self.entries = info["entries"]
-        names = {w for ws in self.entries.values() for w in ws}
-        storage = info.get("weight_storage", {})
-
-        def array(n):
-            a = np.ascontiguousarray(module.constants[n].data)
-            if n in storage:  # the backend's zero-copy storage view (e.g. i2 codes as int32 words)
-                a = a.view(np.dtype(storage[n][0])).reshape(storage[n][1])
-            return a
-
-        self.weights = {n: tvm.runtime.tensor(array(n), self.dev) for n in names}
-        self.fns = {e: self.vm[e] for e in self.entries}
-        self.layers = module.meta["decoder"]["n_layers"]
-        self.tvm = tvm
-
-    def call(self, entry, inputs):
-        args = [x if isinstance(x, self.tvm.runtime.Tensor) else self.tvm.runtime.tensor(x, self.dev) for x in inputs]
-        return self.fns[entry](*args, *[self.weights[w] for w in self.entries[entry]])
-
-    def prefill(self, ids):
-        out = self.call("prefill", [np.asarray(ids, np.int64).reshape(1, -1)])
-        return out[0], [out[1 + j] for j in range(2 * self.layers)]
-
-    def decode(self, tok, kv):
-        out = self.call("decode", [np.array([[tok]], np.int64), *kv])
-        return out[0], [out[1 + j] for j in range(2 * self.layers)]
+        dev = tvm.cuda(0)
+        vm = VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), dev)
+        super().__init__(vm, module, info["entries"], dev=dev, storage=info.get("weight_storage"))
 
     def generate(self, ids, steps):
         """Greedy: returns (tokens, prefill logits [V], seconds prefill, seconds per decode step list)."""

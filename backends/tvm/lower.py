@@ -107,11 +107,10 @@ class Lowered:
 
     def weight_array(self, module: Module, name: str) -> np.ndarray:
         """The array to pass for weight `name`: the constant, viewed as the kernels take it."""
+        from .runtime import storage_view
+
         a = np.ascontiguousarray(module.constants[name].data)
-        if name in self.weight_storage:
-            dtype, shape = self.weight_storage[name]
-            a = a.view(np.dtype(dtype)).reshape(shape)
-        return a
+        return storage_view(a, *self.weight_storage[name]) if name in self.weight_storage else a
 
 
 def _is_int_dtype(dt: str) -> bool:

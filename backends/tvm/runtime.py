@@ -90,6 +90,12 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     return out
 
 
+def storage_view(a: np.ndarray, dtype: str, shape) -> np.ndarray:
+    """A weight as the compiled kernels take it (Lowered.weight_storage): the same bytes viewed as
+    another dtype/shape, no copy (e.g. i2 codes uint8 [N, 32 B] as int32 words [N, 8 B] for dp4a)."""
+    return np.ascontiguousarray(a).view(np.dtype(dtype)).reshape(tuple(shape))
+
+
 class DeviceTensor:
     """An output left on the artifact's device (the KV cache a decode step hands to the next one):
     fed back to `run` without a host round trip; `np.asarray(t)` / `t.numpy()` copy it out."""
