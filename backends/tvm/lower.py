@@ -998,42 +998,44 @@ def _kv_fake_quant_te(x, n_past, cfg: dict, keys: bool):
 def _kv_evict(L, node, args):
     """policy=streaming: attention over past + new, then the cache keeps the first `sinks` and the
     most recent budget - sinks tokens (kvevict.streaming_keep) as two slices."""
-    outs = _attention(L, node, args)
+    out, k_all, v_all, p = _attend(L, node, args)
     if node.attr("policy") == "h2o":
-        return _h2o_evict(L, node, args, outs)
-    if len(outs) != 3:
-        return outs
+        return _h2o_evict(L, node, args, out, k_all, v_all, p)
     sinks, window = int(node.attr("sinks", 0)), int(node.attr("budget", 0)) - int(node.attr("sinks", 0))
 
     def keep(t):
         n = L.shape_of(t)[2]
-        a = _simplify(tirx.min(tirx.IntImm("int64", sinks), n)) if not isinstance(n, int) else min(sinks, n)
-        b = _simplify(tirx.max(a, n - window)) if not (isinstance(n, int) and isinstance(a, int)) else max(a, n - window)
+        a = _dim_min(n, sinks)
+        b = max(a, n - window) if isinstance(n, int) else _simplify(tirx.max(a, n - window))
         head = L.emit(relax.op.strided_slice(t, [2], [0], [a], assume_inbound=True))
         tail = L.emit(relax.op.strided_slice(t, [2], [b], [n], assume_inbound=True))
         return L.emit(relax.op.concat([head, tail], axis=2))
 
-    return [outs[0], keep(outs[1]), keep(outs[2])]
+    return [out, keep(k_all), keep(v_all)]
 
 
-def _h2o_evict(L, node, args, outs):
+def _dim_min(n, m: int):
+    """min(n, m) for a static or symbolic dimension n."""
+    return min(n, m) if isinstance(n, int) else _simplify(tirx.min(n, tirx.IntImm("int64", m)))
+
+
+def _h2o_evict(L, node, args, out, k_all, v_all, p):
     """policy=h2o (ir/interp.py): acc = state (zeros for new tokens) + this call's attention
     probabilities summed over each GQA group and the query rows; keep per KV head the `sinks` first,
     `recent` newest and highest-acc others, budget in all (ties -> lower index), ascending ->
     (out, K, V, acc) gathered at the kept indices. Ranking and compaction are O(n^2) per head."""
-    k_all, v_all, p = outs[1], outs[2], L.memo["attn_probs"]
     b, hq, sq, n = L.shape_of(p)
     hkv = L.shape_of(k_all)[1]
     state = L.tensor(args[5]) if len(args) > 5 and args[5] is not None else None
     budget, recent, sinks = int(node.attr("budget")), int(node.attr("recent")), int(node.attr("sinks", 0))
-    kk = n if isinstance(n, int) and n <= budget else (_simplify(tirx.min(n, budget)) if not isinstance(n, int) else budget)
+    kk = _dim_min(n, budget)
     acc = L.bb.emit_te(_h2o_acc_te, p, state, hq // hkv, primfunc_name_hint="h2o_accumulate")
     sel = L.bb.emit_te(_h2o_select_te, acc, kk, budget, recent, sinks, primfunc_name_hint="h2o_select")
     gk = L.bb.emit_te(_gather_tokens_te, k_all, sel, primfunc_name_hint="h2o_gather")
     gv = L.bb.emit_te(_gather_tokens_te, v_all, sel, primfunc_name_hint="h2o_gather")
     ga = L.bb.emit_te(lambda a, ix: te.compute(ix.shape, lambda bb, h, o: a[bb, h, ix[bb, h, o]], name="h2o_acc_keep"),
                       acc, sel, primfunc_name_hint="h2o_gather_acc")
-    return [outs[0], gk, gv, ga]
+    return [out, gk, gv, ga]
 
 
 def _h2o_acc_te(p, state, group: int):
@@ -1085,6 +1087,13 @@ def _gather_tokens_te(x, sel):
 @impl(Op.KVQuantAttention)
 @impl(Op.Attention)
 def _attention(L, node, args):
+    out, k, v, _p = _attend(L, node, args)
+    return [out, k, v] if len(node.outputs) >= 3 else [out]
+
+
+def _attend(L, node, args):
+    """Attention over past + new (appended, KV fake-quant applied for KVQuantAttention) ->
+    (out, K, V, softmax probabilities)."""
     q, k, v = (L.tensor(a) for a in args[:3])
     past_k = args[3] if len(args) > 3 else None
     past_v = args[4] if len(args) > 4 else None
@@ -1157,9 +1166,9 @@ def _attention(L, node, args):
             L.kernel_cache[kp_] = L.bb.add_func(kernels.attention_pv_func(hq, hkv, d), f"ternc_attn_pv_h{hq}_{hkv}_d{d}")
         b, sq, sk = qs[0], qs[2], ks[2]
         s = L.emit(relax.call_tir(L.kernel_cache[ks_], [q, k], relax.TensorType([b, hq, sq, sk], "float32")))
-        p = L.memo["attn_probs"] = L.emit(relax.op.nn.softmax(s, axis=-1))
+        p = L.emit(relax.op.nn.softmax(s, axis=-1))
         out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, sq, d], "float32")))
-        return [out, k, v] if len(node.outputs) >= 3 else [out]
+        return out, k, v, p
     if (L.target_kind == "cuda" and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt
             and L.dtype_of(v) == dt and _as_int(qs[2]) == 1):
         # one query token (decode): the causal mask keeps every key, so scores are a plain GQA
@@ -1173,9 +1182,9 @@ def _attention(L, node, args):
             L.kernel_cache[kp_] = L.bb.add_func(kernels.gqa_decode_pv_func(hq, hkv, d), f"ternc_gqa_pv_h{hq}_{hkv}_d{d}")
         b, sk = qs[0], ks[2]
         s = L.emit(relax.call_tir(L.kernel_cache[ks_], [qsc, k], relax.TensorType([b, hq, 1, sk], "float32")))
-        p = L.memo["attn_probs"] = L.emit(relax.op.nn.softmax(s, axis=-1))
+        p = L.emit(relax.op.nn.softmax(s, axis=-1))
         out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, 1, d], "float32")))
-        return [out, k, v] if len(node.outputs) >= 3 else [out]
+        return out, k, v, p
     kr, vr = k, v
     if hq != hkv:
         kr = L.emit(relax.op.repeat(k, hq // hkv, axis=1))
@@ -1186,13 +1195,11 @@ def _attention(L, node, args):
     s = L.emit(relax.op.matmul(qf, L.emit(relax.op.permute_dims(kf, [0, 1, 3, 2]))))
     s = L.bb.emit_te(_causal_mask_te, s, float(node.attr("scale")), bool(node.attr("causal")),
                      primfunc_name_hint="attn_mask")
-    p = L.memo["attn_probs"] = L.emit(relax.op.nn.softmax(s, axis=-1))
+    p = L.emit(relax.op.nn.softmax(s, axis=-1))
     out = L.emit(relax.op.matmul(p, vf))
     if dt != "float32":
         out = L.emit(relax.op.astype(out, dt))
-    if len(node.outputs) >= 3:
-        return [out, k, v]
-    return [out]
+    return out, k, v, p
 
 
 @impl(Op.GatedAct)
