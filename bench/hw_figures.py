@@ -40,6 +40,11 @@ def synth_core(c: int, t: int, depth: int = 4096) -> dict:
     gen_s = time.perf_counter() - t0
     r = synth_xilinx(vpath, "tlmm_core")
     r["verilog_s"] = round(gen_s, 1)
+    return _with_fit(r)
+
+
+def _with_fit(r: dict) -> dict:
+    """Add the KV260 utilization (check_fit), or the ResourceError naming what does not fit."""
     try:
         r["utilization"] = check_fit(r["resources"])
         r["fits_kv260"] = True
@@ -56,13 +61,7 @@ def synth_pipeline(c: int, t: int, op: str, depth: int = 4096) -> dict:
     path = verilog_cached(lambda: TLMMPipeline(3, t, c, op, wbuf_depth=depth, ram_style="ultra"),
                           "tlmm_pipeline", f"pipe G3 T{t} C{c} D{depth} {op}", sources=srcs, fmt="il")
     r = synth_xilinx(path, "tlmm_pipeline")
-    try:
-        r["utilization"] = check_fit(r["resources"])
-        r["fits_kv260"] = True
-    except ResourceError as e:
-        r["fits_kv260"] = False
-        r["error"] = str(e)
-    return r
+    return _with_fit(r)
 
 
 def main(argv=None) -> int:
