@@ -66,7 +66,7 @@ def to_rtlil(component, name: str) -> str:
 
 
 def verilog_cached(component_factory, name: str, key: str,
-                   sources=("hw/tlmm.py", "ir/hw_numerics.py"), fmt: str = "v") -> Path:
+                   sources=("hw/tlmm.py", "hw/stream_util.py", "ir/hw_numerics.py"), fmt: str = "v") -> Path:
     """Verilog file for a component, cached under .cache/hw/verilog/<name>-<digest>.v, the digest
     covering ``key`` (the caller's parameter string) and the HDL ``sources`` it is built from, so
     editing them invalidates the cache. Regenerates if absent. Returns the path."""
