@@ -251,3 +251,88 @@ def rope_fx(x0: np.ndarray, x1: np.ndarray, c: np.ndarray, s: np.ndarray) -> tup
     y0 = (x0 * c - x1 * s + half) >> ROPE_FRAC
     y1 = (x0 * s + x1 * c + half) >> ROPE_FRAC
     return sat_fx(y0), sat_fx(y1)
+
+
+# ==================================================================================================
+# Units beyond the linear pipeline (fpga-hw): RMSNorm, softmax/exp, attention, KV quantization.
+# Each function below IS the semantics of one RTL unit (hw/norm.py, hw/attention.py); the RTL benches
+# compare bit for bit. Python ints (dtype=object) where an intermediate exceeds 64 bits.
+# ==================================================================================================
+
+# ---- RMSNorm (hw/norm.py) ------------------------------------------------------------------------
+# y = x * rsqrt(mean(x^2) + eps) * gamma, all FX (Q15.16):
+#   ss    = min(sum_k (x_k^2 >> 8), 2**63 - 1)                    squares in Q.24, 64-bit saturating sum
+#                                                                 (saturates only past ~2**19 squared units)
+#   ms    = (ss * inv_k) >> 32 + eps_q                            inv_k = round(2**32 / K), eps_q = max(1, round(eps * 2**24))
+#   rsqrt(ms) by table + one Newton step:
+#     e = bit_length(ms) - 1, k = floor((e - 24) / 2)              ms * 2**-24 = mant * 4**k, mant in [1, 4)
+#     mant_q = ms * 2**(-2k) (shifted, truncating)                Q.24, in [2**24, 2**26)
+#     y0 = RSQRT_LUT[(mant_q >> 18) - 64]                          192 entries, Q.16, 1/sqrt at bin centres
+#     h  = (mant_q * y0 * y0) >> 32                                Q.24 (~1.0)
+#     y1 = (y0 * ((3 << 24) - h)) >> 18                            Q.23 = rsqrt(mant) (relative error < 3e-5)
+#   n = sat((x * y1 + 2**(sh-1)) >> sh), sh = 23 + k               the normalized x (FX)
+#   y = mul_fx(n, gamma)                                           gamma: the norm weight in FX
+NORM_SQ_SHIFT = 8
+NORM_SQ_FRAC = 2 * FX_FRAC - NORM_SQ_SHIFT   # 24
+NORM_MANT_FRAC = 24
+NORM_LUT_BITS = 6                             # table step 1/64 over [1, 4): 192 entries
+NORM_Y_FRAC = 23
+NORM_SS_MAX = (1 << 63) - 1
+
+
+def rsqrt_lut() -> np.ndarray:
+    n = 3 << NORM_LUT_BITS
+    centres = 1.0 + (np.arange(n) + 0.5) / (1 << NORM_LUT_BITS)
+    return np.round((1 << 16) / np.sqrt(centres)).astype(np.int64)
+
+
+_RSQRT_LUT = rsqrt_lut()
+
+
+def norm_consts(k: int, eps: float) -> tuple[int, int]:
+    """Per-layer constants of the norm unit: (inv_k, eps_q)."""
+    if k < 1:
+        raise ValueError("K must be >= 1")
+    return int(round((1 << 32) / k)), max(1, int(round(float(eps) * (1 << NORM_SQ_FRAC))))
+
+
+def norm_sumsq(x_raw: np.ndarray) -> np.ndarray:
+    """Saturating 64-bit sum of Q.24 squares over the last axis -> [..., 1] (Python ints)."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    sq = (x * x) >> NORM_SQ_SHIFT                   # < 2**54 per element for |x_raw| <= 2**31
+    out = np.empty(x.shape[:-1] + (1,), dtype=object)
+    for idx in np.ndindex(*x.shape[:-1]):
+        s = 0
+        for v in sq[idx]:                            # the hardware saturates as it accumulates
+            s = min(s + int(v), NORM_SS_MAX)
+        out[idx + (0,)] = s
+    return out
+
+
+def norm_rsqrt(ms: int) -> tuple[int, int]:
+    """(y1, k) for ms >= 1 (Q.24): rsqrt(ms * 2**-24) ~= y1 * 2**-23 * 2**-k."""
+    ms = int(ms)
+    e = ms.bit_length() - 1
+    k = (e - NORM_SQ_FRAC) // 2
+    sh = NORM_MANT_FRAC - NORM_SQ_FRAC - 2 * k
+    mant = ms << sh if sh >= 0 else ms >> -sh
+    y0 = int(_RSQRT_LUT[(mant >> (NORM_MANT_FRAC - NORM_LUT_BITS)) - (1 << NORM_LUT_BITS)])
+    h = (mant * y0 * y0) >> 32
+    y1 = (y0 * ((3 << NORM_MANT_FRAC) - h)) >> 18   # Q.16 * Q.24 = Q.40; /2 of Newton; -> Q.23
+    return y1, k
+
+
+def rmsnorm_fx(x_raw: np.ndarray, gamma_raw: np.ndarray, eps: float) -> np.ndarray:
+    """The norm unit: FX [..., K] x FX gamma [K] -> FX [..., K] (see the formulas above)."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    k = x.shape[-1]
+    inv_k, eps_q = norm_consts(k, eps)
+    ss = norm_sumsq(x)
+    out = np.empty(x.shape, dtype=np.int64)
+    for idx in np.ndindex(*x.shape[:-1]):
+        ms = ((int(ss[idx + (0,)]) * inv_k) >> 32) + eps_q
+        y1, kk = norm_rsqrt(ms)
+        sh = NORM_Y_FRAC + kk
+        n = sat_fx((x[idx] * y1 + (1 << (sh - 1))) >> sh)
+        out[idx] = mul_fx(n, gamma_raw)
+    return out.astype(np.int32)
