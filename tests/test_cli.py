@@ -77,7 +77,7 @@ def test_eval_reports_lossy_pipeline(onnx_export):
 def test_generate_carries_kv_pass_state(onnx_export):
     """H2O adds explicit state (scores, tokens seen) that generate must carry between decode steps."""
     m = ternc.load(onnx_export("llama", False))
-    evicted, _ = ternc.compile(m, passes="evict-kv{policy=h2o,budget=64,sinks=4}", report=False)
+    evicted = ternc.compile(m, passes="evict-kv{policy=h2o,budget=64,sinks=4}").module
     assert evicted.meta["decoder"].get("state")
     # budget larger than the sequence: eviction never triggers, so tokens equal the exact ones
     np.testing.assert_array_equal(ternc.generate(evicted, [[3, 4, 5]], 12), ternc.generate(m, [[3, 4, 5]], 12))
