@@ -154,6 +154,7 @@ def write_artifact(out: str | os.PathLike, target: Mapping[str, Any], populate: 
             if p.is_file():
                 rel = p.relative_to(tmp).as_posix()
                 files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        # `target` and `report` are read after populate(): a backend may fill them in as it writes
         manifest = {**json_safe(fields), "format": FORMAT, "format_version": FORMAT_VERSION,
                     "ternc_version": _ternc_version(), "target": json_safe(dict(target)), "files": files}
         _validate(manifest, tmp / MANIFEST)

@@ -294,13 +294,20 @@ def build_artifact(module: Module, target: "str | TvmTarget" = "cpu", out_dir="a
             "entries": {name: sig.to_json() for name, sig in lowered.entries.items()},
             "weights": {w: w for w in lowered.weights},
             "pipeline": json_safe(pipeline),
-            "kernels": {"policy": "fixed" if kernels is not None else str(kernel_policy),
-                        "choices": _kernel_choices(lowered.kernel_choices)},
+            # the choices only (how they were made is in report.json): a rebuild with
+            # `kernels=` these choices writes a byte-identical manifest
+            "kernels": {"choices": _kernel_choices(lowered.kernel_choices)},
             "roles": {"library": LIB, "weights": WEIGHTS},
         }
 
     report = {"created_unix": int(time.time()), "compile_seconds": round(compile_s, 3),
-              "kernel_timings": [e for e in built.lowered.kernel_choices if "timings_us" in e]}
-    target_desc = {"name": t.name, "tvm": str(built.target),
-                   "host": str(built.target.host) if built.target.host else None}
-    return write_artifact(out_dir, target_desc, populate, report, overwrite=overwrite)
+              "kernel_policy": "fixed" if kernels is not None else str(kernel_policy)}
+    target_desc = {"name": t.name}
+
+    def populate_all(folder: Path) -> dict:
+        fields = populate(folder)
+        report["kernel_timings"] = [e for e in built.lowered.kernel_choices if "timings_us" in e]
+        target_desc.update(tvm=str(built.target), host=str(built.target.host) if built.target.host else None)
+        return fields
+
+    return write_artifact(out_dir, target_desc, populate_all, report, overwrite=overwrite)
