@@ -93,8 +93,8 @@ def test_compile_cpu_artifact_generates_interpreter_tokens(onnx_export, tmp_path
     toks = [int(t) for t in run("generate", art, "--prompt-ids", "5,77,200", "-n", "6").stdout.strip().split(",")]
     np.testing.assert_array_equal(toks, ternc.generate(ternc.load(model), [[5, 77, 200]], 6)[0])
     # deterministic rebuild: the same model with the first build's kernel choices (--kernels) gives
-    # the same weights byte for byte and the same manifest but for the library's checksum (see
-    # test_rebuilt_library_is_byte_identical); timings and times are only in report.json
+    # the same weights byte for byte and the same manifest but for the library's checksum (TVM's
+    # library differs between some builds: README, known gaps); timings and times are only in report.json
     art2 = tmp_path / "art2"
     run("compile", model, "--target", "cpu", "-o", art2, "--kernels", art / "manifest.json")
     assert (art / "weights.safetensors").read_bytes() == (art2 / "weights.safetensors").read_bytes()
@@ -102,19 +102,6 @@ def test_compile_cpu_artifact_generates_interpreter_tokens(onnx_export, tmp_path
     assert m1["files"].pop("lib/model.so")["bytes"] == m2["files"].pop("lib/model.so")["bytes"]
     assert m1 == m2
     assert json.loads((art2 / "report.json").read_text())["kernel_policy"] == "fixed"
-    _rebuilt_library[0] = (art, art2)
-
-
-_rebuilt_library: list = [None]
-
-
-@pytest.mark.xfail(strict=True, reason="TVM 0.27 emits its Relax shape functions (VMShapeLower) in a "
-                                       "run-dependent order: lib/model.so differs in shape_func_compute_")
-def test_rebuilt_library_is_byte_identical():
-    if _rebuilt_library[0] is None:
-        pytest.skip("needs test_compile_cpu_artifact_generates_interpreter_tokens in this session")
-    art, art2 = _rebuilt_library[0]
-    assert (art / "lib" / "model.so").read_bytes() == (art2 / "lib" / "model.so").read_bytes()
 
 
 def test_compile_every_pipeline_target_is_accepted_and_unknown_rejected(onnx_export, tmp_path):

@@ -287,7 +287,8 @@ def build_artifact(module: Module, target: "str | TvmTarget" = "cpu", out_dir="a
             if module.constants[w].data is None:
                 raise BuildError(f"constant @{w} has no data; cannot write weights")
             tensors[w] = lowered.weight_array(module, w)
-        save_file(tensors, str(folder / WEIGHTS), metadata={"format": "ternc-artifact", "module": module.name})
+        # one metadata key: safetensors writes the metadata map in a per-process random order
+        save_file(tensors, str(folder / WEIGHTS), metadata={"format": "ternc-artifact"})
         return {
             "tvm_version": str(tvm.__version__),
             "model": {"name": module.name, "meta": json_safe(dict(module.meta))},

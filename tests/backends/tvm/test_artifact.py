@@ -214,3 +214,51 @@ def test_weights_load_without_safetensors_package(built_artifact, monkeypatch):
     for k in ref:
         assert got[k].dtype == ref[k].dtype
         np.testing.assert_array_equal(got[k], ref[k])
+
+
+def _rehash(art, rel):
+    mf = art / "manifest.json"
+    man = json.loads(mf.read_text())
+    man["files"][rel] = {"sha256": A.sha256_file(art / rel), "bytes": (art / rel).stat().st_size}
+    mf.write_text(json.dumps(man))
+
+
+def test_truncated_weights_with_a_matching_hash(art_copy, monkeypatch):
+    """A truncated safetensors file whose manifest entry was re-hashed: an ArtifactError naming the
+    file (both with the safetensors package and with the runtime's own reader)."""
+    p = art_copy / "weights.safetensors"
+    p.write_bytes(p.read_bytes()[:-100])
+    _rehash(art_copy, "weights.safetensors")
+    with pytest.raises(A.ArtifactError, match=r"weights\.safetensors: not a valid safetensors file"):
+        ternc.load_artifact(art_copy)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    with pytest.raises(A.ArtifactError, match=r"weights\.safetensors: not a valid safetensors file"):
+        R.load_safetensors(p)
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: m.update(entries=[]), "key 'entries' must be dict, got list"),
+    (lambda m: m.pop("weights"), "missing key 'weights'"),
+    (lambda m: m["entries"]["decode"].update(inputs=None), r"entries\['decode'\]: key 'inputs' must be list"),
+    (lambda m: m["entries"]["decode"]["inputs"][0].update(dtype="float99"), "unknown dtype 'float99'"),
+    (lambda m: m["entries"]["decode"]["weights"].append("nope"), "weight 'nope' is not in the manifest's weights"),
+    (lambda m: m["roles"].pop("library"), "roles lacks the 'library' file"),
+])
+def test_tvm_manifest_keys_are_validated(art_copy, edit, msg):
+    mf = art_copy / "manifest.json"
+    man = json.loads(mf.read_text())
+    edit(man)
+    mf.write_text(json.dumps(man))
+    with pytest.raises(A.ArtifactError, match=msg):
+        ternc.load_artifact(art_copy)
+
+
+def test_cuda_runtime_without_driver_is_a_clear_error(monkeypatch):
+    import ctypes
+
+    def no_driver(*a, **k):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    with pytest.raises(R.RunnerError, match="needs an NVIDIA driver"):
+        R._load_cuda_runtime()
