@@ -91,14 +91,14 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
     Returns the prompt followed by the generated ids, shape [1, len(prompt) + n_generated].
     Modules without decoder entry points are run by re-evaluating `main` on the whole sequence.
     """
-    from .frontend.decoder import decode_feeds
+    from .ir.decoder import DecoderSpec, decode_feeds
 
     runner = _runner(model)
     ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
     if ids.shape[1] == 0:
         raise ValueError("prompt is empty")
-    dec = runner.meta.get("decoder")
-    limit = max_context or (dec or {}).get("max_context") or runner.meta.get("max_context")
+    dec = DecoderSpec.from_meta(runner.meta["decoder"]) if runner.meta.get("decoder") else None
+    limit = max_context or runner.meta.get("max_context")
     if limit and ids.shape[1] > limit:
         raise ContextLengthError(f"prompt has {ids.shape[1]} tokens; the model was compiled for a context of "
                                  f"{limit}")
@@ -114,10 +114,10 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
             if eos_token_id is not None and nxt == eos_token_id:
                 break
         return seq
-    res = runner.run(dec["prefill"], {dec["input_ids"]: ids})
+    res = runner.run(dec.prefill, {dec.input_ids: ids})
     total = ids.shape[1]
     for step in range(max_new_tokens):
-        nxt = int(np.argmax(res[dec["logits"]][0, -1]))
+        nxt = int(np.argmax(res[dec.logits][0, -1]))
         out.append(np.array([[nxt]], dtype=np.int64))
         if callback:
             callback(nxt)
@@ -128,7 +128,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
         total += 1
         if limit and total > limit:
             break
-        res = runner.run(dec["decode"], decode_feeds(dec, res, out[-1]))
+        res = runner.run(dec.decode, decode_feeds(dec, res, out[-1]))
     return np.concatenate(out, axis=1)
 
 

@@ -245,6 +245,7 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
     decode graph; every shape but the cache length is then static), or None for a symbolic `seq`."""
     from ternc.ir import packing
     from ternc.ir.core import Const, Function, Module, Node, Value
+    from ternc.ir.decoder import DecoderSpec, StateKind, StateTensor
     from ternc.ir.ops import Op
     from ternc.ir.types import DType, TensorType
 
@@ -358,11 +359,10 @@ def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int
         logits = op(Op.Linear, [x, embed], [*lead, cfg.vocab], name="logits")
         return Function("decode" if decode else "prefill", tuple(params), tuple(nodes), (logits, *present))
 
-    meta = {"decoder": {"prefill": "prefill", "decode": "decode", "input_ids": "input_ids", "logits": "logits",
-                        "past": [[f"past.{i}.key", f"past.{i}.value"] for i in range(cfg.layers)],
-                        "present": [[f"present.{i}.key", f"present.{i}.value"] for i in range(cfg.layers)],
-                        "n_layers": cfg.layers, "kv_heads": NKV, "head_dim": HD, "kv_dtype": "f32"},
-            "bench_config": asdict(cfg)}
+    kv = tuple((StateTensor(f"past.{i}.key", f"present.{i}.key", StateKind.KEY, i),
+                StateTensor(f"past.{i}.value", f"present.{i}.value", StateKind.VALUE, i)) for i in range(cfg.layers))
+    spec = DecoderSpec("prefill", "decode", "input_ids", "logits", kv, kv_heads=NKV, head_dim=HD, kv_dtype="f32")
+    meta = {"decoder": spec.to_meta(), "bench_config": asdict(cfg)}
     return Module("bitnet", (build(False), build(True)), consts, meta)
 
 
@@ -379,6 +379,7 @@ class TerncModel:
         import tvm
 
         from ternc.backends.tvm.runtime import storage_view
+        from ternc.ir.decoder import DecoderSpec
 
         self.dev = dev if dev is not None else tvm.cpu()
         self.vm = vm
@@ -393,7 +394,7 @@ class TerncModel:
         self.weight_order = weight_order
         self.compile_s = compile_s
         self.kernel_choices = kernel_choices or []
-        self.n_layers = module.meta["decoder"]["n_layers"]
+        self.n_layers = DecoderSpec.of(module).n_layers
         self.fns = {name: self.vm[name] for name in weight_order}
 
     @staticmethod

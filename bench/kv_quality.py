@@ -117,15 +117,17 @@ def prefill_flops(module, ids, prompt: int) -> dict:
     from ternc.ir.kvevict import flops_saved, lazyllm_prefill_flops, linear_flops
     from ternc.ir.ops import Op
 
-    dec = module.meta["decoder"]
-    n_layers = int(dec["n_layers"])
+    from ternc.ir.decoder import DecoderSpec
+
+    dec = DecoderSpec.of(module)
+    n_layers = dec.n_layers
     seen = {}
 
     def observe(node, outs):  # a lazyllm layer's present positions = the positions it processed
         if node.op == Op.KVEvict and node.attr("policy") == "lazyllm":
             seen[int(node.attr("layer"))] = np.asarray(outs[3])
 
-    Interpreter(module, observe).run(dec["prefill"], {dec["input_ids"]: np.asarray(ids[:prompt])[None]})
+    Interpreter(module, observe).run(dec.prefill, {dec.input_ids: np.asarray(ids[:prompt])[None]})
     active = [np.arange(prompt)] + [None] * (n_layers - 1)
     for l in range(1, n_layers):
         active[l] = seen.get(l, active[l - 1])

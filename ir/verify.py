@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .core import Function, Module, Node
+from .decoder import DecoderSpec, DecoderSpecError
 from .ops import Op, signature
 
 # Attributes a node of these ops must carry.
@@ -108,9 +109,12 @@ def verify(module: Module) -> Module:
         raise VerifyError(f"module @{module.name}: no functions")
     for fn in module.functions:
         verify_function(fn, module)
-    dec = module.meta.get("decoder")
+    try:
+        dec = DecoderSpec.of(module)
+    except DecoderSpecError as e:
+        raise VerifyError(f"module @{module.name}: {e}") from None
     if dec:
-        for key in ("prefill", "decode"):
-            if dec.get(key) and dec[key] not in names:
-                raise VerifyError(f"module @{module.name}: decoder entry '{key}' names missing function @{dec[key]}")
+        for key, name in (("prefill", dec.prefill), ("decode", dec.decode)):
+            if name not in names:
+                raise VerifyError(f"module @{module.name}: decoder entry '{key}' names missing function @{name}")
     return module

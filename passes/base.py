@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ..ir.core import Const, Function, Module, Node, dce_function, prune_constants
+from ..ir.decoder import DecoderSpec
 from ..ir.types import DType
 
 
@@ -108,13 +109,13 @@ def kv_bytes_per_token(module: Module) -> float | None:
     None for modules without a KV cache."""
     if "kv_bytes_per_token" in module.meta:
         return float(module.meta["kv_bytes_per_token"])
-    dec = module.meta.get("decoder")
-    if not dec or not dec.get("n_layers") or not dec.get("kv_heads") or not dec.get("head_dim"):
+    dec = DecoderSpec.of(module)
+    if not dec or not dec.n_layers or not dec.kv_heads or not dec.head_dim:
         return None
-    per = _DTYPE_BYTES.get(dec.get("kv_dtype", "f32"))
+    per = _DTYPE_BYTES.get(dec.kv_dtype)
     if per is None:
-        per = DType(dec["kv_dtype"]).np.itemsize
-    return float(2 * dec["n_layers"] * dec["kv_heads"] * dec["head_dim"] * per)
+        per = DType(dec.kv_dtype).np.itemsize
+    return float(2 * dec.n_layers * dec.kv_heads * dec.head_dim * per)
 
 
 def const_array(module: Module, name: str):

@@ -16,7 +16,7 @@ position from the past length (Shape of past.0.key), which eviction shrinks, the
 explicit position state `past.seen_tokens` i64[1] -> `present.seen_tokens` and substitutes it for
 that Shape.
 
-All extra carried tensors are listed in meta["decoder"]["state"] as [[decode input, output], ...];
+All extra carried tensors are listed in the DecoderSpec's `state` (meta["decoder"]["state"]);
 a driver passes output -> input exactly like present -> past (passes/eval.py does; api.generate
 needs the 2-line change described in passes/eval.py's docstring). LOSSY once the text exceeds the
 budget; exact (bit-identical to no eviction) while seq <= budget.
@@ -27,10 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.core import Module, Node, Value
+from ..ir.decoder import StateKind, StateTensor
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .base import PassResult, fresh, used_names
-from .quantize_kv import KVPassError, decoder_meta
+from .quantize_kv import KVPassError, decoder_spec
 
 
 @dataclass(frozen=True)
@@ -58,24 +59,24 @@ class EvictKVOptions:
 
 
 def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
-    dec = decoder_meta(module, "evict-kv")
-    if dec.get("state"):
+    dec = decoder_spec(module, "evict-kv")
+    if dec.state:
         raise KVPassError("evict-kv: the decoder already carries extra state (evict-kv applied twice?)")
     taken = used_names(module)
-    past_names = {p for pair in dec["past"] for p in pair}
+    past_names = {t.past for pair in dec.kv for t in pair}
     h2o = opts.policy == "h2o"
     attrs = dict(policy=opts.policy, budget=opts.budget, sinks=opts.sinks, recent=opts.resolved_recent())
     seen_in, seen_out = fresh("past.seen_tokens", taken), fresh("present.seen_tokens", taken)
-    acc_in = [fresh(f"past.{i}.h2o", taken) for i in range(int(dec["n_layers"]))] if h2o else []
-    acc_out = [fresh(f"present.{i}.h2o", taken) for i in range(int(dec["n_layers"]))] if h2o else []
-    ids = dec["input_ids"]
+    acc_in = [fresh(f"past.{i}.h2o", taken) for i in range(dec.n_layers)] if h2o else []
+    acc_out = [fresh(f"present.{i}.h2o", taken) for i in range(dec.n_layers)] if h2o else []
+    ids = dec.input_ids
     i64_1 = TensorType(DType.I64, (1,))
     fns, rewritten = [], 0
     for fn in module.functions:
-        if fn.name not in (dec["prefill"], dec["decode"]):
+        if fn.name not in dec.entries:
             fns.append(fn)
             continue
-        is_decode = fn.name == dec["decode"]
+        is_decode = fn.name == dec.decode
         nodes, layer, shape_subst = [], 0, 0
         for n in fn.nodes:
             if n.op == Op.Attention:
@@ -102,7 +103,7 @@ def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
         if is_decode:
             nodes.append(Node.make(Op.Add, [seen_in, cur], [Value(seen_out, i64_1)]))
             params = fn.params + (Value(seen_in, i64_1),) + tuple(
-                Value(a, TensorType(DType.F32, (1, int(dec["kv_heads"]), "kept"))) for a in acc_in)
+                Value(a, TensorType(DType.F32, (1, int(dec.kv_heads), "kept"))) for a in acc_in)
         else:
             # prefill's own past (empty constants in explicit-past exports) has length 0
             nodes.append(Node(Op.Identity, (cur,), (Value(seen_out, i64_1),)))
@@ -110,11 +111,9 @@ def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
         fns.append(fn.with_nodes(nodes, params=params, results=fn.results + (seen_out,) + tuple(acc_out)))
     if not rewritten:
         raise KVPassError("evict-kv: no Attention node in the decoder entry points")
-    meta = dict(module.meta)
-    d = dict(dec)
-    d["state"] = [[seen_in, seen_out]] + [[a, b] for a, b in zip(acc_in, acc_out)]
-    d["kv_budget"] = opts.budget
-    meta["decoder"] = d
+    state = [StateTensor(seen_in, seen_out, StateKind.SEEN_TOKENS)]
+    state += [StateTensor(a, b, StateKind.H2O_SCORES, layer) for layer, (a, b) in enumerate(zip(acc_in, acc_out))]
+    meta = dec.with_state(state, kv_budget=opts.budget).into(module.meta)
     meta["kv_evict"] = dict(policy=opts.policy, budget=opts.budget, sinks=opts.sinks, recent=opts.resolved_recent())
     out = module.replace(functions=tuple(fns), meta=meta)
     return PassResult(out, {"rewritten": rewritten, "budget_tokens": opts.budget,

@@ -8,8 +8,8 @@ nested sets, the last token always kept); keep_count = kvevict.lazyllm_keep_coun
 schedule), where schedule is kvevict.lazyllm_schedule(n_layers, keep, first_layer) ("linear": 1.0
 then linearly down to `keep` at the last layer) or "step" (1.0 before first_layer, `keep` from it on).
 
-Revival (revive=true, the default; LazyLLM's aux cache). Explicit decoder state (meta["decoder"]
-["state"], carried by decode_feeds like the KV cache), for every layer l >= the first pruned layer:
+Revival (revive=true, the default; LazyLLM's aux cache). Explicit decoder state (DecoderSpec.state,
+carried by decode_feeds like the KV cache), for every layer l >= the first pruned layer:
   past.{l}.pos    i64[n_l]          the positions of layer l's KV-cache entries (cache order)
   past.{l}.aux_h  f32[1, a_l, H]    hidden states entering layer l of the tokens parked there
   past.{l}.aux_pos i64[a_l]         their positions (ascending)
@@ -46,11 +46,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.core import Const, Function, Module, Node, Value, dce_function
+from ..ir.decoder import StateKind, StateTensor
 from ..ir.kvevict import lazyllm_schedule
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .base import PassResult, fresh, used_names
-from .quantize_kv import KVPassError, decoder_meta
+from .quantize_kv import KVPassError, decoder_spec
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,10 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
 
 
 def run(module: Module, opts: PrunePrefillOptions = PrunePrefillOptions()) -> PassResult:
-    dec = decoder_meta(module, "prune-prefill")
-    if dec.get("state"):
+    dec = decoder_spec(module, "prune-prefill")
+    if dec.state:
         raise KVPassError("prune-prefill: the decoder already carries extra state (another pass's); not composable")
-    pre = module.func(dec["prefill"])
+    pre = module.func(dec.prefill)
     L = sum(n.op == Op.Attention for n in pre.nodes)
     if L < 2:
         raise KVPassError("prune-prefill: needs >= 2 Attention layers in prefill")
@@ -312,18 +313,18 @@ def run(module: Module, opts: PrunePrefillOptions = PrunePrefillOptions()) -> Pa
             ("pos_in", "past", "pos"), ("pos_out", "present", "pos"), ("h_in", "past", "aux_h"),
             ("h_out", "present", "aux_h"), ("p_in", "past", "aux_pos"), ("p_out", "present", "aux_pos"))}
             for l in range(first, L)}
-    kw = dict(ids=dec["input_ids"], fractions=fractions, first=first, state=state)
-    fns = {dec["prefill"]: _rewrite(pre, consts, taken, decode=False, **kw)}
+    kw = dict(ids=dec.input_ids, fractions=fractions, first=first, state=state)
+    fns = {dec.prefill: _rewrite(pre, consts, taken, decode=False, **kw)}
     if opts.revive:
-        fns[dec["decode"]] = _rewrite(module.func(dec["decode"]), consts, taken, decode=True, **kw)
+        fns[dec.decode] = _rewrite(module.func(dec.decode), consts, taken, decode=True, **kw)
     meta = dict(module.meta)
     info = dict(keep=opts.keep, schedule=opts.schedule, first_layer=opts.first_layer, fractions=list(fractions),
                 revival=bool(opts.revive))
     if state:
-        d = dict(dec)
-        d["state"] = [[state[l][a], state[l][b]] for l in sorted(state)
-                      for a, b in (("pos_in", "pos_out"), ("h_in", "h_out"), ("p_in", "p_out"))]
-        meta["decoder"] = d
+        meta = dec.with_state([StateTensor(state[l][a], state[l][b], kind, l) for l in sorted(state)
+                               for a, b, kind in (("pos_in", "pos_out", StateKind.POSITIONS),
+                                                  ("h_in", "h_out", StateKind.AUX_HIDDEN),
+                                                  ("p_in", "p_out", StateKind.AUX_POSITIONS))]).into(meta)
         # cache positions per layer (eval.py counts the rows each decode step computes from them)
         info["positions"] = {str(l): state[l]["pos_out"] for l in sorted(state)}
         info["aux_positions"] = {str(l): state[l]["p_out"] for l in sorted(state)}

@@ -26,21 +26,21 @@ def _load():
 def test_torch_peer_matches_interpreter():
     import torch
 
-    from ternc.frontend.decoder import decode_feeds
+    from ternc.ir.decoder import DecoderSpec, decode_feeds
     from ternc.ir.interp import Interpreter
 
     bench = _load()
     cfg = replace(bench.B2B4T, layers=2, hidden=256, ffn=384, heads=4, kv_heads=2, vocab=300, max_pos=64)
     module = bench.build_module(cfg, "i2", seed=3, static_decode=1)
-    dec = module.meta["decoder"]
+    dec = DecoderSpec.of(module)
     interp = Interpreter(module)
     ids = np.array([[5, 17, 250, 3, 99]], np.int64)
     res = interp.run("prefill", {"input_ids": ids})
-    ours = [res[dec["logits"]].reshape(-1)]
+    ours = [res[dec.logits].reshape(-1)]
     toks = [int(np.argmax(ours[0]))]
     for _ in range(3):
         res = interp.run("decode", decode_feeds(dec, res, np.array([[toks[-1]]], np.int64)))
-        ours.append(res[dec["logits"]].reshape(-1))
+        ours.append(res[dec.logits].reshape(-1))
         toks.append(int(np.argmax(ours[-1])))
 
     peer = bench.TorchFP16(cfg, seed=3, max_len=16, device="cpu", dtype="float32")
