@@ -48,16 +48,12 @@ def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and (Path(source) / "manifest.json").exists():
         raise ValueError(f"{source} is a compiled artifact; use ternc.load_artifact()")
     from .frontend import from_onnx
-    from .frontend.decoder import make_decoder
+    from .frontend.decoder import with_decoder
 
     if not isinstance(source, (onnx.ModelProto, str, os.PathLike)):
         raise TypeError(f"ternc.load takes a path or an onnx.ModelProto, not {type(source).__name__}")
     module = from_onnx(source)
-    from .ir.ops import Op
-
-    if decoder and any(n.op == Op.Attention for n in module.func("main").nodes):
-        module = make_decoder(module)
-    return module
+    return with_decoder(module) if decoder else module
 
 
 def save(module: Module, path: str | os.PathLike) -> Path:

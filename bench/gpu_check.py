@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -43,14 +42,18 @@ WHEELS = ["apache-tvm-ffi", "ml_dtypes", "safetensors"]
 
 
 def _import_ternc():
+    """ternc, loaded from this checkout when it is not installed (the GPU host runs a bare copy of the
+    repo, whose root is the package but not named `ternc`)."""
     try:
-        import ternc  # noqa: F401
+        import ternc
     except ImportError:
-        d = Path(tempfile.mkdtemp(prefix="ternc-path-"))
-        (d / "ternc").symlink_to(REPO, target_is_directory=True)
-        sys.path.insert(0, str(d))
-    import ternc
+        import importlib.util
 
+        spec = importlib.util.spec_from_file_location("ternc", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        ternc = importlib.util.module_from_spec(spec)
+        sys.modules["ternc"] = ternc
+        spec.loader.exec_module(ternc)
     return ternc
 
 

@@ -45,6 +45,11 @@ def _rope_position_ranges(fn: Function) -> list[Node]:
     return ranges
 
 
+def with_decoder(module: Module) -> Module:
+    """`make_decoder(module)` when its `main` has raised Attention nodes, else the module unchanged."""
+    return make_decoder(module) if any(n.op == Op.Attention for n in module.func("main").nodes) else module
+
+
 def make_decoder(module: Module) -> Module:
     """Add prefill/decode entry points to a module whose `main` has raised Attention nodes."""
     main = module.func("main")

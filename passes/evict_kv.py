@@ -17,9 +17,9 @@ explicit position state `past.seen_tokens` i64[1] -> `present.seen_tokens` and s
 that Shape.
 
 All extra carried tensors are listed in the DecoderSpec's `state` (meta["decoder"]["state"]);
-a driver passes output -> input exactly like present -> past (passes/eval.py does; api.generate
-needs the 2-line change described in passes/eval.py's docstring). LOSSY once the text exceeds the
-budget; exact (bit-identical to no eviction) while seq <= budget.
+drivers carry them output -> input like present -> past (ir.decoder.decode_feeds, used by
+passes/eval.py and api.generate). LOSSY once the text exceeds the budget; exact (bit-identical to
+no eviction) while seq <= budget.
 """
 
 from __future__ import annotations

@@ -32,10 +32,9 @@ def llama(onnx_export):
 def qat():
     """The tiny trained ternary model (3 layers, byte level; tests/fixtures/tiny_qat.safetensors):
     trained attention, and 3 layers so revived rows continue from one pruned layer to the next."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import train_tiny_qat
+    from ternc.models import tiny_qat
 
-    return train_tiny_qat.load_module(), train_tiny_qat.eval_ids()
+    return tiny_qat.load_module(), tiny_qat.eval_ids()
 
 
 def _pp(module, **kw):

@@ -1,26 +1,13 @@
-"""bench/gpu_decode.py's torch peer must compute the same model as ternc's IR: on a tiny 2B4T-like
-config (GQA, ReLU^2, sub-norms, tied f16 embeddings) the torch graph, run on the CPU in float32,
-matches the IR interpreter's logits for a prefill and greedy decode steps."""
+"""The torch peer of the synthetic BitNet (TorchFP16, bench/gpu_decode.py's reference) must compute
+the same model as ternc's IR: on a tiny 2B4T-like config (GQA, ReLU^2, sub-norms, tied f16
+embeddings) the torch graph, run on the CPU in float32, matches the IR interpreter's logits for a
+prefill and greedy decode steps."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("gpu_decode", REPO / "bench" / "gpu_decode.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_torch_peer_matches_interpreter():
@@ -29,9 +16,10 @@ def test_torch_peer_matches_interpreter():
     from ternc.ir.decoder import DecoderSpec, decode_feeds
     from ternc.ir.interp import Interpreter
 
-    bench = _load()
-    cfg = replace(bench.B2B4T, layers=2, hidden=256, ffn=384, heads=4, kv_heads=2, vocab=300, max_pos=64)
-    module = bench.build_module(cfg, "i2", seed=3, static_decode=1)
+    from ternc.models import synthetic_bitnet as syn
+
+    cfg = replace(syn.B2B4T, layers=2, hidden=256, ffn=384, heads=4, kv_heads=2, vocab=300, max_pos=64)
+    module = syn.build_module(cfg, "i2", seed=3, static_decode=1)
     dec = DecoderSpec.of(module)
     interp = Interpreter(module)
     ids = np.array([[5, 17, 250, 3, 99]], np.int64)
@@ -43,7 +31,7 @@ def test_torch_peer_matches_interpreter():
         ours.append(res[dec.logits].reshape(-1))
         toks.append(int(np.argmax(ours[-1])))
 
-    peer = bench.TorchFP16(cfg, seed=3, max_len=16, device="cpu", dtype="float32")
+    peer = syn.TorchFP16(cfg, seed=3, max_len=16, device="cpu", dtype="float32")
     with torch.no_grad():
         theirs = [peer.prefill(ids[0]).numpy()]
         for s in range(3):
@@ -52,7 +40,7 @@ def test_torch_peer_matches_interpreter():
         rel = np.linalg.norm(a - b) / np.linalg.norm(a)
         assert rel < 1e-4, rel
     # and the check is not vacuous: another seed's weights disagree
-    other = bench.TorchFP16(cfg, seed=4, max_len=16, device="cpu", dtype="float32")
+    other = syn.TorchFP16(cfg, seed=4, max_len=16, device="cpu", dtype="float32")
     with torch.no_grad():
         far = other.prefill(ids[0]).numpy()
     assert np.linalg.norm(ours[0] - far) / np.linalg.norm(ours[0]) > 0.1
