@@ -113,13 +113,14 @@ def prefill_flops(module, ids, prompt: int) -> dict:
     from ternc.ir.ops import Op
 
     from ternc.ir.decoder import DecoderSpec
+    from ternc.ir.enums import KVPolicy
 
     dec = DecoderSpec.of(module)
     n_layers = dec.n_layers
     seen = {}
 
     def observe(node, outs):  # a lazyllm layer's present positions = the positions it processed
-        if node.op == Op.KVEvict and node.attr("policy") == "lazyllm":
+        if node.op == Op.KVEvict and node.attr("policy") == KVPolicy.LAZYLLM:
             seen[int(node.attr("layer"))] = np.asarray(outs[3])
 
     Interpreter(module, observe).run(dec.prefill, {dec.input_ids: np.asarray(ids[:prompt])[None]})

@@ -28,34 +28,38 @@ from dataclasses import dataclass
 
 from ..ir.core import Module, Node, Value
 from ..ir.decoder import StateKind, StateTensor
+from ..ir.enums import KVPolicy
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .base import PassResult, fresh, used_names
 from .quantize_kv import KVPassError, decoder_spec
 
 
+EVICT_POLICIES = (KVPolicy.STREAMING, KVPolicy.H2O)  # lazyllm is prune-prefill's
+
+
 @dataclass(frozen=True)
 class EvictKVOptions:
-    policy: str = "streaming"
+    policy: str = KVPolicy.STREAMING.value
     budget: int = 256
     sinks: int = 4
     recent: int = -1  # streaming: must be budget - sinks if given; h2o: -1 -> (budget - sinks) // 2
 
     def __post_init__(self):
-        if self.policy not in ("streaming", "h2o"):
-            raise ValueError(f"policy must be streaming or h2o, got {self.policy!r}")
+        if self.policy not in EVICT_POLICIES:
+            raise ValueError(f"policy must be {' or '.join(p.value for p in EVICT_POLICIES)}, got {self.policy!r}")
         if self.budget < 1 or self.sinks < 0 or self.sinks >= self.budget:
             raise ValueError(f"need budget >= 1 and 0 <= sinks < budget, got budget={self.budget} sinks={self.sinks}")
-        if self.policy == "streaming" and self.recent not in (-1, self.budget - self.sinks):
+        if self.policy == KVPolicy.STREAMING and self.recent not in (-1, self.budget - self.sinks):
             raise ValueError(f"streaming keeps sinks + (budget - sinks) recent tokens; recent={self.recent} "
                              f"must be -1 or {self.budget - self.sinks}")
-        if self.policy == "h2o" and self.resolved_recent() + self.sinks > self.budget:
+        if self.policy == KVPolicy.H2O and self.resolved_recent() + self.sinks > self.budget:
             raise ValueError(f"h2o needs sinks + recent <= budget, got {self.sinks} + {self.recent} > {self.budget}")
 
     def resolved_recent(self) -> int:
         if self.recent >= 0:
             return self.recent
-        return self.budget - self.sinks if self.policy == "streaming" else (self.budget - self.sinks) // 2
+        return self.budget - self.sinks if self.policy == KVPolicy.STREAMING else (self.budget - self.sinks) // 2
 
 
 def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
@@ -64,7 +68,7 @@ def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
         raise KVPassError("evict-kv: the decoder already carries extra state (evict-kv applied twice?)")
     taken = used_names(module)
     past_names = {t.past for pair in dec.kv for t in pair}
-    h2o = opts.policy == "h2o"
+    h2o = opts.policy == KVPolicy.H2O
     attrs = dict(policy=opts.policy, budget=opts.budget, sinks=opts.sinks, recent=opts.resolved_recent())
     seen_in, seen_out = fresh("past.seen_tokens", taken), fresh("present.seen_tokens", taken)
     acc_in = [fresh(f"past.{i}.h2o", taken) for i in range(dec.n_layers)] if h2o else []
