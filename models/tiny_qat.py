@@ -25,11 +25,9 @@ ternc.frontend.torch_export.export_decoder (cached in .cache/), imported with te
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import os
-import sys
 import sysconfig
 import time
 from pathlib import Path

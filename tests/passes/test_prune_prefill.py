@@ -12,6 +12,7 @@ import pytest
 
 import ternc
 from ternc.ir.decoder import DecoderSpec, StateKind, decode_feeds
+from ternc.ir.graph import Graph
 from ternc.ir import kvevict, parse
 from ternc.ir.interp import Interpreter, attention_probs
 from ternc.ir.ops import Op
@@ -95,8 +96,7 @@ def test_selection_follows_last_token_attention(llama):
     # the pruned tokens are parked with their hidden state entering layer 1 (= layer 0's output)
     parked = np.setdiff1d(np.arange(20), want)
     np.testing.assert_array_equal(res["present.1.aux_pos"], parked)
-    norm1 = prune_prefill._back_to(fn.producers(), [n for n in fn.nodes if n.op == Op.Attention][1].inputs[0],
-                                   {Op.RMSNorm})
+    norm1 = Graph(fn).back_to([n for n in fn.nodes if n.op == Op.Attention][1].inputs[0], {Op.RMSNorm})
     np.testing.assert_allclose(res["present.1.aux_h"], env[norm1.inputs[0]][:, parked], rtol=1e-5, atol=1e-6)
     # layer 1's K/V come from layer 0's output, which saw the whole prompt: the pruned layer-1 cache
     # is the unpruned one at the kept positions (original RoPE positions), up to float rounding
@@ -236,7 +236,7 @@ def test_revived_hidden_state_resumes_where_it_was_parked(qat):
     _prefill(base, ids, lambda n, outs: full.update({o.name: v for o, v in zip(n.outputs, outs)}))
     fn = base.func("prefill")
     attn = [n for n in fn.nodes if n.op == Op.Attention]
-    norm1 = prune_prefill._back_to(fn.producers(), attn[1].inputs[0], {Op.RMSNorm})
+    norm1 = Graph(fn).back_to(attn[1].inputs[0], {Op.RMSNorm})
     aux = res["present.1.aux_pos"]
     assert aux.size == 48 - int(np.ceil(0.65 * 48))
     np.testing.assert_allclose(res["present.1.aux_h"][0], full[norm1.inputs[0]][0, aux], rtol=1e-5, atol=1e-5)
