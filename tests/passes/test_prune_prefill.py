@@ -68,6 +68,9 @@ def test_nothing_pruned_decodes_exactly(llama, revive):
     assert _pp(llama, keep=1.0, revive=revive) is llama  # nothing to prune: the module is returned as is
     m = _pp(llama, keep=0.95, revive=revive)
     assert m.meta["prune_prefill"]["revival"] is revive and bool(DecoderSpec.of(m).state) is revive
+    if revive:  # the revival state of layer 1 (the first pruned one), with kinds
+        assert [(t.kind, t.layer) for t in DecoderSpec.of(m).state] == [
+            (StateKind.POSITIONS, 1), (StateKind.AUX_HIDDEN, 1), (StateKind.AUX_POSITIONS, 1)]
     np.testing.assert_allclose(run_decoder(m, ids, prefix=10), run_decoder(llama, ids, prefix=10), rtol=0, atol=1e-6)
 
 
