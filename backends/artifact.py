@@ -64,7 +64,7 @@ def json_safe(x: Any) -> Any:
 
 
 def _ternc_version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 
