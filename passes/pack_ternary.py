@@ -31,7 +31,7 @@ class PackTernaryOptions:
 def _weight_slots(node: Node) -> list[int]:
     """Input indices of unpacked (t2) weights: TernaryLinear (x, w_scale, w[, bias]) -> [2];
     TernaryMatMul (x_q, w) -> [1]; FusedLinear over TernaryLinear: the weight of each fused linear."""
-    if node.attr("format") != "t2":
+    if node.attr("format") != packing.UNPACKED:
         return []
     if node.op == Op.TernaryLinear:
         return [2]

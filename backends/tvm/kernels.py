@@ -36,8 +36,7 @@ from tvm import te, tirx
 
 from ...ir import packing, semantics
 
-SUPPORTED_FORMATS = ("t2", "i2", "tl1", "tl2", "tq1")
-LUT_FORMATS = ("tl2", "tl1")
+I2, TL1, TL2 = packing.I2, packing.TL1, packing.TL2
 KPAD = 32  # x_q is padded with zeros to a multiple of this (vector width of the dot reduction)
 
 
@@ -47,23 +46,6 @@ def _ceil(a: int, b: int) -> int:
 
 def padded_k(k: int) -> int:
     return _ceil(k, KPAD) * KPAD
-
-
-def part_names(fmt: str) -> list[str]:
-    """Names (canonical order) of the packed arrays of `fmt`, as TernaryLinear/TernaryMatMul take them."""
-    if fmt == "t2":
-        return ["w"]
-    return list(packing.pack(np.zeros((1, 3), np.int8), fmt).keys())
-
-
-def part_shapes(fmt: str, n: int, k: int) -> list[tuple[int, int]]:
-    if fmt == "t2":
-        return [(n, k)]
-    return [(n, b) for b in packing._row_bytes(k, fmt).values()]
-
-
-def part_dtypes(fmt: str) -> list[str]:
-    return ["int8"] if fmt == "t2" else ["uint8"] * len(part_names(fmt))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,57 +70,83 @@ def _tl2_digit_consts() -> list[int]:
 _TL2_C = _tl2_digit_consts()
 
 
+# Written with floordiv/floormod (k >= 0) so TVM's arithmetic simplifies them once k is split
+# into (block, lane) loops. Geometry comes from the format objects of ir/packing.py.
+_fd, _fm = tirx.floordiv, tirx.floormod
+
+
+def _w_t2(parts, n, k):
+    return _i32(parts[0][n, k])
+
+
+def _w_i2(parts, n, k):
+    byte = _i32(parts[0][n, _fd(k, I2.block) * I2.lanes + _fm(k, I2.lanes)])
+    shift = 6 - 2 * _fd(_fm(k, I2.block), I2.lanes)
+    return ((byte >> shift) & 3) - 1
+
+
+def _w_tl1(parts, n, k):
+    byte = _i32(parts[0][n, _fd(k, TL1.weights_per_byte)])
+    idx = (byte >> (_fd(_fm(k, TL1.weights_per_byte), TL1.group) * 4)) & 15
+    return tirx.Select(_fm(k, TL1.group) == 0, _fd(idx, 3), _fm(idx, 3)) - 1
+
+
+def _w_tl2(parts, n, k):
+    t = _fd(k, TL2.group)
+    r = _fm(k, TL2.group)
+    idx = (_i32(parts[0][n, _fd(t, TL2.indices_per_byte)]) >> (_fm(t, TL2.indices_per_byte) * 4)) & 15
+    sign = (_i32(parts[1][n, _fd(t, TL2.signs_per_byte)]) >> _fm(t, TL2.signs_per_byte)) & 1
+    c = tirx.Select(r == 0, tirx.const(_TL2_C[0], "int32"),
+                    tirx.Select(r == 1, tirx.const(_TL2_C[1], "int32"), tirx.const(_TL2_C[2], "int32")))
+    d = ((c >> (idx * 2)) & 3) - 1
+    return (d ^ (0 - sign)) + sign  # sign ? -d : d
+
+
+def _w_tq1(parts, n, k):
+    m = _fm(k, packing.TQ1.weights_per_byte)
+    byte = _i32(parts[0][n, _fd(k, packing.TQ1.weights_per_byte)])
+    p3 = tirx.Select(m == 0, 1, tirx.Select(m == 1, 3, tirx.Select(m == 2, 9, tirx.Select(m == 3, 27, 81))))
+    return ((((byte * p3) & 255) * 3) >> 8) - 1
+
+
+@dataclass(frozen=True)
+class TirDecoder:
+    """How the generic kernels (dot, dot16, CUDA gemv/gemm) read one packed format inside TIR.
+
+    expr(parts, n, k) -> int32 weight w[n, k]; decode_split: the CPU decode loop's split (so
+    k // 3, k % 5, ... simplify to loop variables), None to vectorize KPAD lanes instead."""
+
+    expr: object
+    decode_split: tuple | None = None
+
+
+# The formats the generic kernels support: a format joins the TVM backend by adding its decoder here.
+TIR_DECODERS: dict[str, TirDecoder] = {
+    packing.T2.name: TirDecoder(_w_t2),
+    I2.name: TirDecoder(_w_i2),
+    TL1.name: TirDecoder(_w_tl1, (None, TL1.weights_per_byte)),  # 4 weights (2 pairs) per byte
+    TL2.name: TirDecoder(_w_tl2, (None, TL2.signs_per_byte, TL2.group)),  # 8 triples share a sign byte
+    packing.TQ1.name: TirDecoder(_w_tq1, (None, packing.TQ1.weights_per_byte)),  # 5 trits per byte
+}
+SUPPORTED_FORMATS = tuple(TIR_DECODERS)
+
+
+def decoder(fmt: str) -> TirDecoder:
+    try:
+        return TIR_DECODERS[fmt]
+    except KeyError:
+        raise ValueError(f"ternary format {fmt!r} has no TVM kernel; supported: {', '.join(SUPPORTED_FORMATS)}") \
+            from None
+
+
 def w_expr(fmt: str, parts, n, k):
-    """int32 PrimExpr: the ternary weight w[n, k] decoded from the packed buffers `parts` (te tensors).
-
-    Written with floordiv/floormod (k >= 0) so TVM's arithmetic simplifies them once k is split
-    into (block, lane) loops.
-    """
-    fd, fm = tirx.floordiv, tirx.floormod
-    if fmt == "t2":
-        return _i32(parts[0][n, k])
-    if fmt == "i2":
-        byte = _i32(parts[0][n, fd(k, 128) * 32 + fm(k, 32)])
-        shift = 6 - 2 * fd(fm(k, 128), 32)
-        return ((byte >> shift) & 3) - 1
-    if fmt == "tl1":
-        byte = _i32(parts[0][n, fd(k, 4)])
-        idx = (byte >> (fd(fm(k, 4), 2) * 4)) & 15
-        return tirx.Select(fm(k, 2) == 0, fd(idx, 3), fm(idx, 3)) - 1
-    if fmt == "tl2":
-        t = fd(k, 3)
-        r = fm(k, 3)
-        idx = (_i32(parts[0][n, fd(t, 2)]) >> (fm(t, 2) * 4)) & 15
-        sign = (_i32(parts[1][n, fd(t, 8)]) >> fm(t, 8)) & 1
-        c = tirx.Select(r == 0, tirx.const(_TL2_C[0], "int32"),
-                        tirx.Select(r == 1, tirx.const(_TL2_C[1], "int32"), tirx.const(_TL2_C[2], "int32")))
-        d = ((c >> (idx * 2)) & 3) - 1
-        return (d ^ (0 - sign)) + sign  # sign ? -d : d
-    if fmt == "tq1":
-        m = fm(k, 5)
-        byte = _i32(parts[0][n, fd(k, 5)])
-        p3 = tirx.Select(m == 0, 1, tirx.Select(m == 1, 3, tirx.Select(m == 2, 9, tirx.Select(m == 3, 27, 81))))
-        return ((((byte * p3) & 255) * 3) >> 8) - 1
-    raise ValueError(f"no TIR decoder for ternary format {fmt!r}; supported: {', '.join(SUPPORTED_FORMATS)}")
-
-
-def _capacity(fmt: str, k: int) -> int:
-    """How many weights per row the packed arrays of `fmt` hold (padding included)."""
-    if fmt == "t2":
-        return k
-    if fmt == "i2":
-        return _ceil(k, 128) * 128
-    if fmt == "tl1":
-        return _ceil(k, 4) * 4
-    if fmt == "tl2":
-        t = _ceil(k, 3)
-        return 3 * min(2 * _ceil(t, 2), 8 * _ceil(t, 8))
-    return _ceil(k, 5) * 5
+    """int32 PrimExpr: the ternary weight w[n, k] decoded from the packed buffers `parts` (te tensors)."""
+    return decoder(fmt).expr(parts, n, k)
 
 
 def decoded_te(fmt: str, parts, n: int, k: int, kp: int):
     """int8 [N, Kp] weights decoded from the packed parts (0 beyond K)."""
-    cap = _capacity(fmt, k)
+    cap = packing.get_format(fmt).capacity(k)
 
     def f(j, kk):
         if cap >= kp:  # every k < Kp is a valid packed position; its padding decodes to 0
@@ -150,8 +158,8 @@ def decoded_te(fmt: str, parts, n: int, k: int, kp: int):
 
 
 def _placeholders(fmt: str, n: int, k: int):
-    return [te.placeholder(s, dt, name=f"w_{nm}") for s, dt, nm in
-            zip(part_shapes(fmt, n, k), part_dtypes(fmt), part_names(fmt))]
+    layout = packing.get_format(fmt)
+    return [te.placeholder(s, p.dtype, name=f"w_{p.name}") for s, p in zip(layout.part_shapes(n, k), layout.parts)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,13 +206,6 @@ def dot_te(fmt: str, k: int, n: int):
     return [xq, *parts, acc]
 
 
-_DECODE_SPLIT = {  # decode-loop split per format, so k // 3, k % 5, ... simplify to loop variables
-    "tl2": [None, 8, 3],  # 8 triples share one sign byte (and 4 nibble bytes)
-    "tq1": [None, 5],  # 5 trits per byte
-    "tl1": [None, 4],  # 4 weights (2 pairs) per byte
-}
-
-
 def _cpu_schedule_dot(func: tirx.PrimFunc, n: int, kp: int, fmt: str = "i2") -> tirx.PrimFunc:
     """Rows of W outermost (parallel); each row is decoded once into a [Kp] int8 scratch (in cache)
     and reused by every token; per (token, row) the K reduction runs as KPAD int32 vector lanes in
@@ -225,8 +226,9 @@ def _cpu_schedule_dot(func: tirx.PrimFunc, n: int, kp: int, fmt: str = "i2") -> 
     dec = sch.get_sblock("wdec")
     sch.compute_at(dec, rj)
     dl = sch.get_loops(dec)
-    if fmt in _DECODE_SPLIT:
-        inner = sch.split(dl[-1], _DECODE_SPLIT[fmt])[1:]
+    split = decoder(fmt).decode_split
+    if split is not None:
+        inner = sch.split(dl[-1], list(split))[1:]
         for lp in inner:
             sch.unroll(lp)
     else:  # t2, i2: byte and shift are affine in (block, lane): vectorize the lanes
@@ -282,13 +284,17 @@ def _cpu_schedule_dot16(func: tirx.PrimFunc, n: int, kp: int, fmt: str) -> tirx.
     dec = sch.get_sblock("wdec")
     sch.compute_at(dec, j)
     dl = sch.get_loops(dec)
-    if fmt in _DECODE_SPLIT:
-        for lp in sch.split(dl[-1], _DECODE_SPLIT[fmt])[1:]:
+    split = decoder(fmt).decode_split
+    if split is not None:
+        for lp in sch.split(dl[-1], list(split))[1:]:
             sch.unroll(lp)
     else:
         _, dki = sch.split(dl[-1], [None, KPAD])
         sch.vectorize(dki)
     return sch.mod["main"]
+
+
+LUT_FORMATS = (TL2.name, TL1.name)  # the LUT kernel's tables: TL2 triples (sign bit), TL1 pairs
 
 
 def lut_te(fmt: str, k: int, n: int):
@@ -299,12 +305,12 @@ def lut_te(fmt: str, k: int, n: int):
     kp = padded_k(k)
     xq = te.placeholder((m, kp), "int8", name="x_q")
     parts = _placeholders(fmt, n, k)
-    if fmt == "tl2":
-        entries = 14
-        groups = _ceil(k, 3)
+    if fmt == TL2.name:
+        entries = TL2.entries
+        groups = TL2.groups(k)
 
         def xg(i, t, r):  # activation r of group t (0 beyond K: x_q padded only to kp)
-            kk = t * 3 + r
+            kk = t * TL2.group + r
             return tirx.Select(kk < k, _i32(xq[i, tirx.min(kk, kp - 1)]), 0)
 
         def table(i, t, e):
@@ -327,10 +333,10 @@ def lut_te(fmt: str, k: int, n: int):
 
         acc = te.compute((m, n), body, name="acc")
     else:  # tl1: pairs, 9 entries T[e] = (e//3 - 1) * a0 + (e%3 - 1) * a1
-        groups = _ceil(k, 2)
+        groups = TL1.groups(k)
 
         def xg(i, t, r):
-            kk = t * 2 + r
+            kk = t * TL1.group + r
             return tirx.Select(kk < k, _i32(xq[i, tirx.min(kk, kp - 1)]), 0)
 
         lut = te.compute((m, groups, 9), lambda i, t, e: (tirx.truncdiv(e, 3) - 1) * xg(i, t, 0)
@@ -504,6 +510,9 @@ def kv_append_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
 # ------------------------------------------------------------------------------------------------
 # CUDA kernels
 # ------------------------------------------------------------------------------------------------
+DP4A_FORMAT = I2  # dp4a reads the i2 codes as int32 words (cuda_ternary.py)
+
+
 def _cuda_schedule_quantize(func):
     """One thread block per token for the absmax (32 threads, cross-thread max reduction), then
     flat elementwise kernels for the scale and the int8 codes."""
@@ -573,8 +582,8 @@ def dp4a_pack_func(k: int, row_tile: int = 1) -> tirx.PrimFunc:
     m = tirx.Var("m", "int64")
     mp = m if row_tile == 1 else tirx.floordiv(m + (row_tile - 1), row_tile) * row_tile
     kp = padded_k(k)
-    k128 = _ceil(k, 128) * 128
-    kw = k128 // 16
+    kw = DP4A_FORMAT.words_per_row(k)
+    words_per_block = DP4A_FORMAT.lanes // 4
     xq = te.placeholder((m, kp), "int8", name="x_q")
 
     def byte(i, kk):
@@ -582,7 +591,7 @@ def dp4a_pack_func(k: int, row_tile: int = 1) -> tirx.PrimFunc:
         return tirx.Select(ok, tirx.Cast("int32", xq[tirx.min(i, m - 1), tirx.min(kk, kp - 1)]) & 255, 0)
 
     def word(i, g, w):
-        base = (w // 8) * 128 + g * 32 + (w % 8) * 4
+        base = (w // words_per_block) * DP4A_FORMAT.block + g * DP4A_FORMAT.lanes + (w % words_per_block) * 4
         return byte(i, base) | (byte(i, base + 1) << 8) | (byte(i, base + 2) << 16) | (byte(i, base + 3) << 24)
 
     xw = te.compute((mp, 4, kw), word, name="xw")
@@ -668,6 +677,7 @@ def dp4a_gemv_func(k: int, n: int) -> tirx.PrimFunc:
 # ------------------------------------------------------------------------------------------------
 # CPU kernel: AVX-512 VNNI on packed i2 codes (x86 with avx512vnni only)
 # ------------------------------------------------------------------------------------------------
+VNNI_FORMAT = I2  # vpdpbusd reads the i2 codes as unsigned bytes
 VNNI_FEATURES = ("avx512vnni", "avx512bw", "avx512vl")
 VNNI_TILES = {"decode": (1, 4), "prefill": (4, 2)}  # (tokens MT, rows NT) per register tile
 
@@ -690,8 +700,8 @@ def _vnni_func(k: int, n: int) -> tirx.PrimFunc:
     from tvm.script import tirx as T
 
     kp = padded_k(k)  # x_q row length (zero beyond K)
-    kb = _ceil(k, 128) * 32  # code bytes per row
-    nblk = kb // 32
+    (kb,) = VNNI_FORMAT.row_bytes(k).values()  # code bytes per row
+    nblk = VNNI_FORMAT.blocks(k)
     P = nblk // 2  # full 64-byte chunks (two 128-weight blocks)
     tail = nblk % 2  # one more 32-byte block
     k256 = _ceil(k, 256) * 256
@@ -814,14 +824,10 @@ def target_runs_here(target) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Public constructors
 # ------------------------------------------------------------------------------------------------
-KINDS = {"cpu": ("dot", "dot16", "lut", "vnni"), "cuda": ("gemv", "gemm", "dp4a")}
-
-
 @lru_cache(maxsize=None)
 def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
     """Scheduled PrimFunc (x_q int8 [M, Kp], *packed parts, acc int32 [M, N]) for one weight shape."""
-    if fmt not in SUPPORTED_FORMATS:
-        raise ValueError(f"ternary format {fmt!r} has no TVM kernel; supported: {', '.join(SUPPORTED_FORMATS)}")
+    decoder(fmt)  # a format without a TIR decoder has no kernel
     kp = padded_k(k)
     if kind == "dot":
         func = _cpu_schedule_dot(te.create_prim_func(dot_te(fmt, k, n)), n, kp, fmt)
@@ -830,8 +836,8 @@ def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
     elif kind == "lut":
         func = _cpu_schedule_lut(te.create_prim_func(lut_te(fmt, k, n)), n)
     elif kind == "vnni":
-        if fmt != "i2":
-            raise ValueError(f"the vnni kernel supports i2, not {fmt!r}")
+        if fmt != VNNI_FORMAT.name:
+            raise ValueError(f"the vnni kernel supports {VNNI_FORMAT.name}, not {fmt!r}")
         func = _vnni_func(k, n)
     elif kind == "gemv":
         func = _cuda_schedule_gemv(te.create_prim_func(dot_te(fmt, k, n)), n, kp)
@@ -856,7 +862,7 @@ def available_kinds(fmt: str, target_kind: str, k: int | None = None, target=Non
         kinds.append("dot16")
     if fmt in LUT_FORMATS:
         kinds.append("lut")
-    if fmt == "i2" and target_kind == "cpu" and target_has_vnni(target):
+    if fmt == VNNI_FORMAT.name and target_kind == "cpu" and target_has_vnni(target):
         kinds.append("vnni")
     return kinds
 
@@ -898,7 +904,7 @@ def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5,
                            f"(CPU {tvm.target.codegen.llvm_get_system_cpu()})")
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
-    parts = [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
+    parts = list(packing.pack(w, fmt).values())
     kinds = kinds or available_kinds(fmt, "cpu", k, target)
     dev = tvm.cpu()
     xp = np.zeros((m, padded_k(k)), np.int8)
@@ -936,7 +942,7 @@ def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", poli
     or mtriple, e.g. aarch64, or host-missing mattr features) is not measured: `static_kind`."""
     kinds = available_kinds(fmt, target_kind, k, target)
     if target_kind == "cuda":
-        if fmt == "i2" and policy in ("auto", "dp4a"):
+        if fmt == DP4A_FORMAT.name and policy in ("auto", "dp4a"):
             return "dp4a"  # GEMV for one token, tiled GEMM otherwise (lower._tmatmul_dp4a)
         return "gemv" if m == 1 else "gemm"
     if policy != "auto":

@@ -27,7 +27,7 @@ import tvm
 import tvm.sym
 from tvm import relax, te, tirx
 
-from ...ir import semantics
+from ...ir import packing, semantics
 from ...ir.core import Function, Module, Node
 from ...ir.ops import Op
 from ...ir.types import DType, TensorType
@@ -1271,7 +1271,7 @@ def _quantize(L, x2, k: int, eps: float):
 def _tmatmul_dp4a(L, xq_padded, parts, k: int, n: int):
     """CUDA decode on i2 weights: dp4a over the packed bytes viewed as int32 words (zero copy)."""
     m = L.shape_of(xq_padded)[0]
-    kw = -(-k // 128) * 8
+    kw = kernels.DP4A_FORMAT.words_per_row(k)
     tile = 1 if L.tokens_hint == 1 else kernels.GEMM_TOKEN_TILE  # prefill: whole token tiles
     mp = m if tile == 1 else _simplify(tirx.floordiv(m + (tile - 1), tile) * tile)
     pk = ("dp4a_pack", k, tile)
@@ -1314,9 +1314,9 @@ def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
     if key not in L.kernel_cache:
         L.kernel_cache[key] = L.bb.add_func(kernels.matmul_func(fmt, k, n, kind), f"ternc_tmm_{kind}_{fmt}_k{k}_n{n}")
     m = L.shape_of(xq_padded)[0]
-    exp_shapes = kernels.part_shapes(fmt, n, k)
+    layout = packing.get_format(fmt)
     ts = [L.tensor(p) for p in parts]
-    for t, s, nm in zip(ts, exp_shapes, kernels.part_names(fmt)):
+    for t, s, nm in zip(ts, layout.part_shapes(n, k), layout.part_names):
         if [_as_int(d) for d in L.shape_of(t)] != list(s):
             raise L.err(f"packed part {nm!r} has shape {L.shape_of(t)}, expected {list(s)} for {fmt} [N={n}, K={k}]")
     return L.emit(relax.call_tir(L.kernel_cache[key], [xq_padded, *ts], relax.TensorType([m, n], "int32")))
@@ -1328,8 +1328,9 @@ def _format_attrs(L, node, n_parts: int):
         raise L.err(f"ternary format {fmt!r} has no TVM kernel (supported: {', '.join(kernels.SUPPORTED_FORMATS)})")
     if k is None or n is None:
         raise L.err("ternary op without k/n attributes")
-    if n_parts != len(kernels.part_names(fmt)):
-        raise L.err(f"format {fmt} takes {len(kernels.part_names(fmt))} packed arrays, got {n_parts}")
+    n_names = len(packing.get_format(fmt).part_names)
+    if n_parts != n_names:
+        raise L.err(f"format {fmt} takes {n_names} packed arrays, got {n_parts}")
     return fmt, int(k), int(n)
 
 
@@ -1412,14 +1413,14 @@ def _weight_storage(module: Module, entries: list[str], target_kind: str) -> dic
     out = {}
     for name in entries:
         for n in module.func(name).nodes:
-            if n.op not in (Op.TernaryLinear, Op.TernaryMatMul) or n.attr("format") != "i2":
+            if n.op not in (Op.TernaryLinear, Op.TernaryMatMul) or n.attr("format") != kernels.DP4A_FORMAT.name:
                 continue
             codes = n.inputs[2] if n.op == Op.TernaryLinear else n.inputs[1]
             c = module.constants.get(codes)
             k, nn = n.attr("k"), n.attr("n")
             if c is None or c.data is None or k is None or nn is None:
                 continue
-            kw = -(-int(k) // 128) * 8
+            kw = kernels.DP4A_FORMAT.words_per_row(int(k))
             if c.data.dtype == np.uint8 and c.data.shape == (int(nn), 4 * kw):
                 out[codes] = ("int32", (int(nn), kw))
     return out

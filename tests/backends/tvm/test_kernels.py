@@ -17,7 +17,7 @@ SHAPES = [(1, 131, 7), (5, 96, 33), (3, 256, 16), (2, 7, 5)]
 
 
 def _parts(w, fmt):
-    return [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
+    return list(packing.pack(w, fmt).values())
 
 
 @pytest.mark.parametrize("fmt,kind", CASES)
