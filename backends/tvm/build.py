@@ -19,7 +19,7 @@ from pathlib import Path
 import tvm
 
 from ...ir.core import Module
-from .lower import Lowered, lower_module
+from .lowering import Lowered, lower_module
 
 TARGETS = ("cpu", "aarch64", "cuda")
 AARCH64_TRIPLE = "aarch64-linux-gnu"

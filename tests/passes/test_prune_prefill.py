@@ -351,7 +351,7 @@ def test_tvm_backend_refuses_with_a_clear_error(llama, tmp_path):
     """The TVM backend does not lower LazyLLM's KVEvict: compiling for cpu stops with a LoweringError
     naming the op's policy (streaming eviction is lowered; lazyllm is not)."""
     pytest.importorskip("tvm")
-    from ternc.backends.tvm.lower import LoweringError
+    from ternc.backends.tvm.lowering import LoweringError
     from ternc.driver import compile_to
 
     with pytest.raises(LoweringError, match="KVEvict.*policy 'lazyllm' has no TVM lowering"):

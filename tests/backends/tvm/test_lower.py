@@ -14,7 +14,7 @@ tvm = pytest.importorskip("tvm")
 import ternc  # noqa: E402
 from ternc.frontend.decoder import decode_feeds  # noqa: E402
 from ternc.backends.tvm.build import compile_runner  # noqa: E402
-from ternc.backends.tvm.lower import LoweringError, lower_module  # noqa: E402
+from ternc.backends.tvm.lowering import LoweringError, lower_module  # noqa: E402
 from ternc.ir.core import Function, Module, Node, Value  # noqa: E402
 from ternc.ir.ops import Op  # noqa: E402
 from ternc.ir.types import DType, TensorType  # noqa: E402

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir.packing import I2
+from ....ir.packing import I2
 
 
 def pack_activations(x_q: np.ndarray) -> np.ndarray:
@@ -193,6 +193,6 @@ def compile_gemm(n: int, k: int, m=None, arch: str = "sm_90", **kw):
 
 
 def reference(w_t: np.ndarray, x_q: np.ndarray) -> np.ndarray:
-    from ...ir.semantics import ternary_matmul_i32
+    from ....ir.semantics import ternary_matmul_i32
 
     return ternary_matmul_i32(np.asarray(x_q, np.int8), w_t)
