@@ -418,7 +418,20 @@ class TQ1Format(TernaryFormat):
 T2, I2, TL1, TL2, TQ1 = T2Format(), I2Format(), TL1Format(), TL2Format(), TQ1Format()
 REGISTRY: dict[str, TernaryFormat] = {f.name: f for f in (T2, I2, TL1, TL2, TQ1)}
 UNPACKED = T2.name  # the `format` attribute of a ternary op whose weight is the plain int8 matrix
-FORMATS: tuple[str, ...] = tuple(n for n, f in REGISTRY.items() if f.packed)  # what pack-ternary emits
+FORMATS: tuple[str, ...] = tuple(n for n, f in REGISTRY.items() if f.packed)  # the built-in packed layouts
+
+
+def register(layout: TernaryFormat) -> TernaryFormat:
+    """Add a format to the registry (a name may be registered once)."""
+    if layout.name in REGISTRY:
+        raise ValueError(f"ternary format {layout.name!r} is already registered")
+    REGISTRY[layout.name] = layout
+    return layout
+
+
+def packed_formats() -> tuple[str, ...]:
+    """Every registered packed layout (what pack-ternary accepts)."""
+    return tuple(n for n, f in REGISTRY.items() if f.packed)
 
 
 def get_format(fmt: str | TernaryFormat) -> TernaryFormat:

@@ -21,11 +21,11 @@ from .base import PassResult, add_const, clean, used_names
 
 @dataclass(frozen=True)
 class PackTernaryOptions:
-    format: str = "tl2"  # one of ir.packing.FORMATS
+    format: str = "tl2"  # a packed layout of the ir.packing registry
 
     def __post_init__(self):
-        if self.format not in packing.FORMATS:
-            raise ValueError(f"unknown ternary format {self.format!r}; valid: {', '.join(packing.FORMATS)}")
+        if self.format not in packing.packed_formats():
+            raise ValueError(f"unknown ternary format {self.format!r}; valid: {', '.join(packing.packed_formats())}")
 
 
 def _weight_slots(node: Node) -> list[int]:

@@ -89,14 +89,14 @@ TIR_DECODERS: dict[str, TirDecoder] = {
 }
 
 
-SUPPORTED_FORMATS = tuple(TIR_DECODERS)
+SUPPORTED_FORMATS = tuple(TIR_DECODERS)  # the built-in ones (tests parametrize over these)
 
 
 def decoder(fmt: str) -> TirDecoder:
     try:
         return TIR_DECODERS[fmt]
     except KeyError:
-        raise ValueError(f"ternary format {fmt!r} has no TVM kernel; supported: {', '.join(SUPPORTED_FORMATS)}") \
+        raise ValueError(f"ternary format {fmt!r} has no TVM kernel; supported: {', '.join(TIR_DECODERS)}") \
             from None
 
 

@@ -68,8 +68,8 @@ def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
 
 def _format_attrs(L, node, n_parts: int):
     fmt, k, n = node.attr("format"), node.attr("k"), node.attr("n")
-    if fmt not in kernels.SUPPORTED_FORMATS:
-        raise L.err(f"ternary format {fmt!r} has no TVM kernel (supported: {', '.join(kernels.SUPPORTED_FORMATS)})")
+    if fmt not in kernels.TIR_DECODERS:
+        raise L.err(f"ternary format {fmt!r} has no TVM kernel (supported: {', '.join(kernels.TIR_DECODERS)})")
     if k is None or n is None:
         raise L.err("ternary op without k/n attributes")
     n_names = len(packing.get_format(fmt).part_names)
