@@ -37,7 +37,8 @@ A new packing format joins by registering in ir/packing.py and adding a `TirDeco
 """
 
 from .common import KPAD, padded_k, scheduled
-from .compute import DOT16_LANES, DOT16_MAX_K, LUT_FORMATS, dot16_te, dot_te, gqa_pv_te, gqa_scores_te, lut_te, quantize_te
+from .compute import (DOT16_LANES, DOT16_MAX_K, LUT_FORMATS, dot16_te, dot_te, gqa_pv_te, gqa_scores_te, lut_te,
+                      quantize_te)
 from .cpu import FLOAT_LANES, attention_pv_func, attention_scores_func, dense_func, kv_append_func
 from .cuda import (DP4A_FORMAT, GEMM_TOKEN_TILE, dp4a_gemm_func, dp4a_gemv_func, dp4a_pack_func, gqa_decode_pv_func,
                    gqa_decode_scores_func)

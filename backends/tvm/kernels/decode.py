@@ -16,11 +16,11 @@ from .common import I2, TL1, TL2, i32
 
 def _tl2_digit_consts() -> list[int]:
     """C[r]: 2-bit fields (digit + 1) of balanced-ternary digit r of every TL2 index 0..13."""
-    digs = packing.tl2_digits(np.arange(14))  # [14, 3]
+    digs = packing.tl2_digits(np.arange(TL2.entries))  # [14, 3]
     consts = []
-    for r in range(3):
+    for r in range(TL2.group):
         c = 0
-        for i in range(14):
+        for i in range(TL2.entries):
             c |= int(digs[i, r] + 1) << (2 * i)
         consts.append(c)
     return consts
@@ -55,8 +55,8 @@ def _w_tl2(parts, n, k):
     r = _fm(k, TL2.group)
     idx = (i32(parts[0][n, _fd(t, TL2.indices_per_byte)]) >> (_fm(t, TL2.indices_per_byte) * 4)) & 15
     sign = (i32(parts[1][n, _fd(t, TL2.signs_per_byte)]) >> _fm(t, TL2.signs_per_byte)) & 1
-    c = tirx.Select(r == 0, tirx.const(TL2_DIGIT_CONSTS[0], "int32"),
-                    tirx.Select(r == 1, tirx.const(TL2_DIGIT_CONSTS[1], "int32"), tirx.const(TL2_DIGIT_CONSTS[2], "int32")))
+    c0, c1, c2 = (tirx.const(c, "int32") for c in TL2_DIGIT_CONSTS)
+    c = tirx.Select(r == 0, c0, tirx.Select(r == 1, c1, c2))
     d = ((c >> (idx * 2)) & 3) - 1
     return (d ^ (0 - sign)) + sign  # sign ? -d : d
 

@@ -19,9 +19,11 @@ from .common import (SYM_IMPLS, ConstRef, Lazy, Sym, _as_int, _is_int_dtype, _ob
 @sym_impl(Op.Shape)
 def _s_shape(L, node, args, syms):
     x = args[0]
-    if isinstance(x, Lazy):
-        x = x.shape if x.shape is not None else L.tensor(x)
-    if isinstance(x, Sym):
+    if isinstance(x, Lazy) and x.shape is not None:  # known without emitting the value
+        shp = list(x.shape)
+    elif isinstance(x, Lazy):
+        shp = L.shape_of(L.tensor(x))
+    elif isinstance(x, Sym):
         shp = list(x.shape)
     elif isinstance(x, ConstRef):
         shp = list(L.const_array(x.name).shape)

@@ -95,7 +95,8 @@ def test_kernel_tuner_is_an_explicit_cache():
     tuner, log = K.KernelTuner(), []
     before = dict(K.DEFAULT_TUNER.measured)
     kind = K.choose_kind("tl1", 48, 8, 1, "cpu", "auto", log, tuner=tuner)
-    assert list(tuner.measured) == [("tl1", 48, 8, 1, "None")] and tuner.measured[("tl1", 48, 8, 1, "None")]["chosen"] == kind
+    key = ("tl1", 48, 8, 1, "None")
+    assert list(tuner.measured) == [key] and tuner.measured[key]["chosen"] == kind
     assert K.choose_kind("tl1", 48, 8, 1, "cpu", "auto", log, tuner=tuner) == kind and len(log) == 1
     assert K.DEFAULT_TUNER.measured == before
 
