@@ -9,6 +9,7 @@ import numpy as np
 from tvm import relax, tirx
 
 from ....ir.core import Function, Module, Node
+from ....ir.decoder import DecoderSpec
 from ....ir.ops import Op
 from ....ir.types import DType
 from .common import (IMPLS, INLINE_MAX, SYM_IMPLS, ConstRef, EntrySignature, KernelRegistry, Lazy, LoweringError,
@@ -43,7 +44,8 @@ class FunctionLowerer:
         self.types = fn.value_types()
         self._fresh = 0
         # decode-like functions (one token) pick GEMV-style kernels; see _tokens_hint
-        self.tokens_hint = 1 if fn.name == (module.meta.get("decoder") or {}).get("decode") else 32
+        dec = DecoderSpec.of(module)
+        self.tokens_hint = 1 if dec is not None and fn.name == dec.decode else 32
 
     # ------------------------------------------------------------------ helpers
     def err(self, msg: str) -> LoweringError:

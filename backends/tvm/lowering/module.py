@@ -7,6 +7,7 @@ import numpy as np
 from tvm import relax
 
 from ....ir.core import Module
+from ....ir.decoder import DecoderSpec
 from ....ir.ops import Op
 from .. import kernels
 from .common import EntrySignature, KernelRegistry, Lowered
@@ -37,10 +38,10 @@ def _weight_storage(module: Module, entries: list[str], target_kind: str) -> dic
 
 def _decode_token_dim(module: Module, name: str) -> str | None:
     """The symbol of decode's new-token count (input_ids [B, seq]) when `name` is a decoder's decode."""
-    dec = module.meta.get("decoder") or {}
-    if name != dec.get("decode"):
+    dec = DecoderSpec.of(module)
+    if dec is None or name != dec.decode:
         return None
-    p = next((p for p in module.func(name).params if p.name == dec.get("input_ids")), None)
+    p = next((p for p in module.func(name).params if p.name == dec.input_ids), None)
     if p is None or p.type.shape is None or len(p.type.shape) != 2 or not isinstance(p.type.shape[1], str):
         return None
     return p.type.shape[1]
@@ -58,8 +59,8 @@ def lower_module(module: Module, entries: list[str] | None = None, target_kind: 
     measurement compiles for; tuner: the KernelTuner holding measured choices (default: the
     process-wide kernels.DEFAULT_TUNER)."""
     if entries is None:
-        dec = module.meta.get("decoder")
-        entries = [dec["prefill"], dec["decode"]] if dec else module.entry_names
+        dec = DecoderSpec.of(module)
+        entries = list(dec.entries) if dec else module.entry_names
     bb = relax.BlockBuilder()
     sigs: dict[str, EntrySignature] = {}
     log: list = []
