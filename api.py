@@ -31,11 +31,13 @@ class InterpreterRunner:
         return self._interp.run(entry, inputs)
 
 
-def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
+def load(source: str | os.PathLike | Any, decoder: bool = True, progress=None) -> Module:
     """Load a model as a ternc Module.
 
-    `source`: an ONNX ModelProto, a path to an `.onnx` file, or a `.ternc` module file. Decoder LMs
-    (graphs with attention) get `prefill`/`decode` entry points with explicit KV-cache state.
+    `source`: an ONNX ModelProto, a path to an `.onnx` file, a `.ternc` module file, a Hugging Face
+    model folder (config.json + safetensors) or a `.gguf` file (both offline; see frontend/hf.py and
+    frontend/gguf.py). Decoder LMs (graphs with attention) get `prefill`/`decode` entry points with
+    explicit KV-cache state. `progress(step)` is called at the start of each long step.
     """
     import onnx
 
@@ -47,6 +49,18 @@ def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
         return load_module(source)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and (Path(source) / "manifest.json").exists():
         raise ValueError(f"{source} is a compiled artifact; use ternc.load_artifact()")
+    if isinstance(source, (str, os.PathLike)):
+        from .frontend.hf import check_local, is_hf_folder
+
+        check_local(source)
+        if is_hf_folder(source):
+            from .frontend.hf import load_hf_folder
+
+            return load_hf_folder(source, progress=progress)
+        if Path(source).suffix == ".gguf":
+            from .frontend.gguf import load_gguf
+
+            return load_gguf(source, progress=progress)
     from .frontend import from_onnx
     from .frontend.decoder import make_decoder
 
