@@ -15,7 +15,7 @@ class TargetError(ValueError):
 
 
 def compile_to(module: Module, target: str = "reference", passes: str | None = None, out: str | None = None,
-               context: int = 512, source: str = "", mcpu: str | None = None) -> str:
+               context: int = 512, source: str = "", mcpu: str | None = None, tokenizer=None) -> str:
     """Run the target's pipeline (or `passes`), then write the target's output. Returns a summary."""
     from .passes.pipeline import PIPELINES
     from .passes.pipeline import compile as run_pipeline
@@ -29,6 +29,14 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
                                    report=lambda text: print(text, file=sys.stderr))
     module = module.replace(meta={**module.meta, "max_context": context})
     lines = []
+    is_lm = "decoder" in module.meta
+    run_hint = ("ternc generate {out} " + ("--prompt \"Hello\"" if tokenizer is not None else "--prompt-ids 1,2,3")
+                + " -n 16") if is_lm else "ternc run {out} --input NAME=FILE.npy --out DIR"
+    from .ir.ops import Op
+
+    if target != "reference" and not any(n.op == Op.TernaryLinear for f in module.functions for n in f.nodes):
+        lines.append("  note: no ternary weights were found, so every linear stays float (f32); ternc's packed "
+                     "ternary kernels apply to BitNet-style graphs (see raise-ternary)")
     if target == "reference":
         from .ir.serialize import save_module
 
@@ -36,7 +44,7 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
         save_module(module, path)
         lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
         lines.append(f"  wrote {path} ({path.stat().st_size / 1e6:.2f} MB): the transformed module (IR text + "
-                     f"weights); run it with `ternc generate {path} --prompt-ids 1,2,3`")
+                     f"weights); run it with `{run_hint.format(out=path)}`")
         return "\n".join(lines)
     if target == "kv260":
         raise TargetError("target 'kv260': the FPGA backend (schedule + Amaranth top + bitstream inputs) is not "
@@ -47,10 +55,16 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     extra = {"mcpu": mcpu} if mcpu else {}
     art = build_artifact(module, target=target, out_dir=out_dir,
                          pipeline=passes or f"default:{target}", source=source, **extra)
+    if tokenizer is not None:
+        from .backends.artifact import add_files
+        from .tokenizer import TOKENIZER_DIR, tokenizer_files
+
+        add_files(out_dir, {f"{TOKENIZER_DIR}/{k}": v for k, v in tokenizer_files(tokenizer).items()},
+                  role=("tokenizer", f"{TOKENIZER_DIR}/tokenizer_config.json"))
     lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
     lines.append(f"  wrote artifact {out_dir}/ :")
     for p in sorted(q for q in Path(out_dir).rglob("*") if q.is_file()):
         lines.append(f"    {str(p.relative_to(out_dir)):<40} {p.stat().st_size / 1e6:8.2f} MB")
-    lines.append(f"  run it: ternc generate {out_dir} --prompt-ids 1,2,3 -n 16")
+    lines.append(f"  run it: {run_hint.format(out=out_dir)}")
     _ = art
     return "\n".join(lines)

@@ -220,3 +220,26 @@ def bundle_runtime(dest: str | os.PathLike, with_ffi: bool = True) -> Path:
                         ignore=lambda d, names: [n for n in names if n in ("__pycache__", "3rdparty")],
                         dirs_exist_ok=True)
     return dest
+
+
+def add_files(path: str | os.PathLike, files: dict[str, bytes], role: tuple[str, str] | None = None) -> None:
+    """Add files to a built artifact (e.g. its tokenizer) and list them with sha256 in the manifest.
+
+    `files`: {path relative to the artifact: bytes}; `role`: (role name, one of those paths) for
+    `files_role`. The manifest is rewritten atomically.
+    """
+    path = Path(path)
+    manifest = read_manifest(path, check_files=False)
+    for rel, data in files.items():
+        p = (path / rel).resolve()
+        if path.resolve() not in p.parents:
+            raise ArtifactError(f"{rel}: artifact files must stay inside {path}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        p.chmod(0o644)
+        manifest["files"][rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    if role is not None:
+        manifest["files_role"][role[0]] = role[1]
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, path / MANIFEST)

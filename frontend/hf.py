@@ -111,6 +111,10 @@ def import_torch_lm(lm, key: str, name: str, source_meta: dict, ternary_sources:
     if ternary_sources:
         _step(progress, "bind ternary weights")
         module = bind_ternary_sources(module, ternary_sources, require_act_quant)
+    gen = getattr(lm, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if eos is not None:
+        source_meta = {**source_meta, "eos_token_id": eos}
     module = module.replace(meta={**module.meta, "source": {**module.meta.get("source", {}), **source_meta}})
     cached.parent.mkdir(parents=True, exist_ok=True)
     save_module(module, cached)
