@@ -196,7 +196,7 @@ def cmd_generate(args) -> int:
     t0 = time.time()
     ternc.generate(model, [ids], args.n, eos_token_id=eos or None, callback=on_token, **sampling)
     dt = time.time() - t0
-    sys.stdout.write("\n")
+    sys.stdout.write(dec.flush() + "\n")
     why = "end of sequence" if new and new[-1] in eos else f"{args.n} tokens"
     print(f"[ternc] {len(ids)} prompt tokens, {len(new)} new tokens in {dt:.2f}s ({why})", file=sys.stderr)
     return 0

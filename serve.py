@@ -161,6 +161,12 @@ class Engine:
                      temperature=p["temperature"], top_k=p["top_k"], top_p=p["top_p"], seed=p["seed"])
         except _Stop:
             pass
+        if not state["stopped"]:  # flush what the stream held back (an incomplete character at the end)
+            final = self.tok.decode([t for t in new if t not in eos], skip_special_tokens=True)
+            if final.startswith(state["text"]) and len(final) > len(state["text"]):
+                if on_piece:
+                    on_piece(final[len(state["text"]):])
+                state["text"] = final
         finish = "stop" if state["stopped"] or (new and new[-1] in eos) else "length"
         return {"text": state["text"], "ids": new, "finish_reason": finish}
 

@@ -98,6 +98,13 @@ class StreamDecoder:
         self.ids: list[int] = []
         self.emitted = ""
 
+    def flush(self) -> str:
+        """The text held back at the end (a character the last tokens left incomplete)."""
+        text = self.tok.decode(self.ids, skip_special_tokens=self.skip)
+        new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        self.emitted = text
+        return new
+
     def push(self, token_id: int) -> str:
         self.ids.append(int(token_id))
         text = self.tok.decode(self.ids, skip_special_tokens=self.skip)
@@ -163,6 +170,9 @@ def generate_text(model, prompt: str | None = None, max_new_tokens: int = 16, me
     eos = eos_ids(tok, model) if stop_at_eos else []
     out = generate(model, [ids], max_new_tokens, eos_token_id=eos or None, callback=on_token,
                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    tail = dec.flush()
+    if stream and tail:
+        stream(tail)
     new = [int(t) for t in out[0, len(ids):]]
     finish = "stop" if new and new[-1] in eos else "length"
     return {"text": tok.decode(new, skip_special_tokens=True), "ids": new, "prompt_tokens": len(ids),

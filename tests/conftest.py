@@ -224,3 +224,8 @@ def tiny_gguf():
             write_tiny_gguf(tmp)
             os.replace(tmp, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    return tiny_tokenizer()
