@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
     module, _report = run_pipeline(module, target=target, passes=passes,
                                    report=lambda text: print(text, file=sys.stderr))
-    module = module.replace(meta={**module.meta, "max_context": context})
+    # The per-pass table travels with the output (for `ternc report`); timings stay out (deterministic builds).
+    rows = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in _report.rows]
+    module = module.replace(meta={**module.meta, "max_context": context, "pass_report": rows})
     lines = []
     is_lm = "decoder" in module.meta
     run_hint = ("ternc generate {out} " + ("--prompt \"Hello\"" if tokenizer is not None else "--prompt-ids 1,2,3")

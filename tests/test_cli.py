@@ -153,6 +153,11 @@ def test_compile_hf_folder_for_cpu_carries_its_tokenizer(hf_bitnet_folder, tmp_p
     ternc.load_artifact(art)  # checksums of the added files verify
     got = run("generate", art, "--prompt", "Hi there", "-n", "6").stdout
     assert got == run("generate", hf_bitnet_folder, "--prompt", "Hi there", "-n", "6").stdout
+    r = run("report", art)
+    page = (art / "report.html").read_text()
+    assert r.stdout.strip().endswith("report.html")
+    for needle in ("<h2>Passes</h2>", "raise-ternary", "Kernel choices", "tokenizer/tokenizer.json", "hf: "):
+        assert needle in page, needle
     np.save(tmp_path / "ids.npy", np.array([[1, 2]], np.int64))
     r = run("run", art, "--input", f"input_ids={tmp_path / 'ids.npy'}", "--out", tmp_path / "o", check=False)
     assert r.returncode == 2 and "--entry" in r.stderr and "prefill" in r.stderr
