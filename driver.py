@@ -52,6 +52,7 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     if target == "kv260":
         raise TargetError("target 'kv260': the FPGA backend (schedule + Amaranth top + bitstream inputs) is not "
                           "available yet; the TLMM engine itself is in ternc.hw (see README)")
+    _refuse_unlowerable(module, target)
     from .backends.tvm.build import build_artifact
 
     out_dir = Path(out or f"out/{module.name}-{target}")
@@ -71,3 +72,18 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
     lines.append(f"  run it: {run_hint.format(out=out_dir)}")
     _ = art
     return "\n".join(lines)
+
+
+def _refuse_unlowerable(module: Module, target: str) -> None:
+    """Name every op the TVM backend cannot lower before building anything (not the first one mid-build)."""
+    from .backends.tvm.lower import IMPLS, SYM_IMPLS
+
+    missing: dict[str, list[str]] = {}
+    for f in module.functions:
+        for n in f.nodes:
+            if n.op not in IMPLS and n.op not in SYM_IMPLS:
+                missing.setdefault(n.op.value, []).append(f"@{f.name}:{n.label}")
+    if missing:
+        detail = "; ".join(f"{op} ({len(v)}x, e.g. {v[0]})" for op, v in sorted(missing.items()))
+        raise TargetError(f"target '{target}': the TVM backend has no lowering for {len(missing)} op(s) in this "
+                          f"model: {detail}. Nothing was built; the reference target (interpreter) runs it")
