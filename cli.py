@@ -42,6 +42,13 @@ def _load_any(path: str):
 def _load_module(path):
     import ternc
 
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        from .frontend.hf import check_local
+
+        try:
+            check_local(path)  # a hub id gets its own hint
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     with _Steps(f"load {Path(str(path)).name}") as steps:
         return ternc.load(path, progress=steps.step)
 

@@ -117,7 +117,7 @@ def test_hub_id_and_non_decoder_errors(tmp_path):
     from onnx import TensorProto, helper
 
     r = run("generate", "HuggingFaceTB/SmolLM2-135M", "--prompt", "hi", check=False)
-    assert r.returncode == 1 and "pass the local folder" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "pass the local folder" in r.stderr and "Traceback" not in r.stderr
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
