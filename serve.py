@@ -62,9 +62,8 @@ class Engine:
 
         if body.get("n", 1) not in (1, None):
             raise RequestError(400, "only n=1 is supported", "n")
-        max_tokens = num("max_tokens", int, None if "max_completion_tokens" not in body else
-                         body["max_completion_tokens"], 1, 1 << 20) if (
-            "max_tokens" in body or "max_completion_tokens" in body) else 16
+        max_tokens = num("max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", int, 16,
+                         1, 1 << 20)
         stop = body.get("stop")
         if isinstance(stop, str):
             stop = [stop]
