@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -62,16 +63,12 @@ def load(source: str | os.PathLike | Any, decoder: bool = True, progress=None) -
 
             return load_gguf(source, progress=progress)
     from .frontend import from_onnx
-    from .frontend.decoder import make_decoder
+    from .frontend.decoder import with_decoder
 
     if not isinstance(source, (onnx.ModelProto, str, os.PathLike)):
         raise TypeError(f"ternc.load takes a path or an onnx.ModelProto, not {type(source).__name__}")
     module = from_onnx(source)
-    from .ir.ops import Op
-
-    if decoder and any(n.op == Op.Attention for n in module.func("main").nodes):
-        module = make_decoder(module)
-    return module
+    return with_decoder(module) if decoder else module
 
 
 def save(module: Module, path: str | os.PathLike) -> Path:
@@ -109,7 +106,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | li
     shape [1, len(prompt) + n_generated]. Modules without decoder entry points are run by
     re-evaluating `main` on the whole sequence. For text, see `ternc.generate_text`.
     """
-    from .frontend.decoder import decode_feeds
+    from .ir.decoder import DecoderSpec, decode_feeds
     from .tokenizer import check_sampling, pick_token
 
     check_sampling(temperature, top_k, top_p)
@@ -124,8 +121,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | li
     ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
     if ids.shape[1] == 0:
         raise ValueError("prompt is empty")
-    dec = runner.meta.get("decoder")
-    limit = max_context or (dec or {}).get("max_context") or runner.meta.get("max_context")
+    dec = DecoderSpec.from_meta(runner.meta["decoder"]) if runner.meta.get("decoder") else None
+    limit = max_context or runner.meta.get("max_context")
     if limit and ids.shape[1] > limit:
         raise ContextLengthError(f"prompt has {ids.shape[1]} tokens; the model was compiled for a context of "
                                  f"{limit}")
@@ -141,10 +138,10 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | li
             if nxt in stop:
                 break
         return seq
-    res = runner.run(dec["prefill"], {dec["input_ids"]: ids})
+    res = runner.run(dec.prefill, {dec.input_ids: ids})
     total = ids.shape[1]
     for step in range(max_new_tokens):
-        nxt = pick(res[dec["logits"]][0, -1])
+        nxt = pick(res[dec.logits][0, -1])
         out.append(np.array([[nxt]], dtype=np.int64))
         if callback:
             callback(nxt)
@@ -155,7 +152,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | li
         total += 1
         if limit and total > limit:
             break
-        res = runner.run(dec["decode"], decode_feeds(dec, res, out[-1]))
+        res = runner.run(dec.decode, decode_feeds(dec, res, out[-1]))
     return np.concatenate(out, axis=1)
 
 
@@ -171,15 +168,62 @@ def _ids_name(runner) -> str:
     return fn.params[0].name if fn else "input_ids"
 
 
-def compile(module: Module, target: str = "reference", passes: str | list | None = None, **kw):
-    """Apply a pass pipeline and, for real targets, build an artifact (see `ternc compile`)."""
-    from .passes.pipeline import compile as _compile
+@dataclass
+class CompileResult:
+    """What `ternc.compile` returns: the transformed module and its pass report, and, when an
+    output was asked for, the artifact's path and manifest (reference: the .ternc file, no manifest)."""
 
-    return _compile(module, target=target, passes=passes, **kw)
+    target: str
+    module: Module
+    report: Any  # passes.pipeline.PassReport
+    artifact: Path | None = None
+    manifest: dict | None = None
 
 
-def load_artifact(path: str | os.PathLike):
-    """Load a compiled artifact directory (checks manifest checksums); returns a Runner."""
-    from .backends.artifact import load_artifact as _load
+def compile(model, target: str = "reference", passes: str | list | None = None, out: str | os.PathLike | None = None,
+            *, context: int | None = None, report: Any = False, verify_each: bool | None = None,
+            **build_options) -> CompileResult:
+    """Run `target`'s pass pipeline (or `passes`) on `model` (a Module or anything `load` takes) and,
+    with `out`, build the target's artifact there; returns a CompileResult.
 
-    return _load(path)
+        res = ternc.compile("model.onnx", target="cpu", out="art/")   # res.artifact, res.manifest
+        res = ternc.compile(m, passes="quantize-kv{bits=2}")         # res.module, res.report
+
+    The module is checked against the target's capabilities (refused before any build when it
+    uses an attribute value the backend does not implement). `context`: the maximum context the
+    artifact serves (meta `max_context`). `report`: True prints the per-pass table, a callable
+    receives it. build_options go to the target's build (TVM: kernel_policy, kernels, mcpu, pipeline).
+    """
+    from .passes.pipeline import compile as run_pipeline
+    from .targets import get
+
+    tgt = get(target)
+    module = model if isinstance(model, Module) else load(model)
+    module, rep = run_pipeline(module, list(tgt.pipeline) if passes is None else passes,
+                               verify_each=verify_each, report=report, target=tgt.name)
+    if context is not None:
+        if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+            raise ValueError(f"context must be a positive number of tokens, got {context!r}")
+        module = module.replace(meta={**module.meta, "max_context": context})
+    tgt.check(module)
+    if out is None:
+        if build_options:
+            raise TypeError(f"build options {', '.join(sorted(build_options))} need `out`")
+        return CompileResult(tgt.name, module, rep)
+    build_options.setdefault("pipeline", rep.spec)
+    # the per-pass table travels with the output (`ternc report`); no timings: builds stay deterministic
+    import dataclasses
+    import json
+
+    rows = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rep.rows]
+    module = module.replace(meta={**module.meta, "pass_report": json.loads(json.dumps(rows, default=str))})
+    art = tgt.build(module, out, **build_options)
+    return CompileResult(tgt.name, module, rep, art.path, art.manifest if tgt.artifact == "folder" else None)
+
+
+def load_artifact(path: str | os.PathLike, **options):
+    """Load a compiled artifact (checks the manifest and every file's sha256) with its target's
+    backend; returns a Runner. (TVM options: device.)"""
+    from .targets import load_artifact as _load
+
+    return _load(path, **options)

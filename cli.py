@@ -7,7 +7,7 @@
     ternc generate MODEL --prompt-ids 1,2,3 -n 16     token ids in, token ids out
     ternc serve MODEL|ART [--port 8000]               OpenAI-compatible HTTP server (serve.py)
     ternc report ART [-o report.html]                 one HTML page: passes, bytes, kernel choices
-    ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
+    ternc compile [MODEL] --target TARGET [--passes SPEC] [--kernels FILE] -o OUT   (targets: ternc.targets)
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
 
 MODEL is an .onnx file, a .ternc module file, a Hugging Face model folder (config.json +
@@ -209,18 +209,76 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _read_kernels(path: str):
+    """--kernels FILE: an artifact's manifest.json (its `kernels` record) or a JSON list of choices."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--kernels {path}: cannot read JSON ({e})") from None
+    if isinstance(data, dict) and "kernels" in data:
+        data = data["kernels"]
+    if isinstance(data, dict):
+        data = data.get("choices")
+    if not isinstance(data, list):
+        raise CLIError(f"--kernels {path}: expected a manifest.json or a list of {{format, k, n, m, kind}}")
+    return data
+
+
+def format_result(res, seconds: float, text: bool = False) -> str:
+    """The `ternc compile` summary of a CompileResult (the run hint fits the model: LM or not)."""
+    lines = [f"compiled @{res.module.name} for target '{res.target}' in {seconds:.1f}s"]
+    p = res.artifact
+    if "decoder" in res.module.meta:
+        hint = f"ternc generate {p} " + ('--prompt "Hello"' if text else "--prompt-ids 1,2,3") + " -n 16"
+    else:
+        hint = f"ternc run {p} --input NAME=FILE.npy --out DIR"
+    from .ir.ops import Op
+
+    if res.target != "reference" and not any(n.op == Op.TernaryLinear for f in res.module.functions for n in f.nodes):
+        lines.append("  note: no ternary weights were found, so every linear stays float (f32); ternc's packed "
+                     "ternary kernels apply to BitNet-style graphs (see raise-ternary)")
+    if p.is_file():
+        lines.append(f"  wrote {p} ({p.stat().st_size / 1e6:.2f} MB): the transformed module (IR text + "
+                     f"weights); run it with `{hint}`")
+        return "\n".join(lines)
+    lines.append(f"  wrote artifact {p}/ :")
+    for rel, info in sorted((res.manifest or {}).get("files", {}).items()):
+        lines.append(f"    {rel:<40} {info['bytes'] / 1e6:8.2f} MB")
+    lines.append(f"  run it: {hint}")
+    return "\n".join(lines)
+
+
 def cmd_compile(args) -> int:
     import ternc
+    from .targets import get
 
+    tgt = get(args.target)  # an unknown target fails before the model loads
     src = args.model or _default_model_path()
+    if args.context < 1:
+        raise CLIError(f"--context must be at least 1, got {args.context}")
     t0 = time.time()
     module = _load_module(src)
     print(f"[ternc] loaded {src} ({time.time() - t0:.1f}s)", file=sys.stderr)
-    from .driver import compile_to
+    options = {}
+    if args.mcpu:
+        options["mcpu"] = args.mcpu
+    if args.kernels:
+        options["kernels"] = _read_kernels(args.kernels)
+    if options and tgt.artifact != "folder":
+        raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
+    t0 = time.time()
+    # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
+    res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
+                        context=args.context, report=lambda text: print(text, file=sys.stderr), **options)
+    tok = _tokenizer_or_none(module)
+    if tok is not None and res.artifact.is_dir():
+        from .backends.artifact import add_files
+        from .tokenizer import TOKENIZER_DIR, tokenizer_files
 
-    result = compile_to(module, target=args.target, passes=args.passes, out=args.output,
-                        context=args.context, source=str(src), mcpu=args.mcpu, tokenizer=_tokenizer_or_none(module))
-    print(result)
+        add_files(res.artifact, {f"{TOKENIZER_DIR}/{k}": v for k, v in tokenizer_files(tok).items()},
+                  role=("tokenizer", f"{TOKENIZER_DIR}/tokenizer_config.json"))
+        res.manifest = json.loads((res.artifact / "manifest.json").read_text())
+    print(format_result(res, time.time() - t0, text=tok is not None))
     return 0
 
 
@@ -257,7 +315,7 @@ def cmd_eval(args) -> int:
     ref = evaluate(base, ids, prefix=args.prefix)
     rows = [("unmodified", ref, None)]
     if args.passes:
-        mod, _ = ternc.compile(base, passes=args.passes)
+        mod = ternc.compile(base, passes=args.passes, report=True).module
         rows.append((args.passes, evaluate(mod, ids, prefix=args.prefix, reference=ref["top1"]), args.passes))
     if args.passes:
         from .passes.pipeline import resolve
@@ -302,6 +360,8 @@ def _add_sampling(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import targets
+
     ap = argparse.ArgumentParser(prog="ternc", description="Compiler for ternary (1.58-bit) language models.")
     ap.add_argument("--version", action="version", version=f"ternc {_version()}")
     ap.add_argument("--verbose", action="store_true",
@@ -346,12 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
     p.add_argument("model", nargs="?", help="ONNX, .ternc, HF folder or .gguf (default: built-in tiny BitNet)")
-    p.add_argument("--target", default="reference", help="reference | cpu | cuda | aarch64 | kv260")
+    p.add_argument("--target", default="reference", help=" | ".join(targets.names()))
     p.add_argument("--passes", default=None, help='pipeline spec, e.g. "pack-ternary{format=tl2},quantize-kv{bits=2}"')
     p.add_argument("-o", "--output", default=None, help="output (.ternc file for reference, folder otherwise)")
     p.add_argument("--context", type=int, default=512, help="maximum context length the artifact serves")
     p.add_argument("--mcpu", default=None,
                    help="CPU to compile for (default: this host's; e.g. x86-64-v3 for portable artifacts)")
+    p.add_argument("--kernels", default=None, metavar="FILE",
+                   help="reuse the kernel choices of a previous build (its manifest.json), for identical rebuilds")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, streaming, models)")

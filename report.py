@@ -64,6 +64,13 @@ def _kernel_rows(choices) -> list[list[str]]:
     return rows
 
 
+def _build_seconds(path: Path, man: dict):
+    from .backends.artifact import read_report
+
+    rep = read_report(path)
+    return rep.get("compile_seconds", rep.get("seconds", man.get("compile_seconds", "?")))
+
+
 def render(source: str | os.PathLike) -> str:
     """The report page for an artifact folder or a .ternc module file."""
     p = Path(source)
@@ -77,7 +84,7 @@ def render(source: str | os.PathLike) -> str:
         summary = [["target", _e(man["target"]["name"])], ["TVM target", f"<code>{_e(man['target'].get('tvm'))}</code>"],
                    ["pipeline", f"<code>{_e(man.get('pipeline'))}</code>"],
                    ["ternc / TVM", _e(f"{man.get('ternc_version')} / {man.get('tvm_version')}")],
-                   ["compile time", _e(f"{man.get('compile_seconds')} s")],
+                   ["compile time", _e(f"{_build_seconds(p, man)} s")],
                    ["total size", _bytes(sum(f["bytes"] for f in man["files"].values()))]]
         files = [[f"<code>{_e(k)}</code>", _bytes(v["bytes"]), f"<code>{_e(v['sha256'][:16])}…</code>"]
                  for k, v in sorted(man["files"].items())]

@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -43,14 +42,18 @@ WHEELS = ["apache-tvm-ffi", "ml_dtypes", "safetensors"]
 
 
 def _import_ternc():
+    """ternc, loaded from this checkout when it is not installed (the GPU host runs a bare copy of the
+    repo, whose root is the package but not named `ternc`)."""
     try:
-        import ternc  # noqa: F401
+        import ternc
     except ImportError:
-        d = Path(tempfile.mkdtemp(prefix="ternc-path-"))
-        (d / "ternc").symlink_to(REPO, target_is_directory=True)
-        sys.path.insert(0, str(d))
-    import ternc
+        import importlib.util
 
+        spec = importlib.util.spec_from_file_location("ternc", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        ternc = importlib.util.module_from_spec(spec)
+        sys.modules["ternc"] = ternc
+        spec.loader.exec_module(ternc)
     return ternc
 
 
@@ -68,10 +71,9 @@ def _pip_versions() -> dict:
 
 def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12", passes: str | None = None) -> None:
     ternc = _import_ternc()
-    from ternc.backends.artifact import build_artifact, bundle_runtime
     from ternc.backends.tvm import build as B
-    from ternc.passes.pipeline import PIPELINES
-    from ternc.passes.pipeline import compile as run_passes
+    from ternc.backends.tvm.runtime import bundle_runtime
+    from ternc.targets import get
 
     out.mkdir(parents=True, exist_ok=True)
     if onnx_path is None:
@@ -80,17 +82,19 @@ def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12", passe
 
         onnx_path = str(out / "tiny-bitnet.onnx")
         export_decoder(tiny_bitnet.build(), onnx_path)
-    spec = None if passes is None else ",".join(PIPELINES["cuda"]) + "," + passes  # e.g. quantize-kv{...}
-    module, _report = run_passes(ternc.load(onnx_path), target="cuda", passes=spec)
+    spec = None if passes is None else ",".join(get("cuda").pipeline) + "," + passes  # e.g. quantize-kv{...}
     B.CUDA_ARCH = arch
     t0 = time.time()
-    art = build_artifact(module, "cuda", out / "art-cuda", pipeline_desc=PIPELINES["cuda"])
+    res = ternc.compile(ternc.load(onnx_path), target="cuda", passes=spec, out=out / "art-cuda", report=True)
+    module, art = res.module, res.artifact
     print(f"built {art} in {time.time() - t0:.1f}s", flush=True)
-    dec = module.meta["decoder"]
+    from ternc.ir.decoder import DecoderSpec
+
+    dec = DecoderSpec.of(module)
     expected = {"prompts": PROMPTS, "n_new": N_NEW, "tokens": [], "onnx": onnx_path}
     for p in PROMPTS:
         expected["tokens"].append(ternc.generate(module, np.array([p]), N_NEW).tolist())
-    logits = ternc.interpret(module, {dec["input_ids"]: np.array([PROMPTS[0]])}, dec["prefill"])[dec["logits"]]
+    logits = ternc.interpret(module, {dec.input_ids: np.array([PROMPTS[0]])}, dec.prefill)[dec.logits]
     np.save(out / "expected_logits.npy", logits)
     (out / "expected.json").write_text(json.dumps(expected, indent=1))
     rt = bundle_runtime(out / "rt", with_ffi=False)
@@ -121,7 +125,9 @@ def check(out: Path, json_out: str | None) -> int:
     load_s = time.time() - t0
     import tvm
 
-    dec = runner.meta["decoder"]
+    from ternc.ir.decoder import DecoderSpec
+
+    dec = DecoderSpec.from_meta(runner.meta["decoder"])
     res = {"tvm": tvm.__file__, "device": str(runner.device), "load_s": round(load_s, 3), "prompts": []}
     ok = True
     for p, ref in zip(expected["prompts"], expected["tokens"]):
@@ -132,7 +138,7 @@ def check(out: Path, json_out: str | None) -> int:
         res["prompts"].append({"prompt": p, "match": same, "tokens": toks, "expected": ref,
                                "seconds": round(time.time() - t0, 3)})
     ref_logits = np.load(out / "expected_logits.npy")
-    got = runner.run(dec["prefill"], {dec["input_ids"]: np.array([expected["prompts"][0]])})[dec["logits"]]
+    got = runner.run(dec.prefill, {dec.input_ids: np.array([expected["prompts"][0]])})[dec.logits]
     res["prefill_logits_max_rel_err"] = float(np.max(np.abs(got - ref_logits)) / np.max(np.abs(ref_logits)))
     maps = Path("/proc/self/maps").read_text()
     res["libtvm_loaded"] = sorted({ln.split()[-1].rsplit("/", 1)[-1] for ln in maps.splitlines() if "libtvm" in ln})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import ternc
-from ternc.driver import compile_to
 from ternc.report import write_report
 
 
@@ -24,7 +23,7 @@ class _Collect(HTMLParser):
 def test_report_of_a_reference_module_lists_passes_and_ops(onnx_export, tmp_path):
     m = ternc.load(onnx_export("tiny-bitnet", False))
     out = tmp_path / "m.ternc"
-    compile_to(m, target="reference", passes="fold,raise-ternary,pack-ternary{format=i2}", out=str(out))
+    ternc.compile(m, target="reference", passes="fold,raise-ternary,pack-ternary{format=i2}", out=out)
     page = write_report(out).read_text()
     parsed = _Collect()
     parsed.feed(page)
