@@ -320,7 +320,7 @@ def cmd_eval(args) -> int:
     if args.passes:
         from .passes.pipeline import resolve
 
-        for info, opts in resolve("reference", args.passes):
+        for info, opts in resolve(args.passes):
             window = getattr(opts, "residual", None)
             if window is not None and len(ids) <= window + getattr(opts, "sinks", 0):
                 print(f"[ternc] note: {getattr(info, 'name', 'quantize-kv')} keeps the newest {window} tokens (plus "
