@@ -1,4 +1,4 @@
-"""TVM backend: lower ternc IR to Relax + TensorIR (lower.py, kernels.py), compile (build.py),
+"""TVM backend: lower ternc IR to Relax + TensorIR (lowering/, kernels/), compile (build.py),
 run artifacts on the TVM runtime only (runtime.py); per-target differences are data (target.py).
 Submodules are imported lazily so that the runtime path never loads the TVM compiler library.
 

@@ -25,7 +25,7 @@ import tvm
 
 from ...ir.core import Module
 from ..artifact import Artifact, json_safe, write_artifact
-from .lower import Lowered, lower_module
+from .lowering import Lowered, lower_module
 from .target import AARCH64_CC, AARCH64_TRIPLE, CUDA_ARCH, TVM_TARGETS, TvmTarget, tvm_target  # noqa: F401
 
 LIB = "lib/model.so"
