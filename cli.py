@@ -3,11 +3,16 @@
     ternc import MODEL.onnx [-o OUT.ternc]            ONNX -> ternc module file (prints a summary)
     ternc show MODEL                                  print the IR text
     ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]
-    ternc generate MODEL --prompt-ids 1,2,3 -n 16
+    ternc generate MODEL --prompt "text" [--chat] [--temperature T --top-k K --top-p P --seed S] -n 16
+    ternc generate MODEL --prompt-ids 1,2,3 -n 16     token ids in, token ids out
+    ternc serve MODEL|ART [--port 8000]               OpenAI-compatible HTTP server (serve.py)
+    ternc report ART [-o report.html]                 one HTML page: passes, bytes, kernel choices
     ternc compile [MODEL] --target TARGET [--passes SPEC] [--kernels FILE] -o OUT   (targets: ternc.targets)
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
 
-MODEL is an .onnx file, a .ternc module file, or (for run/generate) a compiled artifact folder.
+MODEL is an .onnx file, a .ternc module file, a Hugging Face model folder (config.json +
+safetensors), a .gguf file, or (for run/generate/serve) a compiled artifact folder. Everything is
+offline: a hub id is refused with a hint to download it first.
 Without MODEL, `compile` uses the built-in default model (a tiny ternary BitNet).
 """
 
@@ -25,15 +30,51 @@ class CLIError(Exception):
 
 
 def _load_any(path: str):
-    """A Module (onnx / .ternc) or a Runner (artifact folder)."""
+    """A Module (onnx / .ternc / HF folder / .gguf) or a Runner (artifact folder)."""
     import ternc
 
     p = Path(path)
     if p.is_dir() and (p / "manifest.json").exists():
         return ternc.load_artifact(p)
-    if not p.exists():
-        raise CLIError(f"{path}: no such file or directory")
-    return ternc.load(p)
+    return _load_module(path)
+
+
+def _load_module(path):
+    import ternc
+
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        from .frontend.hf import check_local
+
+        try:
+            check_local(path)  # a hub id gets its own hint
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+    with _Steps(f"load {Path(str(path)).name}") as steps:
+        return ternc.load(path, progress=steps.step)
+
+
+class _Steps:
+    """A tqdm bar over a load's named steps (export, import, ...), on stderr; silent when not a TTY."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def step(self, what: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=None, desc=self.desc, file=sys.stderr, bar_format="{desc} [{elapsed}]",
+                            disable=not sys.stderr.isatty())
+        self.bar.set_description_str(f"{self.desc}: {what}")
+        self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _default_model_path(with_past: bool = False) -> Path:
@@ -49,8 +90,10 @@ def cmd_import(args) -> int:
     import ternc
 
     t0 = time.time()
-    m = ternc.load(args.model)
-    out = Path(args.output) if args.output else Path(args.model).with_suffix(".ternc")
+    m = _load_module(args.model)
+    src = Path(args.model)
+    out = Path(args.output) if args.output else (src.parent / f"{src.name}.ternc" if src.is_dir()
+                                                 else src.with_suffix(".ternc"))
     ternc.save(m, out)
     counts = {}
     for f in m.functions:
@@ -60,6 +103,10 @@ def cmd_import(args) -> int:
     print(f"  entry points: {', '.join('@' + f.name for f in m.functions)}")
     print(f"  constants: {len(m.constants)} ({m.weight_bytes / 1e6:.2f} MB)")
     print(f"  raised: {json.dumps(m.meta.get('raised', {}))}")
+    if "ternary_weights" in m.meta:
+        tw = m.meta["ternary_weights"]
+        print(f"  ternary weights bound from the source file: {tw['bound']}"
+              + (" (activation quantization added: lossy)" if tw.get("act_quant_added") else ""))
     if "raising" in m.meta:
         print(f"  WARNING: {m.meta['raising']}")
     return 0
@@ -97,9 +144,17 @@ def cmd_run(args) -> int:
     model = _load_any(args.model)
     feeds = _parse_inputs(args.input)
     if hasattr(model, "functions"):
-        outs = ternc.interpret(model, feeds, entry=args.entry)
+        names = [f.name for f in model.functions]
     else:
-        outs = model.run(args.entry, feeds)
+        names = list((getattr(model, "manifest", None) or {}).get("entries", {})) or ["main"]
+    entry = args.entry or ("main" if "main" in names else (names[0] if len(names) == 1 else None))
+    if entry is None or entry not in names:
+        raise CLIError(f"{args.model}: " + (f"no entry point {entry!r}; " if entry else "several entry points; ")
+                       + f"choose one with --entry ({', '.join(names)})")
+    if hasattr(model, "functions"):
+        outs = ternc.interpret(model, feeds, entry=entry)
+    else:
+        outs = model.run(entry, feeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, val in outs.items():
@@ -110,18 +165,47 @@ def cmd_run(args) -> int:
 
 def cmd_generate(args) -> int:
     import ternc
+    from .tokenizer import StreamDecoder, eos_ids, encode_prompt, load_tokenizer
 
-    try:
-        ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-    except ValueError:
-        raise CLIError(f"--prompt-ids expects comma-separated integers, got {args.prompt_ids!r}") from None
-    model = _load_any(args.model) if args.model else ternc.load(_default_model_path())
+    if (args.prompt is None) == (args.prompt_ids is None):
+        raise CLIError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+    model = _load_any(args.model) if args.model else _load_module(_default_model_path())
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise CLIError(f"--prompt-ids expects comma-separated integers, got {args.prompt_ids!r}") from None
+        t0 = time.time()
+        eos = args.eos if args.eos is not None else None
+        out = ternc.generate(model, [ids], args.n, eos_token_id=eos, **sampling)
+        dt = time.time() - t0
+        print(",".join(str(t) for t in out[0].tolist()))
+        print(f"[ternc] {out.shape[1] - len(ids)} new tokens in {dt:.2f}s", file=sys.stderr)
+        return 0
+    tok = load_tokenizer(model, args.tokenizer)
+    messages = None
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": args.prompt}]
+    ids = encode_prompt(tok, args.prompt, messages)
+    eos = [args.eos] if args.eos is not None else eos_ids(tok, model)
+    dec = StreamDecoder(tok)
+    new: list[int] = []
+
+    def on_token(t):
+        new.append(t)
+        piece = dec.push(t)
+        if piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
     t0 = time.time()
-    out = ternc.generate(model, [ids], args.n, eos_token_id=args.eos)
+    ternc.generate(model, [ids], args.n, eos_token_id=eos or None, callback=on_token, **sampling)
     dt = time.time() - t0
-    new = out[0, len(ids):].tolist()
-    print(",".join(str(t) for t in out[0].tolist()))
-    print(f"[ternc] {len(new)} new tokens in {dt:.2f}s", file=sys.stderr)
+    sys.stdout.write(dec.flush() + "\n")
+    why = "end of sequence" if new and new[-1] in eos else f"{args.n} tokens"
+    print(f"[ternc] {len(ids)} prompt tokens, {len(new)} new tokens in {dt:.2f}s ({why})", file=sys.stderr)
     return 0
 
 
@@ -140,18 +224,27 @@ def _read_kernels(path: str):
     return data
 
 
-def format_result(res, seconds: float) -> str:
-    """The `ternc compile` summary of a CompileResult."""
+def format_result(res, seconds: float, text: bool = False) -> str:
+    """The `ternc compile` summary of a CompileResult (the run hint fits the model: LM or not)."""
     lines = [f"compiled @{res.module.name} for target '{res.target}' in {seconds:.1f}s"]
     p = res.artifact
+    if "decoder" in res.module.meta:
+        hint = f"ternc generate {p} " + ('--prompt "Hello"' if text else "--prompt-ids 1,2,3") + " -n 16"
+    else:
+        hint = f"ternc run {p} --input NAME=FILE.npy --out DIR"
+    from .ir.ops import Op
+
+    if res.target != "reference" and not any(n.op == Op.TernaryLinear for f in res.module.functions for n in f.nodes):
+        lines.append("  note: no ternary weights were found, so every linear stays float (f32); ternc's packed "
+                     "ternary kernels apply to BitNet-style graphs (see raise-ternary)")
     if p.is_file():
         lines.append(f"  wrote {p} ({p.stat().st_size / 1e6:.2f} MB): the transformed module (IR text + "
-                     f"weights); run it with `ternc generate {p} --prompt-ids 1,2,3`")
+                     f"weights); run it with `{hint}`")
         return "\n".join(lines)
     lines.append(f"  wrote artifact {p}/ :")
     for rel, info in sorted((res.manifest or {}).get("files", {}).items()):
         lines.append(f"    {rel:<40} {info['bytes'] / 1e6:8.2f} MB")
-    lines.append(f"  run it: ternc generate {p} --prompt-ids 1,2,3 -n 16")
+    lines.append(f"  run it: {hint}")
     return "\n".join(lines)
 
 
@@ -164,7 +257,7 @@ def cmd_compile(args) -> int:
     if args.context < 1:
         raise CLIError(f"--context must be at least 1, got {args.context}")
     t0 = time.time()
-    module = ternc.load(src)
+    module = _load_module(src)
     print(f"[ternc] loaded {src} ({time.time() - t0:.1f}s)", file=sys.stderr)
     options = {}
     if args.mcpu:
@@ -177,8 +270,28 @@ def cmd_compile(args) -> int:
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
     res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
                         context=args.context, report=lambda text: print(text, file=sys.stderr), **options)
-    print(format_result(res, time.time() - t0))
+    tok = _tokenizer_or_none(module)
+    if tok is not None and res.artifact.is_dir():
+        from .backends.artifact import add_files
+        from .tokenizer import TOKENIZER_DIR, tokenizer_files
+
+        add_files(res.artifact, {f"{TOKENIZER_DIR}/{k}": v for k, v in tokenizer_files(tok).items()},
+                  role=("tokenizer", f"{TOKENIZER_DIR}/tokenizer_config.json"))
+        res.manifest = json.loads((res.artifact / "manifest.json").read_text())
+    print(format_result(res, time.time() - t0, text=tok is not None))
     return 0
+
+
+def _tokenizer_or_none(module):
+    from .tokenizer import TokenizerError, load_tokenizer, tokenizer_source
+
+    if tokenizer_source(module) is None:
+        return None
+    try:
+        return load_tokenizer(module)
+    except TokenizerError as e:
+        print(f"[ternc] note: the artifact carries no tokenizer: {e}", file=sys.stderr)
+        return None
 
 
 def cmd_eval(args) -> int:
@@ -195,12 +308,24 @@ def cmd_eval(args) -> int:
             ids = np.array([int(t) for t in args.ids.split(",") if t.strip()], np.int64)
         except ValueError:
             raise CLIError("--ids expects comma-separated integers or a .npy file") from None
-    base = ternc.load(args.model)
+    base = _load_module(args.model)
+    if "decoder" not in base.meta:
+        raise CLIError(f"{args.model}: eval scores next-token predictions of a decoder LM (a graph with attention "
+                       f"and token-id input); this model has no decoder entry points")
     ref = evaluate(base, ids, prefix=args.prefix)
     rows = [("unmodified", ref, None)]
     if args.passes:
         mod = ternc.compile(base, passes=args.passes, report=True).module
         rows.append((args.passes, evaluate(mod, ids, prefix=args.prefix, reference=ref["top1"]), args.passes))
+    if args.passes:
+        from .passes.pipeline import resolve
+
+        for info, opts in resolve(args.passes):
+            window = getattr(opts, "residual", None)
+            if window is not None and len(ids) <= window + getattr(opts, "sinks", 0):
+                print(f"[ternc] note: {getattr(info, 'name', 'quantize-kv')} keeps the newest {window} tokens (plus "
+                      f"sinks) in fp16; with {len(ids)} tokens nothing was quantized. Score more tokens, or "
+                      f"set residual lower", file=sys.stderr)
     print("| setting | tokens | perplexity | top-1 agreement | max KV tokens |")
     print("|---|---|---|---|---|")
     for name, r, _ in rows:
@@ -209,45 +334,78 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.model, host=args.host, port=args.port, tokenizer=args.tokenizer, model_name=args.name)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.artifact, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+_MODEL_HELP = ".onnx, .ternc, HF model folder, .gguf file, or compiled artifact folder"
+
+
+def _add_sampling(p) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set reaching P")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (repeatable output)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import targets
 
     ap = argparse.ArgumentParser(prog="ternc", description="Compiler for ternary (1.58-bit) language models.")
-    ap.add_argument("--version", action="version", version=f"ternc {__import__('ternc').__version__}")
+    ap.add_argument("--version", action="version", version=f"ternc {_version()}")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show third-party warnings and exporter logs (filtered out by default)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("import", help="import an ONNX model into a .ternc module file")
-    p.add_argument("model")
-    p.add_argument("-o", "--output")
+    p = sub.add_parser("import", help="import a model (ONNX, HF folder, GGUF) into a .ternc module file")
+    p.add_argument("model", help=".onnx file, HF model folder or .gguf file")
+    p.add_argument("-o", "--output", help="output .ternc file (default: next to the model)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("show", help="print a model's IR text (or an artifact's manifest)")
-    p.add_argument("model")
+    p.add_argument("model", help=_MODEL_HELP)
     p.set_defaults(fn=cmd_show)
 
     p = sub.add_parser("run", help="run an entry point on .npy inputs, writing one NAME.npy per output")
-    p.add_argument("model")
-    p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
-    p.add_argument("--out", required=True)
-    p.add_argument("--entry", default="main")
+    p.add_argument("model", help=_MODEL_HELP)
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input tensor (repeatable)")
+    p.add_argument("--out", required=True, help="folder for the NAME.npy outputs")
+    p.add_argument("--entry", default=None, help="entry point (default: main, or the only one)")
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("generate", help="greedy generation with the KV cache")
-    p.add_argument("model", nargs="?")
-    p.add_argument("--prompt-ids", required=True)
-    p.add_argument("-n", type=int, default=16)
-    p.add_argument("--eos", type=int, default=None)
+    p = sub.add_parser("generate", help="generate text (or token ids) with the KV cache")
+    p.add_argument("model", nargs="?", help=_MODEL_HELP + " (default: built-in tiny BitNet)")
+    p.add_argument("--prompt", default=None, help="prompt text (needs the model's tokenizer)")
+    p.add_argument("--prompt-ids", default=None, help="prompt as comma-separated token ids; prints ids")
+    p.add_argument("--chat", action="store_true", help="wrap --prompt as a user message in the chat template")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--tokenizer", default=None, help="tokenizer source (HF folder, tokenizer folder, .gguf) when "
+                                                     "the model carries none")
+    p.add_argument("-n", type=int, default=16, help="maximum new tokens (default 16)")
+    p.add_argument("--eos", type=int, default=None, help="stop at this token id (default: the tokenizer's EOS)")
+    _add_sampling(p)
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("eval", help="perplexity and top-1 agreement of a pass pipeline vs the unmodified model")
-    p.add_argument("model")
+    p.add_argument("model", help=".onnx, .ternc, HF folder or .gguf decoder LM")
     p.add_argument("--ids", required=True, help="token ids: comma-separated or a .npy file")
     p.add_argument("--passes", default=None, help='e.g. "quantize-kv{bits=2}" or "evict-kv{budget=64}"')
     p.add_argument("--prefix", type=int, default=1, help="tokens fed before scoring starts")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
-    p.add_argument("model", nargs="?", help="ONNX or .ternc file (default: built-in tiny BitNet)")
+    p.add_argument("model", nargs="?", help="ONNX, .ternc, HF folder or .gguf (default: built-in tiny BitNet)")
     p.add_argument("--target", default="reference", help=" | ".join(targets.names()))
     p.add_argument("--passes", default=None, help='pipeline spec, e.g. "pack-ternary{format=tl2},quantize-kv{bits=2}"')
     p.add_argument("-o", "--output", default=None, help="output (.ternc file for reference, folder otherwise)")
@@ -257,11 +415,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", default=None, metavar="FILE",
                    help="reuse the kernel choices of a previous build (its manifest.json), for identical rebuilds")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, streaming, models)")
+    p.add_argument("model", help=_MODEL_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: pick a free one)")
+    p.add_argument("--name", default=None, help="model id reported by /v1/models (default: the file name)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer source when the model carries none")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("report", help="write one HTML page about an artifact (passes, bytes, kernels)")
+    p.add_argument("artifact", help="compiled artifact folder (or a .ternc module)")
+    p.add_argument("-o", "--output", default=None, help="HTML file (default: ARTIFACT/report.html)")
+    p.set_defaults(fn=cmd_report)
     return ap
+
+
+def _version() -> str:
+    # Read it without importing the package's heavy parts (onnx, torch).
+    from . import __version__
+
+    return __version__
+
+
+def _quiet_third_party(verbose: bool) -> None:
+    import os
+    import warnings
+
+    if verbose:
+        os.environ["TERNC_VERBOSE"] = "1"
+        return
+    warnings.filterwarnings("ignore")  # third-party deprecation/config chatter; ternc's own warnings stay
+    warnings.filterwarnings("default", module=r"ternc(\.|$)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_third_party(args.verbose)
     try:
         return args.fn(args)
     except CLIError as e:
@@ -271,6 +463,9 @@ def main(argv=None) -> int:
         # Library errors carry the file/node/resource in their message; show it without a traceback.
         print(f"ternc: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nternc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

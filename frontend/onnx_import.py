@@ -178,7 +178,9 @@ class _Converter:
         self.opset = opsets.get("", opsets.get("ai.onnx", 0))
         if not (MIN_OPSET <= self.opset <= MAX_OPSET):
             raise FrontendError(f"{self.source}: default-domain opset {self.opset} is not supported "
-                                f"(supported: {MIN_OPSET}..{MAX_OPSET}); re-export with opset_version in that range")
+                                f"(supported: {MIN_OPSET}..{MAX_OPSET}); convert it with onnx.version_converter."
+                                f"convert_version(model, {min(max(self.opset, MIN_OPSET), MAX_OPSET)}) and save the "
+                                f"result, or re-export with opset_version in that range")
         for vi in list(g.value_info) + list(g.output):
             self.types[vi.name] = _tensor_type(vi, self.source)
         for init in g.initializer:

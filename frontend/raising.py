@@ -203,6 +203,65 @@ class _Raiser:
                 return d.inputs[0], 1.0 / sc
         return v, 1.0
 
+    def _not_causal(self, mask: str) -> str | None:
+        """Why the additive mask `mask` is not the plain causal mask Attention{causal} means, or None.
+
+        The mask is evaluated (it depends only on shapes) at a length past every integer constant in
+        its subgraph, so a sliding window (Mistral) shows up. Masks that read a runtime input other
+        than token ids (an attention_mask) cannot be evaluated here and are taken as causal.
+        """
+        cache = self.__dict__.setdefault("_mask_verdicts", {})
+        if mask in cache:
+            return cache[mask]
+        g, nodes, params, seen, stack = self.g, [], set(), set(), [mask]
+        pnames = {p.name: p for p in g.fn.params}
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in pnames:
+                params.add(v)
+            nd = g.prod.get(v)
+            if nd is not None:
+                nodes.append(nd)
+                stack.extend(i for i in nd.inputs if i)
+        verdict = None
+        if not any("mask" in p for p in params):  # past K/V params only contribute their shapes
+            ints = [abs(int(c.data.reshape(-1)[0])) for v in seen if (c := self.consts.get(v)) is not None
+                    and c.data is not None and c.data.size == 1 and np.issubdtype(c.data.dtype, np.integer)]
+            length = int(min(max([16] + [c + 2 for c in ints if c < 100_000]), 4100))
+            verdict = self._causal_verdict(mask, [pnames[p] for p in pnames if p in params],
+                                           [nd for nd in g.fn.nodes if nd in nodes], length)
+        cache[mask] = verdict
+        return verdict
+
+    def _causal_verdict(self, mask: str, params: list, nodes: list, length: int) -> str | None:
+        from ..ir.interp import interpret
+
+        sub = Function("mask", tuple(params), tuple(nodes), (mask,))
+        used = {i for nd in nodes for i in nd.inputs if i in self.consts}
+        feeds = {p.name: np.zeros(tuple(d if isinstance(d, int) else (0 if "past" in d else 1 if "batch" in d
+                                                                       else length) for d in p.type.shape),
+                                  p.type.dtype.np) for p in params}
+        try:
+            m = np.asarray(interpret(Module("mask", (sub,), {k: self.consts[k] for k in used}), feeds, "mask")[mask])
+        except Exception:  # not evaluable on its own: keep the causal reading (checked numerically later)
+            return None
+        if m.ndim < 2:
+            return None
+        m = m.reshape(-1, *m.shape[-2:])[0]
+        lq, lk = m.shape
+        visible = m > -1e30
+        allowed = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq)
+        if lq < 2 or (visible == allowed).all():
+            return None
+        sees = int(visible[-1].sum())
+        if (visible <= allowed).all() and sees < lk:
+            return (f"the mask lets the last of {lq} queries see only {sees} keys: sliding-window attention "
+                    f"(window {sees}) is not supported (ternc's Attention is plain causal)")
+        return f"the attention mask is not causal at length {lq}; only causal masks are supported"
+
     def attention(self, n: Node) -> bool:
         g = self.g
         if n.op != Op.MatMul:
@@ -225,6 +284,11 @@ class _Raiser:
                     break
             else:
                 return False
+            problem = self._not_causal(mask)
+            if problem:
+                from .onnx_import import FrontendError
+
+                raise FrontendError(f"attention at {n.label}: {problem}")
         qk = g.node(s, Op.MatMul)
         if qk is None:
             return False
