@@ -251,3 +251,151 @@ def rope_fx(x0: np.ndarray, x1: np.ndarray, c: np.ndarray, s: np.ndarray) -> tup
     y0 = (x0 * c - x1 * s + half) >> ROPE_FRAC
     y1 = (x0 * s + x1 * c + half) >> ROPE_FRAC
     return sat_fx(y0), sat_fx(y1)
+
+
+# ==================================================================================================
+# Whole-decoder formats (fpga-compiler): the ternary linear as one function, RMSNorm, the KV-cache
+# word, attention with an exp2 table. `passes/hw_numerics.py` marks RMSNorm and Attention nodes too,
+# so the interpreter after the kv260 pipeline computes what the accelerator's program computes
+# (`backends/fpga/executor.py` runs the program on these functions only). (To reconcile with the
+# units' own definitions from branch fpga-hw when they land.)
+#
+# * Ternary linear: ``ternary_linear_fx(x_raw, w_t, w_scale)`` = quantize_act_fx -> exact int32 core
+#   -> dq_factor/dequantize_fx (what TLMMPipeline computes).
+# * RMSNorm: ``ss = sum(x_raw**2)`` (exact; 64-bit squares, an 80-bit accumulator in hardware);
+#   ``v = ss // K + eps_q`` with ``eps_q = round(eps * 2**32)`` (mean square in 2**-32 units);
+#   ``rs = isqrt(v)`` (the RMS in FX units, >= 1); ``recip = floor((2**S + rs // 2) / rs)`` with
+#   ``S = bit_length(rs) + 30`` (31-bit, once per token by a sequential divider); per element
+#   ``n = round_half_up(x_raw * recip / 2**(S - 16))`` (x / rms in FX) and ``y = mul_fx(n, w_raw)``
+#   with ``w_raw = to_fx(weight)``.
+# * KV word: K, V (and the attention unit's copy of q) are 24-bit signed fixed point with
+#   ``KV_FRAC = 12`` fractional bits (Q11.12, |x| < 2048, resolution 2.4e-4), converted from FX by
+#   ``kv_from_fx`` (round half up, saturate). Stored as int32 words in DDR. The IR carries the cache as
+#   f32, which holds every 24-bit value exactly, so the cache survives the decode-step boundary.
+# * Attention (per query row, GQA, causal by position): ``acc = q . k`` (exact, 2**-24 units);
+#   score ``s = sat_fx(round_half_up(acc / 2**8))`` (FX); ``t = round_half_up(s * c_m / 2**c_sh)``,
+#   ``(c_m, c_sh) = encode_attn_scale(scale)`` = scale * log2(e) with a 16-bit mantissa; over the
+#   visible keys ``mx = max t``, ``e_j = exp2_neg_fx(mx - t_j)`` (Q0.16: a 1024-entry table of
+#   2**(-i/1024) indexed by the fraction's top 10 bits, shifted right by the integer part),
+#   ``den = sum e_j``, ``o = sum e_j * v_j`` (exact), output FX ``round_half_up(16 * o / den)``
+#   (one division per output element). Softmax is two-pass (scores of the row first, then
+#   exp/PV), not an online softmax, so a block-wise unit computes the same bits in any key order.
+# ==================================================================================================
+KV_FRAC = 12
+KV_BITS = 24
+KV_MIN = -(1 << (KV_BITS - 1))
+KV_MAX = (1 << (KV_BITS - 1)) - 1
+ATTN_SCORE_SHIFT = 2 * KV_FRAC - FX_FRAC        # q.k in 2**-24 units -> FX
+ATTN_SCALE_BITS = 16
+EXP_LUT_BITS = 10
+RMS_RECIP_EXTRA = 30
+
+
+def ternary_linear_fx(x_raw: np.ndarray, w_t: np.ndarray, w_scale: float) -> np.ndarray:
+    """FX raw [..., K] x ternary int8 [N, K] -> FX raw [..., N]: the TLMM pipeline end to end."""
+    return ternary_linear_fx_ws(x_raw, w_t, *encode_wscale(float(w_scale)))
+
+
+def ternary_linear_fx_ws(x_raw: np.ndarray, w_t: np.ndarray, ws_m: int, ws_s: int) -> np.ndarray:
+    """ternary_linear_fx with the weight scale already encoded (what a LINEAR instruction carries)."""
+    from ternc.ir import semantics
+
+    x_q, amax = quantize_act_fx(x_raw)
+    acc = semantics.ternary_matmul_i32(x_q, w_t)
+    m, s = dq_factor(amax, ws_m, ws_s)
+    return dequantize_fx(acc, m, s)
+
+
+def rms_eps_q(eps: float) -> int:
+    return int(round(float(eps) * 2.0 ** (2 * FX_FRAC)))
+
+
+def rmsnorm_fx(x_raw: np.ndarray, w_raw: np.ndarray, eps_q: int) -> np.ndarray:
+    """FX raw [..., K] normalized by its RMS and scaled by FX weights [K] (module section above)."""
+    import math
+
+    x = np.asarray(x_raw, dtype=np.int64)
+    k = x.shape[-1]
+    flat = x.reshape(-1, k)
+    rs = np.empty(flat.shape[0], dtype=np.int64)
+    for i, row in enumerate(flat):
+        ss = sum(int(v) * int(v) for v in row.tolist())
+        rs[i] = max(1, math.isqrt(ss // k + int(eps_q)))
+    bl = np.array([int(r).bit_length() for r in rs], dtype=np.int64)
+    s = bl + RMS_RECIP_EXTRA
+    recip = ((np.int64(1) << s) + rs // 2) // rs                  # < 2**31
+    sh = (s - FX_FRAC)[:, None]
+    n = (flat * recip[:, None] + (np.int64(1) << (sh - 1))) >> sh  # |x * recip| < 2**62
+    return mul_fx(n, np.asarray(w_raw, np.int64)).reshape(x.shape)
+
+
+def kv_from_fx(raw: np.ndarray) -> np.ndarray:
+    """FX raw -> the 24-bit KV word (Q11.12, round half up, saturate), as int64."""
+    r = np.asarray(raw, dtype=np.int64)
+    sh = FX_FRAC - KV_FRAC
+    return np.clip((r + (1 << (sh - 1))) >> sh, KV_MIN, KV_MAX)
+
+
+def kv_to_float(kv: np.ndarray) -> np.ndarray:
+    """KV words -> their exact f32 values (what the IR carries as present/past)."""
+    return (np.asarray(kv, np.int64).astype(np.float64) / (1 << KV_FRAC)).astype(np.float32)
+
+
+def kv_from_float(x: np.ndarray) -> np.ndarray:
+    """Inverse of kv_to_float for values on the KV grid; raises if a value is not a KV word."""
+    v = np.asarray(x, np.float64) * (1 << KV_FRAC)
+    r = np.round(v)
+    if (r != v).any() or (r < KV_MIN).any() or (r > KV_MAX).any():
+        raise ValueError("cache values are not 24-bit KV words (was the cache produced by the fx pipeline?)")
+    return r.astype(np.int64)
+
+
+def encode_attn_scale(scale: float) -> tuple[int, int]:
+    """scale * log2(e) as (m, sh): m in [2**15, 2**16), value m * 2**-sh."""
+    v = float(scale) / np.log(2.0)
+    if not v > 0:
+        raise ValueError("attention scale must be positive")
+    mant, exp = np.frexp(v)
+    return int(np.floor(mant * (1 << ATTN_SCALE_BITS))), int(ATTN_SCALE_BITS - exp)
+
+
+def exp2_lut() -> np.ndarray:
+    """2**(-i / 1024) in Q0.16 for i = 0 .. 1023 (entry 0 = 65536)."""
+    n = 1 << EXP_LUT_BITS
+    return np.round((1 << FX_FRAC) * 2.0 ** (-np.arange(n) / n)).astype(np.int64)
+
+
+_EXP_LUT = exp2_lut()
+
+
+def exp2_neg_fx(d: np.ndarray) -> np.ndarray:
+    """2**(-d) in Q0.16 for FX raw d >= 0 (table of the fraction's top bits, shift by the integer part)."""
+    d = np.asarray(d, np.int64)
+    n = np.minimum(d >> FX_FRAC, 40)
+    f = (d >> (FX_FRAC - EXP_LUT_BITS)) & ((1 << EXP_LUT_BITS) - 1)
+    return _EXP_LUT[f] >> n
+
+
+def attention_fx(q_kv: np.ndarray, k_kv: np.ndarray, v_kv: np.ndarray, scale: tuple[int, int],
+                 q_pos: np.ndarray, k_pos: np.ndarray) -> np.ndarray:
+    """q [hq, sq, d], k/v [hkv, sk, d] (KV words); query i sees key j iff k_pos[j] <= q_pos[i].
+    Returns FX raw [hq, sq, d] (module section above)."""
+    q = np.asarray(q_kv, np.int64)
+    k = np.asarray(k_kv, np.int64)
+    v = np.asarray(v_kv, np.int64)
+    hq, hkv = q.shape[0], k.shape[0]
+    if hq % hkv:
+        raise ValueError(f"query heads {hq} not a multiple of kv heads {hkv}")
+    rep = hq // hkv
+    kr, vr = np.repeat(k, rep, axis=0), np.repeat(v, rep, axis=0)
+    acc = np.einsum("hqd,hkd->hqk", q, kr)                        # |acc| < 2**46 * d
+    s = sat_fx((acc + (1 << (ATTN_SCORE_SHIFT - 1))) >> ATTN_SCORE_SHIFT).astype(np.int64)
+    cm, csh = scale
+    t = (s * cm + (np.int64(1) << (csh - 1))) >> csh
+    visible = np.asarray(k_pos, np.int64)[None, None, :] <= np.asarray(q_pos, np.int64)[None, :, None]
+    lo = np.iinfo(np.int64).min
+    mx = np.max(np.where(visible, t, lo), axis=-1, keepdims=True)
+    e = np.where(visible, exp2_neg_fx(np.where(visible, mx - t, 0)), 0)
+    den = e.sum(axis=-1, keepdims=True)                          # >= 65536 (the max's own entry)
+    o = np.einsum("hqk,hkd->hqd", e, vr)                          # < 2**17 * 2**23 * keys
+    return sat_fx((32 * o + den) // (2 * den))
