@@ -6,6 +6,8 @@
     ternc generate MODEL --prompt-ids 1,2,3 -n 16
     ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
+    ternc simulate ART --prompt-ids 1,2,3 -n 8         run a kv260 artifact's program (functional executor)
+                                                      and check tokens/logits against the interpreter
 
 MODEL is an .onnx file, a .ternc module file, or (for run/generate) a compiled artifact folder.
 Without MODEL, `compile` uses the built-in default model (a tiny ternary BitNet).
@@ -134,10 +136,26 @@ def cmd_compile(args) -> int:
     print(f"[ternc] loaded {src} ({time.time() - t0:.1f}s)", file=sys.stderr)
     from .driver import compile_to
 
+    fpga = None
+    if args.target == "kv260":
+        fpga = {"clock_mhz": args.clock_mhz, "lm_head": args.lm_head, "synth": not args.no_synth}
     result = compile_to(module, target=args.target, passes=args.passes, out=args.output,
-                        context=args.context, source=str(src), mcpu=args.mcpu)
+                        context=args.context, source=str(src), mcpu=args.mcpu, fpga=fpga)
     print(result)
     return 0
+
+
+def cmd_simulate(args) -> int:
+    from .backends.fpga.verify import simulate
+
+    ids = [int(v) for v in args.prompt_ids.split(",") if v.strip()]
+    if args.rtl:
+        raise CLIError("--rtl: the accelerator top (sequencer + DMA + norm/attention units) is not built yet, so "
+                       "there is no whole-model RTL to simulate; without --rtl the program runs on the functional "
+                       "executor (the same instruction stream and DDR images)")
+    rep = simulate(args.artifact, ids, args.n)
+    print(rep.text())
+    return 0 if rep.exact else 1
 
 
 def cmd_eval(args) -> int:
@@ -211,7 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=512, help="maximum context length the artifact serves")
     p.add_argument("--mcpu", default=None,
                    help="CPU to compile for (default: this host's; e.g. x86-64-v3 for portable artifacts)")
+    p.add_argument("--clock-mhz", type=float, default=250.0, help="kv260: clock constraint (default 250)")
+    p.add_argument("--lm-head", default="host", help="kv260: where the LM head runs (host = the ARM cores)")
+    p.add_argument("--no-synth", action="store_true", help="kv260: skip yosys resource synthesis")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("simulate", help="run a kv260 artifact's program and check it against the interpreter")
+    p.add_argument("artifact")
+    p.add_argument("--prompt-ids", required=True)
+    p.add_argument("-n", type=int, default=8)
+    p.add_argument("--rtl", action="store_true", help="run the generated top in Verilator (not built yet)")
+    p.set_defaults(fn=cmd_simulate)
     return ap
 
 

@@ -15,7 +15,7 @@ class TargetError(ValueError):
 
 
 def compile_to(module: Module, target: str = "reference", passes: str | None = None, out: str | None = None,
-               context: int = 512, source: str = "", mcpu: str | None = None) -> str:
+               context: int = 512, source: str = "", mcpu: str | None = None, fpga: dict | None = None) -> str:
     """Run the target's pipeline (or `passes`), then write the target's output. Returns a summary."""
     from .passes.pipeline import PIPELINES
     from .passes.pipeline import compile as run_pipeline
@@ -39,8 +39,18 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
                      f"weights); run it with `ternc generate {path} --prompt-ids 1,2,3`")
         return "\n".join(lines)
     if target == "kv260":
-        raise TargetError("target 'kv260': the FPGA backend (schedule + Amaranth top + bitstream inputs) is not "
-                          "available yet; the TLMM engine itself is in ternc.hw (see README)")
+        from .backends.fpga.build import build_artifact as build_fpga
+
+        out_dir = Path(out or f"out/{module.name}-kv260")
+        art = build_fpga(module, out_dir, context=context, pipeline_desc=passes or "default:kv260", source=source,
+                         **(fpga or {}))
+        lines.append(f"compiled @{module.name} for target 'kv260' in {time.time() - t0:.1f}s")
+        lines.append(f"  wrote artifact {art}/ :")
+        for p in sorted(q for q in art.rglob("*") if q.is_file()):
+            lines.append(f"    {str(p.relative_to(art)):<40} {p.stat().st_size / 1e6:8.3f} MB")
+        lines.append((art / "resources.md").read_text().rstrip())
+        lines.append(f"  check it: ternc simulate {art} --prompt-ids 1,2,3 -n 8")
+        return "\n".join(lines)
     from .backends.tvm.build import build_artifact
 
     out_dir = Path(out or f"out/{module.name}-{target}")
