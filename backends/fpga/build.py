@@ -56,14 +56,17 @@ def _json_safe(x):
 
 def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0, lm_head: str = "host",
                    engine: EngineConfig | None = None, budget: dict | None = None, synth: bool = True,
-                   pipeline_desc=None, source: str = "") -> Path:
-    """Build the kv260 artifact of a module after the kv260 pass pipeline. Returns its path."""
+                   rtl: bool = True, pipeline_desc=None, source: str = "") -> Path:
+    """Build the kv260 artifact of a module after the kv260 pass pipeline. Returns its path.
+
+    synth=False skips yosys (no resource figures); rtl=False also skips generating Verilog (the
+    artifact then has program, images and maps only; tests use it to stay fast)."""
     t0 = time.time()
     budget = dict(budget or _kv260_budget())
     eng = engine or EngineConfig()
     plan = schedule(module, context, eng, lm_head)
     cfg: AcceleratorConfig = choose_config(plan, budget, clock_mhz, lm_head, eng)
-    units, verilog = synthesize(cfg, synth=synth)
+    units, verilog = synthesize(cfg, synth=synth and rtl, rtl=rtl)
     total = check_budget(units, budget)                 # ResourceError before anything is written
     images = build_images(module, plan, eng)
     mm = images.memmap.to_json()
@@ -109,8 +112,9 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
     files["ir/model.ternc"] = _module_bytes(module)
     for name, path in verilog.items():
         files[name] = Path(path).read_bytes()
-    for name, text in vivado_files(cfg, sorted(verilog)).items():
-        files[name] = text.encode()
+    if verilog:
+        for name, text in vivado_files(cfg, sorted(verilog)).items():
+            files[name] = text.encode()
     report["seconds"] = round(time.time() - t0, 2)
     files["report.json"] = json.dumps(_json_safe(report), indent=1, sort_keys=True).encode()
     manifest = {

@@ -62,6 +62,10 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head)
 
 
+UNITS = ("linear engine", "sequencer", "AXI4 DMA (weights, activations, KV)", "RMSNorm unit", "attention unit",
+         "AXI4-Lite register file")
+
+
 @dataclass
 class UnitResources:
     unit: str
@@ -84,12 +88,15 @@ def engine_key(cfg: AcceleratorConfig) -> str:
     return f"pipe G{e.group} T{e.tables} C{e.columns} D{cfg.wbuf_depth} {cfg.epilogue_op}"
 
 
-def synthesize(cfg: AcceleratorConfig, synth: bool = True) -> tuple[list[UnitResources], dict[str, Path]]:
+def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
+               ) -> tuple[list[UnitResources], dict[str, Path]]:
     """Per-unit resources (yosys synth_xilinx, out of context, cached by the RTLIL's hash) and the
     Verilog files of the units that have RTL."""
     from ...hw.synth import synth_xilinx, verilog_cached
 
     t0 = time.time()
+    if not rtl:
+        return [UnitResources(name, "no RTL generated (rtl=False)") for name in UNITS], {}
     il = verilog_cached(lambda: engine_component(cfg), "tlmm_pipeline", engine_key(cfg), sources=HW_SOURCES,
                         fmt="il")
     v = verilog_cached(lambda: engine_component(cfg), "tlmm_pipeline", engine_key(cfg), sources=HW_SOURCES,
@@ -104,8 +111,7 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True) -> tuple[list[UnitRes
                                    "rtl/tlmm_pipeline.v"))
     else:
         units.append(UnitResources("linear engine", "not synthesized (--no-synth)", {}, 0.0, "rtl/tlmm_pipeline.v"))
-    for name in ("sequencer", "AXI4 DMA (weights, activations, KV)", "RMSNorm unit", "attention unit",
-                 "AXI4-Lite register file"):
+    for name in UNITS[1:]:
         units.append(UnitResources(name, "no RTL"))
     return units, {"rtl/tlmm_pipeline.v": v}
 
