@@ -198,6 +198,7 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
             embed, width = n.inputs[0], int(table.shape[1])
             plan.vocab = int(table.shape[0])
             b = alloc(out, width)
+            views["__embed__"] = views[out]
             emit(Instr(Opcode.EMBED, {"width": width}, note=note),
                  {"table": ("const", embed), "dst": ("act", b), "ids": ("ids", 0)})
         elif n.op == Op.RMSNorm:
@@ -253,6 +254,10 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
                 raise ScheduleError(f"node {n.label}: epilogue {ep!r} has no hardware implementation")
             refs["dst"] = ("act", b)
             emit(Instr(Opcode.LINEAR, f, e, note=note), refs)
+        elif n.op == Op.Cast and n.inputs[0] in views and views[n.inputs[0]][0] == views.get(
+                "__embed__", (-1,))[0] and n.attr("to") in ("f32", "f64"):
+            # f16 embedding table widened to f32: the EMBED image already holds to_fx(table) (exact)
+            alias(out, n.inputs[0], "tok")
         elif n.op == Op.Reshape:
             src = n.inputs[0]
             if src not in views:
