@@ -147,3 +147,15 @@ def test_budget_check_names_resource_and_unit():
     with pytest.raises(ResourceError, match="LUT 120000 used > 117120 available .*'linear engine'"):
         check_budget(units, {"LUT": 117_120, "URAM": 64})
     assert check_budget(units[:1], {"LUT": 117_120, "URAM": 64}) == {"LUT": 90_000, "URAM": 40}
+
+
+def test_driver_register_protocol_on_the_model_transport(kv260_bitnet, tmp_path):
+    """The host driver (loads images, drives the registers, runs the LM head) == the interpreter."""
+    from ternc.backends.fpga.driver import KV260Driver
+
+    art = build_artifact(kv260_bitnet, tmp_path / "art", context=CTX, rtl=False)
+    ids, logits = KV260Driver(art).generate([4, 9, 1], 4)
+    ref_ids, ref_logits = reference(kv260_bitnet, [4, 9, 1], 4)
+    assert ids == ref_ids
+    for a, b in zip(logits, ref_logits):
+        np.testing.assert_array_equal(a, b)
