@@ -91,6 +91,10 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
             "engine_weight_bytes_per_cycle": eng.beat_bytes,
             "decode_weight_cycles_per_token": decode_cycles,
             "decode_tok_s_upper_bound": cfg.clock_mhz * 1e6 / decode_cycles,
+            # prefill reuses each weight tile across the tokens of the call: engine-bound
+            "engine_macs_per_cycle": eng.group * eng.tables * eng.columns,
+            "prefill_engine_cycles_per_token": beats,   # one weight beat per engine cycle per token
+            "prefill_tok_s_upper_bound": cfg.clock_mhz * 1e6 / max(1, beats),
             "note": "weights only (KV, activations, attention and the host LM head excluded); "
                     "the dataflow simulator (issue 11) models the rest",
         },
