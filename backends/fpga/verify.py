@@ -39,7 +39,6 @@ class SimReport:
 
 def reference(module, prompt_ids, n: int):
     """Greedy generation by the interpreter: (tokens, logits per call)."""
-    from ...frontend.decoder import decode_feeds  # noqa: F401  (same feed builder as generate)
     from ...ir.interp import interpret
 
     dec = module.meta["decoder"]
@@ -51,9 +50,20 @@ def reference(module, prompt_ids, n: int):
         ids.append(nxt)
         if i == n - 1:
             break
-        res = interpret(module, decode_feeds(dec, res, [[nxt]]), dec["decode"])
+        res = interpret(module, _decode_feeds(dec, res, nxt), dec["decode"])
         logits.append(res[dec["logits"]])
     return ids, logits
+
+
+def _decode_feeds(dec: dict, results: dict, token: int) -> dict:
+    """The next decode call's inputs (frontend.decoder.decode_feeds' contract; backends/ may not import
+    frontend/): the token, each layer's present KV as its past, and declared carried state."""
+    feeds = {dec["input_ids"]: np.asarray([[token]], np.int64)}
+    for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
+        feeds[pk], feeds[pv] = results[ok], results[ov]
+    for si, so in dec.get("state", []):
+        feeds[si] = results[so]
+    return feeds
 
 
 def simulate(path, prompt_ids, n: int = 8) -> SimReport:
