@@ -32,6 +32,10 @@ def _load_any(path: str):
 
     p = Path(path)
     if p.is_dir() and (p / "manifest.json").exists():
+        if json.loads((p / "manifest.json").read_text()).get("target", {}).get("name") == "kv260":
+            from .backends.fpga.build import load_runner  # the program on the functional executor
+
+            return load_runner(p)
         return ternc.load_artifact(p)
     if not p.exists():
         raise CLIError(f"{path}: no such file or directory")

@@ -159,3 +159,14 @@ def test_driver_register_protocol_on_the_model_transport(kv260_bitnet, tmp_path)
     assert ids == ref_ids
     for a, b in zip(logits, ref_logits):
         np.testing.assert_array_equal(a, b)
+
+
+def test_runner_interface_generates_like_the_interpreter(kv260_bitnet, tmp_path):
+    """`ternc.generate` on the artifact's Runner (prefill/decode entries, explicit past KV)."""
+    import ternc
+    from ternc.backends.fpga.build import load_runner
+
+    art = build_artifact(kv260_bitnet, tmp_path / "art", context=CTX, rtl=False)
+    got = ternc.generate(load_runner(art), [[3, 1, 4]], max_new_tokens=5)
+    ref_ids, _ = reference(kv260_bitnet, [3, 1, 4], 5)
+    assert got.reshape(-1).tolist() == ref_ids
