@@ -399,3 +399,37 @@ def attention_fx(q_kv: np.ndarray, k_kv: np.ndarray, v_kv: np.ndarray, scale: tu
     den = e.sum(axis=-1, keepdims=True)                          # >= 65536 (the max's own entry)
     o = np.einsum("hqk,hkd->hqd", e, vr)                          # < 2**17 * 2**23 * keys
     return sat_fx((32 * o + den) // (2 * den))
+
+
+# KV-cache quantization on KV words (quantize-kv under hw-numerics; KIVI grouping of ir/kvquant.py,
+# integer arithmetic): a group's zero is its minimum word, its scale ceil((max - min) / qmax) words
+# (integers, 0 for a constant group), code = round_half_up((x - zero) / scale) in 0..qmax, and the
+# cache holds x_hat = zero + code * scale (a KV word again). Keys: per channel over each group of
+# `group_size` tokens; values: per token over groups of min(group_size, d) channels. Rotation is not
+# part of the hardware format.
+def kivi_fx(words: np.ndarray, bits: int) -> np.ndarray:
+    """Quantize-dequantize groups along the last axis of int KV words."""
+    x = np.asarray(words, np.int64)
+    qmax = (1 << bits) - 1
+    mn = x.min(axis=-1, keepdims=True)
+    scale = (x.max(axis=-1, keepdims=True) - mn + qmax - 1) // qmax
+    safe = np.maximum(scale, 1)
+    code = np.where(scale > 0, (2 * (x - mn) + safe) // (2 * safe), 0)
+    return mn + code * scale
+
+
+def kv_quant_span_fx(words: np.ndarray, lo: int, hi: int, bits: int, group_size: int, values: bool) -> np.ndarray:
+    """words [heads, tokens, d] with tokens [lo, hi) (a whole number of token groups) quantized."""
+    w = np.array(words, np.int64)
+    if hi <= lo:
+        return w
+    span = w[:, lo:hi]
+    h, n, d = span.shape
+    if values:
+        vg = min(group_size, d)
+        q = kivi_fx(span.reshape(h, n, d // vg, vg), bits).reshape(h, n, d)
+    else:
+        g = span.reshape(h, n // group_size, group_size, d).transpose(0, 1, 3, 2)
+        q = kivi_fx(g, bits).transpose(0, 1, 3, 2).reshape(h, n, d)
+    w[:, lo:hi] = q
+    return w

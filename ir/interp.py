@@ -117,15 +117,26 @@ def _attention(node, args):
     return [out]
 
 
-def _attention_fx(node, q, k, v, past_k, past_v):
+def _attention_fx(node, q, k, v, past_k, past_v, kv_quant=None):
     """Attention{numerics=fx}: the accelerator's KV words and exp2-table softmax
-    (hw_numerics.attention_fx). The cache is carried as f32 holding 24-bit KV words exactly."""
+    (hw_numerics.attention_fx). The cache is carried as f32 holding 24-bit KV words exactly.
+    kv_quant (KVQuantAttention): the KIVI span on KV words (hw_numerics.kv_quant_span_fx)."""
     from . import hw_numerics as hn
 
     kn, vn = hn.kv_from_fx(hn.to_fx(k)), hn.kv_from_fx(hn.to_fx(v))
+    n_past = 0
     if past_k is not None and past_k.shape[2]:
+        n_past = past_k.shape[2]
         kn = np.concatenate([hn.kv_from_float(past_k), kn], axis=2)
         vn = np.concatenate([hn.kv_from_float(past_v), vn], axis=2)
+    if kv_quant is not None:
+        from .kvquant import quantized_span
+
+        _, old_stop = quantized_span(n_past, kv_quant)
+        start, new_stop = quantized_span(kn.shape[2], kv_quant)
+        lo = max(old_stop, start)
+        kn = np.stack([hn.kv_quant_span_fx(x, lo, new_stop, kv_quant.bits, kv_quant.group_size, False) for x in kn])
+        vn = np.stack([hn.kv_quant_span_fx(x, lo, new_stop, kv_quant.bits, kv_quant.group_size, True) for x in vn])
     b, sq, sk = q.shape[0], q.shape[2], kn.shape[2]
     qk = hn.kv_from_fx(hn.to_fx(q))
     pos_q, pos_k = np.arange(sq) + (sk - sq), np.arange(sk)
@@ -412,6 +423,11 @@ def _kvquant_attention(node, args):
     q, k, v = args[0], args[1], args[2]
     past_k = args[3] if len(args) > 3 else None
     past_v = args[4] if len(args) > 4 else None
+    if node.attr("numerics", "float") == "fx":
+        cfg = kv_quant_config(node)
+        if cfg.rotate:
+            raise InterpError(f"{node.label}: hardware numerics have no rotated KV format (rotate=1)")
+        return _attention_fx(node, q, k, v, past_k, past_v, cfg)
     k_all, v_all = kv_fake_quant_append(past_k, past_v, k, v, kv_quant_config(node))
     out, _ = _attend(q, k_all, v_all, node)
     return [out, k_all, v_all] if len(node.outputs) == 3 else [out]

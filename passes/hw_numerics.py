@@ -17,7 +17,7 @@ from ..ir.core import Module, Node
 from ..ir.ops import Op
 from .base import PassResult
 
-FX_OPS = (Op.TernaryLinear, Op.RoPE, Op.GatedAct, Op.FusedLinear, Op.RMSNorm, Op.Attention)
+FX_OPS = (Op.TernaryLinear, Op.RoPE, Op.GatedAct, Op.FusedLinear, Op.RMSNorm, Op.Attention, Op.KVQuantAttention)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,19 @@ import numpy as np
 
 from ...ir import hw_numerics as hn
 from .images import ternary_from_image
-from .isa import Epilogue, Flag, Instr, Opcode, Program, unpack_heads, unpack_kn, unpack_scale
+from .isa import Epilogue, Flag, Instr, Opcode, Program, unpack_heads, unpack_kn, unpack_kvquant, unpack_scale
 from .schedule import EngineConfig
 
 
 class ExecError(RuntimeError):
     pass
+
+
+def _span(n: int, group_size: int, residual: int, sinks: int) -> tuple[int, int]:
+    """[start, stop) of the quantized tokens of an n-token cache (ir/kvquant.quantized_span)."""
+    from ...ir.kvquant import KVQuantConfig, quantized_span
+
+    return quantized_span(n, KVQuantConfig(bits=8, group_size=group_size, residual=residual, sinks=sinks))
 
 
 class Executor:
@@ -116,6 +123,14 @@ class Executor:
             src = self.rows(ins["src"], n, hkv * d).reshape(n, hkv, d)
             cache = self.i32(ins["cache"], hkv * ctx * d).reshape(hkv, ctx, d)
             cache[:, pos:pos + n, :] = hn.kv_from_fx(src).transpose(1, 0, 2)
+            if ins["quant"]:
+                bits, gs, residual, sinks = unpack_kvquant(ins["quant"])
+                _, old_stop = _span(pos, gs, residual, sinks)
+                start, new_stop = _span(pos + n, gs, residual, sinks)
+                lo = max(old_stop, start)
+                if new_stop > lo:
+                    cache[:, :new_stop] = hn.kv_quant_span_fx(cache[:, :new_stop], lo, new_stop, bits, gs,
+                                                              bool(ins.flags & Flag.VALUES))
         elif op == Opcode.ATTN:
             hq, hkv, d = unpack_heads(ins["heads"])
             ctx, sk = ins["context"], pos + n

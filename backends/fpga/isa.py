@@ -24,6 +24,9 @@ Opcodes (all loop over the call's N_TOKENS rows; "FX" = ``hw_numerics`` Q15.16):
                    epilogue (below) -> ``dst``. ``kn`` = K | N << 16.
 0x04   KV_APPEND   ``cache[h, POS + t, :] = kv_from_fx(src[t, h*d:(h+1)*d])`` for every KV head h
                    (cache layout [heads][context][d] of int32 words holding the 24-bit KV format).
+                   ``quant`` = bits | group_size << 8 | residual << 16 | sinks << 24 (0: none): then the
+                   token groups that join the KIVI span are quantized in place
+                   (``hw_numerics.kv_quant_span_fx``; flag VALUES selects the V grouping).
 0x05   ATTN        ``dst[t] = attention_fx(q[t], cache_k[:, :POS+t+1], cache_v[...])`` per query head
                    with GQA (query head h reads KV head h // (hq / hkv)); causal; ``scale`` is
                    ``hw_numerics.encode_attn_scale`` (m | sh << 24). ``heads`` = hq | hkv << 8 | d << 16.
@@ -79,6 +82,7 @@ class Flag(enum.IntFlag):
     NONE = 0
     HOST = 1        # LM_HEAD: computed by the host (ARM cores)
     CAUSAL = 2      # ATTN: causal mask (query t sees cache entries 0 .. POS + t)
+    VALUES = 4      # KV_APPEND: the V cache (quantization groups channels per token, not tokens)
 
 
 #: Field names of words 1..7 per opcode (in order).
@@ -86,7 +90,7 @@ FIELDS: dict[Opcode, tuple[str, ...]] = {
     Opcode.EMBED: ("table", "dst", "width", "ids"),
     Opcode.RMSNORM: ("src", "dst", "width", "weight", "eps_q"),
     Opcode.LINEAR: ("src", "dst", "kn", "weights", "ws", "aux", "aux2"),
-    Opcode.KV_APPEND: ("src", "cache", "heads", "context"),
+    Opcode.KV_APPEND: ("src", "cache", "heads", "context", "quant"),
     Opcode.ATTN: ("q", "dst", "heads", "cache_k", "cache_v", "scale", "context"),
     Opcode.LM_HEAD: ("src", "width", "vocab"),
     Opcode.END: (),
@@ -194,3 +198,14 @@ class Program:
         return json.dumps({"meta": self.meta, "instrs": [
             {"op": i.op.name, "epilogue": i.epilogue.name, "flags": int(i.flags), "fields": i.fields,
              "note": i.note} for i in self.instrs]}, indent=1, sort_keys=True)
+
+
+def pack_kvquant(bits: int, group_size: int, residual: int, sinks: int) -> int:
+    for name, v in (("bits", bits), ("group_size", group_size), ("residual", residual), ("sinks", sinks)):
+        if not 0 <= v < 256:
+            raise ISAError(f"quantize-kv {name}={v} does not fit 8 bits")
+    return bits | group_size << 8 | residual << 16 | sinks << 24
+
+
+def unpack_kvquant(v: int) -> tuple[int, int, int, int]:
+    return v & 0xFF, (v >> 8) & 0xFF, (v >> 16) & 0xFF, v >> 24

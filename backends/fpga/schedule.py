@@ -18,7 +18,7 @@ import numpy as np
 from ...ir import hw_numerics as hn
 from ...ir.core import Function, Module, Node
 from ...ir.ops import Op
-from .isa import Epilogue, Flag, Instr, Opcode, Program, pack_heads, pack_kn, pack_scale
+from .isa import Epilogue, Flag, Instr, Opcode, Program, pack_heads, pack_kn, pack_kvquant, pack_scale
 
 
 class ScheduleError(ValueError):
@@ -276,8 +276,14 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
             if list(n.attr("perm")) != [0, 2, 1, 3] or kind not in ("tok4", "heads"):
                 raise ScheduleError(f"node {n.label}: only the [0, 2, 1, 3] head transpose is a view")
             alias(out, src, "heads" if kind == "tok4" else "tok4", views[src][2])
-        elif n.op == Op.Attention:
+        elif n.op in (Op.Attention, Op.KVQuantAttention):
             _require_fx(n)
+            quant = 0
+            if n.op == Op.KVQuantAttention:
+                if n.attr("rotate"):
+                    raise ScheduleError(f"node {n.label}: quantize-kv rotate=1 has no hardware format")
+                quant = pack_kvquant(int(n.attr("bits")), int(n.attr("group_size")), int(n.attr("residual")),
+                                     int(n.attr("sinks")))
             q, k, v = n.inputs[:3]
             pk, pv = (n.inputs[3], n.inputs[4]) if len(n.inputs) > 4 else ("", "")
             if pk not in past or pv not in past:
@@ -286,8 +292,8 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
             hq, d = views[q][2] if views[q][2] else (0, 0)
             hkv = views[k][2][0]
             for name, which in ((k, "k"), (v, "v")):
-                emit(Instr(Opcode.KV_APPEND, {"heads": pack_heads(hkv, hkv, d), "context": context},
-                           note=f"{note} ({which})"),
+                emit(Instr(Opcode.KV_APPEND, {"heads": pack_heads(hkv, hkv, d), "context": context, "quant": quant},
+                           flags=Flag.VALUES if which == "v" else Flag.NONE, note=f"{note} ({which})"),
                      {"src": ("act", buf(name, n, "heads")), "cache": ("kv", (layer, which))})
             b = alloc(out, hq * d, "heads", (hq, d))
             sc = hn.encode_attn_scale(float(n.attr("scale")))
