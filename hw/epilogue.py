@@ -13,8 +13,10 @@ Ports (Amaranth streams):
 Lane pairing for "rope", "silu_gate", "relu2_gate": lane j (< columns/2) pairs with lane
 j + columns/2 -- (x[i], x[i + d/2]) for RoPE, (gate, up) for the gated FFN; the scheduler orders
 weight rows so that a tile holds such pairs.
-Pipeline: 4 register stages (join+multiply, shift+saturate, op part 1, op part 2), full throughput,
-every stream tolerates valid/ready toggling.
+Pipeline: 4 free-running register stages (join+multiply, shift+saturate, op part 1, op part 2)
+into a credit FIFO of 7 results (hw/stream_util.CreditBuffer): ``acc``/``aux`` ready = credit & the
+other's valid, never a function of ``out.ready``. Latency 6 cycles (accepting edge -> out.valid),
+throughput one beat per cycle, every stream tolerates valid/ready toggling.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def _rshift_round(v, sh: int):
 
 
 class Epilogue(wiring.Component):
+    LATENCY = 4  # datapath stages; out.valid follows the accepting edge by LATENCY + 2 cycles
+
     def __init__(self, columns: int = 16, op: str = "none", acc_width: int = 32):
         if op not in OPS:
             self._MustUse__silence = True  # rejected: never elaborated
@@ -63,20 +67,22 @@ class Epilogue(wiring.Component):
         })
 
     def elaborate(self, platform):
+        from ternc.hw.stream_util import CreditBuffer
         m = Module()
         c, half = self.columns, self.columns // 2
-        en = Signal()
+        # Free-running 4-stage datapath (no clock enable, data registers without reset); beats
+        # enter on a credit of the output FIFO, so acc/aux.ready never see out.ready.
+        m.submodules.obuf = obuf = CreditBuffer(data.ArrayLayout(FX, self.n_out), self.LATENCY + 3)
+        fire = Signal()
         v = [Signal(name=f"v{i}") for i in range(4)]
-        m.d.comb += [en.eq(~v[3] | self.out.ready),
-                     self.acc.ready.eq(en & self.aux.valid), self.aux.ready.eq(en & self.acc.valid),
-                     self.out.valid.eq(v[3])]
-        with m.If(en):
-            m.d.sync += [v[0].eq(self.acc.valid & self.aux.valid), v[1].eq(v[0]), v[2].eq(v[1]), v[3].eq(v[2])]
+        m.d.comb += [self.acc.ready.eq(obuf.credit & self.aux.valid),
+                     self.aux.ready.eq(obuf.credit & self.acc.valid),
+                     fire.eq(obuf.credit & self.acc.valid & self.aux.valid), obuf.start.eq(fire)]
+        m.d.sync += [v[0].eq(fire), v[1].eq(v[0]), v[2].eq(v[1]), v[3].eq(v[2])]
 
         def reg(name, shape, expr):
-            r = Signal(shape, name=name)
-            with m.If(en):
-                m.d.sync += r.eq(expr)
+            r = Signal(shape, name=name, reset_less=True)
+            m.d.sync += r.eq(expr)
             return r
 
         # Stage 1: acc * m, shift amount clip(s - 16, 1, 63).
@@ -129,6 +135,8 @@ class Epilogue(wiring.Component):
                 outs.append((a0, a1))
             outs = [reg(f"e4_{i}", FX, _sat(_rshift_round(a0, hwn.ROPE_FRAC))) for i, (a0, _) in enumerate(outs)] + \
                    [reg(f"e4_{i + half}", FX, _sat(_rshift_round(a1, hwn.ROPE_FRAC))) for i, (_, a1) in enumerate(outs)]
+        m.d.comb += obuf.w.valid.eq(v[3])
         for i, o in enumerate(outs):
-            m.d.comb += self.out.payload[i].eq(o)
+            m.d.comb += obuf.w.payload[i].eq(o)
+        wiring.connect(m, obuf.out, wiring.flipped(self.out))
         return m

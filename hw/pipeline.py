@@ -67,7 +67,7 @@ def _clip(v, lo, hi):
 
 class TLMMPipeline(wiring.Component):
     def __init__(self, group: int = 3, tables: int = 28, columns: int = 16, op: str = "none",
-                 wbuf_depth: int = 4096, ram_style: str | None = "ultra", max_chunks: int = 64,
+                 wbuf_depth: int = 4096, ram_style: str | None = "ultra", max_chunks: int = 128,
                  quant_lanes: int = 3):
         self.group, self.n_tables, self.columns, self.op = group, tables, columns, op
         self.wbuf_depth, self.ram_style = wbuf_depth, ram_style

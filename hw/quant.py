@@ -10,6 +10,9 @@ Ports (Amaranth streams):
   ``scale`` (Out, ``{amax}``): the token's amax (raw FX integer, >= 1), once per replay pass (i.e.
       once per engine output beat), for the epilogue's ``hw_numerics.dq_factor``. The next token's
       quantization waits until all of them were taken.
+Capacity: ``max_chunks`` chunks of G*tables, i.e. K <= ``max_k`` = max_chunks * G * tables (default
+128 x 84 = 10,752: BitNet-2B4T's down projection has K = 6,912 = 83 chunks); :meth:`check_k` raises
+for larger K (the scheduler calls it), the hardware would wrap.
 Phases per token (not overlapped; a double-buffered version is future work): load K/lanes cycles
 (amax on the fly) -> reciprocal by a sequential restoring divider (56 cycles) -> quantize K/lanes
 cycles (``lanes`` multipliers) into an int8 chunk memory -> replay chunks at one per cycle.
@@ -29,7 +32,7 @@ NUM_BITS = 56  # numerator (127 << s) + amax//2 with s <= 48
 
 
 class ActQuantizer(wiring.Component):
-    def __init__(self, group: int = 3, tables: int = 28, max_chunks: int = 64, lanes: int = 3,
+    def __init__(self, group: int = 3, tables: int = 28, max_chunks: int = 128, lanes: int = 3,
                  passes_bits: int = 12):
         chunk = group * tables
         if chunk % lanes:
@@ -39,6 +42,7 @@ class ActQuantizer(wiring.Component):
         self.chunk = chunk
         self.per_chunk = chunk // lanes
         self.depth = max_chunks * self.per_chunk
+        self.max_k = max_chunks * chunk
         super().__init__({
             "inp": In(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(signed(hwn.FX_BITS), lanes), "last": unsigned(1),
@@ -46,6 +50,12 @@ class ActQuantizer(wiring.Component):
             "act": Out(stream.Signature(act_beat_layout(group, tables))),
             "scale": Out(stream.Signature(data.StructLayout({"amax": unsigned(hwn.FX_BITS)}))),
         })
+
+    def check_k(self, k: int) -> None:
+        """Raise ValueError when a token of ``k`` activations does not fit the chunk memory."""
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"ActQuantizer: K={k} outside 1..{self.max_k} "
+                             f"(max_chunks={self.max_chunks} x G*tables={self.chunk})")
 
     def elaborate(self, platform):
         m = Module()

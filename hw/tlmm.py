@@ -84,8 +84,16 @@ def chunks_for(k: int, group: int, tables: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # Blocks
 # ------------------------------------------------------------------------------------------------
+# The datapath stages run free: no clock enable, data registers without reset, ``valid`` bits
+# (with reset) travel beside the data. Their streams are ``always_ready``; backpressure is
+# handled once, at the engine's input, by credits (hw/stream_util.CreditBuffer).
+def _free(shape):
+    return stream.Signature(shape, always_ready=True)
+
+
 class TablePrecompute(wiring.Component):
-    """act chunk -> T tables of (3**G-1)/2 + 1 signed entries (entry 0 == 0). One register stage.
+    """act chunk -> T tables of (3**G-1)/2 + 1 signed entries (entry 0 == 0). One register stage,
+    free-running (``always_ready`` streams: a beat presented with ``valid`` is registered next cycle).
 
     Ports: ``act`` (In, :func:`act_beat_layout`), ``tables`` (Out, ``{table[t][i], last}``).
     """
@@ -96,19 +104,18 @@ class TablePrecompute(wiring.Component):
         self.width = table_width(group)
         self.tables_layout = tables_layout(group, tables)
         super().__init__({
-            "act": In(stream.Signature(act_beat_layout(group, tables))),
-            "tables": Out(stream.Signature(self.tables_layout)),
+            "act": In(_free(act_beat_layout(group, tables))),
+            "tables": Out(_free(self.tables_layout)),
         })
 
     def elaborate(self, platform):
         m = Module()
         g = self.group
-        en = Signal()
-        m.d.comb += [en.eq(~self.tables.valid | self.tables.ready), self.act.ready.eq(en)]
         digits = hwn.tlg_digits(np.arange(self.n_entries), g)  # the shared definition
-        with m.If(en):
-            m.d.sync += [self.tables.valid.eq(self.act.valid),
-                         self.tables.payload.last.eq(self.act.payload.last)]
+        m.d.sync += self.tables.valid.eq(self.act.valid)
+        last = Signal(reset_less=True)
+        m.d.sync += last.eq(self.act.payload.last)
+        m.d.comb += self.tables.payload.last.eq(last)
         for t in range(self.n_tables):
             a = [self.act.payload.data[t * g + j] for j in range(g)]
             prefix: dict[tuple, object] = {}
@@ -135,13 +142,15 @@ class TablePrecompute(wiring.Component):
 
             for i in range(1, self.n_entries):
                 v = psum(tuple(int(d) for d in digits[i]))
-                with m.If(en):
-                    m.d.sync += self.tables.payload.table[t][i].eq(v)
+                r = Signal(signed(self.width), name=f"tab{t}_{i}", reset_less=True)
+                m.d.sync += r.eq(v)
+                m.d.comb += self.tables.payload.table[t][i].eq(r)
         return m
 
 
 class LookupLanes(wiring.Component):
-    """Join a ``tables`` beat with a ``wgt`` beat; ``out.data[c][t] = (-1)**sign * table[t][index]``.
+    """``out.data[c][t] = (-1)**sign * table[t][index]`` for the ``tables`` beat and the ``wgt`` beat
+    presented in the same cycle (free-running, one register stage; ``out.valid`` = both valid).
 
     Indices above (3**G-1)/2 (14, 15 for G=3) are invalid TL2 encodings; their value is unspecified.
     """
@@ -153,52 +162,48 @@ class LookupLanes(wiring.Component):
             "data": data.ArrayLayout(data.ArrayLayout(signed(self.width), tables), columns),
             "last": unsigned(1)})
         super().__init__({
-            "tables": In(stream.Signature(tables_layout(group, tables))),
-            "wgt": In(stream.Signature(weight_beat_layout(group, tables, columns))),
-            "out": Out(stream.Signature(self.out_layout)),
+            "tables": In(_free(tables_layout(group, tables))),
+            "wgt": In(_free(weight_beat_layout(group, tables, columns))),
+            "out": Out(_free(self.out_layout)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        en = Signal()
-        both = self.tables.valid & self.wgt.valid
-        m.d.comb += [en.eq(~self.out.valid | self.out.ready),
-                     self.tables.ready.eq(en & self.wgt.valid),
-                     self.wgt.ready.eq(en & self.tables.valid)]
-        with m.If(en):
-            m.d.sync += [self.out.valid.eq(both), self.out.payload.last.eq(self.tables.payload.last)]
+        m.d.sync += self.out.valid.eq(self.tables.valid & self.wgt.valid)
+        last = Signal(reset_less=True)
+        m.d.sync += last.eq(self.tables.payload.last)
+        m.d.comb += self.out.payload.last.eq(last)
         n = hwn.tlg_num_indices(self.group)
         for t in range(self.n_tables):
             entries = Array([self.tables.payload.table[t][i] for i in range(n)])
             for c in range(self.columns):
                 f = self.wgt.payload[c][t]
                 sel = Signal(signed(self.width), name=f"sel_c{c}_t{t}")
+                r = Signal(signed(self.width), name=f"lane_c{c}_t{t}", reset_less=True)
                 m.d.comb += sel.eq(entries[f.index])
-                with m.If(en):
-                    m.d.sync += self.out.payload.data[c][t].eq(Mux(f.sign, -sel, sel))
+                m.d.sync += r.eq(Mux(f.sign, -sel, sel))
+                m.d.comb += self.out.payload.data[c][t].eq(r)
         return m
 
 
 class AdderTree(wiring.Component):
-    """Per column, sum the T lane values; one pipeline register per tree level (ceil(log2 T) + 1
-    stages including the input register of level 0 when T == 1)."""
+    """Per column, sum the T lane values; one pipeline register per tree level (``levels`` =
+    max(1, ceil(log2 T)) cycles), free-running."""
 
     def __init__(self, tables: int = 28, columns: int = 16, in_width: int = 10):
         self.n_tables, self.columns, self.in_width = tables, columns, in_width
         self.levels = max(1, math.ceil(math.log2(tables))) if tables > 1 else 1
         self.out_width = in_width + (math.ceil(math.log2(tables)) if tables > 1 else 0)
         super().__init__({
-            "inp": In(stream.Signature(data.StructLayout({
+            "inp": In(_free(data.StructLayout({
                 "data": data.ArrayLayout(data.ArrayLayout(signed(in_width), tables), columns),
                 "last": unsigned(1)}))),
-            "out": Out(stream.Signature(data.StructLayout({
+            "out": Out(_free(data.StructLayout({
                 "data": data.ArrayLayout(signed(self.out_width), columns), "last": unsigned(1)}))),
         })
 
     def elaborate(self, platform):
         m = Module()
-        en = Signal()
-        m.d.comb += [en.eq(~self.out.valid | self.out.ready), self.inp.ready.eq(en)]
         cols = [[self.inp.payload.data[c][t] for t in range(self.n_tables)] for c in range(self.columns)]
         valid, last, width = self.inp.valid, self.inp.payload.last, self.in_width
         for lvl in range(self.levels):
@@ -208,15 +213,13 @@ class AdderTree(wiring.Component):
             for c, col in enumerate(cols):
                 nxt = []
                 for i in range(0, len(col), 2):
-                    r = Signal(signed(width), name=f"tree_l{lvl}_c{c}_{i // 2}")
-                    with m.If(en):
-                        m.d.sync += r.eq(col[i] + col[i + 1] if i + 1 < len(col) else col[i])
+                    r = Signal(signed(width), name=f"tree_l{lvl}_c{c}_{i // 2}", reset_less=True)
+                    m.d.sync += r.eq(col[i] + col[i + 1] if i + 1 < len(col) else col[i])
                     nxt.append(r)
                 new_cols.append(nxt)
             cols = new_cols
-            v, l = Signal(name=f"tree_v{lvl}"), Signal(name=f"tree_last{lvl}")
-            with m.If(en):
-                m.d.sync += [v.eq(valid), l.eq(last)]
+            v, l = Signal(name=f"tree_v{lvl}"), Signal(name=f"tree_last{lvl}", reset_less=True)
+            m.d.sync += [v.eq(valid), l.eq(last)]
             valid, last = v, l
         m.d.comb += [self.out.valid.eq(valid), self.out.payload.last.eq(last)]
         for c in range(self.columns):
@@ -225,38 +228,29 @@ class AdderTree(wiring.Component):
 
 
 class Accumulator(wiring.Component):
-    """Per column accumulate chunk sums of one K pass; emit ``out.payload[c]`` (int32 by default)
-    after the chunk flagged ``last``. Non-last chunks keep flowing while a result waits for ``ready``."""
+    """Per column accumulate chunk sums of one K pass; present the C sums on ``out`` (one cycle,
+    ``always_ready``: the engine reserved room for it by credit) after the chunk flagged ``last``."""
 
     def __init__(self, columns: int = 16, in_width: int = 15, acc_width: int = 32):
         self.columns, self.in_width, self.acc_width = columns, in_width, acc_width
         super().__init__({
-            "inp": In(stream.Signature(data.StructLayout({
+            "inp": In(_free(data.StructLayout({
                 "data": data.ArrayLayout(signed(in_width), columns), "last": unsigned(1)}))),
-            "out": Out(stream.Signature(data.ArrayLayout(signed(acc_width), columns))),
+            "out": Out(_free(data.ArrayLayout(signed(acc_width), columns))),
         })
 
     def elaborate(self, platform):
         m = Module()
         at_start = Signal(init=1)
-        fire = Signal()
         last = self.inp.payload.last
-        m.d.comb += [self.inp.ready.eq(~self.out.valid | self.out.ready | ~last),
-                     fire.eq(self.inp.valid & self.inp.ready)]
-        with m.If(self.out.ready):
-            m.d.sync += self.out.valid.eq(0)
-        with m.If(fire):
+        m.d.sync += self.out.valid.eq(self.inp.valid & last)
+        with m.If(self.inp.valid):
             m.d.sync += at_start.eq(last)
-            with m.If(last):
-                m.d.sync += self.out.valid.eq(1)
         for c in range(self.columns):
-            acc = Signal(signed(self.acc_width), name=f"acc{c}")
-            new = Signal(signed(self.acc_width), name=f"acc_next{c}")
-            m.d.comb += new.eq(Mux(at_start, 0, acc) + self.inp.payload.data[c])
-            with m.If(fire):
-                m.d.sync += acc.eq(new)
-                with m.If(last):
-                    m.d.sync += self.out.payload[c].eq(new)
+            acc = Signal(signed(self.acc_width), name=f"acc{c}", reset_less=True)
+            m.d.comb += self.out.payload[c].eq(acc)
+            with m.If(self.inp.valid):
+                m.d.sync += acc.eq(Mux(at_start, 0, acc) + self.inp.payload.data[c])
         return m
 
 
@@ -264,13 +258,21 @@ class WeightBuffer(wiring.Component):
     """Weight-index buffer: one memory word per weight beat, mapped to BRAM/URAM by ``ram_style``.
 
     Ports:
-      ``load`` (In, ``{data: beat, first}``): written at consecutive addresses; ``first`` restarts at 0.
-      ``cmd``  (In, ``{base, count}``): replay ``count`` words starting at ``base`` (wrapping at depth).
+      ``load`` (In, ``{data: beat, first}``): written at consecutive addresses (wrapping at
+          ``depth``); ``first`` restarts at 0. Always ready.
+      ``cmd``  (In, ``{base, count}``): replay ``count`` words starting at ``base`` < depth, wrapping
+          at ``depth`` (any depth, not only powers of two).
       ``rd``   (Out, beat): the replayed words, one per cycle, back-to-back across commands.
+    Latency: the first word of a command is valid 2 cycles after the command is accepted (address
+    register, synchronous read). ``rd.ready`` drives the memory's read enable combinationally; the
+    engine makes it from registered credits and one valid (a few LUT levels), never from its output.
     Loading a region while it is being replayed is undefined (double-buffer at the host level).
     """
 
     def __init__(self, shape, depth: int, ram_style: str | None = None, bank_width: int = 72):
+        if depth < 1:
+            self._MustUse__silence = True
+            raise ValueError("depth must be >= 1")
         self.shape, self.depth, self.ram_style, self.bank_width = shape, depth, ram_style, bank_width
         self.addr_bits = max(1, (depth - 1).bit_length())
         super().__init__({
@@ -279,6 +281,12 @@ class WeightBuffer(wiring.Component):
                 "base": unsigned(self.addr_bits), "count": unsigned(self.addr_bits + 1)}))),
             "rd": Out(stream.Signature(shape)),
         })
+
+    def _inc(self, a):
+        """a + 1 modulo depth (a plain increment when depth is a power of two)."""
+        if self.depth == 1 << self.addr_bits:
+            return (a + 1)[:self.addr_bits]
+        return Mux(a == self.depth - 1, 0, a + 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -297,7 +305,7 @@ class WeightBuffer(wiring.Component):
         addr = Signal(self.addr_bits)
         m.d.comb += [self.load.ready.eq(1), addr.eq(Mux(self.load.payload.first, 0, waddr))]
         with m.If(self.load.valid):
-            m.d.sync += waddr.eq(addr + 1)
+            m.d.sync += waddr.eq(self._inc(addr))
 
         raddr = Signal(self.addr_bits)
         remaining = Signal(self.addr_bits + 1)
@@ -314,7 +322,7 @@ class WeightBuffer(wiring.Component):
         with m.If(en):
             m.d.sync += rvalid.eq(remaining != 0)
         with m.If(issue):
-            m.d.sync += [raddr.eq(raddr + 1), remaining.eq(remaining - 1)]
+            m.d.sync += [raddr.eq(self._inc(raddr)), remaining.eq(remaining - 1)]
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [raddr.eq(self.cmd.payload.base), remaining.eq(self.cmd.payload.count)]
         return m
@@ -332,12 +340,17 @@ class TLMMEngine(wiring.Component):
         pads that way (:func:`act_beats` pads with zeros too).
       ``wgt`` (In, :func:`weight_beat_layout`): the weight beat of the same chunk, ``wgt[c][t]`` =
         TL field of column c for activation group t of the chunk (ir/packing.tl2_encode for G = 3).
-        Beats of ``act`` and ``wgt`` pair up in order; either may arrive first.
+        ``act`` and ``wgt`` are joined: both move in the same cycle.
       ``out`` (Out, ``columns`` x signed(acc_width)): after each pass, out[c] = sum_k x[k] * w[c, k].
-    Latency: ``out.valid`` rises ceil(log2(tables)) + 2 cycles after the clock edge that accepted the
-    last chunk (precompute, lanes, tree levels, accumulator registers). Every stream
-    tolerates arbitrary valid/ready toggling; with both inputs valid and ``out`` ready the engine
-    accepts a chunk every cycle, including across passes.
+    Timing structure: the datapath (precompute, wgt register, lanes, tree levels, accumulator) runs
+    without clock enable; a ``last`` chunk enters only with a credit of the output FIFO
+    (:class:`~ternc.hw.stream_util.CreditBuffer`, ``out_depth`` = ``pipe_latency`` + 3 results), so
+    ``act.ready``/``wgt.ready`` = (other input valid) & (~last | credit): no combinational path from
+    ``out.ready``.
+    Latency: ``pipe_latency`` = levels + 3 cycles from the edge accepting the last chunk to the
+    result entering the FIFO, ``latency`` = ``pipe_latency`` + 2 to ``out.valid`` (measured in
+    tests/hw/test_tlmm.py). Throughput: one chunk per cycle with both inputs valid, across passes,
+    as long as ``out`` drains one result per pass.
     """
 
     def __init__(self, group: int = 3, tables: int = 28, columns: int = 16, acc_width: int = 32):
@@ -346,7 +359,10 @@ class TLMMEngine(wiring.Component):
             raise ValueError("group, tables and columns must be >= 1")
         self.group, self.n_tables, self.columns, self.acc_width = group, tables, columns, acc_width
         self.macs_per_cycle = group * tables * columns
-        self.latency = (max(1, math.ceil(math.log2(tables))) if tables > 1 else 1) + 2
+        levels = max(1, math.ceil(math.log2(tables))) if tables > 1 else 1
+        self.pipe_latency = levels + 3          # precompute, lanes, tree levels, accumulator
+        self.latency = self.pipe_latency + 2    # + the FIFO (write, then its output register)
+        self.out_depth = self.pipe_latency + 3
         super().__init__({
             "act": In(stream.Signature(act_beat_layout(group, tables))),
             "wgt": In(stream.Signature(weight_beat_layout(group, tables, columns))),
@@ -354,18 +370,32 @@ class TLMMEngine(wiring.Component):
         })
 
     def elaborate(self, platform):
+        from ternc.hw.stream_util import CreditBuffer
         m = Module()
         g, t, c = self.group, self.n_tables, self.columns
         m.submodules.pre = pre = TablePrecompute(g, t)
         m.submodules.lanes = lanes = LookupLanes(g, t, c)
         m.submodules.tree = tree = AdderTree(t, c, table_width(g))
         m.submodules.acc = acc = Accumulator(c, tree.out_width, self.acc_width)
-        wiring.connect(m, wiring.flipped(self.act), pre.act)
+        m.submodules.obuf = obuf = CreditBuffer(self.out.payload.shape(), self.out_depth)
+        # Join act + wgt at the input; a pass-ending chunk needs a credit.
+        ok = Signal()
+        fire = Signal()
+        m.d.comb += [ok.eq(~self.act.payload.last | obuf.credit),
+                     self.act.ready.eq(self.wgt.valid & ok), self.wgt.ready.eq(self.act.valid & ok),
+                     fire.eq(self.act.valid & self.wgt.valid & ok),
+                     obuf.start.eq(fire & self.act.payload.last),
+                     pre.act.valid.eq(fire), pre.act.payload.eq(self.act.payload)]
+        # The weight beat waits one cycle beside the table precompute.
+        wreg = Signal.like(self.wgt.payload, reset_less=True, name="wgt_reg")
+        wv = Signal()
+        m.d.sync += [wreg.eq(self.wgt.payload), wv.eq(fire)]
+        m.d.comb += [lanes.wgt.valid.eq(wv), lanes.wgt.payload.eq(wreg)]
         wiring.connect(m, pre.tables, lanes.tables)
-        wiring.connect(m, wiring.flipped(self.wgt), lanes.wgt)
         wiring.connect(m, lanes.out, tree.inp)
         wiring.connect(m, tree.out, acc.inp)
-        wiring.connect(m, acc.out, wiring.flipped(self.out))
+        wiring.connect(m, acc.out, obuf.w)
+        wiring.connect(m, obuf.out, wiring.flipped(self.out))
         return m
 
 

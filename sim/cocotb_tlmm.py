@@ -82,7 +82,8 @@ async def sink(dut, name, n, rng, p_ready, cyc, out, log=None):
         ready.value = int(r)
         await ReadOnly()
         if r and int(valid.value):
-            out.append(payload.value.to_unsigned())
+            v = payload.value
+            out.append(v.to_unsigned() if hasattr(v, "to_unsigned") else int(v))
             if log is not None:
                 log.append(cyc.n)
     await FallingEdge(clk)

@@ -57,3 +57,53 @@ def test_quantizer_bit_exact_with_replay(group, tables, lanes):
     got = [{"data": [o.data[i] for i in range(chunk)], "last": o.last} for o in out]
     assert got == expect
     assert [s.amax for s in sc] == scales
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_quantizer_capacity_covers_2b4t():
+    dut = ActQuantizer(3, 28)
+    assert dut.max_k >= 6912
+    dut.check_k(6912)
+    with pytest.raises(ValueError, match="K=20000"):
+        dut.check_k(20000)
+
+
+@pytest.mark.slow
+def test_quantizer_2b4t_down_projection_k():
+    """Review fix: the default (TeLLMe-sized) quantizer runs K = 6,912 (BitNet-2B4T down_proj:
+    83 chunks of 84) bit-exact (it used to stop at 64 chunks = 5,376)."""
+    g, t, lanes, k = 3, 28, 3, 6912
+    dut = ActQuantizer(g, t, lanes=lanes)
+    rng = np.random.default_rng(0)
+    x = h.to_fx(rng.normal(size=k) * 3.0)
+    x[6911] = h.to_fx(40.0)  # the amax sits in the very last chunk
+    chunk = g * t
+    padded = np.zeros(-(-k // chunk) * chunk, np.int64)
+    padded[:k] = x
+    words = padded.reshape(-1, lanes)
+    beats = [{"data": [int(v) for v in wv], "last": int(j == len(words) - 1), "passes": 1}
+             for j, wv in enumerate(words)]
+    q, amax = h.quantize_act_fx(x)
+    expect = act_beats(q, g, t)
+    out, sc = [], []
+    r = random.Random(0)
+
+    async def src(ctx):
+        await drive(ctx, dut.inp, beats, r, 1.0)
+
+    async def sc_sink(ctx):
+        await collect(ctx, dut.scale, 1, sc, r, 1.0)
+
+    async def snk(ctx):
+        await collect(ctx, dut.act, len(expect), out, r, 1.0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(src, background=True)
+    sim.add_testbench(sc_sink, background=True)
+    sim.add_testbench(snk)
+    sim.run()
+    assert len(expect) == 83
+    got = [{"data": [o.data[i] for i in range(chunk)], "last": o.last} for o in out]
+    assert got == expect
+    assert sc[0].amax == int(amax[0])

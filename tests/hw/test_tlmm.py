@@ -134,9 +134,9 @@ def test_engine_stall_free_steady_state():
         await collect(ctx, dut.out, passes, out, random.Random(0), 1.0)
 
     _run(dut, [(feeder("act", dut.act, ab), True), (feeder("wgt", dut.wgt, wb), True), (snk, False)])
-    # act chunks enter on consecutive cycles; weight beats pair with the tables one stage later.
+    # act chunks and their weight beats enter together (joined), on consecutive cycles.
     assert accepted["act"] == list(range(len(ab)))
-    assert accepted["wgt"] == list(range(1, len(wb) + 1))
+    assert accepted["wgt"] == accepted["act"]
     got = np.array([[o[i] for i in range(c)] for o in out])
     assert np.array_equal(got, ternary_matmul_i32(x, w))
     assert dut.macs_per_cycle == g * t * c
@@ -266,3 +266,115 @@ def test_small_synth_fits_and_tiny_budget_overflows(tmp_path):
     synth.check_fit(res)
     with pytest.raises(synth.ResourceError, match="LUT"):
         synth.check_fit(res, {"LUT": 50, "FF": 10**6}, device="tiny")
+
+
+def test_weight_buffer_wraps_at_non_power_of_two_depth():
+    """Review regression: TLMMCore(3, 5, 3, wbuf_depth=48), 48 beats loaded, cmd(base=46, count=5),
+    K = 74 (5 chunks of 15): the pass reads beats 46, 47, 0, 1, 2 (it used to wrap at 64)."""
+    g, t, c, depth, k = 3, 5, 3, 48, 74
+    rng = np.random.default_rng(46)
+    x = rng.integers(-128, 128, size=(2, k)).astype(np.int8)
+    w = rng.integers(-1, 2, size=(c, k)).astype(np.int8)
+    beats = weight_beats(w, g, t, c)
+    assert len(beats) == 5
+    filler = weight_beats(rng.integers(-1, 2, size=(c, 43 * g * t)).astype(np.int8), g, t, c)
+    image = beats[2:] + filler + beats[:2]  # the pass starts at word 46 and wraps to 0
+    assert len(image) == depth
+    dut = TLMMCore(g, t, c, wbuf_depth=depth, ram_style=None)
+    out = []
+    r = random.Random(4)
+
+    async def wl(ctx):
+        await drive(ctx, dut.load, [{"data": b, "first": int(i == 0)} for i, b in enumerate(image)], r, 0.8)
+        await drive(ctx, dut.cmd, [{"base": 46, "count": 5}] * 2, r, 0.8)
+
+    async def acts(ctx):
+        await ctx.tick().repeat(60)  # after the load
+        await drive(ctx, dut.act, act_beats(x[0], g, t) + act_beats(x[1], g, t), r, 0.8)
+
+    async def snk(ctx):
+        await collect(ctx, dut.out, 2, out, r, 0.7)
+
+    _run(dut, [(wl, True), (acts, True), (snk, False)])
+    got = np.array([[o[i] for i in range(c)] for o in out])
+    assert np.array_equal(got, ternary_matmul_i32(x, w))
+
+
+def test_weight_buffer_load_wraps_too():
+    from amaranth import unsigned
+    dut = WeightBuffer(unsigned(12), depth=5, bank_width=8)
+    rng = random.Random(5)
+    words = [rng.randrange(1 << 12) for _ in range(7)]  # 7 writes into 5 words: 5, 6 overwrite 0, 1
+    mem = list(words[:5])
+    mem[0], mem[1] = words[5], words[6]
+    cmds = [(3, 5), (4, 1), (0, 10)]
+    expect = [mem[(b + i) % 5] for b, n in cmds for i in range(n)]
+    out = []
+
+    async def load(ctx):
+        await drive(ctx, dut.load, [{"data": w, "first": int(i == 0)} for i, w in enumerate(words)], rng, 0.7)
+        await drive(ctx, dut.cmd, [{"base": b, "count": n} for b, n in cmds], rng, 0.7)
+
+    async def snk(ctx):
+        await collect(ctx, dut.rd, len(expect), out, rng, 0.5)
+
+    _run(dut, [(load, True), (snk, False)])
+    assert [int(v) for v in out] == expect
+
+
+def test_engine_ready_does_not_depend_on_out_ready():
+    """Credits, not a stall chain: with the sink never ready, the engine still takes non-last chunks
+    and exactly ``out_depth`` pass-ending chunks, then stops; the results come out intact later."""
+    g, t, c = 3, 2, 2
+    dut = TLMMEngine(g, t, c)
+    rng = np.random.default_rng(9)
+    k = g * t  # one chunk per pass: every chunk ends a pass
+    n = dut.out_depth + 3
+    x = rng.integers(-128, 128, size=(n, k)).astype(np.int8)
+    w = rng.integers(-1, 2, size=(c, k)).astype(np.int8)
+    ab = [b for p in range(n) for b in act_beats(x[p], g, t)]
+    wb = weight_beats(w, g, t, c) * n
+    log, out = [], []
+
+    async def a(ctx):
+        await drive(ctx, dut.act, ab, random.Random(0), 1.0, log=log)
+
+    async def b(ctx):
+        await drive(ctx, dut.wgt, wb, random.Random(1), 1.0)
+
+    async def snk(ctx):
+        ctx.set(dut.out.ready, 0)
+        await ctx.tick().repeat(40)
+        assert len(log) == dut.out_depth  # stopped on credits, not earlier, not later
+        await collect(ctx, dut.out, n, out, random.Random(2), 1.0)
+
+    _run(dut, [(a, True), (b, True), (snk, False)])
+    got = np.array([[o[i] for i in range(c)] for o in out])
+    assert np.array_equal(got, ternary_matmul_i32(x, w))
+
+
+def test_engine_latency_matches_docstring():
+    g, t, c = 3, 5, 2
+    dut = TLMMEngine(g, t, c)
+    x = np.arange(g * t, dtype=np.int8)
+    w = np.ones((c, g * t), np.int8)
+    seen = {}
+
+    async def a(ctx):
+        ctx.set(dut.act.payload, act_beats(x, g, t)[0])
+        ctx.set(dut.wgt.payload, weight_beats(w, g, t, c)[0])
+        ctx.set(dut.act.valid, 1)
+        ctx.set(dut.wgt.valid, 1)
+        await ctx.tick()  # accepted on this edge
+        ctx.set(dut.act.valid, 0)
+        ctx.set(dut.wgt.valid, 0)
+        ctx.set(dut.out.ready, 1)
+        for cyc in range(1, 30):
+            await ctx.delay(1e-9)
+            if ctx.get(dut.out.valid):
+                seen["lat"] = cyc
+                break
+            await ctx.tick()
+
+    _run(dut, [(a, False)])
+    assert seen["lat"] == dut.latency
