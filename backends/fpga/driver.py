@@ -96,14 +96,20 @@ class ModelTransport(Transport):
     def __init__(self, art: FpgaArtifact):
         self.art = art
         self.ex = Executor(Program([]), art.memmap, b"", b"", art.lm_head, art.engine, art.context)
-        self.regs = {r.offset: 0 for r in regmap.REGS}
-        self.regs[R["ID"]] = regmap.ID_VALUE
+        self.regs = {r.offset: r.reset for r in regmap.REGMAP.regs}
 
     def write_reg(self, offset, value):
+        kind = {r.offset: r.kind for r in regmap.REGMAP.regs}.get(offset)
         if offset == R["CTRL"]:
             if value & 1:
                 self._start()
             return
+        if offset == R["CLEAR"]:
+            if value & 1:
+                self.regs[R["STATUS"]] = 0
+            return
+        if kind != "rw":
+            raise DriverError(f"write to register at 0x{offset:x} ({kind}): not host-writable")
         self.regs[offset] = int(value) & 0xFFFFFFFF
 
     def read_reg(self, offset):
@@ -121,7 +127,7 @@ class ModelTransport(Transport):
     def _start(self):
         prog_addr, n_instr = self.regs[R["PROG_ADDR"]], self.regs[R["PROG_LEN"]]
         prog = Program.decode(self.read_ddr(prog_addr, n_instr * INSTR_BYTES))   # the sequencer's fetch
-        self.ex.n, self.ex.pos = self.regs[R["N_TOKENS"]], self.regs[R["POS"]]
+        self.ex.n, self.ex.pos = self.regs[R["N_TOKENS"]], self.regs[R["TOKEN_POS"]]
         status = 0
         for pc, ins in enumerate(prog.instrs):
             self.regs[R["PC"]] = pc
@@ -167,7 +173,8 @@ class KV260Driver:
             raise DriverError(f"{ids.size} tokens at position {pos} exceed the compiled context {self.art.context}")
         self.t.write_ddr(self.regions["ids"]["addr"], ids.astype("<i4").tobytes())
         self.t.write_reg(R["N_TOKENS"], ids.size)
-        self.t.write_reg(R["POS"], pos)
+        self.t.write_reg(R["TOKEN_POS"], pos)
+        self.t.write_reg(R["CLEAR"], 1)
         self.t.write_reg(R["CTRL"], 1)
         t0 = time.time()
         while True:

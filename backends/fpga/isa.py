@@ -2,7 +2,7 @@
 
 A *program* is the layer schedule of one decoder call (prefill of N tokens, or a decode step with
 N = 1) as a flat instruction stream. It is compiled once (``schedule.py``) and is position- and
-length-independent: the host writes the call's parameters into registers (``N_TOKENS``, ``POS`` =
+length-independent: the host writes the call's parameters into registers (``N_TOKENS``, ``TOKEN_POS`` =
 tokens already in the KV cache, ``DDR_BASE``) and starts the sequencer, which runs the stream from
 word 0 until ``END`` (or ``LM_HEAD`` with the host flag, which stops and hands the final hidden state
 to the ARM cores).
@@ -46,7 +46,7 @@ Epilogues of LINEAR (``epilogue`` byte; the hardware ``Epilogue`` ops of ``hw/ep
   projection); dst = silu_gate_fx / relu2_gate_fx(y_gate, y_up). Both projections share one
   quantized activation (one quantizer pass, two engine passes).
 
-Registers the program reads (the full map is ``regmap.py``): N_TOKENS, POS, DDR_BASE.
+Registers the program reads (the full map is ``regmap.py``): N_TOKENS, TOKEN_POS, DDR_BASE.
 """
 
 from __future__ import annotations

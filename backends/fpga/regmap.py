@@ -1,78 +1,58 @@
-"""The accelerator's AXI4-Lite register map (32-bit registers), as data: regmap.json and a C header.
+"""The accelerator's AXI4-Lite register map, as data: one ``hw.regfile.RegMap`` that generates the RTL
+register file (``hw.regfile.AxiLiteRegFile``), ``regmap.json`` and the C header, and that the host
+driver (``driver.py``) reads its offsets and status bits from.
 
-The driver (``driver.py``) and the RTL register file read this one table. Counters are 64-bit
-(LO/HI pairs; reading LO latches HI). Performance counters count clock cycles while the unit is busy,
-and bytes moved by the AXI masters, since the last START.
+It extends ``hw.regfile.default_accel_regmap``'s layout for this ISA: one DDR window (every program
+address is an offset from DDR_BASE), the program's place and length, the sequencer's PC and error
+code, and a HOST status bit (stopped at LM_HEAD for the ARM cores). Counters are 32-bit (wrap),
+cleared by CLEAR.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+
+from ...hw.regfile import Reg, RegMap
+
+ID_VALUE = 0x54524E43          # 'TRNC'
+ISA_VERSION = 1
+COUNTERS = ("CYCLES", "CYC_LINEAR", "CYC_ATTN", "CYC_NORM", "CYC_DMA", "RD_BEATS", "WR_BEATS", "INSTRS")
+STATUS_BITS = {"busy": 0, "done": 1, "error": 2, "host": 3}
 
 
-@dataclass(frozen=True)
-class Reg:
-    name: str
-    offset: int
-    access: str      # "rw" | "ro" | "wo"
-    doc: str
-    bits: dict | None = None
+def accel_regmap() -> RegMap:
+    regs = [
+        Reg("ID", 0x00, "const", "magic 'TRNC'", reset=ID_VALUE),
+        Reg("VERSION", 0x04, "const", "ISA / register map version (backends/fpga/isa.py)", reset=ISA_VERSION),
+        Reg("CTRL", 0x08, "pulse", "write 1: run the program (PROG_ADDR, PROG_LEN) for N_TOKENS at TOKEN_POS"),
+        Reg("CLEAR", 0x0C, "pulse", "write 1: clear STATUS.done/error/host and the counters"),
+        Reg("STATUS", 0x10, "ro", "sequencer state",
+            fields={k: (v, 1) for k, v in STATUS_BITS.items()}),
+        Reg("TOKEN_POS", 0x14, "rw", "tokens already in the KV cache (position of the call's first token)"),
+        Reg("N_TOKENS", 0x18, "rw", "tokens of this call (prompt length in prefill, 1 in decode)"),
+        Reg("DDR_BASE_LO", 0x20, "rw", "physical address of the DDR window, bits 31:0 (program addresses are "
+            "offsets from it)"),
+        Reg("DDR_BASE_HI", 0x24, "rw", "bits 63:32"),
+        Reg("PROG_ADDR", 0x28, "rw", "program offset in the window"),
+        Reg("PROG_LEN", 0x2C, "rw", "number of 32-byte instructions"),
+        Reg("PC", 0x30, "ro", "instruction being executed, or the one that stopped the run"),
+        Reg("ERROR_CODE", 0x34, "ro", "1 bad opcode, 2 address outside the window, 3 AXI error response, "
+            "4 TOKEN_POS + N_TOKENS > context"),
+    ]
+    regs += [Reg(f"PERF_{c}", 0x40 + 4 * i, "ro", f"performance counter {c.lower()}") for i, c in enumerate(COUNTERS)]
+    return RegMap("ternc_kv260", tuple(regs), version=ISA_VERSION)
 
 
-STATUS_BITS = {"busy": 0, "done": 1, "host": 2, "error": 3}
-
-REGS: tuple[Reg, ...] = (
-    Reg("CTRL", 0x00, "wo", "bit 0: START (runs the program from PROG_ADDR); bit 1: SOFT_RESET",
-        {"start": 0, "soft_reset": 1}),
-    Reg("STATUS", 0x04, "ro", "bit 0 BUSY, bit 1 DONE (END reached), bit 2 HOST (stopped at LM_HEAD "
-        "for the ARM cores), bit 3 ERROR (see ERROR_CODE)", STATUS_BITS),
-    Reg("N_TOKENS", 0x08, "rw", "tokens of this call (prefill: prompt length; decode: 1)"),
-    Reg("POS", 0x0C, "rw", "tokens already in the KV cache (position of the first token of the call)"),
-    Reg("DDR_BASE_LO", 0x10, "rw", "physical address of the DDR window (low 32 bits); program addresses "
-        "are offsets from it"),
-    Reg("DDR_BASE_HI", 0x14, "rw", "physical address of the DDR window (high 32 bits)"),
-    Reg("PROG_ADDR", 0x18, "rw", "program offset in the window"),
-    Reg("PROG_LEN", 0x1C, "rw", "number of 32-byte instructions"),
-    Reg("PC", 0x20, "ro", "index of the instruction being executed (or that stopped the run)"),
-    Reg("ERROR_CODE", 0x24, "ro", "1 bad opcode, 2 address out of window, 3 AXI error response, "
-        "4 POS + N_TOKENS > context"),
-    Reg("ID", 0x28, "ro", "0x7E2C0001: ternc kv260 accelerator, ISA version 1"),
-    Reg("CYCLES_LO", 0x40, "ro", "cycles since START"),
-    Reg("CYCLES_HI", 0x44, "ro", ""),
-    Reg("CYC_LINEAR_LO", 0x48, "ro", "cycles the TLMM engine was busy"),
-    Reg("CYC_LINEAR_HI", 0x4C, "ro", ""),
-    Reg("CYC_ATTN_LO", 0x50, "ro", "cycles the attention unit was busy"),
-    Reg("CYC_ATTN_HI", 0x54, "ro", ""),
-    Reg("CYC_NORM_LO", 0x58, "ro", "cycles the RMSNorm unit was busy"),
-    Reg("CYC_NORM_HI", 0x5C, "ro", ""),
-    Reg("CYC_DMA_LO", 0x60, "ro", "cycles EMBED / KV_APPEND data movement was busy"),
-    Reg("CYC_DMA_HI", 0x64, "ro", ""),
-    Reg("BYTES_RD_LO", 0x68, "ro", "bytes read from DDR"),
-    Reg("BYTES_RD_HI", 0x6C, "ro", ""),
-    Reg("BYTES_WR_LO", 0x70, "ro", "bytes written to DDR"),
-    Reg("BYTES_WR_HI", 0x74, "ro", ""),
-)
-ID_VALUE = 0x7E2C0001
-SPAN = 0x1000
+REGMAP = accel_regmap()
 
 
 def offsets() -> dict[str, int]:
-    return {r.name: r.offset for r in REGS}
+    return {r.name: r.offset for r in REGMAP.regs}
 
 
 def to_json() -> str:
-    return json.dumps({"span": SPAN, "id": ID_VALUE, "registers": [asdict(r) for r in REGS]}, indent=1)
+    return json.dumps(REGMAP.to_json(), indent=1, sort_keys=True) + "\n"
 
 
-def c_header(prefix: str = "TERNC_KV260") -> str:
-    lines = ["/* ternc kv260 accelerator register map (generated by ternc; do not edit). */",
-             f"#ifndef {prefix}_REGS_H", f"#define {prefix}_REGS_H", "",
-             f"#define {prefix}_ID 0x{ID_VALUE:08X}u", f"#define {prefix}_SPAN 0x{SPAN:X}u"]
-    for r in REGS:
-        doc = f"  /* {r.access}: {r.doc} */" if r.doc else ""
-        lines.append(f"#define {prefix}_{r.name} 0x{r.offset:02X}u{doc}")
-        for b, pos in (r.bits or {}).items():
-            lines.append(f"#define {prefix}_{r.name}_{b.upper()} (1u << {pos})")
-    lines += ["", f"#endif /* {prefix}_REGS_H */", ""]
-    return "\n".join(lines)
+def c_header() -> str:
+    return REGMAP.c_header()

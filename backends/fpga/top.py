@@ -1,10 +1,12 @@
 """Top: the accelerator's configuration from the model and a board budget, its RTL units, their
 yosys resources (out of context, cached by Verilog hash), the budget check and the Vivado inputs.
 
-What exists as RTL today is the fused linear engine (``hw/pipeline.py``: ActQuantizer -> TLMMCore
-(TL2 table lookups, URAM weight buffer) -> DqFactor/Epilogue). The other units of the block diagram
-(sequencer, AXI DMA, RMSNorm, attention, register file) are listed in the resource table as "no RTL"
-rows with zero counts: the table never presents them as synthesized.
+Units with RTL today: the fused linear engine (``hw/pipeline.py``: ActQuantizer -> TLMMCore (TL2
+table lookups, URAM weight buffer) -> DqFactor/Epilogue), the AXI4 DMA (``hw/axi.py``: burst read +
+write masters, one per HP port) and the AXI4-Lite register file generated from ``regmap.py``
+(``hw/regfile.py``). They are generated and synthesized here as separate units (not yet composed into
+one top: there is no sequencer). RMSNorm, attention and the sequencer are "no RTL" rows with zero
+counts: the table never presents them as synthesized.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class AcceleratorConfig:
     epilogue_op: str = "rope"         # the engine instance synthesized (widest aux of the epilogues)
     clock_mhz: float = 250.0
     lm_head: str = "host"
+    hp_ports: int = 3                 # AXI4 DMA instances (KV260 HP ports, 128-bit)
+    axi_data_bits: int = 128
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -51,19 +55,23 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     chunks of G x tables activations) and a column tile's K chunks must fit half the weight buffer
     (double buffering)."""
     eng = engine or EngineConfig()
+    import inspect
+
+    from ...hw.pipeline import TLMMPipeline
+
+    limit = inspect.signature(TLMMPipeline.__init__).parameters["max_chunks"].default
     per_chunk = eng.group * eng.tables
     k_max = max((lin.k for lin in plan.linears.values()), default=per_chunk)
     chunks = -(-k_max // per_chunk)
-    if chunks > 64:
-        raise ResourceError("quantizer chunks (K)", chunks, 64, "ActQuantizer")
+    if chunks > limit:
+        raise ResourceError("quantizer chunks (K)", chunks, limit, "ActQuantizer")
     depth = 4096
     if 2 * chunks > depth:
         raise ResourceError("weight buffer words", 2 * chunks, depth, "TLMMCore.WeightBuffer")
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head)
 
 
-UNITS = ("linear engine", "sequencer", "AXI4 DMA (weights, activations, KV)", "RMSNorm unit", "attention unit",
-         "AXI4-Lite register file")
+UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "sequencer", "RMSNorm unit", "attention unit")
 
 
 @dataclass
@@ -73,6 +81,7 @@ class UnitResources:
     resources: dict = field(default_factory=dict)
     seconds: float = 0.0
     verilog: str = ""                 # file name of the unit's Verilog in the artifact, if any
+    depth: dict | None = None         # hw.synth.logic_depth: est. critical path, fmax (yosys netlist)
 
 
 def engine_component(cfg: AcceleratorConfig):
@@ -101,19 +110,39 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
                         fmt="il")
     v = verilog_cached(lambda: engine_component(cfg), "tlmm_pipeline", engine_key(cfg), sources=HW_SOURCES,
                        fmt="v")
+    from ...hw.axi import AxiDma
+    from ...hw.regfile import AxiLiteRegFile
+    from .regmap import REGMAP
+
+    dma_key = f"dma A40 D{cfg.axi_data_bits} B16 O4"
+    dma_il = verilog_cached(lambda: AxiDma(data_width=cfg.axi_data_bits), "axi_dma", dma_key,
+                            sources=("hw/axi.py", "hw/stream_util.py"), fmt="il")
+    dma_v = verilog_cached(lambda: AxiDma(data_width=cfg.axi_data_bits), "axi_dma", dma_key,
+                           sources=("hw/axi.py", "hw/stream_util.py"), fmt="v")
+    rf_key = REGMAP.to_json().__repr__()
+    rf_il = verilog_cached(lambda: AxiLiteRegFile(REGMAP), "regfile", rf_key, sources=("hw/regfile.py",), fmt="il")
+    rf_v = verilog_cached(lambda: AxiLiteRegFile(REGMAP), "regfile", rf_key, sources=("hw/regfile.py",), fmt="v")
+    e = cfg.engine
+    rows = [(f"linear engine (quantizer + TLMM {e.columns}x{e.tables} + dequant/epilogue)", il, "tlmm_pipeline",
+             "rtl/tlmm_pipeline.v", 1),
+            (f"AXI4 DMA (burst read + write masters, {cfg.axi_data_bits}-bit) x {cfg.hp_ports}", dma_il, "axi_dma",
+             "rtl/axi_dma.v", cfg.hp_ports),
+            ("AXI4-Lite register file (regmap.json)", rf_il, "regfile", "rtl/regfile.v", 1)]
     units = []
-    if synth:
-        r = synth_xilinx(il, "tlmm_pipeline")
-        units.append(UnitResources("linear engine (quantizer + TLMM 16x28 + dequant/epilogue)"
-                                   if (cfg.engine.columns, cfg.engine.tables) == (16, 28) else
-                                   f"linear engine (TLMM {cfg.engine.columns}x{cfg.engine.tables})",
-                                   "yosys", r["resources"], r.get("seconds", time.time() - t0),
-                                   "rtl/tlmm_pipeline.v"))
-    else:
-        units.append(UnitResources("linear engine", "not synthesized (--no-synth)", {}, 0.0, "rtl/tlmm_pipeline.v"))
-    for name in UNITS[1:]:
+    for name, path, top, vname, count in rows:
+        if synth:
+            t1 = time.time()
+            r = synth_xilinx(path, top)
+            res = {k: v * count for k, v in r["resources"].items()}
+            u = UnitResources(name, "yosys", res, r.get("seconds", time.time() - t1), vname)
+            u.depth = r.get("depth")
+        else:
+            u = UnitResources(name, "not synthesized (--no-synth)", {}, 0.0, vname)
+        units.append(u)
+    for name in ("sequencer", "RMSNorm unit", "attention unit"):
         units.append(UnitResources(name, "no RTL"))
-    return units, {"rtl/tlmm_pipeline.v": v}
+    _ = t0
+    return units, {"rtl/tlmm_pipeline.v": v, "rtl/axi_dma.v": dma_v, "rtl/regfile.v": rf_v}
 
 
 def check_budget(units: list[UnitResources], budget: dict) -> dict:
@@ -130,15 +159,16 @@ def check_budget(units: list[UnitResources], budget: dict) -> dict:
 
 def resources_table(units: list[UnitResources], total: dict, budget: dict) -> str:
     keys = list(budget)
-    head = f"| unit | source | {' | '.join(keys)} |\n|---|---|{'---|' * len(keys)}\n"
+    head = f"| unit | source | {' | '.join(keys)} | est. fmax |\n|---|---|{'---|' * len(keys)}---|\n"
     rows = []
     for u in units:
         vals = " | ".join(f"{u.resources[k]:g}" if k in u.resources else "-" for k in keys)
-        rows.append(f"| {u.unit} | {u.status} | {vals} |")
-    rows.append(f"| **total (units with RTL)** | | {' | '.join(f'{total[k]:g}' for k in keys)} |")
-    rows.append(f"| K26 budget | | {' | '.join(f'{budget[k]:g}' for k in keys)} |")
-    rows.append(f"| utilization | | {' | '.join(f'{100 * total[k] / budget[k]:.1f}%' for k in keys)} |")
-    rows.append(f"| TeLLMe v2 (whole design) | paper | {' | '.join(f'{TELLME_V2.get(k, 0):g}' for k in keys)} |")
+        fmax = f"{u.depth['fmax_mhz']:.0f} MHz" if u.depth else "-"
+        rows.append(f"| {u.unit} | {u.status} | {vals} | {fmax} |")
+    rows.append(f"| **total (units with RTL)** | | {' | '.join(f'{total[k]:g}' for k in keys)} | |")
+    rows.append(f"| K26 budget | | {' | '.join(f'{budget[k]:g}' for k in keys)} | |")
+    rows.append(f"| utilization | | {' | '.join(f'{100 * total[k] / budget[k]:.1f}%' for k in keys)} | |")
+    rows.append(f"| TeLLMe v2 (whole design) | paper | {' | '.join(f'{TELLME_V2.get(k, 0):g}' for k in keys)} | |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -150,20 +180,26 @@ def vivado_files(cfg: AcceleratorConfig, verilog_names: list[str]) -> dict[str, 
     period = 1000.0 / cfg.clock_mhz
     xdc = (f"# ternc kv260: {cfg.clock_mhz:g} MHz\n"
            f"create_clock -period {period:.3f} -name clk [get_ports clk]\n")
-    reads = "\n".join(f"read_verilog [file join $root {n}]" for n in verilog_names)
-    tcl = f"""# ternc: out-of-context implementation of the accelerator's RTL units on the K26 SoM.
-# usage (from the artifact directory): vivado -mode batch -source vivado/build.tcl
+    units = " ".join(f"{{{Path(n).stem} {n}}}" for n in verilog_names)
+    tcl = f"""# ternc: out-of-context implementation of the accelerator's RTL units on the K26 SoM, each unit
+# on its own (place, route, utilization and timing at the constrained clock).
+# usage (from anywhere): vivado -mode batch -source ART/vivado/build.tcl
 set root [file normalize [file join [file dirname [info script]] ..]]
 set part {K26_PART}
 file mkdir [file join $root vivado/out]
-{reads}
-read_xdc -mode out_of_context [file join $root vivado/clock.xdc]
-synth_design -top tlmm_pipeline -part $part -mode out_of_context -flatten_hierarchy rebuilt
-opt_design
-place_design
-route_design
-report_utilization -file [file join $root vivado/out/utilization.rpt]
-report_timing_summary -file [file join $root vivado/out/timing.rpt]
-write_checkpoint -force [file join $root vivado/out/tlmm_pipeline_routed.dcp]
+foreach unit [list {units}] {{
+    lassign $unit top file
+    close_project -quiet
+    create_project -in_memory -part $part
+    read_verilog [file join $root $file]
+    read_xdc -mode out_of_context [file join $root vivado/clock.xdc]
+    synth_design -top $top -part $part -mode out_of_context -flatten_hierarchy rebuilt
+    opt_design
+    place_design
+    route_design
+    report_utilization -file [file join $root vivado/out/$top.utilization.rpt]
+    report_timing_summary -file [file join $root vivado/out/$top.timing.rpt]
+    write_checkpoint -force [file join $root vivado/out/$top.routed.dcp]
+}}
 """
     return {"vivado/build.tcl": tcl, "vivado/clock.xdc": xdc}

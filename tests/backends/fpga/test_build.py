@@ -121,7 +121,7 @@ def test_artifact_roundtrip_checksums_and_budget(kv260_bitnet, tmp_path):
     assert man["target"]["name"] == "kv260"
     for f in ("program.bin", "memmap.json", "images/weights.bin", "regmap.json", "include/ternc_kv260_regs.h"):
         assert f in man["files"]
-    assert "#define TERNC_KV260_STATUS 0x04u" in (art / "include/ternc_kv260_regs.h").read_text()
+    assert "#define TERNC_KV260_STATUS_OFFSET 0x010u" in (art / "include/ternc_kv260_regs.h").read_text()
     rep = simulate(art, [7, 8], 3)
     assert rep.exact, rep.text()
     # corrupt an image: loading names the file
@@ -135,7 +135,7 @@ def test_artifact_roundtrip_checksums_and_budget(kv260_bitnet, tmp_path):
     # over budget: ResourceError naming the resource and unit, nothing written
     with pytest.raises(ResourceError, match="quantizer chunks .* unit 'ActQuantizer'"):
         build_artifact(kv260_bitnet, tmp_path / "small", context=CTX, rtl=False,
-                       engine=EngineConfig(3, 1, 16))
+                       engine=EngineConfig(1, 1, 16))
     assert not (tmp_path / "small").exists()
 
 
