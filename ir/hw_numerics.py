@@ -262,12 +262,7 @@ def rope_fx(x0: np.ndarray, x1: np.ndarray, c: np.ndarray, s: np.ndarray) -> tup
 #
 # * Ternary linear: ``ternary_linear_fx(x_raw, w_t, w_scale)`` = quantize_act_fx -> exact int32 core
 #   -> dq_factor/dequantize_fx (what TLMMPipeline computes).
-# * RMSNorm: ``ss = sum(x_raw**2)`` (exact; 64-bit squares, an 80-bit accumulator in hardware);
-#   ``v = ss // K + eps_q`` with ``eps_q = round(eps * 2**32)`` (mean square in 2**-32 units);
-#   ``rs = isqrt(v)`` (the RMS in FX units, >= 1); ``recip = floor((2**S + rs // 2) / rs)`` with
-#   ``S = bit_length(rs) + 30`` (31-bit, once per token by a sequential divider); per element
-#   ``n = round_half_up(x_raw * recip / 2**(S - 16))`` (x / rms in FX) and ``y = mul_fx(n, w_raw)``
-#   with ``w_raw = to_fx(weight)``.
+# * RMSNorm: fpga-hw's norm unit below (``rmsnorm_fx``; the program carries its ``norm_consts``).
 # * KV word: K, V (and the attention unit's copy of q) are 24-bit signed fixed point with
 #   ``KV_FRAC = 12`` fractional bits (Q11.12, |x| < 2048, resolution 2.4e-4), converted from FX by
 #   ``kv_from_fx`` (round half up, saturate). Stored as int32 words in DDR. The IR carries the cache as
@@ -288,7 +283,6 @@ KV_MAX = (1 << (KV_BITS - 1)) - 1
 ATTN_SCORE_SHIFT = 2 * KV_FRAC - FX_FRAC        # q.k in 2**-24 units -> FX
 ATTN_SCALE_BITS = 16
 EXP_LUT_BITS = 10
-RMS_RECIP_EXTRA = 30
 
 
 def ternary_linear_fx(x_raw: np.ndarray, w_t: np.ndarray, w_scale: float) -> np.ndarray:
@@ -304,29 +298,6 @@ def ternary_linear_fx_ws(x_raw: np.ndarray, w_t: np.ndarray, ws_m: int, ws_s: in
     acc = semantics.ternary_matmul_i32(x_q, w_t)
     m, s = dq_factor(amax, ws_m, ws_s)
     return dequantize_fx(acc, m, s)
-
-
-def rms_eps_q(eps: float) -> int:
-    return int(round(float(eps) * 2.0 ** (2 * FX_FRAC)))
-
-
-def rmsnorm_fx(x_raw: np.ndarray, w_raw: np.ndarray, eps_q: int) -> np.ndarray:
-    """FX raw [..., K] normalized by its RMS and scaled by FX weights [K] (module section above)."""
-    import math
-
-    x = np.asarray(x_raw, dtype=np.int64)
-    k = x.shape[-1]
-    flat = x.reshape(-1, k)
-    rs = np.empty(flat.shape[0], dtype=np.int64)
-    for i, row in enumerate(flat):
-        ss = sum(int(v) * int(v) for v in row.tolist())
-        rs[i] = max(1, math.isqrt(ss // k + int(eps_q)))
-    bl = np.array([int(r).bit_length() for r in rs], dtype=np.int64)
-    s = bl + RMS_RECIP_EXTRA
-    recip = ((np.int64(1) << s) + rs // 2) // rs                  # < 2**31
-    sh = (s - FX_FRAC)[:, None]
-    n = (flat * recip[:, None] + (np.int64(1) << (sh - 1))) >> sh  # |x * recip| < 2**62
-    return mul_fx(n, np.asarray(w_raw, np.int64)).reshape(x.shape)
 
 
 def kv_from_fx(raw: np.ndarray) -> np.ndarray:
@@ -433,3 +404,89 @@ def kv_quant_span_fx(words: np.ndarray, lo: int, hi: int, bits: int, group_size:
         q = kivi_fx(g, bits).transpose(0, 1, 3, 2).reshape(h, n, d)
     w[:, lo:hi] = q
     return w
+# Units beyond the linear pipeline (fpga-hw): RMSNorm, softmax/exp, attention, KV quantization.
+# Each function below IS the semantics of one RTL unit (hw/norm.py, hw/attention.py); the RTL benches
+# compare bit for bit. Python ints (dtype=object) where an intermediate exceeds 64 bits.
+# ==================================================================================================
+
+# ---- RMSNorm (hw/norm.py) ------------------------------------------------------------------------
+# y = x * rsqrt(mean(x^2) + eps) * gamma, all FX (Q15.16):
+#   ss    = min(sum_k (x_k^2 >> 8), 2**63 - 1)                    squares in Q.24, 64-bit saturating sum
+#                                                                 (saturates only past ~2**19 squared units)
+#   ms    = (ss * inv_k) >> 32 + eps_q                            inv_k = round(2**32 / K), eps_q = max(1, round(eps * 2**24))
+#   rsqrt(ms) by table + one Newton step:
+#     e = bit_length(ms) - 1, k = floor((e - 24) / 2)              ms * 2**-24 = mant * 4**k, mant in [1, 4)
+#     mant_q = ms * 2**(-2k) (shifted, truncating)                Q.24, in [2**24, 2**26)
+#     y0 = RSQRT_LUT[(mant_q >> 18) - 64]                          192 entries, Q.16, 1/sqrt at bin centres
+#     h  = (mant_q * y0 * y0) >> 32                                Q.24 (~1.0)
+#     y1 = (y0 * ((3 << 24) - h)) >> 18                            Q.23 = rsqrt(mant) (relative error < 3e-5)
+#   n = sat((x * y1 + 2**(sh-1)) >> sh), sh = 23 + k               the normalized x (FX)
+#   y = mul_fx(n, gamma)                                           gamma: the norm weight in FX
+NORM_SQ_SHIFT = 8
+NORM_SQ_FRAC = 2 * FX_FRAC - NORM_SQ_SHIFT   # 24
+NORM_MANT_FRAC = 24
+NORM_LUT_BITS = 6                             # table step 1/64 over [1, 4): 192 entries
+NORM_Y_FRAC = 23
+NORM_SS_MAX = (1 << 63) - 1
+
+
+def rsqrt_lut() -> np.ndarray:
+    n = 3 << NORM_LUT_BITS
+    centres = 1.0 + (np.arange(n) + 0.5) / (1 << NORM_LUT_BITS)
+    return np.round((1 << 16) / np.sqrt(centres)).astype(np.int64)
+
+
+_RSQRT_LUT = rsqrt_lut()
+
+
+def norm_consts(k: int, eps: float) -> tuple[int, int]:
+    """Per-layer constants of the norm unit: (inv_k, eps_q)."""
+    if k < 1:
+        raise ValueError("K must be >= 1")
+    return int(round((1 << 32) / k)), max(1, int(round(float(eps) * (1 << NORM_SQ_FRAC))))
+
+
+def norm_sumsq(x_raw: np.ndarray) -> np.ndarray:
+    """Saturating 64-bit sum of Q.24 squares over the last axis -> [..., 1] (Python ints)."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    sq = (x * x) >> NORM_SQ_SHIFT                   # < 2**54 per element for |x_raw| <= 2**31
+    out = np.empty(x.shape[:-1] + (1,), dtype=object)
+    for idx in np.ndindex(*x.shape[:-1]):
+        s = 0
+        for v in sq[idx]:                            # the hardware saturates as it accumulates
+            s = min(s + int(v), NORM_SS_MAX)
+        out[idx + (0,)] = s
+    return out
+
+
+def norm_rsqrt(ms: int) -> tuple[int, int]:
+    """(y1, k) for ms >= 1 (Q.24): rsqrt(ms * 2**-24) ~= y1 * 2**-23 * 2**-k."""
+    ms = int(ms)
+    e = ms.bit_length() - 1
+    k = (e - NORM_SQ_FRAC) // 2
+    sh = NORM_MANT_FRAC - NORM_SQ_FRAC - 2 * k
+    mant = ms << sh if sh >= 0 else ms >> -sh
+    y0 = int(_RSQRT_LUT[(mant >> (NORM_MANT_FRAC - NORM_LUT_BITS)) - (1 << NORM_LUT_BITS)])
+    h = (mant * y0 * y0) >> 32
+    y1 = (y0 * ((3 << NORM_MANT_FRAC) - h)) >> 18   # Q.16 * Q.24 = Q.40; /2 of Newton; -> Q.23
+    return y1, k
+
+
+def rmsnorm_fx(x_raw: np.ndarray, gamma_raw: np.ndarray, eps: float) -> np.ndarray:
+    """The norm unit: FX [..., K] x FX gamma [K] -> FX [..., K] (see the formulas above)."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    return rmsnorm_fx_consts(x, gamma_raw, *norm_consts(x.shape[-1], eps))
+
+
+def rmsnorm_fx_consts(x_raw: np.ndarray, gamma_raw: np.ndarray, inv_k: int, eps_q: int) -> np.ndarray:
+    """rmsnorm_fx with the per-layer constants already computed (what an RMSNORM instruction carries)."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    ss = norm_sumsq(x)
+    out = np.empty(x.shape, dtype=np.int64)
+    for idx in np.ndindex(*x.shape[:-1]):
+        ms = ((int(ss[idx + (0,)]) * inv_k) >> 32) + eps_q
+        y1, kk = norm_rsqrt(ms)
+        sh = NORM_Y_FRAC + kk
+        n = sat_fx((x[idx] * y1 + (1 << (sh - 1))) >> sh)
+        out[idx] = mul_fx(n, gamma_raw)
+    return out.astype(np.int32)

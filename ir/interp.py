@@ -34,7 +34,7 @@ def _rmsnorm(node, args):
         from . import hw_numerics as hn
 
         # FX values are carried as f64 (exact) between fx ops; see hw_numerics' decoder section.
-        return [hn.from_fx(hn.rmsnorm_fx(hn.to_fx(x), hn.to_fx(w), hn.rms_eps_q(node.attr("eps"))))]
+        return [hn.from_fx(hn.rmsnorm_fx(hn.to_fx(x), hn.to_fx(w), float(node.attr("eps"))))]
     xf = x.astype(np.float32)
     var = np.mean(xf * xf, axis=-1, keepdims=True)
     y = (xf * (1.0 / np.sqrt(var + np.float32(node.attr("eps"))))).astype(x.dtype)

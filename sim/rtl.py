@@ -160,3 +160,18 @@ def run_regfile_bench(regmap=None, seed=1, pause=0.0, sim="verilator") -> list[d
         regmap.write_json(rj)
         env = {"AXI_SEED": str(seed), "AXI_PAUSE": str(pause), "REGMAP_JSON": str(rj)}
         return run_cocotb(vpath, "regfile", "ternc.sim.cocotb_axi", env, sim=sim, testcase="test_regfile")
+
+
+def run_stream_bench(factory, top: str, key: str, sources: tuple, spec: dict, sim: str = "verilator") -> dict:
+    """Generic stream bench (sim/cocotb_streams.py) on the Verilog of ``factory()`` (cached by
+    ``key`` + ``sources``). ``spec``: see that module. Returns its result dict."""
+    vpath = verilog_cached(factory, top, key, sources=sources)
+    with tempfile.TemporaryDirectory(prefix="ternc-spec-") as td:
+        sp = Path(td) / "spec.json"
+        sp.write_text(json.dumps(spec))
+        return run_cocotb(vpath, top, "ternc.sim.cocotb_streams", {"STREAM_SPEC": str(sp)}, sim=sim)[0]
+
+
+def beat_ints(layout, beats) -> list[int]:
+    """Payload dicts/lists -> the integers on the wire (Amaranth layout bit order)."""
+    return [layout.const(b).as_value().value for b in beats] if hasattr(layout, "const") else [int(b) for b in beats]

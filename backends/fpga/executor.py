@@ -95,7 +95,8 @@ class Executor:
             self.rows(ins["dst"], n, w)[:] = table[ids]
         elif op == Opcode.RMSNORM:
             w = ins["width"]
-            y = hn.rmsnorm_fx(self.rows(ins["src"], n, w), self.i32(ins["weight"], w), ins["eps_q"])
+            y = hn.rmsnorm_fx_consts(self.rows(ins["src"], n, w), self.i32(ins["weight"], w), ins["inv_k"],
+                                     ins["eps_q"])
             self.rows(ins["dst"], n, w)[:] = y
         elif op == Opcode.LINEAR:
             k, nn = unpack_kn(ins["kn"])

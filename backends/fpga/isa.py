@@ -17,7 +17,8 @@ Opcodes (all loop over the call's N_TOKENS rows; "FX" = ``hw_numerics`` Q15.16):
 
 ====== =========== ======================================================================================
 0x01   EMBED       ``dst[t] = table[ids[t]]`` (FX rows of width ``width``); ids are int32 at ``ids``.
-0x02   RMSNORM     ``dst[t] = hw_numerics.rmsnorm_fx(src[t], weight)``; ``eps_q`` = round(eps * 2**32).
+0x02   RMSNORM     ``dst[t] = hw_numerics.rmsnorm_fx_consts(src[t], weight, inv_k, eps_q)`` (the norm
+                   unit, hw/norm.py); ``(inv_k, eps_q) = hw_numerics.norm_consts(width, eps)``.
 0x03   LINEAR      ternary linear on the TLMM engine: quantize (``quantize_act_fx``) -> TL2 table
                    lookups over the weight image (engine beat layout, ``images.py``) -> dequantize
                    (``dq_factor``/``dequantize_fx`` with the layer's ``ws`` = ws_m | ws_s << 24) ->
@@ -88,7 +89,7 @@ class Flag(enum.IntFlag):
 #: Field names of words 1..7 per opcode (in order).
 FIELDS: dict[Opcode, tuple[str, ...]] = {
     Opcode.EMBED: ("table", "dst", "width", "ids"),
-    Opcode.RMSNORM: ("src", "dst", "width", "weight", "eps_q"),
+    Opcode.RMSNORM: ("src", "dst", "width", "weight", "inv_k", "eps_q"),
     Opcode.LINEAR: ("src", "dst", "kn", "weights", "ws", "aux", "aux2"),
     Opcode.KV_APPEND: ("src", "cache", "heads", "context", "quant"),
     Opcode.ATTN: ("q", "dst", "heads", "cache_k", "cache_v", "scale", "context"),

@@ -207,7 +207,8 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
             b = alloc(out, int(w.shape[-1]))
             if n.inputs[1] not in plan.norms:
                 plan.norms.append(n.inputs[1])
-            emit(Instr(Opcode.RMSNORM, {"width": int(w.shape[-1]), "eps_q": hn.rms_eps_q(n.attr("eps"))},
+            inv_k, eps_q = hn.norm_consts(int(w.shape[-1]), float(n.attr("eps")))
+            emit(Instr(Opcode.RMSNORM, {"width": int(w.shape[-1]), "inv_k": inv_k, "eps_q": eps_q},
                        note=note), {"src": ("act", src), "dst": ("act", b), "weight": ("const", n.inputs[1])})
             _require_fx(n)
         elif n.op == Op.TernaryLinear:
