@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     if args.model in ("tiny-qat", "all"):
         from train_tiny_qat import eval_ids, load_module
 
-        rows.append(compare("tiny QAT ternary (bytes)", load_module(), eval_ids()[: args.tokens]))
+        rows.append(compare("tiny QAT ternary (bytes)", load_module(), eval_ids()[:128]))
     if args.model in ("smollm2", "all"):
         ids = np.asarray(smollm2_tokenizer().encode(license_text())[: args.tokens], np.int64)
         rows.append(compare("SmolLM2-135M + quantize-ternary", smollm2_module(), ids, pre=["fold", "quantize-ternary"]))
