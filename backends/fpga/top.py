@@ -4,9 +4,9 @@ yosys resources (out of context, cached by Verilog hash), the budget check and t
 Units with RTL today: the fused linear engine (``hw/pipeline.py``: ActQuantizer -> TLMMCore (TL2
 table lookups, URAM weight buffer) -> DqFactor/Epilogue), the AXI4 DMA (``hw/axi.py``: burst read +
 write masters, one per HP port) and the AXI4-Lite register file generated from ``regmap.py``
-(``hw/regfile.py``). They are generated and synthesized here as separate units (not yet composed into
-one top: there is no sequencer). RMSNorm, attention and the sequencer are "no RTL" rows with zero
-counts: the table never presents them as synthesized.
+(``hw/regfile.py``) and the RMSNorm unit (``hw/norm.py``). They are generated and synthesized here as
+separate units (not yet composed into one top: there is no sequencer). Attention and the sequencer
+are "no RTL" rows with zero counts: the table never presents them as synthesized.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class AcceleratorConfig:
     lm_head: str = "host"
     hp_ports: int = 3                 # AXI4 DMA instances (KV260 HP ports, 128-bit)
     axi_data_bits: int = 128
+    norm_lanes: int = 4
+    norm_max_k: int = 8192            # the norm unit's token buffer (the widest normalized vector)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -68,10 +70,11 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     depth = 4096
     if 2 * chunks > depth:
         raise ResourceError("weight buffer words", 2 * chunks, depth, "TLMMCore.WeightBuffer")
-    return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head)
+    widths = [plan.hidden] + [lin.k for lin in plan.linears.values()]
+    return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths))
 
 
-UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "sequencer", "RMSNorm unit", "attention unit")
+UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "RMSNorm unit", "sequencer", "attention unit")
 
 
 @dataclass
@@ -122,12 +125,20 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
     rf_key = REGMAP.to_json().__repr__()
     rf_il = verilog_cached(lambda: AxiLiteRegFile(REGMAP), "regfile", rf_key, sources=("hw/regfile.py",), fmt="il")
     rf_v = verilog_cached(lambda: AxiLiteRegFile(REGMAP), "regfile", rf_key, sources=("hw/regfile.py",), fmt="v")
+    from ...hw.norm import RMSNorm
+
+    max_k = 1 << max(1, (cfg.norm_max_k - 1).bit_length())
+    norm_key = f"norm L{cfg.norm_lanes} K{max_k}"
+    norm_src = ("hw/norm.py", "hw/stream_util.py", "ir/hw_numerics.py")
+    norm_il = verilog_cached(lambda: RMSNorm(cfg.norm_lanes, max_k), "rmsnorm", norm_key, sources=norm_src, fmt="il")
+    norm_v = verilog_cached(lambda: RMSNorm(cfg.norm_lanes, max_k), "rmsnorm", norm_key, sources=norm_src, fmt="v")
     e = cfg.engine
     rows = [(f"linear engine (quantizer + TLMM {e.columns}x{e.tables} + dequant/epilogue)", il, "tlmm_pipeline",
              "rtl/tlmm_pipeline.v", 1),
             (f"AXI4 DMA (burst read + write masters, {cfg.axi_data_bits}-bit) x {cfg.hp_ports}", dma_il, "axi_dma",
              "rtl/axi_dma.v", cfg.hp_ports),
-            ("AXI4-Lite register file (regmap.json)", rf_il, "regfile", "rtl/regfile.v", 1)]
+            ("AXI4-Lite register file (regmap.json)", rf_il, "regfile", "rtl/regfile.v", 1),
+            (f"RMSNorm unit ({cfg.norm_lanes} lanes, K <= {max_k})", norm_il, "rmsnorm", "rtl/rmsnorm.v", 1)]
     units = []
     for name, path, top, vname, count in rows:
         if synth:
@@ -139,10 +150,10 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
         else:
             u = UnitResources(name, "not synthesized (--no-synth)", {}, 0.0, vname)
         units.append(u)
-    for name in ("sequencer", "RMSNorm unit", "attention unit"):
+    for name in ("sequencer", "attention unit"):
         units.append(UnitResources(name, "no RTL"))
     _ = t0
-    return units, {"rtl/tlmm_pipeline.v": v, "rtl/axi_dma.v": dma_v, "rtl/regfile.v": rf_v}
+    return units, {"rtl/tlmm_pipeline.v": v, "rtl/axi_dma.v": dma_v, "rtl/regfile.v": rf_v, "rtl/rmsnorm.v": norm_v}
 
 
 def check_budget(units: list[UnitResources], budget: dict) -> dict:
