@@ -2,7 +2,7 @@
 builder: 24 layers, hidden 1536, FFN 4096, 16 heads of 96, SiLU gates, vocab 32002) for kv260 and
 report the artifact: program, DDR map, weight image bytes, resources vs the K26 next to TeLLMe v2.
 
-    python bench/fpga_bitnet073.py [-o out/bitnet073-kv260] [--context 1024] [--no-synth] [--layers N]
+    python bench/fpga_bitnet073.py [-o out/bitnet073-kv260] [--context 1024] [--no-synth] [--no-rtl] [--layers N]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=FULL.layers, help="fewer layers for a quick run")
     ap.add_argument("--no-synth", action="store_true")
+    ap.add_argument("--no-rtl", action="store_true", help="skip Verilog generation and synthesis (program + images only)")
     args = ap.parse_args(argv)
     from ternc.backends.fpga.build import build_artifact
     from ternc.passes.pipeline import compile
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     log(f"built {cfg.name} ({cfg.ternary_params / 1e6:.0f}M ternary weights) in {time.time() - t0:.0f}s")
     module, _ = compile(module, target="kv260", report=lambda t: log("\n" + t))
     t1 = time.time()
-    art = build_artifact(module, args.out, context=args.context, synth=not args.no_synth,
+    art = build_artifact(module, args.out, context=args.context, synth=not args.no_synth, rtl=not args.no_rtl,
                          pipeline_desc="default:kv260", source=f"bench synthetic {cfg.name}")
     log(f"artifact {art} in {time.time() - t1:.0f}s")
     rep = json.loads((Path(art) / "report.json").read_text())
