@@ -490,3 +490,58 @@ def rmsnorm_fx_consts(x_raw: np.ndarray, gamma_raw: np.ndarray, inv_k: int, eps_
         n = sat_fx((x[idx] * y1 + (1 << (sh - 1))) >> sh)
         out[idx] = mul_fx(n, gamma_raw)
     return out.astype(np.int32)
+
+
+# ---- exp and decode attention (hw/attention.py) --------------------------------------------------
+# KV cache "hw format": FX (Q15.16, 32-bit) per element, exactly the values the datapath computed
+# (lossless w.r.t. the FX pipeline; quantize-kv is the compressed alternative).
+# exp_fx(x), x <= 0 FX -> Q0.16 unsigned:
+#   u = min(-x, 2**22 - 1) ; y = (u * LOG2E_Q) >> 16 (Q.16 of u*log2(e)) ; ip = y >> 16, fp = y & 0xffff
+#   p = EXP_LUT[fp >> 6] >> ip   (0 when ip >= 17)        EXP_LUT[i] = round(2**16 * 2**-((i + 0.5) / 1024))
+# Decode attention of one query head over T cached tokens of its KV head (GQA: the KV head is
+# chosen by address, head // (heads / kv_heads)):
+#   qs  = mul_fx(q, scale_fx)                                   scale_fx = to_fx(1 / sqrt(head_dim))
+#   s_t = sat_fx((sum_i qs_i * k_t,i + 2**15) >> 16)            exact integer dot product
+#   m = max_t s_t ; p_t = exp_fx(s_t - m) ; l = sum_t p_t        (two passes: K, then V)
+#   o_acc_i = sum_t p_t * v_t,i                                 exact
+#   e = bit_length(l), R = floor(2**(e + 31) / l)               one reciprocal per head
+#   o_i = sat_fx((o_acc_i * R + 2**(e + 30)) >> (e + 31))
+EXP_LUT_BITS = 10
+EXP_U_MAX = (1 << 22) - 1
+LOG2E_Q = int(round(np.log2(np.e) * (1 << 16)))   # 94548
+
+
+def exp_lut() -> np.ndarray:
+    n = 1 << EXP_LUT_BITS
+    return np.round((1 << 16) * 2.0 ** (-(np.arange(n) + 0.5) / n)).astype(np.int64)
+
+
+_EXP_LUT = exp_lut()
+
+
+def exp_fx(x_raw: np.ndarray) -> np.ndarray:
+    """Q0.16 exp of FX values x <= 0 (see the formulas above); int64 array."""
+    x = np.asarray(x_raw, dtype=np.int64)
+    if np.any(x > 0):
+        raise ValueError("exp_fx takes x <= 0 (scores minus their max)")
+    u = np.minimum(-x, EXP_U_MAX)
+    y = (u * LOG2E_Q) >> 16
+    ip, fp = y >> 16, y & 0xFFFF
+    p = _EXP_LUT[fp >> (16 - EXP_LUT_BITS)] >> np.minimum(ip, 63)
+    return np.where(ip >= 17, 0, p)
+
+
+def attention_decode_fx(q_raw: np.ndarray, k_raw: np.ndarray, v_raw: np.ndarray, scale_fx: int) -> np.ndarray:
+    """The decode attention unit: q FX [d], k/v FX [T, d] -> o FX [d] (see the formulas above)."""
+    q = np.asarray(q_raw, dtype=np.int64)
+    qs = mul_fx(q, scale_fx).astype(np.int64)
+    kk = np.asarray(k_raw, dtype=np.int64)
+    vv = np.asarray(v_raw, dtype=np.int64)
+    dots = [sum(int(a) * int(b) for a, b in zip(qs, row)) for row in kk]
+    s = sat_fx(np.array([(d + (1 << 15)) >> 16 for d in dots], dtype=object).astype(np.int64))
+    p = exp_fx(s.astype(np.int64) - int(s.max()))
+    l_sum = int(p.sum())
+    o_acc = [sum(int(p[t]) * int(vv[t, i]) for t in range(len(p))) for i in range(len(q))]
+    e = l_sum.bit_length()
+    r = (1 << (e + 31)) // l_sum
+    return sat_fx(np.array([(a * r + (1 << (e + 30))) >> (e + 31) for a in o_acc], dtype=object).astype(np.int64))
