@@ -263,26 +263,18 @@ def rope_fx(x0: np.ndarray, x1: np.ndarray, c: np.ndarray, s: np.ndarray) -> tup
 # * Ternary linear: ``ternary_linear_fx(x_raw, w_t, w_scale)`` = quantize_act_fx -> exact int32 core
 #   -> dq_factor/dequantize_fx (what TLMMPipeline computes).
 # * RMSNorm: fpga-hw's norm unit below (``rmsnorm_fx``; the program carries its ``norm_consts``).
-# * KV word: K, V (and the attention unit's copy of q) are 24-bit signed fixed point with
-#   ``KV_FRAC = 12`` fractional bits (Q11.12, |x| < 2048, resolution 2.4e-4), converted from FX by
-#   ``kv_from_fx`` (round half up, saturate). Stored as int32 words in DDR. The IR carries the cache as
-#   f32, which holds every 24-bit value exactly, so the cache survives the decode-step boundary.
-# * Attention (per query row, GQA, causal by position): ``acc = q . k`` (exact, 2**-24 units);
-#   score ``s = sat_fx(round_half_up(acc / 2**8))`` (FX); ``t = round_half_up(s * c_m / 2**c_sh)``,
-#   ``(c_m, c_sh) = encode_attn_scale(scale)`` = scale * log2(e) with a 16-bit mantissa; over the
-#   visible keys ``mx = max t``, ``e_j = exp2_neg_fx(mx - t_j)`` (Q0.16: a 1024-entry table of
-#   2**(-i/1024) indexed by the fraction's top 10 bits, shifted right by the integer part),
-#   ``den = sum e_j``, ``o = sum e_j * v_j`` (exact), output FX ``round_half_up(16 * o / den)``
-#   (one division per output element). Softmax is two-pass (scores of the row first, then
-#   exp/PV), not an online softmax, so a block-wise unit computes the same bits in any key order.
+# * KV word: K and V are stored as 24-bit signed fixed point with ``KV_FRAC = 12`` fractional bits
+#   (Q11.12, |x| < 2048, resolution 2.4e-4), converted from FX by ``kv_from_fx`` (round half up,
+#   saturate), int32 words in DDR. The IR carries the cache as f32, which holds every 24-bit value
+#   exactly, so the cache survives the decode-call boundary (a 32-bit FX cache would not).
+# * Attention: fpga-hw's decode attention unit (``attention_decode_fx`` below: exact q.k, two-pass
+#   softmax with a 1024-entry exp table, one reciprocal per head) applied to every query row with the
+#   KV words widened to FX; ``attention_fx`` is that loop (GQA, causal by position).
 # ==================================================================================================
 KV_FRAC = 12
 KV_BITS = 24
 KV_MIN = -(1 << (KV_BITS - 1))
 KV_MAX = (1 << (KV_BITS - 1)) - 1
-ATTN_SCORE_SHIFT = 2 * KV_FRAC - FX_FRAC        # q.k in 2**-24 units -> FX
-ATTN_SCALE_BITS = 16
-EXP_LUT_BITS = 10
 
 
 def ternary_linear_fx(x_raw: np.ndarray, w_t: np.ndarray, w_scale: float) -> np.ndarray:
@@ -321,55 +313,27 @@ def kv_from_float(x: np.ndarray) -> np.ndarray:
     return r.astype(np.int64)
 
 
-def encode_attn_scale(scale: float) -> tuple[int, int]:
-    """scale * log2(e) as (m, sh): m in [2**15, 2**16), value m * 2**-sh."""
-    v = float(scale) / np.log(2.0)
-    if not v > 0:
-        raise ValueError("attention scale must be positive")
-    mant, exp = np.frexp(v)
-    return int(np.floor(mant * (1 << ATTN_SCALE_BITS))), int(ATTN_SCALE_BITS - exp)
-
-
-def exp2_lut() -> np.ndarray:
-    """2**(-i / 1024) in Q0.16 for i = 0 .. 1023 (entry 0 = 65536)."""
-    n = 1 << EXP_LUT_BITS
-    return np.round((1 << FX_FRAC) * 2.0 ** (-np.arange(n) / n)).astype(np.int64)
-
-
-_EXP_LUT = exp2_lut()
-
-
-def exp2_neg_fx(d: np.ndarray) -> np.ndarray:
-    """2**(-d) in Q0.16 for FX raw d >= 0 (table of the fraction's top bits, shift by the integer part)."""
-    d = np.asarray(d, np.int64)
-    n = np.minimum(d >> FX_FRAC, 40)
-    f = (d >> (FX_FRAC - EXP_LUT_BITS)) & ((1 << EXP_LUT_BITS) - 1)
-    return _EXP_LUT[f] >> n
-
-
-def attention_fx(q_kv: np.ndarray, k_kv: np.ndarray, v_kv: np.ndarray, scale: tuple[int, int],
+def attention_fx(q_fx: np.ndarray, k_kv: np.ndarray, v_kv: np.ndarray, scale_fx: int,
                  q_pos: np.ndarray, k_pos: np.ndarray) -> np.ndarray:
-    """q [hq, sq, d], k/v [hkv, sk, d] (KV words); query i sees key j iff k_pos[j] <= q_pos[i].
-    Returns FX raw [hq, sq, d] (module section above)."""
-    q = np.asarray(q_kv, np.int64)
-    k = np.asarray(k_kv, np.int64)
-    v = np.asarray(v_kv, np.int64)
-    hq, hkv = q.shape[0], k.shape[0]
+    """Attention of every query row and head on fpga-hw's decode attention unit definition
+    (``attention_decode_fx``): q FX [hq, sq, d]; k/v KV words [hkv, sk, d] (widened to FX by a shift,
+    exact); query i sees key j iff k_pos[j] <= q_pos[i]; GQA: head h reads KV head h // (hq / hkv).
+    Returns FX [hq, sq, d]. A prefill unit computes each row the same way (two-pass, any key order)."""
+    q = np.asarray(q_fx, np.int64)
+    k = np.asarray(k_kv, np.int64) << (FX_FRAC - KV_FRAC)
+    v = np.asarray(v_kv, np.int64) << (FX_FRAC - KV_FRAC)
+    hq, sq, d = q.shape
+    hkv = k.shape[0]
     if hq % hkv:
         raise ValueError(f"query heads {hq} not a multiple of kv heads {hkv}")
-    rep = hq // hkv
-    kr, vr = np.repeat(k, rep, axis=0), np.repeat(v, rep, axis=0)
-    acc = np.einsum("hqd,hkd->hqk", q, kr)                        # |acc| < 2**46 * d
-    s = sat_fx((acc + (1 << (ATTN_SCORE_SHIFT - 1))) >> ATTN_SCORE_SHIFT).astype(np.int64)
-    cm, csh = scale
-    t = (s * cm + (np.int64(1) << (csh - 1))) >> csh
-    visible = np.asarray(k_pos, np.int64)[None, None, :] <= np.asarray(q_pos, np.int64)[None, :, None]
-    lo = np.iinfo(np.int64).min
-    mx = np.max(np.where(visible, t, lo), axis=-1, keepdims=True)
-    e = np.where(visible, exp2_neg_fx(np.where(visible, mx - t, 0)), 0)
-    den = e.sum(axis=-1, keepdims=True)                          # >= 65536 (the max's own entry)
-    o = np.einsum("hqk,hkd->hqd", e, vr)                          # < 2**17 * 2**23 * keys
-    return sat_fx((32 * o + den) // (2 * den))
+    kp, qp = np.asarray(k_pos, np.int64), np.asarray(q_pos, np.int64)
+    out = np.zeros((hq, sq, d), np.int64)
+    for h in range(hq):
+        g = h // (hq // hkv)
+        for i in range(sq):
+            vis = kp <= qp[i]
+            out[h, i] = attention_decode_fx(q[h, i], k[g][vis], v[g][vis], int(scale_fx))
+    return out.astype(np.int32)
 
 
 # KV-cache quantization on KV words (quantize-kv under hw-numerics; KIVI grouping of ir/kvquant.py,

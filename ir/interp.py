@@ -138,12 +138,12 @@ def _attention_fx(node, q, k, v, past_k, past_v, kv_quant=None):
         kn = np.stack([hn.kv_quant_span_fx(x, lo, new_stop, kv_quant.bits, kv_quant.group_size, False) for x in kn])
         vn = np.stack([hn.kv_quant_span_fx(x, lo, new_stop, kv_quant.bits, kv_quant.group_size, True) for x in vn])
     b, sq, sk = q.shape[0], q.shape[2], kn.shape[2]
-    qk = hn.kv_from_fx(hn.to_fx(q))
+    qf = hn.to_fx(q)
     pos_q, pos_k = np.arange(sq) + (sk - sq), np.arange(sk)
     if not node.attr("causal"):
         pos_q = np.full(sq, sk)
-    sc = hn.encode_attn_scale(float(node.attr("scale")))
-    out = np.stack([hn.attention_fx(qk[i], kn[i], vn[i], sc, pos_q, pos_k) for i in range(b)])
+    sc = int(hn.to_fx(float(node.attr("scale"))))
+    out = np.stack([hn.attention_fx(qf[i], kn[i], vn[i], sc, pos_q, pos_k) for i in range(b)])
     res = [hn.from_fx(out)]
     if len(node.outputs) == 3:
         res += [hn.kv_to_float(kn), hn.kv_to_float(vn)]

@@ -135,11 +135,11 @@ class Executor:
         elif op == Opcode.ATTN:
             hq, hkv, d = unpack_heads(ins["heads"])
             ctx, sk = ins["context"], pos + n
-            q = hn.kv_from_fx(self.rows(ins["q"], n, hq * d).reshape(n, hq, d).transpose(1, 0, 2))
+            q = self.rows(ins["q"], n, hq * d).reshape(n, hq, d).transpose(1, 0, 2)
             k = self.i32(ins["cache_k"], hkv * ctx * d).reshape(hkv, ctx, d)[:, :sk]
             v = self.i32(ins["cache_v"], hkv * ctx * d).reshape(hkv, ctx, d)[:, :sk]
             q_pos = pos + np.arange(n) if ins.flags & Flag.CAUSAL else np.full(n, sk)
-            out = hn.attention_fx(q, k, v, unpack_scale(ins["scale"]), q_pos, np.arange(sk))
+            out = hn.attention_fx(q, k, v, ins["scale"], q_pos, np.arange(sk))
             self.rows(ins["dst"], n, hq * d)[:] = out.transpose(1, 0, 2).reshape(n, hq * d)
         elif op == Opcode.LM_HEAD:
             if not ins.flags & Flag.HOST:

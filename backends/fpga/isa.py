@@ -29,8 +29,10 @@ Opcodes (all loop over the call's N_TOKENS rows; "FX" = ``hw_numerics`` Q15.16):
                    token groups that join the KIVI span are quantized in place
                    (``hw_numerics.kv_quant_span_fx``; flag VALUES selects the V grouping).
 0x05   ATTN        ``dst[t] = attention_fx(q[t], cache_k[:, :POS+t+1], cache_v[...])`` per query head
-                   with GQA (query head h reads KV head h // (hq / hkv)); causal; ``scale`` is
-                   ``hw_numerics.encode_attn_scale`` (m | sh << 24). ``heads`` = hq | hkv << 8 | d << 16.
+                   with GQA (query head h reads KV head h // (hq / hkv)); causal; ``scale`` is the
+                   FX softmax scale (to_fx(1/sqrt(d)) for Llama/BitNet); the attention unit's
+                   definition is ``hw_numerics.attention_decode_fx`` (hw/attention.py).
+                   ``heads`` = hq | hkv << 8 | d << 16.
 0x06   LM_HEAD     flag HOST (the only mode built): stop; the host reads ``src`` (N_TOKENS x width FX)
                    and computes the logits on the ARM cores (float32 GEMV, the IR's Linear).
 0x0F   END         stop; status DONE.

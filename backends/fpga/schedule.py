@@ -297,8 +297,8 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
                            flags=Flag.VALUES if which == "v" else Flag.NONE, note=f"{note} ({which})"),
                      {"src": ("act", buf(name, n, "heads")), "cache": ("kv", (layer, which))})
             b = alloc(out, hq * d, "heads", (hq, d))
-            sc = hn.encode_attn_scale(float(n.attr("scale")))
-            emit(Instr(Opcode.ATTN, {"heads": pack_heads(hq, hkv, d), "scale": pack_scale(*sc),
+            sc = int(hn.to_fx(float(n.attr("scale"))))
+            emit(Instr(Opcode.ATTN, {"heads": pack_heads(hq, hkv, d), "scale": sc,
                                      "context": context}, flags=Flag.CAUSAL if n.attr("causal") else Flag.NONE,
                        note=note),
                  {"q": ("act", buf(q, n, "heads")), "dst": ("act", b), "cache_k": ("kv", (layer, "k")),
