@@ -4,9 +4,10 @@ yosys resources (out of context, cached by Verilog hash), the budget check and t
 Units with RTL today: the fused linear engine (``hw/pipeline.py``: ActQuantizer -> TLMMCore (TL2
 table lookups, URAM weight buffer) -> DqFactor/Epilogue), the AXI4 DMA (``hw/axi.py``: burst read +
 write masters, one per HP port) and the AXI4-Lite register file generated from ``regmap.py``
-(``hw/regfile.py``) and the RMSNorm unit (``hw/norm.py``). They are generated and synthesized here as
-separate units (not yet composed into one top: there is no sequencer). Attention and the sequencer
-are "no RTL" rows with zero counts: the table never presents them as synthesized.
+(``hw/regfile.py``), the RMSNorm unit (``hw/norm.py``) and the decode attention unit
+(``hw/attention.py``). They are generated and synthesized here as separate units (not yet composed
+into one top: there is no sequencer). The sequencer and a prefill attention unit are "no RTL" rows
+with zero counts: the table never presents them as synthesized.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class AcceleratorConfig:
     axi_data_bits: int = 128
     norm_lanes: int = 4
     norm_max_k: int = 8192            # the norm unit's token buffer (the widest normalized vector)
+    head_dim: int = 64
+    attn_lanes: int = 4
+    context: int = 1024               # the decode attention unit's score memory
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,10 +75,13 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     if 2 * chunks > depth:
         raise ResourceError("weight buffer words", 2 * chunks, depth, "TLMMCore.WeightBuffer")
     widths = [plan.hidden] + [lin.k for lin in plan.linears.values()]
-    return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths))
+    return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths),
+                             head_dim=plan.head_dim, context=plan.context,
+                             attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
 
 
-UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "RMSNorm unit", "sequencer", "attention unit")
+UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "RMSNorm unit", "decode attention unit",
+         "sequencer", "prefill attention unit")
 
 
 @dataclass
@@ -132,13 +139,22 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
     norm_src = ("hw/norm.py", "hw/stream_util.py", "ir/hw_numerics.py")
     norm_il = verilog_cached(lambda: RMSNorm(cfg.norm_lanes, max_k), "rmsnorm", norm_key, sources=norm_src, fmt="il")
     norm_v = verilog_cached(lambda: RMSNorm(cfg.norm_lanes, max_k), "rmsnorm", norm_key, sources=norm_src, fmt="v")
+    from ...hw.attention import DecodeAttention
+
+    attn_key = f"dattn D{cfg.head_dim} L{cfg.attn_lanes} C{cfg.context}"
+    attn_src = ("hw/attention.py", "hw/stream_util.py", "ir/hw_numerics.py")
+    mk_attn = lambda: DecodeAttention(cfg.head_dim, cfg.attn_lanes, cfg.context)  # noqa: E731
+    attn_il = verilog_cached(mk_attn, "decode_attn", attn_key, sources=attn_src, fmt="il")
+    attn_v = verilog_cached(mk_attn, "decode_attn", attn_key, sources=attn_src, fmt="v")
     e = cfg.engine
     rows = [(f"linear engine (quantizer + TLMM {e.columns}x{e.tables} + dequant/epilogue)", il, "tlmm_pipeline",
              "rtl/tlmm_pipeline.v", 1),
             (f"AXI4 DMA (burst read + write masters, {cfg.axi_data_bits}-bit) x {cfg.hp_ports}", dma_il, "axi_dma",
              "rtl/axi_dma.v", cfg.hp_ports),
             ("AXI4-Lite register file (regmap.json)", rf_il, "regfile", "rtl/regfile.v", 1),
-            (f"RMSNorm unit ({cfg.norm_lanes} lanes, K <= {max_k})", norm_il, "rmsnorm", "rtl/rmsnorm.v", 1)]
+            (f"RMSNorm unit ({cfg.norm_lanes} lanes, K <= {max_k})", norm_il, "rmsnorm", "rtl/rmsnorm.v", 1),
+            (f"decode attention unit (d {cfg.head_dim}, {cfg.attn_lanes} lanes, context {cfg.context})", attn_il,
+             "decode_attn", "rtl/decode_attn.v", 1)]
     units = []
     for name, path, top, vname, count in rows:
         if synth:
@@ -150,10 +166,11 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
         else:
             u = UnitResources(name, "not synthesized (--no-synth)", {}, 0.0, vname)
         units.append(u)
-    for name in ("sequencer", "attention unit"):
+    for name in ("sequencer", "prefill attention unit"):
         units.append(UnitResources(name, "no RTL"))
     _ = t0
-    return units, {"rtl/tlmm_pipeline.v": v, "rtl/axi_dma.v": dma_v, "rtl/regfile.v": rf_v, "rtl/rmsnorm.v": norm_v}
+    return units, {"rtl/tlmm_pipeline.v": v, "rtl/axi_dma.v": dma_v, "rtl/regfile.v": rf_v, "rtl/rmsnorm.v": norm_v,
+                   "rtl/decode_attn.v": attn_v}
 
 
 def check_budget(units: list[UnitResources], budget: dict) -> dict:
