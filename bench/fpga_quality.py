@@ -45,7 +45,7 @@ def compare(name, module, ids, pre=()):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["smollm2", "tiny-qat", "all"], default="all")
-    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=128, help="SmolLM2 text length (the tiny QAT model: 128 bytes)")
     args = ap.parse_args(argv)
     rows = []
     if args.model in ("tiny-qat", "all"):
@@ -56,7 +56,10 @@ def main(argv=None) -> int:
         ids = np.asarray(smollm2_tokenizer().encode(license_text())[: args.tokens], np.int64)
         rows.append(compare("SmolLM2-135M + quantize-ternary", smollm2_module(), ids, pre=["fold", "quantize-ternary"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fpga_quality.json").write_text(json.dumps(rows, indent=1))
+    path = RESULTS / "fpga_quality.json"
+    kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r["model"] not in {x["model"] for x in rows}]
+    path.write_text(json.dumps(kept + rows, indent=1))
     print("| model | tokens | PPL float | PPL fx (kv260) | top-1 agreement | logit rel. L2 | max abs |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
