@@ -9,6 +9,8 @@
     ternc report ART [-o report.html]                 one HTML page: passes, bytes, kernel choices
     ternc compile [MODEL] --target TARGET [--passes SPEC] [--kernels FILE] -o OUT   (targets: ternc.targets)
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
+    ternc simulate ART --prompt-ids 1,2,3 -n 8         run a kv260 artifact's program (functional executor)
+                                                      and check tokens/logits against the interpreter
 
 MODEL is an .onnx file, a .ternc module file, a Hugging Face model folder (config.json +
 safetensors), a .gguf file, or (for run/generate/serve) a compiled artifact folder. Everything is
@@ -264,6 +266,8 @@ def cmd_compile(args) -> int:
         options["mcpu"] = args.mcpu
     if args.kernels:
         options["kernels"] = _read_kernels(args.kernels)
+    if args.no_synth or args.clock_mhz != 250.0 or args.lm_head != "host":   # kv260 build options
+        options.update(clock_mhz=args.clock_mhz, lm_head=args.lm_head, synth=not args.no_synth)
     if options and tgt.artifact != "folder":
         raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
     t0 = time.time()
@@ -292,6 +296,19 @@ def _tokenizer_or_none(module):
     except TokenizerError as e:
         print(f"[ternc] note: the artifact carries no tokenizer: {e}", file=sys.stderr)
         return None
+
+
+def cmd_simulate(args) -> int:
+    from .backends.fpga.verify import simulate
+
+    ids = [int(v) for v in args.prompt_ids.split(",") if v.strip()]
+    if args.rtl:
+        raise CLIError("--rtl: the accelerator top (sequencer + DMA + norm/attention units) is not built yet, so "
+                       "there is no whole-model RTL to simulate; without --rtl the program runs on the functional "
+                       "executor (the same instruction stream and DDR images)")
+    rep = simulate(args.artifact, ids, args.n)
+    print(rep.text())
+    return 0 if rep.exact else 1
 
 
 def cmd_eval(args) -> int:
@@ -412,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=512, help="maximum context length the artifact serves")
     p.add_argument("--mcpu", default=None,
                    help="CPU to compile for (default: this host's; e.g. x86-64-v3 for portable artifacts)")
+    p.add_argument("--clock-mhz", type=float, default=250.0, help="kv260: clock constraint (default 250)")
+    p.add_argument("--lm-head", default="host", help="kv260: where the LM head runs (host = the ARM cores)")
+    p.add_argument("--no-synth", action="store_true", help="kv260: skip yosys resource synthesis")
     p.add_argument("--kernels", default=None, metavar="FILE",
                    help="reuse the kernel choices of a previous build (its manifest.json), for identical rebuilds")
     p.set_defaults(fn=cmd_compile)
@@ -428,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="compiled artifact folder (or a .ternc module)")
     p.add_argument("-o", "--output", default=None, help="HTML file (default: ARTIFACT/report.html)")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("simulate", help="run a kv260 artifact's program and check it against the interpreter")
+    p.add_argument("artifact")
+    p.add_argument("--prompt-ids", required=True)
+    p.add_argument("-n", type=int, default=8)
+    p.add_argument("--rtl", action="store_true", help="run the generated top in Verilator (not built yet)")
+    p.set_defaults(fn=cmd_simulate)
     return ap
 
 

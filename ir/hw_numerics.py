@@ -254,6 +254,120 @@ def rope_fx(x0: np.ndarray, x1: np.ndarray, c: np.ndarray, s: np.ndarray) -> tup
 
 
 # ==================================================================================================
+# Whole-decoder formats (fpga-compiler): the ternary linear as one function, RMSNorm, the KV-cache
+# word, attention with an exp2 table. `passes/hw_numerics.py` marks RMSNorm and Attention nodes too,
+# so the interpreter after the kv260 pipeline computes what the accelerator's program computes
+# (`backends/fpga/executor.py` runs the program on these functions only). (To reconcile with the
+# units' own definitions from branch fpga-hw when they land.)
+#
+# * Ternary linear: ``ternary_linear_fx(x_raw, w_t, w_scale)`` = quantize_act_fx -> exact int32 core
+#   -> dq_factor/dequantize_fx (what TLMMPipeline computes).
+# * RMSNorm: fpga-hw's norm unit below (``rmsnorm_fx``; the program carries its ``norm_consts``).
+# * KV word: K and V are stored as 24-bit signed fixed point with ``KV_FRAC = 12`` fractional bits
+#   (Q11.12, |x| < 2048, resolution 2.4e-4), converted from FX by ``kv_from_fx`` (round half up,
+#   saturate), int32 words in DDR. The IR carries the cache as f32, which holds every 24-bit value
+#   exactly, so the cache survives the decode-call boundary (a 32-bit FX cache would not).
+# * Attention: fpga-hw's decode attention unit (``attention_decode_fx`` below: exact q.k, two-pass
+#   softmax with a 1024-entry exp table, one reciprocal per head) applied to every query row with the
+#   KV words widened to FX; ``attention_fx`` is that loop (GQA, causal by position).
+# ==================================================================================================
+KV_FRAC = 12
+KV_BITS = 24
+KV_MIN = -(1 << (KV_BITS - 1))
+KV_MAX = (1 << (KV_BITS - 1)) - 1
+
+
+def ternary_linear_fx(x_raw: np.ndarray, w_t: np.ndarray, w_scale: float) -> np.ndarray:
+    """FX raw [..., K] x ternary int8 [N, K] -> FX raw [..., N]: the TLMM pipeline end to end."""
+    return ternary_linear_fx_ws(x_raw, w_t, *encode_wscale(float(w_scale)))
+
+
+def ternary_linear_fx_ws(x_raw: np.ndarray, w_t: np.ndarray, ws_m: int, ws_s: int) -> np.ndarray:
+    """ternary_linear_fx with the weight scale already encoded (what a LINEAR instruction carries)."""
+    from ternc.ir import semantics
+
+    x_q, amax = quantize_act_fx(x_raw)
+    acc = semantics.ternary_matmul_i32(x_q, w_t)
+    m, s = dq_factor(amax, ws_m, ws_s)
+    return dequantize_fx(acc, m, s)
+
+
+def kv_from_fx(raw: np.ndarray) -> np.ndarray:
+    """FX raw -> the 24-bit KV word (Q11.12, round half up, saturate), as int64."""
+    r = np.asarray(raw, dtype=np.int64)
+    sh = FX_FRAC - KV_FRAC
+    return np.clip((r + (1 << (sh - 1))) >> sh, KV_MIN, KV_MAX)
+
+
+def kv_to_float(kv: np.ndarray) -> np.ndarray:
+    """KV words -> their exact f32 values (what the IR carries as present/past)."""
+    return (np.asarray(kv, np.int64).astype(np.float64) / (1 << KV_FRAC)).astype(np.float32)
+
+
+def kv_from_float(x: np.ndarray) -> np.ndarray:
+    """Inverse of kv_to_float for values on the KV grid; raises if a value is not a KV word."""
+    v = np.asarray(x, np.float64) * (1 << KV_FRAC)
+    r = np.round(v)
+    if (r != v).any() or (r < KV_MIN).any() or (r > KV_MAX).any():
+        raise ValueError("cache values are not 24-bit KV words (was the cache produced by the fx pipeline?)")
+    return r.astype(np.int64)
+
+
+def attention_fx(q_fx: np.ndarray, k_kv: np.ndarray, v_kv: np.ndarray, scale_fx: int,
+                 q_pos: np.ndarray, k_pos: np.ndarray) -> np.ndarray:
+    """Attention of every query row and head on fpga-hw's decode attention unit definition
+    (``attention_decode_fx``): q FX [hq, sq, d]; k/v KV words [hkv, sk, d] (widened to FX by a shift,
+    exact); query i sees key j iff k_pos[j] <= q_pos[i]; GQA: head h reads KV head h // (hq / hkv).
+    Returns FX [hq, sq, d]. A prefill unit computes each row the same way (two-pass, any key order)."""
+    q = np.asarray(q_fx, np.int64)
+    k = np.asarray(k_kv, np.int64) << (FX_FRAC - KV_FRAC)
+    v = np.asarray(v_kv, np.int64) << (FX_FRAC - KV_FRAC)
+    hq, sq, d = q.shape
+    hkv = k.shape[0]
+    if hq % hkv:
+        raise ValueError(f"query heads {hq} not a multiple of kv heads {hkv}")
+    kp, qp = np.asarray(k_pos, np.int64), np.asarray(q_pos, np.int64)
+    out = np.zeros((hq, sq, d), np.int64)
+    for h in range(hq):
+        g = h // (hq // hkv)
+        for i in range(sq):
+            vis = kp <= qp[i]
+            out[h, i] = attention_decode_fx(q[h, i], k[g][vis], v[g][vis], int(scale_fx))
+    return out.astype(np.int32)
+
+
+# KV-cache quantization on KV words (quantize-kv under hw-numerics; KIVI grouping of ir/kvquant.py,
+# integer arithmetic): a group's zero is its minimum word, its scale ceil((max - min) / qmax) words
+# (integers, 0 for a constant group), code = round_half_up((x - zero) / scale) in 0..qmax, and the
+# cache holds x_hat = zero + code * scale (a KV word again). Keys: per channel over each group of
+# `group_size` tokens; values: per token over groups of min(group_size, d) channels. Rotation is not
+# part of the hardware format.
+def kivi_fx(words: np.ndarray, bits: int) -> np.ndarray:
+    """Quantize-dequantize groups along the last axis of int KV words."""
+    x = np.asarray(words, np.int64)
+    qmax = (1 << bits) - 1
+    mn = x.min(axis=-1, keepdims=True)
+    scale = (x.max(axis=-1, keepdims=True) - mn + qmax - 1) // qmax
+    safe = np.maximum(scale, 1)
+    code = np.where(scale > 0, (2 * (x - mn) + safe) // (2 * safe), 0)
+    return mn + code * scale
+
+
+def kv_quant_span_fx(words: np.ndarray, lo: int, hi: int, bits: int, group_size: int, values: bool) -> np.ndarray:
+    """words [heads, tokens, d] with tokens [lo, hi) (a whole number of token groups) quantized."""
+    w = np.array(words, np.int64)
+    if hi <= lo:
+        return w
+    span = w[:, lo:hi]
+    h, n, d = span.shape
+    if values:
+        vg = min(group_size, d)
+        q = kivi_fx(span.reshape(h, n, d // vg, vg), bits).reshape(h, n, d)
+    else:
+        g = span.reshape(h, n // group_size, group_size, d).transpose(0, 1, 3, 2)
+        q = kivi_fx(g, bits).transpose(0, 1, 3, 2).reshape(h, n, d)
+    w[:, lo:hi] = q
+    return w
 # Units beyond the linear pipeline (fpga-hw): RMSNorm, softmax/exp, attention, KV quantization.
 # Each function below IS the semantics of one RTL unit (hw/norm.py, hw/attention.py); the RTL benches
 # compare bit for bit. Python ints (dtype=object) where an intermediate exceeds 64 bits.
@@ -325,8 +439,12 @@ def norm_rsqrt(ms: int) -> tuple[int, int]:
 def rmsnorm_fx(x_raw: np.ndarray, gamma_raw: np.ndarray, eps: float) -> np.ndarray:
     """The norm unit: FX [..., K] x FX gamma [K] -> FX [..., K] (see the formulas above)."""
     x = np.asarray(x_raw, dtype=np.int64)
-    k = x.shape[-1]
-    inv_k, eps_q = norm_consts(k, eps)
+    return rmsnorm_fx_consts(x, gamma_raw, *norm_consts(x.shape[-1], eps))
+
+
+def rmsnorm_fx_consts(x_raw: np.ndarray, gamma_raw: np.ndarray, inv_k: int, eps_q: int) -> np.ndarray:
+    """rmsnorm_fx with the per-layer constants already computed (what an RMSNORM instruction carries)."""
+    x = np.asarray(x_raw, dtype=np.int64)
     ss = norm_sumsq(x)
     out = np.empty(x.shape, dtype=np.int64)
     for idx in np.ndindex(*x.shape[:-1]):

@@ -31,6 +31,11 @@ def _linear(node, args):
 def _rmsnorm(node, args):
     """HF Llama RMSNorm: computed in f32, then weight * normalized (cast back to x's dtype first)."""
     x, w = args
+    if node.attr("numerics", "float") == "fx":
+        from . import hw_numerics as hn
+
+        # FX values are carried as f64 (exact) between fx ops; see hw_numerics' decoder section.
+        return [hn.from_fx(hn.rmsnorm_fx(hn.to_fx(x), hn.to_fx(w), float(node.attr("eps"))))]
     xf = x.astype(np.float32)
     var = np.mean(xf * xf, axis=-1, keepdims=True)
     y = (xf * (1.0 / np.sqrt(var + np.float32(node.attr("eps"))))).astype(x.dtype)
@@ -65,7 +70,7 @@ def _rope(node, args):
         sn = np.round(np.asarray(sin, np.float64)[..., :h] * q14).astype(np.int64)
         xr = hn.to_fx(x)
         y0, y1 = hn.rope_fx(xr[..., :h], xr[..., h:], c, sn)
-        return [hn.from_fx(np.concatenate([y0, y1], axis=-1)).astype(x.dtype)]
+        return [hn.from_fx(np.concatenate([y0, y1], axis=-1))]
     return [(x * cos + rotate_half(x) * sin).astype(x.dtype)]
 
 
@@ -100,6 +105,8 @@ def _attention(node, args):
     q, k, v = args[0], args[1], args[2]
     past_k = args[3] if len(args) > 3 else None
     past_v = args[4] if len(args) > 4 else None
+    if node.attr("numerics", "float") == "fx":
+        return _attention_fx(node, q, k, v, past_k, past_v)
     if past_k is not None:
         k = np.concatenate([past_k, k], axis=2)
         v = np.concatenate([past_v, v], axis=2)
@@ -111,6 +118,39 @@ def _attention(node, args):
     return [out]
 
 
+def _attention_fx(node, q, k, v, past_k, past_v, kv_quant=None):
+    """Attention{numerics=fx}: the accelerator's KV words and exp2-table softmax
+    (hw_numerics.attention_fx). The cache is carried as f32 holding 24-bit KV words exactly.
+    kv_quant (KVQuantAttention): the KIVI span on KV words (hw_numerics.kv_quant_span_fx)."""
+    from . import hw_numerics as hn
+
+    kn, vn = hn.kv_from_fx(hn.to_fx(k)), hn.kv_from_fx(hn.to_fx(v))
+    n_past = 0
+    if past_k is not None and past_k.shape[2]:
+        n_past = past_k.shape[2]
+        kn = np.concatenate([hn.kv_from_float(past_k), kn], axis=2)
+        vn = np.concatenate([hn.kv_from_float(past_v), vn], axis=2)
+    if kv_quant is not None:
+        from .kvquant import quantized_span
+
+        _, old_stop = quantized_span(n_past, kv_quant)
+        start, new_stop = quantized_span(kn.shape[2], kv_quant)
+        lo = max(old_stop, start)
+        kn = np.stack([hn.kv_quant_span_fx(x, lo, new_stop, kv_quant.bits, kv_quant.group_size, False) for x in kn])
+        vn = np.stack([hn.kv_quant_span_fx(x, lo, new_stop, kv_quant.bits, kv_quant.group_size, True) for x in vn])
+    b, sq, sk = q.shape[0], q.shape[2], kn.shape[2]
+    qf = hn.to_fx(q)
+    pos_q, pos_k = np.arange(sq) + (sk - sq), np.arange(sk)
+    if not node.attr("causal"):
+        pos_q = np.full(sq, sk)
+    sc = int(hn.to_fx(float(node.attr("scale"))))
+    out = np.stack([hn.attention_fx(qf[i], kn[i], vn[i], sc, pos_q, pos_k) for i in range(b)])
+    res = [hn.from_fx(out)]
+    if len(node.outputs) == 3:
+        res += [hn.kv_to_float(kn), hn.kv_to_float(vn)]
+    return res
+
+
 @impl(Op.GatedAct)
 def _gated(node, args):
     g, u = args
@@ -119,7 +159,7 @@ def _gated(node, args):
         from . import hw_numerics as hn
 
         f = hn.silu_gate_fx if act == "silu" else hn.relu2_gate_fx
-        return [hn.from_fx(f(hn.to_fx(g), hn.to_fx(u))).astype(g.dtype)]
+        return [hn.from_fx(f(hn.to_fx(g), hn.to_fx(u)))]
     if act == "silu":
         a = g * (1.0 / (1.0 + np.exp(-g)))
     elif act == "relu2":
@@ -174,10 +214,10 @@ def _tlinear(node, args):
     if node.attr("numerics", "float") == "fx":
         from . import hw_numerics as hn
 
-        x_q, amax = hn.quantize_act_fx(hn.to_fx(x))
-        acc = semantics.ternary_matmul_i32(x_q, w)
-        m, s = hn.dq_factor(amax, *hn.encode_wscale(float(w_scale)))
-        y = hn.from_fx(hn.dequantize_fx(acc, m, s)).astype(np.float32)
+        y = hn.ternary_linear_fx(hn.to_fx(x), w, float(w_scale))
+        if bias is not None:
+            y = hn.add_fx(y, hn.to_fx(bias))
+        return [hn.from_fx(y)]  # f64: exact FX values (see hw_numerics' decoder section)
     else:
         y = semantics.ternary_linear(x, w, w_scale, node.attr("eps", semantics.ACT_EPS))
     if bias is not None:
@@ -303,6 +343,10 @@ def _fused_linear(node, args):
     rest = rest[n_ops:]
     if epilogue == Epilogue.RESIDUAL_ADD:
         (r,) = rest
+        if node.attr("numerics", "float") == "fx":
+            from . import hw_numerics as hn
+
+            return [hn.from_fx(hn.add_fx(hn.to_fx(y), hn.to_fx(r)))]
         return [step(Op.Add, [y, r])]
     if epilogue == Epilogue.ROPE:
         shape, cos, sin = rest
@@ -378,6 +422,11 @@ def _kvquant_attention(node, args):
     q, k, v = args[0], args[1], args[2]
     past_k = args[3] if len(args) > 3 else None
     past_v = args[4] if len(args) > 4 else None
+    if node.attr("numerics", "float") == "fx":
+        cfg = kv_quant_config(node)
+        if cfg.rotate:
+            raise InterpError(f"{node.label}: hardware numerics have no rotated KV format (rotate=1)")
+        return _attention_fx(node, q, k, v, past_k, past_v, cfg)
     k_all, v_all = kv_fake_quant_append(past_k, past_v, k, v, kv_quant_config(node))
     out, _ = _attend(q, k_all, v_all, node)
     return [out, k_all, v_all] if len(node.outputs) == 3 else [out]

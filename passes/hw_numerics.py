@@ -1,8 +1,10 @@
 """`hw-numerics`: make the interpreter follow the FPGA datapath's number formats (LOSSY).
 
-Sets `numerics = "fx"` on TernaryLinear, RoPE, GatedAct and FusedLinear nodes, so the reference
-interpreter computes exactly what the TLMM pipeline in hw/ computes (FX Q15.16 activations, the
-hardware quantizer, pseudo-float dequantize factors, Q1.14 RoPE, table sigmoid; ir/hw_numerics.py).
+Sets `numerics = "fx"` on TernaryLinear, RoPE, GatedAct, FusedLinear, RMSNorm and Attention nodes, so
+the reference interpreter computes exactly what the KV260 accelerator computes (FX Q15.16 activations,
+the hardware quantizer, pseudo-float dequantize factors, Q1.14 RoPE, table sigmoid, integer RMSNorm,
+24-bit KV words and exp2-table softmax; ir/hw_numerics.py). fx values travel between nodes as f64
+(exact FX values); the KV cache as f32 (exact 24-bit KV words).
 The RTL benches are checked bit-exactly against those functions; this pass lets a whole model be
 run under them and compared with the float path (tests/passes/test_hw_numerics.py measures it).
 """
@@ -15,7 +17,7 @@ from ..ir.core import Module, Node
 from ..ir.ops import Op
 from .base import PassResult
 
-FX_OPS = (Op.TernaryLinear, Op.RoPE, Op.GatedAct, Op.FusedLinear)
+FX_OPS = (Op.TernaryLinear, Op.RoPE, Op.GatedAct, Op.FusedLinear, Op.RMSNorm, Op.Attention, Op.KVQuantAttention)
 
 
 @dataclass(frozen=True)
