@@ -43,6 +43,17 @@ def _rope_position_ranges(fn: Function) -> list[Node]:
     return ranges
 
 
+def _embedding_rows(fn: Function, module: Module, ids: str) -> int | None:
+    """Rows of the constant table the token ids index (the vocabulary size), if a Gather does that."""
+    for n in fn.nodes:
+        if n.op == Op.Gather and len(n.inputs) >= 2 and n.inputs[1] == ids and n.inputs[0] in module.constants \
+                and int(n.attr("axis", 0) or 0) == 0:
+            shape = module.constants[n.inputs[0]].type.shape
+            if shape and isinstance(shape[0], int):
+                return int(shape[0])
+    return None
+
+
 def is_decoder(module: Module) -> bool:
     return "decoder" in module.meta
 
@@ -135,6 +146,10 @@ def make_decoder(module: Module) -> Module:
     else:
         raise FrontendError(f"module @{module.name}: mixed Attention forms (some with past inputs, some without)")
 
+    missing = [o for pair in present for o in pair if o not in decode.results]
+    if missing:
+        raise FrontendError(f"module @{module.name}: the export's attention layers produce {missing} but the graph "
+                            f"does not output them; a with-past export must output every present.* key/value")
     kv0 = types.get(attn[0].inputs[1])
     meta = dict(module.meta)
     meta["decoder"] = {
@@ -144,6 +159,9 @@ def make_decoder(module: Module) -> Module:
         "head_dim": int(kv0.shape[3]) if kv0 and isinstance(kv0.shape[3], int) else None,
         "kv_dtype": kv0.dtype.value if kv0 else "f32",
     }
+    vocab = _embedding_rows(main, module, input_ids)
+    if vocab is not None:
+        meta["decoder"]["vocab_size"] = vocab  # runners range-check token ids against it
     fns = [f for f in module.functions if f.name not in ("prefill", "decode")]
     return module.replace(functions=tuple(fns) + (dce(prefill), dce(decode)), meta=meta)
 
