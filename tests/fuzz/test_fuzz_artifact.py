@@ -1,0 +1,87 @@
+"""Fuzzing the artifact loader: a real (tiny) CPU artifact with its manifest mutated (types swapped,
+keys dropped or renamed, values hostile), its weights truncated and re-hashed, its library pointed
+outside the folder with a matching hash, or its manifest bytes corrupted. Invariant: a ternc error, or
+an artifact that loads and runs prefill with finite logits. TVM is imported in the zygote only (runtime
+library), never in the pytest process (see harness.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import strategies as st
+
+from .harness import corpus_files, examples, fuzz
+from .mutate import mutate_bytes, mutate_json
+
+pytest.importorskip("tvm")
+
+
+@pytest.fixture(scope="module")
+def seed_artifact(tmp_path_factory, onnx_export):
+    import ternc
+    from ternc.backends import artifact as A
+
+    m = ternc.load(onnx_export("llama", False))
+    m = m.replace(meta={**m.meta, "max_context": 64})
+    return A.build_artifact(m, "cpu", tmp_path_factory.mktemp("fuzz-art") / "llama-cpu", kernel_policy="dot")
+
+
+class _Draw:
+    def __init__(self, draw):
+        self.draw = draw
+
+
+@st.composite
+def artifact_payloads(draw, seed_dir):
+    text = (seed_dir / "manifest.json").read_text()
+    doc = json.loads(text)
+    kind = draw(st.sampled_from(["json", "json", "json", "weights", "outside", "bytes"]), label="kind")
+    p = {"seed": str(seed_dir), "manifest": None, "manifest_raw": None, "weights_cut": None,
+         "outside_lib": False, "rehash": False}
+    if kind == "json":
+        p["manifest"] = json.dumps(mutate_json(_Draw(draw), doc))
+        p["rehash"] = draw(st.booleans())
+    elif kind == "weights":
+        size = (seed_dir / "weights.safetensors").stat().st_size
+        p["weights_cut"] = draw(st.integers(0, size - 1))
+        p["manifest"], p["rehash"] = text, True
+    elif kind == "outside":
+        doc["files_role"]["library"] = "../outside.so"
+        doc["files"]["../outside.so"] = dict(doc["files"]["lib/model.so"])
+        p["manifest"], p["outside_lib"], p["rehash"] = json.dumps(doc), True, True
+    else:
+        p["manifest_raw"] = mutate_bytes(_Draw(draw), text.encode())
+    return p
+
+
+def _save(payload, path):
+    path.with_suffix(".json").write_text(json.dumps({k: v for k, v in payload.items() if k != "manifest_raw"}
+                                                    | ({"manifest_raw": payload["manifest_raw"].decode("latin-1")}
+                                                       if payload.get("manifest_raw") else {})))
+
+
+def test_seed_loads(tvm_zygote, seed_artifact):
+    out = tvm_zygote.run("artifact_load", {"seed": str(seed_artifact), "manifest": None})
+    assert out.kind == "ok", out
+
+
+def test_fuzz_artifact_short(tvm_zygote, seed_artifact):
+    fuzz("artifact", artifact_payloads(seed_artifact), "artifact_load", examples(30), seed=17, zygote=tvm_zygote,
+         save=_save)
+
+
+@pytest.mark.fuzz
+def test_fuzz_artifact_long(tvm_zygote, seed_artifact):
+    fuzz("artifact", artifact_payloads(seed_artifact), "artifact_load", examples(10_000), seed=1717,
+         zygote=tvm_zygote, save=_save)
+
+
+@pytest.mark.parametrize("path", corpus_files("artifact"), ids=lambda p: p.name)
+def test_corpus_artifact(tvm_zygote, seed_artifact, path):
+    payload = json.loads(path.read_text())
+    payload["seed"] = str(seed_artifact)
+    if payload.get("manifest_raw") is not None:
+        payload["manifest_raw"] = payload["manifest_raw"].encode("latin-1")
+    out = tvm_zygote.run("artifact_load", payload)
+    assert not out.bad, out
