@@ -22,13 +22,10 @@ def compile_to(module: Module, target: str = "reference", passes: str | None = N
 
     if target not in PIPELINES:  # the targets are the pipelines' keys: one list
         raise TargetError(f"unknown target {target!r}; choose one of {', '.join(PIPELINES)}")
-    if target not in ("reference", "kv260") and "tvm" in sys.modules:
-        from .backends.tvm.runtime import tvm_compiler_unavailable
+    if target not in ("reference", "kv260") and "tvm" in sys.modules:  # (importing runtime would load tvm)
+        from .backends.tvm.runtime import require_compiler
 
-        if tvm_compiler_unavailable():
-            raise TargetError(f"target {target!r}: this process loaded TVM without its compiler library (an "
-                              f"artifact was loaded first, or TVM_USE_RUNTIME_LIB=1 is set); compile in a fresh "
-                              f"process")
+        require_compiler(target)
 
     t0 = time.time()
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs

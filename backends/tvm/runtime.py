@@ -33,11 +33,17 @@ def _import_tvm_runtime_only() -> None:
             os.environ["TVM_USE_RUNTIME_LIB"] = before
 
 
-def tvm_compiler_unavailable() -> bool:
-    """True when this process's `tvm` was loaded without its compiler library (e.g. by load_artifact
-    before any compile): tvm.relax / tvm.compile then fail with raw AttributeErrors."""
-    tvm = sys.modules.get("tvm")
-    return tvm is not None and bool(getattr(sys.modules.get("tvm.base"), "_RUNTIME_ONLY", False))
+class CompilerUnavailableError(RuntimeError):
+    pass
+
+
+def require_compiler(target: str) -> None:
+    """Refuse to compile when this process's `tvm` was loaded without its compiler library (e.g. by
+    load_artifact before any compile): tvm.relax / tvm.compile would fail with raw AttributeErrors."""
+    if "tvm" in sys.modules and getattr(sys.modules.get("tvm.base"), "_RUNTIME_ONLY", False):
+        raise CompilerUnavailableError(
+            f"target {target!r}: this process loaded TVM without its compiler library (an artifact was loaded "
+            f"first, or TVM_USE_RUNTIME_LIB=1 is set); compile in a fresh process")
 
 
 _import_tvm_runtime_only()

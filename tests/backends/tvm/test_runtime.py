@@ -118,24 +118,21 @@ def test_load_artifact_leaves_environment_alone(art, onnx_export):
     """TVM_USE_RUNTIME_LIB must not leak to the caller (nor to its children), and a compile in the
     same process afterwards is a clear error, not an AttributeError from tvm."""
     script = textwrap.dedent(f"""
-        import json, os, subprocess, sys
+        import contextlib, io, json, os, subprocess, sys
         import ternc
-        from ternc.driver import TargetError, compile_to
-        module = ternc.load({str(onnx_export("llama", False))!r})
+        from ternc.cli import main
         ternc.load_artifact({str(art)!r})
         child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('TVM_USE_RUNTIME_LIB'))"],
                                capture_output=True, text=True).stdout.strip()
-        try:
-            compile_to(module, target="cpu", out="/nonexistent/never-written")
-        except TargetError as e:
-            err = str(e)
-        except Exception as e:
-            err = "WRONG " + type(e).__name__ + ": " + str(e)
-        print(json.dumps({{"env": os.environ.get("TVM_USE_RUNTIME_LIB"), "child": child, "err": err}}))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["compile", {str(onnx_export("llama", False))!r}, "--target", "cpu", "-o", "/nonexistent/x"])
+        print(json.dumps({{"env": os.environ.get("TVM_USE_RUNTIME_LIB"), "child": child, "rc": rc,
+                          "err": err.getvalue()}}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["env"] is None and out["child"] == "None"
-    assert "without its compiler library" in out["err"], out["err"]
+    assert out["rc"] != 0 and "without its compiler library" in out["err"], out["err"]
