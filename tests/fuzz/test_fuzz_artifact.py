@@ -47,7 +47,7 @@ def artifact_payloads(draw, seed_dir):
         p["weights_cut"] = draw(st.integers(0, size - 1))
         p["manifest"], p["rehash"] = text, True
     elif kind == "outside":
-        doc["files_role"]["library"] = "../outside.so"
+        doc["roles" if "roles" in doc else "files_role"]["library"] = "../outside.so"
         doc["files"]["../outside.so"] = dict(doc["files"]["lib/model.so"])
         p["manifest"], p["outside_lib"], p["rehash"] = json.dumps(doc), True, True
     else:
