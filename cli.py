@@ -29,11 +29,45 @@ def _load_any(path: str):
     import ternc
 
     p = Path(path)
-    if p.is_dir() and (p / "manifest.json").exists():
+    if p.is_dir():
+        if not (p / "manifest.json").exists():
+            raise CLIError(f"{path}: a folder without manifest.json, so not a compiled artifact (or a half-written "
+                           f"one); give an .onnx or .ternc file or an artifact folder")
         return ternc.load_artifact(p)
+    _check_model_file(path)
+    return ternc.load(p)
+
+
+def _check_model_file(path) -> None:
+    """A model path must be a regular file: a FIFO or a link to /dev/zero would block or never end."""
+    p = Path(path)
     if not p.exists():
         raise CLIError(f"{path}: no such file or directory")
-    return ternc.load(p)
+    if not p.is_file() and not p.is_dir():
+        raise CLIError(f"{path}: not a regular file (a FIFO, device or socket); give a model file")
+
+
+def _check_output(path, want_dir: bool) -> None:
+    """Refuse outputs that cannot be written before doing the work: under a regular file, or a folder
+    where a file is due (and the reverse)."""
+    p = Path(path)
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"-o {path}: {parent} is a file, not a folder")
+    if p.exists() and p.is_dir() != want_dir:
+        raise CLIError(f"-o {path}: is {'a file' if want_dir else 'a folder'}; give "
+                       f"{'a folder' if want_dir else 'a file'} path")
+
+
+def _parse_ids(text: str, flag: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CLIError(f"{flag} expects comma-separated integers, got {text[:80]!r}") from None
+    bad = [t for t in ids if not 0 <= t < 2**63]
+    if bad:
+        raise CLIError(f"{flag}: token id {bad[0]} is not a non-negative 64-bit integer")
+    return ids
 
 
 def _default_model_path(with_past: bool = False) -> Path:
@@ -48,9 +82,11 @@ def _default_model_path(with_past: bool = False) -> Path:
 def cmd_import(args) -> int:
     import ternc
 
+    _check_model_file(args.model)
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".ternc")
+    _check_output(out, want_dir=False)
     t0 = time.time()
     m = ternc.load(args.model)
-    out = Path(args.output) if args.output else Path(args.model).with_suffix(".ternc")
     ternc.save(m, out)
     counts = {}
     for f in m.functions:
@@ -94,12 +130,18 @@ def cmd_run(args) -> int:
 
     import ternc
 
+    _check_output(args.out, want_dir=True)
     model = _load_any(args.model)
     feeds = _parse_inputs(args.input)
+    entries = [f.name for f in model.functions] if hasattr(model, "functions") else sorted(model.entries)
+    entry = args.entry or ("main" if "main" in entries else None)
+    if entry not in entries:
+        raise CLIError(f"{args.model} has no entry {entry!r}; give --entry, one of: {', '.join(entries)}"
+                       if entry else f"{args.model} has no 'main'; give --entry, one of: {', '.join(entries)}")
     if hasattr(model, "functions"):
-        outs = ternc.interpret(model, feeds, entry=args.entry)
+        outs = ternc.interpret(model, feeds, entry=entry)
     else:
-        outs = model.run(args.entry, feeds)
+        outs = model.run(entry, feeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, val in outs.items():
@@ -111,10 +153,11 @@ def cmd_run(args) -> int:
 def cmd_generate(args) -> int:
     import ternc
 
-    try:
-        ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-    except ValueError:
-        raise CLIError(f"--prompt-ids expects comma-separated integers, got {args.prompt_ids!r}") from None
+    ids = _parse_ids(args.prompt_ids, "--prompt-ids")
+    if not ids:
+        raise CLIError("--prompt-ids: the prompt is empty")
+    if args.n < 1:
+        raise CLIError(f"-n {args.n}: the number of new tokens must be at least 1")
     model = _load_any(args.model) if args.model else ternc.load(_default_model_path())
     t0 = time.time()
     out = ternc.generate(model, [ids], args.n, eos_token_id=args.eos)
@@ -128,6 +171,14 @@ def cmd_generate(args) -> int:
 def cmd_compile(args) -> int:
     import ternc
 
+    if args.context < 1:
+        raise CLIError(f"--context {args.context}: the context length must be at least 1")
+    if args.model:
+        _check_model_file(args.model)
+    if args.output:
+        _check_output(args.output, want_dir=args.target != "reference")
+    if args.mcpu is not None:
+        _check_mcpu(args.mcpu, args.target)
     src = args.model or _default_model_path()
     t0 = time.time()
     module = ternc.load(src)
@@ -140,6 +191,19 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _check_mcpu(mcpu: str, target: str) -> None:
+    """LLVM only warns about an unknown -mcpu (and builds for a generic CPU): refuse it up front."""
+    import tvm
+    from tvm.target import codegen
+
+    triple = "aarch64-linux-gnu" if target == "aarch64" else str(codegen.llvm_get_system_triple())
+    known = {str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))}
+    if known and mcpu not in known:
+        close = sorted(c for c in known if c[:3] == mcpu[:3])[:8]
+        raise CLIError(f"--mcpu {mcpu!r}: not a CPU this LLVM knows" + (f" (similar: {', '.join(close)})" if close
+                                                                          else " (e.g. x86-64-v3, skylake, znver4)"))
+
+
 def cmd_eval(args) -> int:
     """Perplexity / top-1 agreement of a (possibly lossy) pass pipeline against the unmodified model."""
     import numpy as np
@@ -150,10 +214,13 @@ def cmd_eval(args) -> int:
     if args.ids.endswith(".npy"):
         ids = np.load(args.ids, allow_pickle=False).reshape(-1)
     else:
-        try:
-            ids = np.array([int(t) for t in args.ids.split(",") if t.strip()], np.int64)
-        except ValueError:
-            raise CLIError("--ids expects comma-separated integers or a .npy file") from None
+        ids = np.array(_parse_ids(args.ids, "--ids"), np.int64)
+    if args.prefix < 1:
+        raise CLIError(f"--prefix {args.prefix}: at least 1 token must be fed before scoring")
+    if ids.size < args.prefix + 1:
+        raise CLIError(f"--ids: {ids.size} token(s) leave nothing to score after the {args.prefix}-token prefix; "
+                       f"give at least {args.prefix + 1}")
+    _check_model_file(args.model)
     base = ternc.load(args.model)
     ref = evaluate(base, ids, prefix=args.prefix)
     rows = [("unmodified", ref, None)]
@@ -186,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
     p.add_argument("--out", required=True)
-    p.add_argument("--entry", default="main")
+    p.add_argument("--entry", default=None, help="entry point (default: main, when the model has one)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("generate", help="greedy generation with the KV cache")
@@ -222,7 +289,7 @@ def main(argv=None) -> int:
     except CLIError as e:
         print(f"ternc: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError) as e:
         # Library errors carry the file/node/resource in their message; show it without a traceback.
         print(f"ternc: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

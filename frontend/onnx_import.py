@@ -58,6 +58,8 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise FrontendError(f"{path}: no such file")
     if path.is_dir():
         raise FrontendError(f"{path}: is a directory, expected an .onnx file")
+    if not path.is_file():  # a FIFO or a link to a device would block or never end
+        raise FrontendError(f"{path}: not a regular file (a FIFO, device or socket), expected an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends

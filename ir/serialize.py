@@ -52,10 +52,16 @@ def save_module(module: Module, path: str | os.PathLike) -> Path:
     blob = save(tensors, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write atomically: a crash never leaves a half-written module behind.
+    if path.is_dir():
+        raise ModuleFileError(f"{path}: is a folder; give a .ternc file path")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # never leave a half-written temp file behind
+        raise
     return path
 
 
