@@ -19,12 +19,15 @@ pytest.importorskip("tvm")
 
 @pytest.fixture(scope="module")
 def seed_artifact(tmp_path_factory, onnx_export):
-    import ternc
-    from ternc.backends import artifact as A
+    """A real CPU artifact of the tiny Llama, built by the CLI in a subprocess (TVM stays out of pytest)."""
+    import subprocess
+    import sys
 
-    m = ternc.load(onnx_export("llama", False))
-    m = m.replace(meta={**m.meta, "max_context": 64})
-    return A.build_artifact(m, "cpu", tmp_path_factory.mktemp("fuzz-art") / "llama-cpu", kernel_policy="dot")
+    out = tmp_path_factory.mktemp("fuzz-art") / "llama-cpu"
+    r = subprocess.run([sys.executable, "-m", "ternc.cli", "compile", str(onnx_export("llama", False)), "--target",
+                        "cpu", "--context", "64", "-o", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
 
 
 class _Draw:
