@@ -212,6 +212,8 @@ class Tally:
         self.max_seconds = max(self.max_seconds, outcome.seconds)
         if outcome.bad:
             self.findings.append((outcome, payload))
+        if sum(self.counts.values()) % 250 == 0:
+            self.report()  # progress for long runs (an interrupted run still leaves its figures)
 
     def summary(self) -> dict:
         return {"surface": self.surface, "cases": sum(self.counts.values()), "counts": dict(self.counts),
