@@ -16,6 +16,14 @@ from .mutate import mutate_bytes, mutate_json
 
 pytest.importorskip("tvm")
 
+from ternc.backends import artifact as _artifact  # noqa: E402  (no tvm import at module level)
+
+# Manifest validation on load (issue 14 item 6, artifact part) is the `targets` branch's work; until it
+# is merged the loader still raises raw TypeError/KeyError/... on tampered manifests, which these
+# tests find. strict: once the validation is in, they must pass.
+PENDING_VALIDATION = pytest.mark.xfail(not hasattr(_artifact, "require"), strict=True,
+                                       reason="artifact manifest validation lands with the targets branch")
+
 
 @pytest.fixture(scope="module")
 def seed_artifact(tmp_path_factory, onnx_export):
@@ -69,6 +77,7 @@ def test_seed_loads(tvm_zygote, seed_artifact):
     assert out.kind == "ok", out
 
 
+@PENDING_VALIDATION
 def test_fuzz_artifact_short(tvm_zygote, seed_artifact):
     fuzz("artifact", artifact_payloads(seed_artifact), "artifact_load", examples(30), seed=17, zygote=tvm_zygote,
          save=_save)
@@ -105,6 +114,7 @@ def _from_recipe(recipe: dict, seed_dir) -> dict:
 
 
 @pytest.mark.parametrize("path", corpus_files("artifact"), ids=lambda p: p.name)
+@PENDING_VALIDATION
 def test_corpus_artifact(tvm_zygote, seed_artifact, path):
     out = tvm_zygote.run("artifact_load", _from_recipe(json.loads(path.read_text()), seed_artifact))
     assert not out.bad, out
