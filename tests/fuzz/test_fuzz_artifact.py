@@ -21,8 +21,11 @@ from ternc.backends import artifact as _artifact  # noqa: E402  (no tvm import a
 # Manifest validation on load (issue 14 item 6, artifact part) is the `targets` branch's work; until it
 # is merged the loader still raises raw TypeError/KeyError/... on tampered manifests, which these
 # tests find. strict: once the validation is in, they must pass.
-PENDING_VALIDATION = pytest.mark.xfail(not hasattr(_artifact, "require"), strict=True,
+PENDING = not hasattr(_artifact, "require")
+PENDING_VALIDATION = pytest.mark.xfail(PENDING, strict=True,
                                        reason="artifact manifest validation lands with the targets branch")
+PENDING_CASE = pytest.mark.xfail(PENDING, strict=False,  # some single cases already load or fail cleanly
+                                 reason="artifact manifest validation lands with the targets branch")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def _from_recipe(recipe: dict, seed_dir) -> dict:
 
 
 @pytest.mark.parametrize("path", corpus_files("artifact"), ids=lambda p: p.name)
-@PENDING_VALIDATION
+@PENDING_CASE
 def test_corpus_artifact(tvm_zygote, seed_artifact, path):
     out = tvm_zygote.run("artifact_load", _from_recipe(json.loads(path.read_text()), seed_artifact))
     assert not out.bad, out
