@@ -119,5 +119,8 @@ def _from_recipe(recipe: dict, seed_dir) -> dict:
 @pytest.mark.parametrize("path", corpus_files("artifact"), ids=lambda p: p.name)
 @PENDING_CASE
 def test_corpus_artifact(tvm_zygote, seed_artifact, path):
-    out = tvm_zygote.run("artifact_load", _from_recipe(json.loads(path.read_text()), seed_artifact))
+    recipe = json.loads(path.read_text())
+    out = tvm_zygote.run("artifact_load", _from_recipe(recipe, seed_artifact))
     assert not out.bad, out
+    if "expect" in recipe:  # e.g. native code outside the folder must be refused even with a matching hash
+        assert out.kind == recipe["expect"], out
