@@ -74,3 +74,10 @@ def test_quantize_kv_group_that_does_not_divide_head_dim():
     m = ternc.load(tiny_bitnet.default_onnx())  # head_dim 42
     with pytest.raises(KVPassError, match=r"head_dim 42.*e\.g\. group=21"):
         ternc.compile(m, passes="quantize-kv", report=False)
+
+
+def test_hw_numerics_value_is_checked_at_parse_time():
+    from ternc.passes.registry import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="numerics must be 'fx' or 'float'"):
+        parse_spec("hw-numerics{numerics=-1}")  # found by the spec fuzzer (was a ValueError from the pass)
