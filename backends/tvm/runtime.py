@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ...ir.decoder import DecoderSpec
 
 def _import_tvm_runtime_only() -> None:
     """Import tvm with TVM_USE_RUNTIME_LIB=1, then restore the caller's environment: the variable must
@@ -184,9 +185,8 @@ class TVMRunner:
                         for w, key in names.items()}
         self._fns = {}
         # decoder outputs that only feed the next step stay on the device (no copy per token)
-        dec = self.meta.get("decoder") or {}
-        self._device_outputs = {n for pair in dec.get("present", []) for n in pair}
-        self._device_outputs |= {so for _si, so in dec.get("state", [])}
+        dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
+        self._device_outputs = {t.present for t in dec.carried} if dec else set()
         self._lock = threading.Lock()
         self._plan()
 
