@@ -5,7 +5,7 @@ The invariant every surface must keep: a ternc error (an exception whose class i
 never another exception, a crash (signal), a hang (timeout) or more than 1 GiB of memory.
 
 Cases run in children forked from a *zygote*: a fresh interpreter (this file run as a script) that
-imports `tests/fuzz/targets.py` once and then forks one child per case. So a segfault, an abort, a hang
+imports `tests/fuzz/fuzz_targets.py` once and then forks one child per case. So a segfault, an abort, a hang
 or a runaway allocation is observed from outside instead of taking pytest down, and the pytest process
 never imports TVM (the artifact target loads TVM's runtime only, which would leave no compiler for the
 other tests of that worker). The child's address space is capped (RLIMIT_AS) a little above the memory
@@ -16,7 +16,6 @@ of pushing the machine into swap. Payloads travel as JSON (bytes base64-encoded)
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import subprocess
@@ -184,9 +183,9 @@ class Zygote:
 
 
 def _zygote_main() -> None:
-    spec = importlib.util.spec_from_file_location("ternc_fuzz_targets", Path(__file__).with_name("targets.py"))
-    targets = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(targets)
+    # run as a script, so this file's folder is sys.path[0] (Python's doing, not an edit)
+    import fuzz_targets as targets
+
     targets.warm_up()
     for line in sys.stdin:
         req = json.loads(line)

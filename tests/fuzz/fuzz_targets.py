@@ -1,7 +1,8 @@
 """What each fuzz case runs, inside a forked child of the zygote (see harness.py).
 
 Each target returns normally for a correct result and lets a ternc error propagate for refused input.
-Payloads are JSON values (bytes decoded). Absolute imports only: the zygote loads this file by path.
+Payloads are JSON values (bytes decoded). Absolute imports only: the zygote imports this file as a
+top-level module (it runs harness.py as a script from this folder).
 """
 
 from __future__ import annotations
