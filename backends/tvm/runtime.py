@@ -281,6 +281,10 @@ class TVMRunner:
                                                                                       self.device)
                     for a in args]
             args += [self.weights[w] for w in sig["weights"]]
-            out = self.vm[entry](*args)
+            try:
+                out = self.vm[entry](*args)
+            except RuntimeError as e:  # tvm.error.*: e.g. a manifest whose entry signature the library disagrees with
+                raise RunnerError(f"{self.path}: @{entry} failed in the compiled library (does the manifest match "
+                                  f"it?): {str(e).strip().splitlines()[-1][:300]}") from None
             return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
                     for i, o in enumerate(sig["outputs"])}
