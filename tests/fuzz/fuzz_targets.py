@@ -106,9 +106,10 @@ def artifact_load(payload: dict) -> None:
         elif payload.get("manifest_raw") is not None:
             (art / "manifest.json").write_bytes(payload["manifest_raw"])
         runner = ternc.load_artifact(art)
-        entry = "prefill" if "prefill" in runner.entries else next(iter(runner.entries))
-        out = runner.run(entry, {"input_ids": np.array([[1, 2, 3]], np.int64)})
-        logits = np.asarray(next(iter(out.values())))
+        # the seed's prefill must still run and give finite [1, 3, vocab] logits (a tampered manifest
+        # that loaded has to describe the library truthfully)
+        out = runner.run("prefill", {"input_ids": np.array([[1, 2, 3]], np.int64)})
+        logits = np.asarray(out["logits"])
         assert logits.shape[:2] == (1, 3) and np.isfinite(logits).all()
 
 
