@@ -54,6 +54,10 @@ class RunnerError(RuntimeError):
     pass
 
 
+class UnknownEntryError(RunnerError, KeyError):
+    pass
+
+
 class RunnerInputError(RunnerError, ValueError):
     """Inputs the compiled entry cannot take (names, dtype, shape, empty, token id range, context):
     checked on the host before the VM runs, so bad input never reaches the kernels."""
@@ -206,7 +210,7 @@ class TVMRunner:
     def _check(self, entry: str, inputs: Mapping[str, Any]) -> list:
         """Validated host arrays / device tensors in signature order; RunnerInputError otherwise."""
         if entry not in self._plans:
-            raise KeyError(f"artifact {self.path} has no entry {entry!r}; it has {sorted(self.entries)}")
+            raise UnknownEntryError(f"artifact {self.path} has no entry {entry!r}; it has {sorted(self.entries)}")
         specs, names = self._plans[entry]
         if len(inputs) != len(names) or not names.issuperset(inputs):
             missing = [n for n, _, _ in specs if n not in inputs]
