@@ -22,6 +22,7 @@ import sys
 import typing
 from typing import Any
 
+from ..ir import packing
 from . import cse, dce, fold, fuse_epilogue, pack_ternary, quantize_ternary, raise_ternary, split_ternary
 from . import evict_kv, hw_numerics, prune_prefill, quantize_kv
 from .base import NoOptions, PassInfo
@@ -42,7 +43,7 @@ _PASSES = [
     PassInfo("quantize-ternary", quantize_ternary.QuantizeTernaryOptions, quantize_ternary.run,
              "quantize float Linear weights to ternary absmean (LOSSY)", lossless=False),
     PassInfo("pack-ternary", pack_ternary.PackTernaryOptions, pack_ternary.run,
-             "store ternary weights packed (i2, tl1, tl2, tq1; see ir/packing.py)"),
+             f"store ternary weights packed ({', '.join(packing.FORMATS)}; see ir/packing.py)"),
     PassInfo("split-ternary", NoOptions, split_ternary.run,
              "lower TernaryLinear to QuantizeAct + TernaryMatMul (int32) + Dequantize"),
     PassInfo("hw-numerics", hw_numerics.HWNumericsOptions, hw_numerics.run,
