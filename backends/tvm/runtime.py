@@ -209,7 +209,10 @@ class TVMRunner:
                         for w, key in names.items()}
         self._fns = {}
         # decoder outputs that only feed the next step stay on the device (no copy per token)
-        dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
+        try:
+            dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # DecoderSpecError is a ValueError
+            raise ArtifactError(f"{self.path}: manifest model.meta.decoder is malformed: {e}") from None
         self._device_outputs = {t.present for t in dec.carried} if dec else set()
         self._lock = threading.Lock()
         self._plan()
@@ -329,7 +332,7 @@ def _check_manifest(path: Path, manifest: dict) -> None:
                 require(spec, "name", str, f"{w}.{key}[{i}]")
                 try:
                     np.dtype(require(spec, "dtype", str, f"{w}.{key}[{i}]"))
-                except TypeError:
+                except (TypeError, ValueError):
                     raise ArtifactError(f"{w}.{key}[{i}]: unknown dtype {spec['dtype']!r}") from None
                 if key == "inputs":
                     shape = require(spec, "shape", list, f"{w}.{key}[{i}]")

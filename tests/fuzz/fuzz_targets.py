@@ -98,10 +98,10 @@ def artifact_load(payload: dict) -> None:
             w.write_bytes(w.read_bytes()[: payload["weights_cut"]])
         if payload.get("outside_lib"):
             shutil.copy(art / "lib" / "model.so", d / "outside.so")
-        manifest = json.loads(payload["manifest"]) if payload.get("manifest") is not None else None
-        if payload.get("rehash"):
-            _rehash(art, manifest)
-        if manifest is not None:
+        if payload.get("manifest") is not None:  # JSON text (which may itself be `null`)
+            manifest = json.loads(payload["manifest"])
+            if payload.get("rehash"):
+                _rehash(art, manifest)
             (art / "manifest.json").write_text(json.dumps(manifest))
         elif payload.get("manifest_raw") is not None:
             (art / "manifest.json").write_bytes(payload["manifest_raw"])
