@@ -74,6 +74,7 @@ def run_isolated(fn: Callable[[Any], Any], payload: Any, timeout: float = CASE_T
         os.close(r)
         code = 0
         try:
+            start_rss = _rss_bytes()  # the child's own baseline (the parent's RSS at fork can differ)
             cap = _vm_bytes() + memory + (1 << 30)
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
             try:
@@ -86,6 +87,7 @@ def run_isolated(fn: Callable[[Any], Any], payload: Any, timeout: float = CASE_T
                     tb = traceback.format_exception(type(e), e, e.__traceback__)
                     res = {"kind": "other", "detail": f"{type(e).__module__}.{type(e).__name__}: {str(e)[:300]}\n"
                                                       + "".join(tb[-4:])[-1500:]}
+            res["rss_added"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss)
             os.write(w, json.dumps(res).encode())
         except BaseException:  # noqa: BLE001
             code = 3
@@ -118,6 +120,7 @@ def run_isolated(fn: Callable[[Any], Any], payload: Any, timeout: float = CASE_T
         res = json.loads(b"".join(chunks))
     except ValueError:
         return Outcome("crash", f"child exited with status {os.WEXITSTATUS(status)} without a result", added, seconds)
+    added = res.get("rss_added", added)
     out = Outcome(res["kind"], res.get("detail", ""), added, seconds)
     if added > memory and not out.bad:
         out = Outcome("memory", f"RSS grew by {added / 2**30:.2f} GiB ({out.kind})", added, seconds)
