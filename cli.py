@@ -38,6 +38,9 @@ def _load_any(path: str):
     p = Path(path)
     if p.is_dir() and (p / "manifest.json").exists():
         return ternc.load_artifact(p)
+    if p.is_dir() and not (p / "config.json").exists():
+        raise CLIError(f"{path}: a folder with neither manifest.json (a compiled artifact, or a half-written one) "
+                       f"nor config.json (a Hugging Face model folder); give a model file or one of those folders")
     return _load_module(path)
 
 
@@ -51,6 +54,7 @@ def _load_module(path):
             check_local(path)  # a hub id gets its own hint
         except ValueError as e:
             raise CLIError(str(e)) from None
+    _check_model_file(path)
     with _Steps(f"load {Path(str(path)).name}") as steps:
         return ternc.load(path, progress=steps.step)
 
@@ -79,6 +83,38 @@ class _Steps:
             self.bar.close()
 
 
+def _check_model_file(path) -> None:
+    """A model path must be a regular file: a FIFO or a link to /dev/zero would block or never end."""
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{path}: no such file or directory")
+    if not p.is_file() and not p.is_dir():
+        raise CLIError(f"{path}: not a regular file (a FIFO, device or socket); give a model file")
+
+
+def _check_output(path, want_dir: bool) -> None:
+    """Refuse outputs that cannot be written before doing the work: under a regular file, or a folder
+    where a file is due (and the reverse)."""
+    p = Path(path)
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"-o {path}: {parent} is a file, not a folder")
+    if p.exists() and p.is_dir() != want_dir:
+        raise CLIError(f"-o {path}: is {'a file' if want_dir else 'a folder'}; give "
+                       f"{'a folder' if want_dir else 'a file'} path")
+
+
+def _parse_ids(text: str, flag: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CLIError(f"{flag} expects comma-separated integers, got {text[:80]!r}") from None
+    bad = [t for t in ids if not 0 <= t < 2**63]
+    if bad:
+        raise CLIError(f"{flag}: token id {bad[0]} is not a non-negative 64-bit integer")
+    return ids
+
+
 def _default_model_path(with_past: bool = False) -> Path:
     from .models import tiny_bitnet
 
@@ -91,11 +127,12 @@ def _default_model_path(with_past: bool = False) -> Path:
 def cmd_import(args) -> int:
     import ternc
 
-    t0 = time.time()
-    m = _load_module(args.model)
     src = Path(args.model)
     out = Path(args.output) if args.output else (src.parent / f"{src.name}.ternc" if src.is_dir()
                                                  else src.with_suffix(".ternc"))
+    _check_output(out, want_dir=False)
+    t0 = time.time()
+    m = _load_module(args.model)
     ternc.save(m, out)
     counts = {}
     for f in m.functions:
@@ -143,6 +180,7 @@ def cmd_run(args) -> int:
 
     import ternc
 
+    _check_output(args.out, want_dir=True)
     model = _load_any(args.model)
     feeds = _parse_inputs(args.input)
     if hasattr(model, "functions"):
@@ -171,13 +209,14 @@ def cmd_generate(args) -> int:
 
     if (args.prompt is None) == (args.prompt_ids is None):
         raise CLIError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+    if args.n < 1:
+        raise CLIError(f"-n {args.n}: the number of new tokens must be at least 1")
     model = _load_any(args.model) if args.model else _load_module(_default_model_path())
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.prompt_ids is not None:
-        try:
-            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-        except ValueError:
-            raise CLIError(f"--prompt-ids expects comma-separated integers, got {args.prompt_ids!r}") from None
+        ids = _parse_ids(args.prompt_ids, "--prompt-ids")
+        if not ids:
+            raise CLIError("--prompt-ids: the prompt is empty")
         t0 = time.time()
         eos = args.eos if args.eos is not None else None
         out = ternc.generate(model, [ids], args.n, eos_token_id=eos, **sampling)
@@ -255,9 +294,15 @@ def cmd_compile(args) -> int:
     from .targets import get
 
     tgt = get(args.target)  # an unknown target fails before the model loads
-    src = args.model or _default_model_path()
     if args.context < 1:
-        raise CLIError(f"--context must be at least 1, got {args.context}")
+        raise CLIError(f"--context {args.context}: the context length must be at least 1")
+    if args.model:
+        _check_model_file(args.model)
+    if args.output:
+        _check_output(args.output, want_dir=tgt.artifact == "folder")
+    if args.mcpu is not None:
+        _check_mcpu(args.mcpu, args.target)
+    src = args.model or _default_model_path()
     t0 = time.time()
     module = _load_module(src)
     print(f"[ternc] loaded {src} ({time.time() - t0:.1f}s)", file=sys.stderr)
@@ -311,6 +356,19 @@ def cmd_simulate(args) -> int:
     return 0 if rep.exact else 1
 
 
+def _check_mcpu(mcpu: str, target: str) -> None:
+    """LLVM only warns about an unknown -mcpu (and builds for a generic CPU): refuse it up front."""
+    import tvm
+    from tvm.target import codegen
+
+    triple = "aarch64-linux-gnu" if target == "aarch64" else str(codegen.llvm_get_system_triple())
+    known = {str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))}
+    if known and mcpu not in known:
+        close = sorted(c for c in known if c[:3] == mcpu[:3])[:8]
+        raise CLIError(f"--mcpu {mcpu!r}: not a CPU this LLVM knows" + (f" (similar: {', '.join(close)})" if close
+                                                                          else " (e.g. x86-64-v3, skylake, znver4)"))
+
+
 def cmd_eval(args) -> int:
     """Perplexity / top-1 agreement of a (possibly lossy) pass pipeline against the unmodified model."""
     import numpy as np
@@ -321,10 +379,12 @@ def cmd_eval(args) -> int:
     if args.ids.endswith(".npy"):
         ids = np.load(args.ids, allow_pickle=False).reshape(-1)
     else:
-        try:
-            ids = np.array([int(t) for t in args.ids.split(",") if t.strip()], np.int64)
-        except ValueError:
-            raise CLIError("--ids expects comma-separated integers or a .npy file") from None
+        ids = np.array(_parse_ids(args.ids, "--ids"), np.int64)
+    if args.prefix < 1:
+        raise CLIError(f"--prefix {args.prefix}: at least 1 token must be fed before scoring")
+    if ids.size < args.prefix + 1:
+        raise CLIError(f"--ids: {ids.size} token(s) leave nothing to score after the {args.prefix}-token prefix; "
+                       f"give at least {args.prefix + 1}")
     base = _load_module(args.model)
     if "decoder" not in base.meta:
         raise CLIError(f"{args.model}: eval scores next-token predictions of a decoder LM (a graph with attention "
@@ -486,7 +546,7 @@ def main(argv=None) -> int:
     except CLIError as e:
         print(f"ternc: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError) as e:
         # Library errors carry the file/node/resource in their message; show it without a traceback.
         print(f"ternc: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

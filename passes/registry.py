@@ -16,7 +16,9 @@ raise SpecError naming what is valid.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import sys
 import typing
 from typing import Any
 
@@ -124,9 +126,13 @@ def _convert(info: PassInfo, key: str, raw: str | list[str], typ) -> Any:
             fail("expected an integer")
     if typ is float:
         try:
-            return float(raw)
+            v = float(raw)
         except ValueError:
             fail("expected a number")
+        # NaN/inf and subnormals (e.g. keep=1e-320) pass naive range checks but mean nothing here
+        if not math.isfinite(v) or (v != 0.0 and abs(v) < sys.float_info.min):
+            fail("expected a finite, normal number")
+        return v
     if typ is str:
         return raw
     fail(f"unsupported option type {typ}")

@@ -172,3 +172,52 @@ def test_compile_hf_folder_for_cpu_carries_its_tokenizer(hf_bitnet_folder, tmp_p
     np.save(tmp_path / "ids.npy", np.array([[1, 2]], np.int64))
     r = run("run", art, "--input", f"input_ids={tmp_path / 'ids.npy'}", "--out", tmp_path / "o", check=False)
     assert r.returncode == 2 and "--entry" in r.stderr and "prefill" in r.stderr
+
+
+# ---------------------------------------------------------------- argument checks (issue 14, item 9)
+@pytest.fixture
+def llama_onnx(onnx_export):
+    return onnx_export("llama", False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["import", "{m}", "-o", "{tmp}/afile/x.ternc"], "afile is a file, not a folder"),
+    (["import", "{m}", "-o", "{tmp}/adir"], "is a folder; give a file path"),
+    (["generate", "{m}", "--prompt-ids", "99999999999999999999999"], "not a non-negative 64-bit integer"),
+    (["generate", "{m}", "--prompt-ids", "1,2", "-n", "-5"], "must be at least 1"),
+    (["compile", "{m}", "--context", "-1"], "context length must be at least 1"),
+    (["compile", "{m}", "--target", "cpu", "--mcpu", "bogus-cpu", "-o", "{tmp}/o"], "not a CPU this LLVM knows"),
+    (["eval", "{m}", "--ids", "1"], "leave nothing to score"),
+    (["generate", "{tmp}/fifo", "--prompt-ids", "1"], "not a regular file"),
+    (["generate", "{tmp}/zero.onnx", "--prompt-ids", "1"], "not a regular file"),
+    (["generate", "{tmp}/adir", "--prompt-ids", "1"], "neither manifest.json"),
+])
+def test_bad_arguments_are_clear_errors(argv, message, llama_onnx, tmp_path, capsys):
+    from ternc.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink("/dev/zero", tmp_path / "zero.onnx")
+    if "--mcpu" in argv:
+        pytest.importorskip("tvm")
+    rc = main([a.format(m=llama_onnx, tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("adir/*")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_run_without_entry_names_the_entries(llama_onnx, tmp_path, capsys):
+    from ternc.cli import main
+
+    m = tmp_path / "m.ternc"
+    assert main(["import", str(llama_onnx), "-o", str(m)]) == 0
+    import ternc as t
+
+    mod = t.load(m)
+    assert "prefill" in [f.name for f in mod.functions]
+    np.save(tmp_path / "ids.npy", np.array([[1, 2]], np.int64))
+    rc = main(["run", str(m), "--input", f"input_ids={tmp_path / 'ids.npy'}", "--out", str(tmp_path / "o")])
+    assert rc == 0  # the module has main: the default entry
+    assert (tmp_path / "o" / "logits.npy").exists()

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 def build_artifact(module, target: str, out, **options):
     """Compile `module` for TVM target `target` into the artifact folder `out` -> artifact.Artifact."""
+    import sys
+
+    if "tvm" in sys.modules:  # (importing runtime.py first would itself load tvm without its compiler)
+        from .runtime import require_compiler
+
+        require_compiler(target)
     from .build import build_artifact as build
 
     return build(module, target, out, **options)
