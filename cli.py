@@ -6,6 +6,9 @@
     ternc generate MODEL --prompt-ids 1,2,3 -n 16
     ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
+    ternc deploy [ART|MODEL] --board aarch64-linux|jetson-orin|kv260 -o BUNDLE [--tar]
+    ternc run ART --remote HOST:PORT [--key KEY] --prompt-ids 1,2,3   generation on a TVM RPC server
+    ternc bench ART [--remote HOST:PORT --key KEY]    prefill / decode timing (TVM time_evaluator)
 
 MODEL is an .onnx file, a .ternc module file, or (for run/generate) a compiled artifact folder.
 Without MODEL, `compile` uses the built-in default model (a tiny ternary BitNet).
@@ -168,6 +171,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from .driver import deploy_to
+
+    print(deploy_to(args.model, args.board, args.output, tar=args.tar, model=args.source_model,
+                    passes=args.passes, context=args.context, n_golden=args.golden_tokens,
+                    log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ternc", description="Compiler for ternary (1.58-bit) language models.")
     ap.add_argument("--version", action="version", version=f"ternc {__import__('ternc').__version__}")
@@ -202,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default=None, help='e.g. "quantize-kv{bits=2}" or "evict-kv{budget=64}"')
     p.add_argument("--prefix", type=int, default=1, help="tokens fed before scoring starts")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("deploy", help="a self-contained bundle (artifact + board runtime + runner) for an edge board")
+    p.add_argument("model", nargs="?", help="artifact folder, or ONNX / .ternc model compiled for the board "
+                                           "(default: built-in tiny BitNet)")
+    p.add_argument("--board", required=True, help="aarch64-linux | jetson-orin | kv260")
+    p.add_argument("-o", "--output", required=True, help="bundle folder")
+    p.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz")
+    p.add_argument("--model", dest="source_model", default=None,
+                   help="(artifact input) the model it was built from, when its recorded source is not here")
+    p.add_argument("--passes", default=None, help="(model input) pipeline spec instead of the board's default")
+    p.add_argument("--context", type=int, default=512, help="(model input) maximum context length")
+    p.add_argument("--golden-tokens", type=int, default=16, help="tokens per golden prompt")
+    p.set_defaults(fn=cmd_deploy)
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
     p.add_argument("model", nargs="?", help="ONNX or .ternc file (default: built-in tiny BitNet)")

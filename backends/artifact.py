@@ -65,23 +65,25 @@ def _json_safe(x: Any) -> Any:
 
 def build_artifact(module, target: str = "cpu", out_dir: str | os.PathLike = "artifact",
                    pipeline_desc: Any = None, kernel_policy: str = "auto", overwrite: bool = True,
-                   mcpu: str | None = None) -> Path:
+                   mcpu: str | None = None, cuda_arch: str | None = None, host_arch: str | None = None) -> Path:
     """Compile `module` (a post-pass ternc Module) for `target` and write an artifact directory.
 
     target: "cpu" (LLVM for this host's CPU, or `mcpu`), "aarch64" (cross-compiled; needs
     aarch64-linux-gnu-gcc) or "cuda" (sm_90; needs nvcc). pipeline_desc: the pass pipeline the
     caller ran (recorded verbatim). kernel_policy: "auto" (measured dot vs LUT per shape), "dot",
-    "lut". Returns the artifact path.
+    "lut". cuda only: `cuda_arch` (default sm_90) and `host_arch` ("aarch64": Jetson host code,
+    cross-compiled). Returns the artifact path.
     """
     from safetensors.numpy import save_file
 
-    from .tvm.build import compile_module, export
+    from .tvm.build import compile_module, export, nvcc_version
 
     out = Path(out_dir).resolve()
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out} exists")
     t0 = time.time()
-    built = compile_module(module, target, kernel_policy=kernel_policy, mcpu=mcpu)
+    built = compile_module(module, target, kernel_policy=kernel_policy, mcpu=mcpu,
+                           **({"cuda_arch": cuda_arch, "host_arch": host_arch} if target == "cuda" else {}))
     compile_s = time.time() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -113,7 +115,9 @@ def build_artifact(module, target: str = "cpu", out_dir: str | os.PathLike = "ar
             "tvm_version": _tvm_version(),
             "created_unix": int(time.time()),
             "target": {"name": target, "tvm": _json_safe(str(built.target)),
-                       "host": _json_safe(str(built.target.host)) if built.target.host else None},
+                       "host": _json_safe(str(built.target.host)) if built.target.host else None,
+                       "arch": built.host_arch,
+                       **({"cuda_arch": built.cuda_arch, "nvcc": nvcc_version()} if target == "cuda" else {})},
             "model": {"name": module.name, "meta": _json_safe(dict(module.meta))},
             "entries": {name: sig.to_json() for name, sig in lowered.entries.items()},
             "weights": key_of,
@@ -177,13 +181,21 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> dict:
     return manifest
 
 
+def host_arch(manifest: dict) -> str:
+    """The architecture of an artifact's host code (manifests before 'arch' was recorded: from the
+    target name)."""
+    t = manifest["target"]
+    return t.get("arch") or ("aarch64" if t["name"] == "aarch64" else "x86_64")
+
+
 def load_artifact(path: str | os.PathLike, device: str | None = None):
     """Verify an artifact and return a Runner (`.meta`, `.run(entry, inputs)`) on the TVM runtime only."""
     manifest = read_manifest(path)
     import platform
 
     machine = platform.machine().lower()
-    want = {"aarch64": ("aarch64", "arm64")}.get(manifest["target"]["name"], ("x86_64", "amd64"))
+    arch = host_arch(manifest)
+    want = {"aarch64": ("aarch64", "arm64"), "x86_64": ("x86_64", "amd64")}.get(arch, (arch,))
     if manifest["target"]["name"] in ("cpu", "aarch64", "cuda") and machine not in want:
         raise ArtifactError(f"{path}: built for target {manifest['target']['name']} ({want[0]} host code), but "
                             f"this machine is {machine}")

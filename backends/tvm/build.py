@@ -37,8 +37,10 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
-def make_target(target: str, mcpu: str | None = None, cuda_arch: str | None = None) -> tvm.target.Target:
-    """`cpu`: LLVM for this machine's CPU (or `mcpu`); `aarch64`: LLVM cross target; `cuda`: sm_90."""
+def make_target(target: str, mcpu: str | None = None, cuda_arch: str | None = None,
+                host_arch: str | None = None) -> tvm.target.Target:
+    """`cpu`: LLVM for this machine's CPU (or `mcpu`); `aarch64`: LLVM cross target; `cuda`: sm_90
+    (or `cuda_arch`) with host code for this machine, or for `host_arch="aarch64"` (Jetson)."""
     if target == "cpu":
         return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or host_cpu()})
     if target == "aarch64":
@@ -47,7 +49,12 @@ def make_target(target: str, mcpu: str | None = None, cuda_arch: str | None = No
             cfg["mcpu"] = mcpu
         return tvm.target.Target(cfg)
     if target == "cuda":
-        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch or CUDA_ARCH}, host={"kind": "llvm"})
+        host = {"kind": "llvm"}
+        if host_arch == "aarch64":
+            host["mtriple"] = AARCH64_TRIPLE
+        elif host_arch not in (None, "x86_64"):
+            raise BuildError(f"cuda host code for {host_arch!r}: only x86_64 (this machine) and aarch64")
+        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch or CUDA_ARCH}, host=host)
     raise BuildError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
 
 
@@ -58,6 +65,8 @@ class Built:
     executable: object
     lowered: Lowered
     cuda_sources: list[str] = field(default_factory=list)
+    host_arch: str = "x86_64"          # the architecture of the library's host code
+    cuda_arch: str | None = None       # the SM the fatbins are built for
 
 
 def _no_fuse_scalar_param_funcs():
@@ -113,11 +122,15 @@ def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
 
 
 def compile_module(module: Module, target: str = "cpu", kernel_policy: str = "auto", entries=None,
-                   mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True) -> Built:
+                   mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True,
+                   cuda_arch: str | None = None, host_arch: str | None = None) -> Built:
     """cuda only: `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become one kernel);
     `cuda_graph` captures the static-shape regions of each call (everything but the KV-length
-    dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph)."""
-    tgt = make_target(target, mcpu)
+    dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph);
+    `cuda_arch` (default sm_90) and `host_arch` ("aarch64" for a Jetson) pick the device and host."""
+    if target != "cuda" and (cuda_arch or host_arch):
+        raise BuildError(f"cuda_arch / host_arch apply to target cuda, not {target!r}")
+    tgt = make_target(target, mcpu, cuda_arch, host_arch)
     kind = "cuda" if target == "cuda" else "cpu"
     # The measured kernel choice runs kernels here, so it is only meaningful for the host CPU;
     # a cross target (aarch64) gets the int8 dot kernels unless the caller names a kind.
@@ -128,9 +141,10 @@ def compile_module(module: Module, target: str = "cpu", kernel_policy: str = "au
     if target == "cuda":
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(cuda_graph)}):
             ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, cuda_graph))
-        return Built(target, tgt, ex, lowered, cuda_sources(ex.mod))
+        return Built(target, tgt, ex, lowered, cuda_sources(ex.mod), host_arch=host_arch or "x86_64",
+                     cuda_arch=cuda_arch or CUDA_ARCH)
     ex = tvm.compile(lowered.mod, tgt)
-    return Built(target, tgt, ex, lowered)
+    return Built(target, tgt, ex, lowered, host_arch="aarch64" if target == "aarch64" else "x86_64")
 
 
 def cuda_sources(mod) -> list[str]:
@@ -157,11 +171,25 @@ def _cross_compiler():
     return cc.cross_compiler(path)
 
 
-def nvcc_fatbin(code: str, arch: str | None = None, out_dir: str | None = None) -> bytes:
-    arch = arch or CUDA_ARCH
+def _nvcc() -> str:
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
     if nvcc is None:
         raise BuildError("target cuda needs nvcc to build fatbins ahead of time")
+    return nvcc
+
+
+def nvcc_version() -> str:
+    """e.g. "13.0.88": recorded in CUDA manifests (the board's driver must support this CUDA)."""
+    out = subprocess.run([_nvcc(), "--version"], capture_output=True, text=True).stdout
+    for tok in out.split():
+        if tok.startswith("V") and tok[1:2].isdigit():
+            return tok[1:]
+    return out.strip().splitlines()[-1] if out.strip() else "unknown"
+
+
+def nvcc_fatbin(code: str, arch: str | None = None, out_dir: str | None = None) -> bytes:
+    arch = arch or CUDA_ARCH
+    nvcc = _nvcc()
     with tempfile.TemporaryDirectory(dir=out_dir) as d:
         src, out = Path(d) / "kernels.cu", Path(d) / "kernels.fatbin"
         src.write_text(code)
@@ -176,14 +204,14 @@ def export(built: Built, lib_path: str | os.PathLike) -> dict[str, bytes]:
     """Write the compiled library. Returns extra files to ship (name -> bytes): CUDA fatbins."""
     lib_path = str(lib_path)
     extra: dict[str, bytes] = {}
-    if built.target_name == "aarch64":
+    if built.host_arch == "aarch64":
         built.executable.export_library(lib_path, fcompile=_cross_compiler())
     else:
         built.executable.export_library(lib_path)
     if built.target_name == "cuda":
         for code in built.cuda_sources:
             key = hashlib.sha256(code.encode()).hexdigest()
-            extra[f"cuda/{key}.fatbin"] = nvcc_fatbin(code)
+            extra[f"cuda/{key}.fatbin"] = nvcc_fatbin(code, built.cuda_arch)
             extra[f"cuda/{key}.cu"] = code.encode()
     return extra
 

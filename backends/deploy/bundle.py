@@ -1,0 +1,186 @@
+"""Deployment bundles: an artifact plus everything a board needs to run it, and nothing else.
+
+    BUNDLE/run.py                 the runner (this package's run.py, verbatim): generate, --verify,
+                                  --bench, --rpc-server; numpy + the bundled runtime only
+    BUNDLE/bundle.json            board, Python, wheels (name, version, sha256), golden summary,
+                                  sha256 and size of every other file
+    BUNDLE/artifact/              the ternc artifact (manifest.json, lib/model.so, weights, cuda/)
+    BUNDLE/runtime/               runtime-only `tvm` + `tvm_ffi` + typing_extensions from the board's
+                                  PyPI wheels, and ternc_runtime.py (ternc/backends/tvm/runtime.py)
+    BUNDLE/golden/golden.json     prompts and the IR interpreter's greedy tokens for them
+    BUNDLE/golden/prefill_logits.npy   the interpreter's prefill logits for the first prompt
+
+The bundle is written to a temporary sibling and renamed into place; `tar=True` also writes
+BUNDLE.tar.gz (sorted members, fixed mtimes and owners: the same inputs give the same bytes).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import ArtifactError, host_arch, read_manifest, sha256_file
+from .boards import Board
+from .wheels import extract_runtime, fetch_wheels
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RUNNER = PACKAGE_DIR / "run.py"
+RUNTIME_SOURCE = PACKAGE_DIR.parent / "tvm" / "runtime.py"
+FORMAT = "ternc-bundle"
+FORMAT_VERSION = 1
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+@dataclass
+class Golden:
+    """Reference outputs the board reruns with `run.py --verify` (from the IR interpreter)."""
+
+    prompts: list[list[int]]
+    n_new: int
+    tokens: list[list[int]]
+    prefill_logits: np.ndarray
+    source: str = "ternc IR interpreter (ir/interp.py) on the compiled module"
+    logits_rtol: float = 1e-4
+
+
+@dataclass
+class BundleInfo:
+    path: Path
+    tar: Path | None
+    files: int
+    bytes: int
+    runtime_bytes: int
+    wheels: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check_artifact_for_board(manifest: dict, board: Board, where: str = "artifact") -> None:
+    """The artifact must be what the board runs: its target, host architecture and CUDA arch."""
+    t = manifest["target"]
+    if board.accelerator == "fpga":
+        raise DeployError(f"board {board.name}: kv260 bundles need the FPGA backend's artifact (bitstream build "
+                          f"inputs, memory images, register map and host driver from ternc.backends.fpga), which "
+                          f"this ternc does not build yet; got a {t['name']!r} TVM artifact")
+    if t["name"] != board.artifact_target:
+        raise DeployError(f"{where} was compiled for target {t['name']!r}, but board {board.name} runs "
+                          f"{board.artifact_target!r} artifacts (compile it for the board, or pass the model to "
+                          f"`ternc deploy` and let it compile)")
+    arch = host_arch(manifest)
+    if arch != board.arch:
+        raise DeployError(f"{where} has {arch} host code, but board {board.name} is {board.arch}")
+    if board.cuda_arch and t.get("cuda_arch") != board.cuda_arch:
+        raise DeployError(f"{where} has CUDA code for {t.get('cuda_arch') or 'an unrecorded arch'}, but board "
+                          f"{board.name} needs {board.cuda_arch}")
+
+
+def _write_golden(dest: Path, golden: Golden) -> None:
+    dest.mkdir(parents=True)
+    np.save(dest / "prefill_logits.npy", np.ascontiguousarray(golden.prefill_logits, np.float32), allow_pickle=False)
+    (dest / "golden.json").write_text(json.dumps({
+        "prompts": golden.prompts, "n_new": golden.n_new, "tokens": golden.tokens,
+        "prefill_logits": "golden/prefill_logits.npy", "logits_rtol": golden.logits_rtol, "source": golden.source,
+    }, indent=1))
+
+
+def _tar_gz(src: Path, out: Path) -> None:
+    """Deterministic .tar.gz of `src` (top folder named like `src`)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for p in [src, *sorted(src.rglob("*"))]:
+            if "__pycache__" in p.parts:
+                continue
+            info = tf.gettarinfo(str(p), arcname=str(Path(src.name) / p.relative_to(src)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if p.is_file():
+                with open(p, "rb") as f:
+                    tf.addfile(info, f)
+            else:
+                tf.addfile(info)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f, gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
+        gz.write(buf.getvalue())
+    os.replace(tmp, out)
+
+
+def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLike, golden: Golden,
+                 tar: bool = False, wheel_cache: Path | None = None, log=print) -> BundleInfo:
+    """Write a bundle for `board` from a compiled artifact and its golden outputs."""
+    t0 = time.time()
+    art = Path(artifact)
+    try:
+        manifest = read_manifest(art)
+    except ArtifactError as e:
+        raise DeployError(str(e)) from e
+    check_artifact_for_board(manifest, board, where=str(art))
+    out = Path(out).resolve()
+    if out.exists() and not (out / "bundle.json").exists():
+        raise DeployError(f"{out} exists and is not a ternc bundle; not overwriting it")
+    wheels = fetch_wheels(board, wheel_cache, log=log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        shutil.copytree(art, tmp / "artifact", ignore=shutil.ignore_patterns("__pycache__"))
+        rt = tmp / "runtime"
+        rt.mkdir()
+        extract_runtime(wheels, rt, board)
+        shutil.copyfile(RUNTIME_SOURCE, rt / "ternc_runtime.py")
+        shutil.copyfile(RUNNER, tmp / "run.py")
+        (tmp / "run.py").chmod(0o755)
+        _write_golden(tmp / "golden", golden)
+        files = {}
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                files[p.relative_to(tmp).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        from importlib.metadata import version
+
+        bundle = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "ternc_version": manifest.get("ternc_version"), "tvm_version": manifest["tvm_version"],
+            "board": {"name": board.name, "description": board.description, "arch": board.arch, "os": board.os,
+                      "python": board.python, "accelerator": board.accelerator, "cuda_arch": board.cuda_arch},
+            "artifact": "artifact", "artifact_target": manifest["target"],
+            "runtime_path": "runtime", "runtime_module": "ternc_runtime",
+            "wheels": [{"package": w.package, "version": version(w.package), "file": w.path.name,
+                        "sha256": w.sha256} for w in wheels],
+            "golden": "golden/golden.json",
+            "usage": ["python3 run.py --verify", "python3 run.py --prompt-ids 1,2,3 -n 16",
+                      "python3 run.py --bench", "python3 run.py --rpc-server --tracker HOST:PORT --key KEY"],
+            "files": files,
+        }
+        (tmp / "bundle.json").write_text(json.dumps(bundle, indent=1, sort_keys=True))
+        for p in tmp.rglob("*"):
+            if p.is_dir():
+                p.chmod(0o755)
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tar_path = None
+    if tar:
+        tar_path = out.with_name(out.name + ".tar.gz")
+        _tar_gz(out, tar_path)
+    total = sum(f["bytes"] for f in files.values())
+    rt_bytes = sum(f["bytes"] for k, f in files.items() if k.startswith("runtime/"))
+    return BundleInfo(out, tar_path, len(files) + 1, total, rt_bytes,
+                      [{"file": w.path.name, "downloaded": w.downloaded} for w in wheels], time.time() - t0)
+
