@@ -2,7 +2,7 @@
 
     ternc import MODEL.onnx [-o OUT.ternc]            ONNX -> ternc module file (prints a summary)
     ternc show MODEL                                  print the IR text
-    ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]
+    ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]   (or --prompt-ids 1,2,3 -n 16)
     ternc generate MODEL --prompt-ids 1,2,3 -n 16
     ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
@@ -92,12 +92,48 @@ def _parse_inputs(specs) -> dict:
     return feeds
 
 
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CLIError(f"--prompt-ids expects comma-separated integers, got {text!r}") from None
+
+
+def _remote_runner(args):
+    """A Runner on a TVM RPC server (`--remote HOST:PORT [--key KEY]`)."""
+    from .backends.deploy.remote import connect, remote_runner
+
+    p = Path(args.model)
+    if not (p.is_dir() and (p / "manifest.json").exists()):
+        raise CLIError(f"--remote runs a compiled artifact folder; {args.model} is not one")
+    t0 = time.time()
+    via = f"tracker {args.remote}, key {args.key!r}" if args.key else f"server {args.remote}"
+    session = connect(args.remote, args.key, timeout=args.timeout, session_timeout=args.session_timeout)
+    runner = remote_runner(p, session)
+    print(f"[ternc] RPC session via {via}: library and weights uploaded, loaded on {runner.device} in "
+          f"{time.time() - t0:.1f}s", file=sys.stderr)
+    return runner
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
     import ternc
 
-    model = _load_any(args.model)
+    if args.remote:
+        model = _remote_runner(args)
+    else:
+        model = _load_any(args.model)
+    if args.prompt_ids is not None:
+        ids = _ids(args.prompt_ids)
+        t0 = time.time()
+        out = ternc.generate(model, [ids], args.n)
+        print(",".join(str(t) for t in out[0].tolist()))
+        print(f"[ternc] {out.shape[1] - len(ids)} new tokens in {time.time() - t0:.2f}s"
+              + (f" on {model.device}" if hasattr(model, "device") else ""), file=sys.stderr)
+        return 0
+    if not args.out:
+        raise CLIError("run needs --out DIR (with --input), or --prompt-ids for generation")
     feeds = _parse_inputs(args.input)
     if hasattr(model, "functions"):
         outs = ternc.interpret(model, feeds, entry=args.entry)
@@ -114,10 +150,7 @@ def cmd_run(args) -> int:
 def cmd_generate(args) -> int:
     import ternc
 
-    try:
-        ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-    except ValueError:
-        raise CLIError(f"--prompt-ids expects comma-separated integers, got {args.prompt_ids!r}") from None
+    ids = _ids(args.prompt_ids)
     model = _load_any(args.model) if args.model else ternc.load(_default_model_path())
     t0 = time.time()
     out = ternc.generate(model, [ids], args.n, eos_token_id=args.eos)
@@ -171,6 +204,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Prefill and one decode step timed by TVM's time_evaluator, locally or on a remote board."""
+    from .backends.deploy.remote import bench_artifact
+    from .frontend.decoder import decode_feeds
+
+    runner = _remote_runner(args) if args.remote else _load_any(args.model)
+    if not hasattr(runner, "vm"):
+        raise CLIError(f"bench times a compiled artifact folder; {args.model} is not one")
+    r = bench_artifact(runner, args.prompt_len, decode_feeds, number=args.number, repeat=args.repeat)
+    print(f"{r['device']}: prefill {r['prompt_tokens']} tokens {r['prefill_s'] * 1e3:.2f} ms "
+          f"({r['prefill_tok_s']:.1f} tok/s); decode step after {r['decode_past_tokens']} tokens "
+          f"{r['decode_step_s'] * 1e3:.2f} ms ({r['decode_tok_s']:.1f} tok/s)  [{r['timer']}, best of {r['repeat']}]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    return 0
+
+
+def _remote_args(p) -> None:
+    p.add_argument("--remote", default=None, metavar="HOST:PORT",
+                   help="run on a TVM RPC server (with --key: HOST:PORT is its tracker)")
+    p.add_argument("--key", default=None, help="device key the board's RPC server registered with the tracker")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the tracker / a registered server / the session")
+    p.add_argument("--session-timeout", type=float, default=600.0,
+                   help="seconds after which the server ends the session")
+
+
 def cmd_deploy(args) -> int:
     from .driver import deploy_to
 
@@ -194,12 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.set_defaults(fn=cmd_show)
 
-    p = sub.add_parser("run", help="run an entry point on .npy inputs, writing one NAME.npy per output")
+    p = sub.add_parser("run", help="run an entry point on .npy inputs (one NAME.npy per output), or generate")
     p.add_argument("model")
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None)
     p.add_argument("--entry", default="main")
+    p.add_argument("--prompt-ids", default=None, help="greedy generation from these ids instead of one entry")
+    p.add_argument("-n", type=int, default=16, help="new tokens (with --prompt-ids)")
+    _remote_args(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="time prefill and a decode step of an artifact (TVM time_evaluator)")
+    p.add_argument("model", help="compiled artifact folder")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--number", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", default=None)
+    _remote_args(p)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("generate", help="greedy generation with the KV cache")
     p.add_argument("model", nargs="?")

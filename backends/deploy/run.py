@@ -146,7 +146,7 @@ def bench(runner, prompt_len: int, n_decode: int, repeat: int) -> dict:
     import numpy as np
 
     dec = runner.meta["decoder"]
-    vocab = int(runner.meta.get("vocab_size") or 100)
+    vocab = np.asarray(runner.run(dec["prefill"], {dec["input_ids"]: np.array([[0]], np.int64)})[dec["logits"]]).shape[-1]
     prompt = [(7 * i + 3) % vocab for i in range(prompt_len)]
     best_p, best_d = float("inf"), float("inf")
     generate(runner, prompt[:4], 2)  # warm-up: first calls allocate

@@ -118,9 +118,13 @@ class DeviceTensor:
 
 
 class TVMRunner:
-    """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`."""
+    """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`.
 
-    def __init__(self, path: Path, manifest: dict, device: str | None = None):
+    With `session` (a `tvm.rpc` session) the library is uploaded to the remote machine and runs
+    there; weights are copied to its device once, inputs per call, and only the outputs that are
+    not carried state come back."""
+
+    def __init__(self, path: Path, manifest: dict, device: str | None = None, session=None):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -129,15 +133,30 @@ class TVMRunner:
         self.meta = manifest["model"]["meta"]
         self.entries = manifest["entries"]
         target = manifest["target"]["name"]
-        if target == "cuda":
+        self.session = session
+        lib_file = self.path / manifest["files_role"]["library"]
+        if session is not None:
+            if target == "cuda":
+                raise RunnerError(f"{self.path}: running a cuda artifact over RPC is not supported (the remote "
+                                  f"would need the artifact's fatbins); use the board's bundle (run.py)")
+            remote_name = f"ternc-{manifest['files'][manifest['files_role']['library']]['sha256'][:16]}.so"
+            session.upload(str(lib_file), target=remote_name)
+            try:
+                lib = session.load_module(remote_name)
+            except Exception as e:  # the remote's dlopen error names the wrong architecture etc.
+                raise RunnerError(f"{self.path}: the remote could not load {lib_file.name} (built for "
+                                  f"{manifest['target'].get('arch') or target} host code): {e}") from e
+            self.device = session.cpu(0)
+        elif target == "cuda":
             _load_cuda_runtime()
             _register_fatbins(self.path / "cuda")
             self.device = tvm.cuda(0)
         else:
             self.device = tvm.cpu(0)
-        if device is not None:
+        if device is not None and session is None:
             self.device = tvm.device(device)
-        lib = tvm.runtime.load_module(str(self.path / manifest["files_role"]["library"]))
+        if session is None:
+            lib = tvm.runtime.load_module(str(lib_file))
         self.vm = VirtualMachine(lib, self.device)
         arrays = load_safetensors(self.path / manifest["files_role"]["weights"])
         names = manifest["weights"]
@@ -184,6 +203,11 @@ class TVMRunner:
                         raise ValueError(f"@{entry}: dim {d} is {bound[d]} elsewhere but {s} in {spec['name']}")
             args.append(a.tensor if isinstance(a, DeviceTensor) else tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
         args += [self.weights[w] for w in sig["weights"]]
-        out = self.vm[entry](*args)
+        if self.session is not None:  # RPC returns no tuples: the VM's stateful calls fetch each output
+            self.vm.set_input(entry, *args)
+            self.vm.invoke_stateful(entry)
+            out = self.vm.get_outputs(entry)
+        else:
+            out = self.vm[entry](*args)
         return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
                 for i, o in enumerate(sig["outputs"])}
