@@ -86,6 +86,53 @@ def check_artifact_for_board(manifest: dict, board: Board, where: str = "artifac
                           f"{board.name} needs {board.cuda_arch}")
 
 
+ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
+
+
+def elf_arch(path: Path) -> str:
+    """The architecture of an ELF file's code, from its header's e_machine."""
+    head = Path(path).read_bytes()[:20]
+    if head[:4] != b"\x7fELF":
+        raise DeployError(f"{path} is not an ELF file")
+    order = "little" if head[5] == 1 else "big"
+    machine = int.from_bytes(head[18:20], order)
+    return ELF_MACHINES.get(machine, f"e_machine {machine}")
+
+
+def fatbin_archs(data: bytes) -> list[tuple[str, str]]:
+    """(kind, sm_XX) of every entry of an nvcc fatbin: kind "cubin" (SASS) or "ptx". Layout: a
+    16-byte header (magic 0xBA55ED50, version, header size, payload size), then entries, each a
+    header (kind u16 at 0, header size u32 at 4, payload size u64 at 8, SM number u32 at 28)."""
+    import struct
+
+    if len(data) < 16 or struct.unpack_from("<I", data, 0)[0] != 0xBA55ED50:
+        raise DeployError("not an nvcc fatbin (bad magic)")
+    _, _, hsize, fsize = struct.unpack_from("<IHHQ", data, 0)
+    out, off = [], hsize
+    while off < hsize + fsize:
+        kind, _, ehs, size = struct.unpack_from("<HHIQ", data, off)
+        sm = struct.unpack_from("<I", data, off + 28)[0]
+        out.append(({1: "ptx", 2: "cubin"}.get(kind, f"kind{kind}"), f"sm_{sm}"))
+        off += ehs + size
+    return out
+
+
+def check_binaries(art: Path, manifest: dict, board: Board) -> None:
+    """What the manifest says, checked on the files: host library architecture, fatbin SMs."""
+    lib = art / manifest["files_role"]["library"]
+    got = elf_arch(lib)
+    if got != board.arch:
+        raise DeployError(f"{lib} holds {got} code, but board {board.name} is {board.arch}")
+    if board.cuda_arch:
+        fatbins = sorted((art / "cuda").glob("*.fatbin"))
+        if not fatbins:
+            raise DeployError(f"{art}: no cuda/*.fatbin; board {board.name} runs prebuilt {board.cuda_arch} device code")
+        for f in fatbins:
+            entries = fatbin_archs(f.read_bytes())
+            if ("cubin", board.cuda_arch) not in entries:
+                raise DeployError(f"{f} has {entries}, no {board.cuda_arch} cubin for board {board.name}")
+
+
 def _write_golden(dest: Path, golden: Golden) -> None:
     dest.mkdir(parents=True)
     np.save(dest / "prefill_logits.npy", np.ascontiguousarray(golden.prefill_logits, np.float32), allow_pickle=False)
@@ -125,6 +172,7 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
     except ArtifactError as e:
         raise DeployError(str(e)) from e
     check_artifact_for_board(manifest, board, where=str(art))
+    check_binaries(art, manifest, board)
     out = Path(out).resolve()
     if out.exists() and not (out / "bundle.json").exists():
         raise DeployError(f"{out} exists and is not a ternc bundle; not overwriting it")
