@@ -55,3 +55,13 @@ def test_nothing_listening_is_a_clear_error():
         R.connect(f"127.0.0.1:{port}", None, timeout=2)
     with pytest.raises(R.RemoteError, match="HOST:PORT"):
         R.connect("localhost", None)
+
+
+def test_cli_remote_error_exit(cpu_artifact):
+    import subprocess
+
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "ternc.cli", "run", str(cpu_artifact), "--remote", f"127.0.0.1:{port}",
+                        "--key", "k", "--timeout", "2", "--prompt-ids", "1,2"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and f"cannot reach the RPC tracker at 127.0.0.1:{port}" in r.stderr
