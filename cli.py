@@ -235,7 +235,7 @@ def cmd_deploy(args) -> int:
     from .driver import deploy_to
 
     print(deploy_to(args.model, args.board, args.output, tar=args.tar, model=args.source_model,
-                    passes=args.passes, context=args.context, n_golden=args.golden_tokens,
+                    passes=args.passes, context=args.context, n_golden=args.golden_tokens, python=args.python,
                     log=lambda m: print(m, file=sys.stderr)))
     return 0
 
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", help="a self-contained bundle (artifact + board runtime + runner) for an edge board")
     p.add_argument("model", nargs="?", help="artifact folder, or ONNX / .ternc model compiled for the board "
                                            "(default: built-in tiny BitNet)")
-    p.add_argument("--board", required=True, help="aarch64-linux | jetson-orin | kv260")
+    p.add_argument("--board", required=True, help="aarch64-linux | jetson-orin | x86_64-cuda | kv260")
     p.add_argument("-o", "--output", required=True, help="bundle folder")
     p.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--model", dest="source_model", default=None,
@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default=None, help="(model input) pipeline spec instead of the board's default")
     p.add_argument("--context", type=int, default=512, help="(model input) maximum context length")
     p.add_argument("--golden-tokens", type=int, default=16, help="tokens per golden prompt")
+    p.add_argument("--python", default=None, help="the board's CPython MAJOR.MINOR, if not the board's default")
     p.set_defaults(fn=cmd_deploy)
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")

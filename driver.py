@@ -84,7 +84,8 @@ def _module_for_artifact(art: Path, manifest: dict, model: str | None) -> Module
 
 
 def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model: str | None = None,
-              passes: str | None = None, context: int = 512, n_golden: int = 16, log=print) -> str:
+              passes: str | None = None, context: int = 512, n_golden: int = 16, python: str | None = None,
+              log=print) -> str:
     """`ternc deploy`: a bundle for `board` from an artifact folder, or from a model (ONNX / .ternc /
     none = the default model) compiled here for the board. Golden outputs come from the IR
     interpreter on the same post-pass module. Returns a summary."""
@@ -96,7 +97,7 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
     from .backends.deploy.bundle import Golden, build_bundle, check_artifact_for_board
     from .passes.pipeline import compile as run_pipeline
 
-    b = get_board(board)
+    b = get_board(board, python)
     t0 = time.time()
     tmp_art = None
     if b.accelerator == "fpga":

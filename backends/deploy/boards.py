@@ -8,7 +8,7 @@ one row here; `bundle.build_bundle` reads nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class BoardError(ValueError):
@@ -41,13 +41,26 @@ BOARDS: dict[str, Board] = {b.name: b for b in [
           arch="aarch64", os="Linux for Tegra, Ubuntu 22.04 (JetPack 6), CUDA driver on the board",
           python="3.10", wheel_platform="manylinux_2_28_aarch64", accelerator="cuda", artifact_target="cuda",
           cuda_arch="sm_87", runtime_libs=("libtvm_runtime.so", "libtvm_runtime_cuda.so")),
+    # not an edge board: an x86-64 Linux machine with an NVIDIA datacenter GPU (the same bundle mechanism
+    # as jetson-orin, runnable on the GPU machines this project can use)
+    Board("x86_64-cuda", "x86-64 Linux with an NVIDIA Hopper GPU (H100 / H200), Ubuntu 24.04",
+          arch="x86_64", os="Linux, glibc >= 2.28, CUDA driver", python="3.12",
+          wheel_platform="manylinux_2_28_x86_64", accelerator="cuda", artifact_target="cuda",
+          cuda_arch="sm_90", runtime_libs=("libtvm_runtime.so", "libtvm_runtime_cuda.so")),
     Board("kv260", "AMD/Xilinx Kria KV260 (Zynq UltraScale+ xck26), PYNQ image",
           arch="aarch64", os="PYNQ 3 / Ubuntu 22.04 for Kria", python="3.10",
           wheel_platform="manylinux_2_28_aarch64", accelerator="fpga", artifact_target="kv260"),
 ]}
 
 
-def get_board(name: str) -> Board:
+def get_board(name: str, python: str | None = None) -> Board:
+    """A board by name; `python` ("3.12") overrides the CPython version it is assumed to run."""
     if name not in BOARDS:
         raise BoardError(f"unknown board {name!r}; boards: {', '.join(BOARDS)}")
-    return BOARDS[name]
+    board = BOARDS[name]
+    if python is not None:
+        parts = python.split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or (int(parts[0]), int(parts[1])) < (3, 10):
+            raise BoardError(f"--python expects MAJOR.MINOR >= 3.10 (apache-tvm's floor), got {python!r}")
+        board = replace(board, python=python)
+    return board

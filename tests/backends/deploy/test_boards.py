@@ -20,8 +20,16 @@ def test_board_rows():
 
 
 def test_unknown_board_lists_boards():
-    with pytest.raises(BoardError, match="aarch64-linux, jetson-orin, kv260"):
+    with pytest.raises(BoardError, match="aarch64-linux, jetson-orin, x86_64-cuda, kv260"):
         get_board("rpi9")
+
+
+def test_python_override():
+    assert get_board("aarch64-linux", "3.13").python == "3.13"
+    assert BOARDS["aarch64-linux"].python == "3.11"
+    for bad in ("3", "3.9", "three.11"):
+        with pytest.raises(BoardError, match="MAJOR.MINOR"):
+            get_board("aarch64-linux", bad)
 
 
 def _manifest(name, arch=None, cuda_arch=None):
