@@ -104,6 +104,8 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
         check_artifact_for_board({"target": {"name": "kv260"}}, b)   # raises: no FPGA artifact yet
     src = Path(source) if source else None
     if src is not None and src.is_dir() and (src / "manifest.json").exists():
+        if passes:
+            raise TargetError("--passes is for a model input; an artifact folder was compiled with its own pipeline")
         manifest = read_manifest(src)
         check_artifact_for_board(manifest, b, where=str(src))
         module = _module_for_artifact(src, manifest, model)

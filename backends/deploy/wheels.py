@@ -100,7 +100,7 @@ def fetch_wheels(board: Board, cache: Path | None = None, log=print) -> list[Whe
                 f"into {folder}")
             cmd = [sys.executable, "-m", "pip", "download", f"{pkg}=={ver}", "--no-deps", "--only-binary=:all:",
                    "--platform", board.wheel_platform, "--python-version", board.python, "-d", str(folder),
-                   "--disable-pip-version-check", "-q"]
+                   "--disable-pip-version-check", "-q", "--timeout", "20", "--retries", "2"]
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
