@@ -207,12 +207,11 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     """Prefill and one decode step timed by TVM's time_evaluator, locally or on a remote board."""
     from .backends.deploy.remote import bench_artifact
-    from .frontend.decoder import decode_feeds
 
     runner = _remote_runner(args) if args.remote else _load_any(args.model)
     if not hasattr(runner, "vm"):
         raise CLIError(f"bench times a compiled artifact folder; {args.model} is not one")
-    r = bench_artifact(runner, args.prompt_len, decode_feeds, number=args.number, repeat=args.repeat)
+    r = bench_artifact(runner, args.prompt_len, number=args.number, repeat=args.repeat)
     print(f"{r['device']}: prefill {r['prompt_tokens']} tokens {r['prefill_s'] * 1e3:.2f} ms "
           f"({r['prefill_tok_s']:.1f} tok/s); decode step after {r['decode_past_tokens']} tokens "
           f"{r['decode_step_s'] * 1e3:.2f} ms ({r['decode_tok_s']:.1f} tok/s)  [{r['timer']}, best of {r['repeat']}]")

@@ -6,7 +6,8 @@
                                   sha256 and size of every other file
     BUNDLE/artifact/              the ternc artifact (manifest.json, lib/model.so, weights, cuda/)
     BUNDLE/runtime/               runtime-only `tvm` + `tvm_ffi` + typing_extensions from the board's
-                                  PyPI wheels, and ternc_runtime.py (ternc/backends/tvm/runtime.py)
+                                  PyPI wheels, and ternc/: the artifact loader (backends/tvm/runtime.py)
+                                  and the decoder contract (ir/decoder.py) with what they import
     BUNDLE/golden/golden.json     prompts and the IR interpreter's greedy tokens for them
     BUNDLE/golden/prefill_logits.npy   the interpreter's prefill logits for the first prompt
 
@@ -34,8 +35,10 @@ from .boards import Board
 from .wheels import extract_runtime, fetch_wheels
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+TERNC_ROOT = PACKAGE_DIR.parents[1]
 RUNNER = PACKAGE_DIR / "run.py"
-RUNTIME_SOURCE = PACKAGE_DIR.parent / "tvm" / "runtime.py"
+RUNTIME_MODULE = "ternc.backends.tvm.runtime"
+DECODER_MODULE = "ternc.ir.decoder"
 FORMAT = "ternc-bundle"
 FORMAT_VERSION = 1
 
@@ -133,6 +136,48 @@ def check_binaries(art: Path, manifest: dict, board: Board) -> None:
                 raise DeployError(f"{f} has {entries}, no {board.cuda_arch} cubin for board {board.name}")
 
 
+def ternc_runtime_files() -> list[str]:
+    """The ternc modules the board's runtime imports: backends/tvm/runtime.py, ir/decoder.py and
+    everything they import from ternc (relative imports, followed transitively), as paths inside
+    the package. Checked against the bundle test: each must import with numpy + TVM only."""
+    import ast
+
+    todo, seen = ["backends/tvm/runtime.py", "ir/decoder.py"], set()
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        pkg = Path(rel).parent
+        for node in ast.walk(ast.parse((TERNC_ROOT / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                base = pkg
+                for _ in range(node.level - 1):
+                    base = base.parent
+                names = [node.module] if node.module else [a.name for a in node.names]
+                for name in names:
+                    cand = base / Path(*name.split("."))
+                    for f in (cand.with_suffix(".py"), cand / "__init__.py"):
+                        if (TERNC_ROOT / f).is_file():
+                            todo.append(f.as_posix())
+    return sorted(seen)
+
+
+def _write_ternc_subset(dest: Path) -> None:
+    """Copy those modules under dest/ternc/, each package marked by an empty __init__.py (the
+    package's own __init__ files import the compiler side)."""
+    for rel in ternc_runtime_files():
+        if rel.endswith("__init__.py"):
+            continue
+        target = dest / "ternc" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(TERNC_ROOT / rel, target)
+        for d in [target.parent, *target.parent.parents]:
+            if d == dest:
+                break
+            (d / "__init__.py").touch()
+
+
 def _write_golden(dest: Path, golden: Golden) -> None:
     dest.mkdir(parents=True)
     np.save(dest / "prefill_logits.npy", np.ascontiguousarray(golden.prefill_logits, np.float32), allow_pickle=False)
@@ -184,7 +229,7 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
         rt = tmp / "runtime"
         rt.mkdir()
         extract_runtime(wheels, rt, board)
-        shutil.copyfile(RUNTIME_SOURCE, rt / "ternc_runtime.py")
+        _write_ternc_subset(rt)
         shutil.copyfile(RUNNER, tmp / "run.py")
         (tmp / "run.py").chmod(0o755)
         _write_golden(tmp / "golden", golden)
@@ -200,7 +245,7 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
             "board": {"name": board.name, "description": board.description, "arch": board.arch, "os": board.os,
                       "python": board.python, "accelerator": board.accelerator, "cuda_arch": board.cuda_arch},
             "artifact": "artifact", "artifact_target": manifest["target"],
-            "runtime_path": "runtime", "runtime_module": "ternc_runtime",
+            "runtime_path": "runtime", "runtime_module": RUNTIME_MODULE, "decoder_module": DECODER_MODULE,
             "wheels": [{"package": w.package, "version": version(w.package), "file": w.path.name,
                         "sha256": w.sha256} for w in wheels],
             "golden": "golden/golden.json",

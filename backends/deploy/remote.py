@@ -124,25 +124,26 @@ def vocab_size(runner) -> int:
     return int(np.asarray(runner.run(dec["prefill"], {dec["input_ids"]: np.array([[0]], np.int64)})[dec["logits"]]).shape[-1])
 
 
-def bench_artifact(runner, prompt_len: int, decode_feeds, number: int = 3, repeat: int = 3) -> dict:
+def bench_artifact(runner, prompt_len: int, number: int = 3, repeat: int = 3) -> dict:
     """Prefill of a `prompt_len`-token prompt and one decode step after it, timed where the runner's device is (the
     remote board for an RPC runner) by TVM's time_evaluator: mean of `number` calls, best of
-    `repeat`; network time excluded. `decode_feeds(dec, results, next_ids)` builds the decode
-    step's inputs (ternc.frontend.decoder.decode_feeds)."""
-    dec = runner.meta["decoder"]
+    `repeat`; network time excluded."""
+    from ...ir.decoder import DecoderSpec, decode_feeds
+
+    dec = DecoderSpec.from_meta(runner.meta["decoder"])
     vocab = vocab_size(runner)
     prompt = [(7 * i + 3) % vocab for i in range(prompt_len)]
     ids = np.array([prompt], np.int64)
-    res = runner.run(dec["prefill"], {dec["input_ids"]: ids})
+    res = runner.run(dec.prefill, {dec.input_ids: ids})
 
     def timed(entry, inputs):
         runner.vm.save_function(entry, f"{entry}_timed", *_device_args(runner, entry, inputs))
         r = runner.vm.time_evaluator(f"{entry}_timed", runner.device, number=number, repeat=repeat)()
         return min(r.results)
 
-    t_prefill = timed(dec["prefill"], {dec["input_ids"]: ids})
-    nxt = np.array([[int(np.argmax(np.asarray(res[dec["logits"]])[0, -1]))]], np.int64)
-    t_decode = timed(dec["decode"], decode_feeds(dec, res, nxt))
+    t_prefill = timed(dec.prefill, {dec.input_ids: ids})
+    nxt = np.array([[int(np.argmax(np.asarray(res[dec.logits])[0, -1]))]], np.int64)
+    t_decode = timed(dec.decode, decode_feeds(dec, res, nxt))
     return {"device": str(runner.device), "prompt_tokens": len(prompt), "prefill_s": t_prefill,
             "prefill_tok_s": len(prompt) / t_prefill, "decode_step_s": t_decode, "decode_tok_s": 1.0 / t_decode,
             "decode_past_tokens": len(prompt), "number": number, "repeat": repeat,

@@ -75,12 +75,21 @@ def check_bundle(root: Path = HERE) -> dict:
 
 
 def _runtime(bundle: dict, root: Path = HERE):
-    """Import the bundled runtime: runtime-only TVM (never libtvm_compiler.so)."""
+    """Import the bundled runtime: runtime-only TVM (never libtvm_compiler.so) and ternc's artifact
+    loader and decoder contract (the bundle's ternc/ holds only those modules)."""
     os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-    sys.path.insert(0, str(root / bundle["runtime_path"]))
+    path = str(root / bundle["runtime_path"])
+    if path not in sys.path:
+        sys.path.insert(0, path)
     import importlib
 
     return importlib.import_module(bundle["runtime_module"])
+
+
+def _decoder(bundle: dict):
+    import importlib
+
+    return importlib.import_module(bundle["decoder_module"])
 
 
 def load(bundle: dict, root: Path = HERE):
@@ -90,28 +99,24 @@ def load(bundle: dict, root: Path = HERE):
     return rt.TVMRunner(art, manifest)
 
 
-def generate(runner, prompt: list[int], n_new: int) -> list[int]:
-    """Greedy decoding with the KV cache (the step protocol of ternc.generate: prefill, then one
-    token per decode call with each layer's present KV and carried state fed back)."""
+def generate(runner, prompt: list[int], n_new: int, decoder=None) -> list[int]:
+    """Greedy decoding with the KV cache, as ternc.generate: prefill, then one token per decode
+    call, the carried tensors fed back by the decoder contract's `decode_feeds` (ternc.ir.decoder)."""
     import numpy as np
 
-    dec = runner.meta["decoder"]
-    limit = dec.get("max_context") or runner.meta.get("max_context")
+    decoder = decoder or _decoder({"decoder_module": "ternc.ir.decoder"})
+    dec = decoder.DecoderSpec.from_meta(runner.meta["decoder"])
+    limit = runner.meta.get("max_context")
     if limit and len(prompt) > limit:
         raise BundleError(f"prompt has {len(prompt)} tokens; the artifact serves a context of {limit}")
     out = list(prompt)
-    res = runner.run(dec["prefill"], {dec["input_ids"]: np.array([prompt], dtype=np.int64)})
+    res = runner.run(dec.prefill, {dec.input_ids: np.array([prompt], dtype=np.int64)})
     for step in range(n_new):
-        nxt = int(np.argmax(np.asarray(res[dec["logits"]])[0, -1]))
+        nxt = int(np.argmax(np.asarray(res[dec.logits])[0, -1]))
         out.append(nxt)
         if step == n_new - 1 or (limit and len(out) > limit):
             break
-        feeds = {dec["input_ids"]: np.array([[nxt]], dtype=np.int64)}
-        for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
-            feeds[pk], feeds[pv] = res[ok], res[ov]
-        for si, so in dec.get("state", []):
-            feeds[si] = res[so]
-        res = runner.run(dec["decode"], feeds)
+        res = runner.run(dec.decode, decoder.decode_feeds(dec, res, np.array([[nxt]], dtype=np.int64)))
     return out
 
 

@@ -30,7 +30,10 @@ def test_aarch64_bundle_contents(a64_bundle):
     for rel, info in meta["files"].items():
         assert B.sha256_file(a64_bundle / rel) == info["sha256"], rel
     assert (a64_bundle / "run.py").read_bytes() == B.RUNNER.read_bytes()
-    assert (a64_bundle / "runtime" / "ternc_runtime.py").read_bytes() == B.RUNTIME_SOURCE.read_bytes()
+    for rel in B.ternc_runtime_files():  # ternc's runtime modules, verbatim; packages with empty markers
+        assert (a64_bundle / "runtime/ternc" / rel).read_bytes() == (B.TERNC_ROOT / rel).read_bytes(), rel
+    assert "backends/tvm/runtime.py" in B.ternc_runtime_files()
+    assert (a64_bundle / "runtime/ternc/__init__.py").read_bytes() == b""
     # runtime only, for the board: no compiler library, aarch64 ELF code, the board's CPython ABI
     assert not any("libtvm_compiler" in f or f.startswith("runtime/tvm/3rdparty") for f in meta["files"])
     assert B.elf_arch(a64_bundle / "runtime/tvm/lib/libtvm_runtime.so") == "aarch64"

@@ -10,7 +10,6 @@ import pytest
 
 import ternc
 from ternc.backends.deploy import remote as R
-from ternc.frontend.decoder import decode_feeds
 
 from .conftest import free_port, start, stop, wait_port
 
@@ -36,7 +35,7 @@ def test_generate_and_bench_through_tracker(server, cpu_artifact, default_module
     assert "remote" in str(runner.device)
     prompt = [3, 17, 42, 99, 5, 64, 1]
     assert ternc.generate(runner, [prompt], 8).tolist() == ternc.generate(default_module, [prompt], 8).tolist()
-    r = R.bench_artifact(runner, 8, decode_feeds, number=1, repeat=1)
+    r = R.bench_artifact(runner, 8, number=1, repeat=1)
     assert r["prefill_s"] > 0 and r["decode_step_s"] > 0 and "remote" in r["device"]
 
 

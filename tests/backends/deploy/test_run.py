@@ -62,7 +62,7 @@ def test_bench_reports_rates(run_py, cpu_artifact):
 
 def test_runner_is_standalone():
     """run.py imports only the standard library, numpy and TVM's runtime (the board has no ternc
-    and no compiler); the bundled ternc_runtime module is loaded by name from bundle.json."""
+    and no compiler); the bundled ternc modules are loaded by the names bundle.json gives."""
     import ast
     import sys
 
