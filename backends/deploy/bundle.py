@@ -5,9 +5,11 @@
     BUNDLE/bundle.json            board, Python, wheels (name, version, sha256), golden summary,
                                   sha256 and size of every other file
     BUNDLE/artifact/              the ternc artifact (manifest.json, lib/model.so, weights, cuda/)
-    BUNDLE/runtime/               runtime-only `tvm` + `tvm_ffi` + typing_extensions from the board's
-                                  PyPI wheels, and ternc/: the artifact loader (backends/tvm/runtime.py)
-                                  and the decoder contract (ir/decoder.py) with what they import
+    BUNDLE/tvm/, tvm_ffi/, typing_extensions.py
+                                  runtime-only TVM from the board's PyPI wheels, beside run.py so that
+                                  `python3 run.py` imports them (the script's folder is on sys.path)
+    BUNDLE/ternc/                 the artifact loader (backends/tvm/runtime.py) and the decoder
+                                  contract (ir/decoder.py) with the ternc modules they import
     BUNDLE/golden/golden.json     prompts and the IR interpreter's greedy tokens for them
     BUNDLE/golden/prefill_logits.npy   the interpreter's prefill logits for the first prompt
 
@@ -136,6 +138,11 @@ def check_binaries(art: Path, manifest: dict, board: Board) -> None:
                 raise DeployError(f"{f} has {entries}, no {board.cuda_arch} cubin for board {board.name}")
 
 
+def is_runtime_file(rel: str) -> bool:
+    """A bundle path that belongs to the runtime (TVM from the wheels, ternc's loader)."""
+    return rel.split("/")[0] in ("tvm", "tvm_ffi", "ternc", "typing_extensions.py")
+
+
 def ternc_runtime_files() -> list[str]:
     """The ternc modules the board's runtime imports: backends/tvm/runtime.py, ir/decoder.py and
     everything they import from ternc (relative imports, followed transitively), as paths inside
@@ -226,10 +233,8 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         shutil.copytree(art, tmp / "artifact", ignore=shutil.ignore_patterns("__pycache__"))
-        rt = tmp / "runtime"
-        rt.mkdir()
-        extract_runtime(wheels, rt, board)
-        _write_ternc_subset(rt)
+        extract_runtime(wheels, tmp, board)
+        _write_ternc_subset(tmp)
         shutil.copyfile(RUNNER, tmp / "run.py")
         (tmp / "run.py").chmod(0o755)
         _write_golden(tmp / "golden", golden)
@@ -245,7 +250,7 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
             "board": {"name": board.name, "description": board.description, "arch": board.arch, "os": board.os,
                       "python": board.python, "accelerator": board.accelerator, "cuda_arch": board.cuda_arch},
             "artifact": "artifact", "artifact_target": manifest["target"],
-            "runtime_path": "runtime", "runtime_module": RUNTIME_MODULE, "decoder_module": DECODER_MODULE,
+            "runtime_module": RUNTIME_MODULE, "decoder_module": DECODER_MODULE,
             "wheels": [{"package": w.package, "version": version(w.package), "file": w.path.name,
                         "sha256": w.sha256} for w in wheels],
             "golden": "golden/golden.json",
@@ -273,7 +278,7 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
         tar_path = out.with_name(out.name + ".tar.gz")
         _tar_gz(out, tar_path)
     total = sum(f["bytes"] for f in files.values())
-    rt_bytes = sum(f["bytes"] for k, f in files.items() if k.startswith("runtime/"))
+    rt_bytes = sum(f["bytes"] for k, f in files.items() if is_runtime_file(k))
     return BundleInfo(out, tar_path, len(files) + 1, total, rt_bytes,
                       [{"file": w.path.name, "downloaded": w.downloaded} for w in wheels], time.time() - t0)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Run a ternc deployment bundle on the board: no compiler, no ternc, only numpy + the bundled
-TVM runtime (runtime/: runtime-only `tvm`, `tvm_ffi`, and ternc's artifact loader).
+TVM runtime (beside this file: runtime-only `tvm`, `tvm_ffi`, and ternc's artifact loader).
 
     python3 run.py --prompt-ids 1,2,3 [-n 16]     greedy generation, prints the ids
     python3 run.py --verify                        rerun the golden prompts: PASS / FAIL (exit 1)
@@ -76,11 +76,9 @@ def check_bundle(root: Path = HERE) -> dict:
 
 def _runtime(bundle: dict, root: Path = HERE):
     """Import the bundled runtime: runtime-only TVM (never libtvm_compiler.so) and ternc's artifact
-    loader and decoder contract (the bundle's ternc/ holds only those modules)."""
+    loader and decoder contract. They sit beside this script, whose folder Python puts on the
+    import path (the bundle's ternc/ holds only those modules)."""
     os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-    path = str(root / bundle["runtime_path"])
-    if path not in sys.path:
-        sys.path.insert(0, path)
     import importlib
 
     return importlib.import_module(bundle["runtime_module"])

@@ -31,18 +31,18 @@ def test_aarch64_bundle_contents(a64_bundle):
         assert B.sha256_file(a64_bundle / rel) == info["sha256"], rel
     assert (a64_bundle / "run.py").read_bytes() == B.RUNNER.read_bytes()
     for rel in B.ternc_runtime_files():  # ternc's runtime modules, verbatim; packages with empty markers
-        assert (a64_bundle / "runtime/ternc" / rel).read_bytes() == (B.TERNC_ROOT / rel).read_bytes(), rel
+        assert (a64_bundle / "ternc" / rel).read_bytes() == (B.TERNC_ROOT / rel).read_bytes(), rel
     assert "backends/tvm/runtime.py" in B.ternc_runtime_files()
-    assert (a64_bundle / "runtime/ternc/__init__.py").read_bytes() == b""
+    assert (a64_bundle / "ternc/__init__.py").read_bytes() == b""
     # runtime only, for the board: no compiler library, aarch64 ELF code, the board's CPython ABI
-    assert not any("libtvm_compiler" in f or f.startswith("runtime/tvm/3rdparty") for f in meta["files"])
-    assert B.elf_arch(a64_bundle / "runtime/tvm/lib/libtvm_runtime.so") == "aarch64"
+    assert not any("libtvm_compiler" in f or f.startswith("tvm/3rdparty") for f in meta["files"])
+    assert B.elf_arch(a64_bundle / "tvm/lib/libtvm_runtime.so") == "aarch64"
     assert B.elf_arch(a64_bundle / "artifact/lib/model.so") == "aarch64"
-    assert (a64_bundle / "runtime/tvm_ffi/core.cpython-311-aarch64-linux-gnu.so").exists()
-    assert not (a64_bundle / "runtime/tvm/lib/libtvm_runtime_cuda.so").exists()
+    assert (a64_bundle / "tvm_ffi/core.cpython-311-aarch64-linux-gnu.so").exists()
+    assert not (a64_bundle / "tvm/lib/libtvm_runtime_cuda.so").exists()
     assert {w["package"] for w in meta["wheels"]} == {"apache-tvm", "apache-tvm-ffi", "typing_extensions"}
     assert meta["board"]["python"] == "3.11" and meta["artifact_target"]["name"] == "aarch64"
-    rt_mb = sum(f["bytes"] for k, f in meta["files"].items() if k.startswith("runtime/")) / 1e6
+    rt_mb = sum(f["bytes"] for k, f in meta["files"].items() if B.is_runtime_file(k)) / 1e6
     assert rt_mb < 40, rt_mb
     g = json.loads((a64_bundle / "golden/golden.json").read_text())
     assert len(g["prompts"]) == len(g["tokens"]) == 3 and all(len(t) == len(p) + g["n_new"]
@@ -111,6 +111,6 @@ def test_jetson_orin_bundle_has_sm87_fatbins_and_aarch64_host_code(onnx_export, 
     fatbins = sorted((bundle / "artifact/cuda").glob("*.fatbin"))
     assert fatbins and all(("cubin", "sm_87") in B.fatbin_archs(f.read_bytes()) for f in fatbins)
     assert all(sm == "sm_87" for f in fatbins for _, sm in B.fatbin_archs(f.read_bytes()))
-    assert B.elf_arch(bundle / "runtime/tvm/lib/libtvm_runtime_cuda.so") == "aarch64"
-    assert (bundle / "runtime/tvm_ffi/core.cpython-310-aarch64-linux-gnu.so").exists()
+    assert B.elf_arch(bundle / "tvm/lib/libtvm_runtime_cuda.so") == "aarch64"
+    assert (bundle / "tvm_ffi/core.cpython-310-aarch64-linux-gnu.so").exists()
     assert meta["board"]["python"] == "3.10"

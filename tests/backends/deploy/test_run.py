@@ -3,7 +3,6 @@ and --bench against a host CPU artifact (the emulated aarch64 board runs it in t
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,9 @@ from ternc.backends.deploy import bundle as B
 
 @pytest.fixture(scope="module")
 def run_py():
-    spec = importlib.util.spec_from_file_location("ternc_bundle_run", B.RUNNER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from ternc.backends.deploy import run
+
+    return run
 
 
 def test_runner_generation_equals_ternc_generate(run_py, cpu_artifact, default_module):
