@@ -1,4 +1,5 @@
-"""compile_to: the `ternc compile` flow (pass pipeline, then the target's build); deploy_to: `ternc deploy`."""
+"""deploy_to: the `ternc deploy` flow (compile for the board or take an artifact, golden outputs from
+the interpreter, then backends.deploy builds the bundle)."""
 
 from __future__ import annotations
 
@@ -10,51 +11,8 @@ from pathlib import Path
 from .ir.core import Module
 
 
-
-class TargetError(ValueError):
+class DeployInputError(ValueError):
     pass
-
-
-def compile_to(module: Module, target: str = "reference", passes: str | None = None, out: str | None = None,
-               context: int = 512, source: str = "", mcpu: str | None = None) -> str:
-    """Run the target's pipeline (or `passes`), then write the target's output. Returns a summary."""
-    from .passes.pipeline import PIPELINES
-    from .passes.pipeline import compile as run_pipeline
-
-    if target not in PIPELINES:  # the targets are the pipelines' keys: one list
-        raise TargetError(f"unknown target {target!r}; choose one of {', '.join(PIPELINES)}")
-
-    t0 = time.time()
-    # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
-    module, _report = run_pipeline(module, target=target, passes=passes,
-                                   report=lambda text: print(text, file=sys.stderr))
-    module = module.replace(meta={**module.meta, "max_context": context})
-    lines = []
-    if target == "reference":
-        from .ir.serialize import save_module
-
-        path = Path(out or f"out/{module.name}.ternc")
-        save_module(module, path)
-        lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
-        lines.append(f"  wrote {path} ({path.stat().st_size / 1e6:.2f} MB): the transformed module (IR text + "
-                     f"weights); run it with `ternc generate {path} --prompt-ids 1,2,3`")
-        return "\n".join(lines)
-    if target == "kv260":
-        raise TargetError("target 'kv260': the FPGA backend (schedule + Amaranth top + bitstream inputs) is not "
-                          "available yet; the TLMM engine itself is in ternc.hw (see README)")
-    from .backends.tvm.build import build_artifact
-
-    out_dir = Path(out or f"out/{module.name}-{target}")
-    extra = {"mcpu": mcpu} if mcpu else {}
-    art = build_artifact(module, target=target, out_dir=out_dir,
-                         pipeline=passes or f"default:{target}", source=source, **extra)
-    lines.append(f"compiled @{module.name} for target '{target}' in {time.time() - t0:.1f}s")
-    lines.append(f"  wrote artifact {out_dir}/ :")
-    for p in sorted(q for q in Path(out_dir).rglob("*") if q.is_file()):
-        lines.append(f"    {str(p.relative_to(out_dir)):<40} {p.stat().st_size / 1e6:8.2f} MB")
-    lines.append(f"  run it: ternc generate {out_dir} --prompt-ids 1,2,3 -n 16")
-    _ = art
-    return "\n".join(lines)
 
 
 GOLDEN_PROMPTS = ([3, 17, 42, 99, 5, 64, 1], [1, 2, 3], [77])
@@ -64,20 +22,20 @@ def _module_for_artifact(art: Path, manifest: dict, model: str | None) -> Module
     """The post-pass module an artifact was built from (for the interpreter's golden outputs):
     the model it names (or `model`) through the pipeline it records."""
     import ternc
-    from .passes.pipeline import compile as run_pipeline
 
-    pipe = manifest.get("pipeline") or {}
+    pipe = manifest.get("pipeline")
     src = model or (pipe.get("source") if isinstance(pipe, dict) else None)
     if not src or not Path(src).exists():
-        raise TargetError(f"{art}: the artifact's source model {src!r} is not available here, and the golden outputs "
-                          f"come from running it in the interpreter; pass it with --model")
-    passes = pipe.get("passes") if isinstance(pipe, dict) else None
+        raise DeployInputError(f"{art}: the golden outputs come from running the artifact's model in the interpreter; "
+                               f"pass the model it was built from with --model (recorded source: {src!r})")
+    passes = pipe.get("passes") if isinstance(pipe, dict) else pipe  # the pipeline spec the build ran
     if isinstance(passes, str) and passes.startswith("default:"):
         passes = None
-    module, _ = run_pipeline(ternc.load(src), target=manifest["target"]["name"], passes=passes, report=False)
-    module = module.replace(meta={**module.meta, "max_context": manifest["model"]["meta"].get("max_context")})
+    res = ternc.compile(src, target=manifest["target"]["name"], passes=passes,
+                        context=manifest["model"]["meta"].get("max_context"))
+    module = res.module
     if module.name != manifest["model"]["name"] or not set(manifest["entries"]) <= {f.name for f in module.functions}:
-        raise TargetError(f"{art}: model {src} through pipeline {passes or 'default'} gives @{module.name} with entries "
+        raise DeployInputError(f"{art}: model {src} through pipeline {passes or 'default'} gives @{module.name} with entries "
                           f"{sorted(f.name for f in module.functions)}, not the artifact's @{manifest['model']['name']} "
                           f"{sorted(manifest['entries'])}; pass the right model with --model")
     return module
@@ -95,7 +53,6 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
     from .backends.artifact import read_manifest
     from .backends.deploy.boards import get_board
     from .backends.deploy.bundle import Golden, build_bundle, check_artifact_for_board
-    from .passes.pipeline import compile as run_pipeline
 
     b = get_board(board, python)
     t0 = time.time()
@@ -105,14 +62,14 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
     src = Path(source) if source else None
     if src is not None and src.is_dir() and (src / "manifest.json").exists():
         if passes:
-            raise TargetError("--passes is for a model input; an artifact folder was compiled with its own pipeline")
+            raise DeployInputError("--passes is for a model input; an artifact folder was compiled with its own pipeline")
         manifest = read_manifest(src)
         check_artifact_for_board(manifest, b, where=str(src))
         module = _module_for_artifact(src, manifest, model)
         art = src
     else:
         if model:
-            raise TargetError("--model is for an artifact folder's source model; give the model as ART instead")
+            raise DeployInputError("--model is for an artifact folder's source model; give the model as ART instead")
         if src is None:
             from .models import tiny_bitnet
 
@@ -120,19 +77,14 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
             path = tiny_bitnet.default_onnx()
         else:
             path = src
-        module, _ = run_pipeline(ternc.load(path), target=b.artifact_target, passes=passes,
-                                 report=lambda text: print(text, file=sys.stderr))
-        module = module.replace(meta={**module.meta, "max_context": context})
-        from .backends.artifact import build_artifact
-
         outp = Path(out).resolve()
         tmp_art = outp.parent / f".{outp.name}.artifact-{os.getpid()}"
         extra = {"cuda_arch": b.cuda_arch, "host_arch": b.arch} if b.artifact_target == "cuda" else {}
         log(f"[deploy] compiling {path} for {b.name} (target {b.artifact_target}"
             + (f", {b.cuda_arch} fatbins, {b.arch} host code" if extra else "") + ")")
-        art = build_artifact(module, b.artifact_target, tmp_art,
-                             pipeline_desc={"passes": passes or f"default:{b.artifact_target}", "source": str(path)},
-                             **extra)
+        res = ternc.compile(path, target=b.artifact_target, passes=passes, out=tmp_art, context=context,
+                            report=lambda text: print(text, file=sys.stderr), **extra)
+        module, art = res.module, res.artifact
     try:
         dec = module.meta["decoder"]
         logits = ternc.interpret(module, {dec["input_ids"]: np.array([GOLDEN_PROMPTS[0]])}, dec["prefill"])[dec["logits"]]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import ArtifactError, host_arch, read_manifest, sha256_file
+from ..artifact import ArtifactError, read_manifest, sha256_file
 from .boards import Board
 from .wheels import extract_runtime, fetch_wheels
 
@@ -70,6 +70,12 @@ class BundleInfo:
     runtime_bytes: int
     wheels: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def host_arch(manifest: dict) -> str:
+    """The architecture of an artifact's host code: recorded for GPU targets, else the target's."""
+    t = manifest["target"]
+    return t.get("arch") or ("aarch64" if t["name"] == "aarch64" else "x86_64")
 
 
 def check_artifact_for_board(manifest: dict, board: Board, where: str = "artifact") -> None:
@@ -124,7 +130,7 @@ def fatbin_archs(data: bytes) -> list[tuple[str, str]]:
 
 def check_binaries(art: Path, manifest: dict, board: Board) -> None:
     """What the manifest says, checked on the files: host library architecture, fatbin SMs."""
-    lib = art / manifest["files_role"]["library"]
+    lib = art / manifest["roles"]["library"]
     got = elf_arch(lib)
     if got != board.arch:
         raise DeployError(f"{lib} holds {got} code, but board {board.name} is {board.arch}")
