@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="bundle folder")
     p.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--model", dest="source_model", default=None,
-                   help="(artifact input) the model it was built from, when its recorded source is not here")
+                   help="(artifact input) the model it was built from (the golden outputs run it in the interpreter)")
     p.add_argument("--passes", default=None, help="(model input) pipeline spec instead of the board's default")
     p.add_argument("--context", type=int, default=512, help="(model input) maximum context length")
     p.add_argument("--golden-tokens", type=int, default=16, help="tokens per golden prompt")
