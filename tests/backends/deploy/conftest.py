@@ -37,15 +37,14 @@ def default_module(onnx_export):
     """The default model through the cpu pipeline (the module artifacts are built from)."""
     import ternc
 
-    module, _ = ternc.compile(ternc.load(onnx_export("tiny-bitnet", False)), target="cpu", report=False)
-    return module.replace(meta={**module.meta, "max_context": 64})
+    return ternc.compile(onnx_export("tiny-bitnet", False), target="cpu", context=64).module
 
 
 @pytest.fixture(scope="session")
 def cpu_artifact(default_module, tmp_path_factory):
-    from ternc.backends.artifact import build_artifact
+    from ternc.backends.tvm import build_artifact
 
-    return build_artifact(default_module, "cpu", tmp_path_factory.mktemp("art") / "cpu", pipeline_desc="test")
+    return build_artifact(default_module, "cpu", tmp_path_factory.mktemp("art") / "cpu", pipeline="test").path
 
 
 def start(cmd, log, env=None):
