@@ -79,7 +79,7 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
             path = src
         outp = Path(out).resolve()
         tmp_art = outp.parent / f".{outp.name}.artifact-{os.getpid()}"
-        extra = {"cuda_arch": b.cuda_arch, "host_arch": b.arch} if b.artifact_target == "cuda" else {}
+        extra = {"cuda_arch": b.cuda_arch, "host_arch": b.arch} if b.cuda_arch else {}
         log(f"[deploy] compiling {path} for {b.name} (target {b.artifact_target}"
             + (f", {b.cuda_arch} fatbins, {b.arch} host code" if extra else "") + ")")
         res = ternc.compile(path, target=b.artifact_target, passes=passes, out=tmp_art, context=context,

@@ -75,7 +75,11 @@ class BundleInfo:
 def host_arch(manifest: dict) -> str:
     """The architecture of an artifact's host code: recorded for GPU targets, else the target's."""
     t = manifest["target"]
-    return t.get("arch") or ("aarch64" if t["name"] == "aarch64" else "x86_64")
+    if t.get("arch"):
+        return t["arch"]
+    from ..tvm.target import TVM_TARGETS
+
+    return TVM_TARGETS[t["name"]].host_machines[0] if t["name"] in TVM_TARGETS else "x86_64"
 
 
 def check_artifact_for_board(manifest: dict, board: Board, where: str = "artifact") -> None:

@@ -124,7 +124,7 @@ def fetch_wheels(board: Board, cache: Path | None = None, log=print) -> list[Whe
 def extract_runtime(wheels: list[Wheel], dest: Path, board: Board) -> list[str]:
     """Unpack the runtime-only subset into `dest` (a PYTHONPATH folder). Returns the paths written."""
     skip = list(_SKIP)
-    if board.accelerator != "cuda":
+    if not board.cuda_arch:
         skip.append("tvm/lib/libtvm_runtime_cuda.so")
     written = []
     for w in wheels:

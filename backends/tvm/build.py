@@ -43,6 +43,17 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
+def _cross_target(host_arch: str | None) -> TvmTarget | None:
+    """The cross-compiled CPU target whose host code runs on `host_arch` (None: this machine's)."""
+    if host_arch is None or host_arch in TVM_TARGETS["cpu"].host_machines:
+        return None
+    for t in TVM_TARGETS.values():
+        if t.triple and host_arch in t.host_machines:
+            return t
+    raise BuildError(f"no cross target for host code on {host_arch!r}; known: "
+                     f"{sorted(m for t in TVM_TARGETS.values() for m in t.host_machines)}")
+
+
 def make_target(target: "str | TvmTarget", mcpu: str | None = None, cuda_arch: str | None = None,
                 host_arch: str | None = None) -> tvm.target.Target:
     """The tvm Target: LLVM for this machine's CPU (or `mcpu`), an LLVM cross triple, or CUDA (sm_90)."""
@@ -52,10 +63,9 @@ def make_target(target: "str | TvmTarget", mcpu: str | None = None, cuda_arch: s
         raise BuildError(str(e)) from None
     if t.gpu:
         host = {"kind": "llvm"}
-        if host_arch == "aarch64":  # Jetson: device code for cuda_arch, host code cross-compiled
-            host["mtriple"] = AARCH64_TRIPLE
-        elif host_arch not in (None, "x86_64"):
-            raise BuildError(f"cuda host code for {host_arch!r}: only x86_64 (this machine) and aarch64")
+        cross = _cross_target(host_arch)  # Jetson: device code for cuda_arch, host code cross-compiled
+        if cross is not None:
+            host["mtriple"] = cross.triple
         return tvm.target.Target({"kind": t.tvm_kind, "arch": cuda_arch or CUDA_ARCH}, host=host)
     cfg: dict[str, Any] = {"kind": "llvm"}
     if t.triple:
@@ -209,8 +219,8 @@ def export(built: Built, lib_path: str | os.PathLike) -> dict[str, bytes]:
     extra: dict[str, bytes] = {}
     if built.tvm_target.cross_cc:
         built.executable.export_library(lib_path, fcompile=_cross_compiler(built.tvm_target))
-    elif built.host_arch == "aarch64":
-        built.executable.export_library(lib_path, fcompile=_cross_compiler(TVM_TARGETS["aarch64"]))
+    elif _cross_target(built.host_arch) is not None:
+        built.executable.export_library(lib_path, fcompile=_cross_compiler(_cross_target(built.host_arch)))
     else:
         built.executable.export_library(lib_path)
     if built.tvm_target.fatbins:
