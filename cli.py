@@ -2,7 +2,7 @@
 
     ternc import MODEL.onnx [-o OUT.ternc]            ONNX -> ternc module file (prints a summary)
     ternc show MODEL                                  print the IR text
-    ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]
+    ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]   (or --prompt-ids 1,2,3 -n 16)
     ternc generate MODEL --prompt "text" [--chat] [--temperature T --top-k K --top-p P --seed S] -n 16
     ternc generate MODEL --prompt-ids 1,2,3 -n 16     token ids in, token ids out
     ternc serve MODEL|ART [--port 8000]               OpenAI-compatible HTTP server (serve.py)
@@ -11,6 +11,9 @@
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
     ternc simulate ART --prompt-ids 1,2,3 -n 8         run a kv260 artifact's program (functional executor)
                                                       and check tokens/logits against the interpreter
+    ternc deploy [ART|MODEL] --board aarch64-linux|jetson-orin|kv260 -o BUNDLE [--tar]
+    ternc run ART --remote HOST:PORT [--key KEY] --prompt-ids 1,2,3   generation on a TVM RPC server
+    ternc bench ART [--remote HOST:PORT --key KEY]    prefill / decode timing (TVM time_evaluator)
 
 MODEL is an .onnx file, a .ternc module file, a Hugging Face model folder (config.json +
 safetensors), a .gguf file, or (for run/generate/serve) a compiled artifact folder. Everything is
@@ -175,13 +178,46 @@ def _parse_inputs(specs) -> dict:
     return feeds
 
 
+def _remote_runner(args):
+    """A Runner on a TVM RPC server (`--remote HOST:PORT [--key KEY]`)."""
+    from .backends.deploy.remote import connect, remote_runner
+
+    p = Path(args.model)
+    if not (p.is_dir() and (p / "manifest.json").exists()):
+        raise CLIError(f"--remote runs a compiled artifact folder; {args.model} is not one")
+    t0 = time.time()
+    via = f"tracker {args.remote}, key {args.key!r}" if args.key else f"server {args.remote}"
+    session = connect(args.remote, args.key, timeout=args.timeout, session_timeout=args.session_timeout)
+    runner = remote_runner(p, session)
+    print(f"[ternc] RPC session via {via}: library and weights uploaded, loaded on {runner.device} in "
+          f"{time.time() - t0:.1f}s", file=sys.stderr)
+    return runner
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
     import ternc
 
+    if args.remote:
+        model = _remote_runner(args)
+    else:
+        model = _load_any(args.model)
+    if args.prompt_ids is not None:
+        ids = _parse_ids(args.prompt_ids, "--prompt-ids")
+        if not ids:
+            raise CLIError("--prompt-ids: the prompt is empty")
+        if args.n < 1:
+            raise CLIError(f"-n {args.n}: the number of new tokens must be at least 1")
+        t0 = time.time()
+        out = ternc.generate(model, [ids], args.n)
+        print(",".join(str(t) for t in out[0].tolist()))
+        print(f"[ternc] {out.shape[1] - len(ids)} new tokens in {time.time() - t0:.2f}s"
+              + (f" on {model.device}" if hasattr(model, "device") else ""), file=sys.stderr)
+        return 0
+    if not args.out:
+        raise CLIError("run needs --out DIR (with --input), or --prompt-ids for generation")
     _check_output(args.out, want_dir=True)
-    model = _load_any(args.model)
     feeds = _parse_inputs(args.input)
     if hasattr(model, "functions"):
         names = [f.name for f in model.functions]
@@ -436,6 +472,41 @@ def _add_sampling(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling (repeatable output)")
 
 
+def cmd_bench(args) -> int:
+    """Prefill and one decode step timed by TVM's time_evaluator, locally or on a remote board."""
+    from .backends.deploy.remote import bench_artifact
+
+    runner = _remote_runner(args) if args.remote else _load_any(args.model)
+    if not hasattr(runner, "vm"):
+        raise CLIError(f"bench times a compiled artifact folder; {args.model} is not one")
+    r = bench_artifact(runner, args.prompt_len, number=args.number, repeat=args.repeat)
+    print(f"{r['device']}: prefill {r['prompt_tokens']} tokens {r['prefill_s'] * 1e3:.2f} ms "
+          f"({r['prefill_tok_s']:.1f} tok/s); decode step after {r['decode_past_tokens']} tokens "
+          f"{r['decode_step_s'] * 1e3:.2f} ms ({r['decode_tok_s']:.1f} tok/s)  [{r['timer']}, best of {r['repeat']}]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    return 0
+
+
+def _remote_args(p) -> None:
+    p.add_argument("--remote", default=None, metavar="HOST:PORT",
+                   help="run on a TVM RPC server (with --key: HOST:PORT is its tracker)")
+    p.add_argument("--key", default=None, help="device key the board's RPC server registered with the tracker")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the tracker / a registered server / the session")
+    p.add_argument("--session-timeout", type=float, default=600.0,
+                   help="seconds after which the server ends the session")
+
+
+def cmd_deploy(args) -> int:
+    from .deploy import deploy_to
+
+    print(deploy_to(args.model, args.board, args.output, tar=args.tar, model=args.source_model,
+                    passes=args.passes, context=args.context, n_golden=args.golden_tokens, python=args.python,
+                    log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import targets
 
@@ -454,12 +525,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=_MODEL_HELP)
     p.set_defaults(fn=cmd_show)
 
-    p = sub.add_parser("run", help="run an entry point on .npy inputs, writing one NAME.npy per output")
+    p = sub.add_parser("run", help="run an entry point on .npy inputs (one NAME.npy per output), or generate")
     p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input tensor (repeatable)")
-    p.add_argument("--out", required=True, help="folder for the NAME.npy outputs")
+    p.add_argument("--out", default=None, help="folder for the NAME.npy outputs")
     p.add_argument("--entry", default=None, help="entry point (default: main, or the only one)")
+    p.add_argument("--prompt-ids", default=None, help="greedy generation from these ids instead of one entry")
+    p.add_argument("-n", type=int, default=16, help="new tokens (with --prompt-ids)")
+    _remote_args(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="time prefill and a decode step of an artifact (TVM time_evaluator)")
+    p.add_argument("model", help="compiled artifact folder")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--number", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", default=None)
+    _remote_args(p)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("generate", help="generate text (or token ids) with the KV cache")
     p.add_argument("model", nargs="?", help=_MODEL_HELP + " (default: built-in tiny BitNet)")
@@ -480,6 +563,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", default=None, help='e.g. "quantize-kv{bits=2}" or "evict-kv{budget=64}"')
     p.add_argument("--prefix", type=int, default=1, help="tokens fed before scoring starts")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("deploy", help="a self-contained bundle (artifact + board runtime + runner) for an edge board")
+    p.add_argument("model", nargs="?", help="artifact folder, or ONNX / .ternc model compiled for the board "
+                                           "(default: built-in tiny BitNet)")
+    p.add_argument("--board", required=True, help="aarch64-linux | jetson-orin | x86_64-cuda | kv260")
+    p.add_argument("-o", "--output", required=True, help="bundle folder")
+    p.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz")
+    p.add_argument("--model", dest="source_model", default=None,
+                   help="(artifact input) the model it was built from (the golden outputs run it in the interpreter)")
+    p.add_argument("--passes", default=None, help="(model input) pipeline spec instead of the board's default")
+    p.add_argument("--context", type=int, default=512, help="(model input) maximum context length")
+    p.add_argument("--golden-tokens", type=int, default=16, help="tokens per golden prompt")
+    p.add_argument("--python", default=None, help="the board's CPython MAJOR.MINOR, if not the board's default")
+    p.set_defaults(fn=cmd_deploy)
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
     p.add_argument("model", nargs="?", help="ONNX, .ternc, HF folder or .gguf (default: built-in tiny BitNet)")

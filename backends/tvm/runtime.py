@@ -184,7 +184,9 @@ class DeviceTensor:
 class TVMRunner:
     """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`."""
 
-    def __init__(self, path: Path, manifest: dict, device: str | None = None):
+    def __init__(self, path: Path, manifest: dict, device: str | None = None, session=None):
+        """With `session` (a `tvm.rpc` session) the library is uploaded to the remote machine and
+        runs there; weights go to its device once, and only non-carried outputs come back."""
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -193,11 +195,26 @@ class TVMRunner:
         self.meta = manifest["model"]["meta"]
         self.entries = manifest["entries"]
         target = TVM_TARGETS[manifest["target"]["name"]]
-        if target.fatbins:
-            _load_cuda_runtime()
-            _register_fatbins(self.path / "cuda")
-        self.device = tvm.device(device) if device is not None else tvm.device(target.device, 0)
-        lib = tvm.runtime.load_module(str(role_path(self.path, manifest, "library")))
+        self.session = session
+        lib_file = role_path(self.path, manifest, "library")
+        if session is not None:
+            if target.fatbins:
+                raise ArtifactError(f"{self.path}: running a cuda artifact over RPC is not supported (the remote "
+                                    f"would need the artifact's fatbins); use the board's bundle (run.py)")
+            remote_name = f"ternc-{manifest['files'][manifest['roles']['library']]['sha256'][:16]}.so"
+            session.upload(str(lib_file), target=remote_name)
+            try:
+                lib = session.load_module(remote_name)
+            except Exception as e:  # the remote's dlopen error (wrong architecture etc.)
+                raise ArtifactError(f"{self.path}: the remote could not load {lib_file.name} (built for "
+                                    f"{manifest['target'].get('arch') or target.host_machines[0]} host code): {e}") from e
+            self.device = session.cpu(0)
+        else:
+            if target.fatbins:
+                _load_cuda_runtime()
+                _register_fatbins(self.path / "cuda")
+            self.device = tvm.device(device) if device is not None else tvm.device(target.device, 0)
+            lib = tvm.runtime.load_module(str(lib_file))
         self.vm = VirtualMachine(lib, self.device)
         weights_file = role_path(self.path, manifest, "weights")
         arrays = load_safetensors(weights_file)
@@ -309,7 +326,12 @@ class TVMRunner:
                     for a in args]
             args += [self.weights[w] for w in sig["weights"]]
             try:
-                out = self.vm[entry](*args)
+                if self.session is not None:  # RPC returns no tuples: the VM's stateful calls fetch each output
+                    self.vm.set_input(entry, *args)
+                    self.vm.invoke_stateful(entry)
+                    out = self.vm.get_outputs(entry)
+                else:
+                    out = self.vm[entry](*args)
             except RuntimeError as e:  # tvm.error.*: e.g. a manifest whose entry signature the library disagrees with
                 raise RunnerError(f"{self.path}: @{entry} failed in the compiled library (does the manifest match "
                                   f"it?): {str(e).strip().splitlines()[-1][:300]}") from None
@@ -355,8 +377,10 @@ def load_artifact(path, manifest: dict, device: str | None = None) -> TVMRunner:
     _check_manifest(path, manifest)
     target = TVM_TARGETS[manifest["target"]["name"]]
     machine = platform.machine().lower()
-    if machine not in target.host_machines:
-        raise ArtifactError(f"{path}: built for target {target.name} ({target.host_machines[0]} host code), "
+    arch = manifest["target"].get("arch")  # GPU artifacts record their host code's architecture
+    machines = {"aarch64": ("aarch64", "arm64"), "x86_64": ("x86_64", "amd64")}.get(arch, target.host_machines)
+    if machine not in machines:
+        raise ArtifactError(f"{path}: built for target {target.name} ({machines[0]} host code), "
                             f"but this machine is {machine}")
     import tvm
 
