@@ -311,7 +311,9 @@ def format_result(res, seconds: float, text: bool = False) -> str:
         hint = f"ternc run {p} --input NAME=FILE.npy --out DIR"
     from .ir.ops import Op
 
-    if res.target != "reference" and not any(n.op == Op.TernaryLinear for f in res.module.functions for n in f.nodes):
+    from .targets import get as _get_target
+
+    if _get_target(res.target).artifact == "folder" and not any(n.op == Op.TernaryLinear for f in res.module.functions for n in f.nodes):
         lines.append("  note: no ternary weights were found, so every linear stays float (f32); ternc's packed "
                      "ternary kernels apply to BitNet-style graphs (see raise-ternary)")
     if p.is_file():
@@ -397,7 +399,12 @@ def _check_mcpu(mcpu: str, target: str) -> None:
     import tvm
     from tvm.target import codegen
 
-    triple = "aarch64-linux-gnu" if target == "aarch64" else str(codegen.llvm_get_system_triple())
+    from .backends.tvm.target import TVM_TARGETS
+
+    if target not in TVM_TARGETS or TVM_TARGETS[target].gpu:
+        raise CLIError(f"--mcpu applies to the LLVM CPU targets ({', '.join(t for t, v in TVM_TARGETS.items() if not v.gpu)}), "
+                       f"not to {target!r}")
+    triple = TVM_TARGETS[target].triple or str(codegen.llvm_get_system_triple())
     known = {str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))}
     if known and mcpu not in known:
         close = sorted(c for c in known if c[:3] == mcpu[:3])[:8]

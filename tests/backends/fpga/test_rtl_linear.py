@@ -17,7 +17,7 @@ from ternc.backends.fpga.images import build_images
 from ternc.backends.fpga.schedule import EngineConfig, schedule
 from ternc.hw.pipeline import TLMMPipeline
 from ternc.ir import hw_numerics as hn
-from ternc.passes.pipeline import compile
+from ternc.passes.pipeline import KV260_PIPELINE, compile
 from ternc.sim.amaranth_tb import collect, drive
 
 ENG = EngineConfig(3, 2, 4)    # small engine: the simulator runs it in seconds
