@@ -57,11 +57,96 @@ def _with_fit(r: dict) -> dict:
 def synth_pipeline(c: int, t: int, op: str, depth: int = 4096) -> dict:
     """The fused linear (ActQuantizer -> TLMMCore -> DqFactor/Epilogue) for one epilogue op."""
     from ternc.hw.pipeline import TLMMPipeline
-    srcs = ("hw/tlmm.py", "hw/quant.py", "hw/epilogue.py", "hw/pipeline.py", "ir/hw_numerics.py")
+    srcs = ("hw/tlmm.py", "hw/stream_util.py", "hw/quant.py", "hw/epilogue.py", "hw/pipeline.py", "ir/hw_numerics.py")
     path = verilog_cached(lambda: TLMMPipeline(3, t, c, op, wbuf_depth=depth, ram_style="ultra"),
                           "tlmm_pipeline", f"pipe G3 T{t} C{c} D{depth} {op}", sources=srcs, fmt="il")
     r = synth_xilinx(path, "tlmm_pipeline")
     return _with_fit(r)
+
+
+UNIT_SOURCES = ("hw/tlmm.py", "hw/stream_util.py", "hw/quant.py", "hw/epilogue.py", "hw/pipeline.py",
+                "hw/norm.py", "hw/attention.py", "hw/axi.py", "hw/regfile.py", "ir/hw_numerics.py")
+
+
+def _ooc(make):
+    """Out-of-context top for a unit whose streams are ``always_ready`` (their ready is a constant,
+    which cannot be a top-level port): same streams with a plain ready output tied to 1."""
+    from amaranth import Module
+    from amaranth.lib import stream, wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Top(wiring.Component):
+        def __init__(self):
+            self.inner = make()
+            sig = {}
+            for name, mem in self.inner.signature.members.items():
+                shape = getattr(self.inner, name).payload.shape()
+                sig[name] = (In if mem.flow == In else Out)(stream.Signature(shape))
+            super().__init__(sig)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.unit = u = self.inner
+            for name, mem in u.signature.members.items():
+                outer, inner = getattr(self, name), getattr(u, name)
+                if mem.flow == In:
+                    m.d.comb += [inner.valid.eq(outer.valid), inner.payload.eq(outer.payload), outer.ready.eq(1)]
+                else:
+                    m.d.comb += [outer.valid.eq(inner.valid), outer.payload.eq(inner.payload)]
+            return m
+    return Top
+
+
+def unit_designs() -> dict:
+    """Every unit, TeLLMe/2B4T-sized, synthesized out of context one by one: name -> (factory, top)."""
+    from ternc.hw import tlmm
+    from ternc.hw.attention import DecodeAttention
+    from ternc.hw.axi import AxiReadMaster, AxiWriteMaster
+    from ternc.hw.epilogue import Epilogue
+    from ternc.hw.norm import RMSNorm
+    from ternc.hw.pipeline import DqFactor
+    from ternc.hw.quant import ActQuantizer
+    from ternc.hw.regfile import AxiLiteRegFile, default_accel_regmap
+    g, t, c = 3, 28, 16
+    return {
+        "table_precompute 3x28": (_ooc(lambda: tlmm.TablePrecompute(g, t)), "table_precompute"),
+        "lookup_lanes 16x28": (_ooc(lambda: tlmm.LookupLanes(g, t, c)), "lookup_lanes"),
+        "adder_tree 16x28": (_ooc(lambda: tlmm.AdderTree(t, c, tlmm.table_width(g))), "adder_tree"),
+        "accumulator 16": (_ooc(lambda: tlmm.Accumulator(c, tlmm.table_width(g) + 5, 32)), "accumulator"),
+        "weight_buffer 4096 URAM": (lambda: tlmm.WeightBuffer(tlmm.weight_beat_layout(g, t, c), 4096, "ultra"),
+                                    "weight_buffer"),
+        "tlmm_engine 16x28": (lambda: tlmm.TLMMEngine(g, t, c), "tlmm_engine"),
+        "tlmm_core 16x28": (lambda: tlmm.TLMMCore(g, t, c, wbuf_depth=4096, ram_style="ultra"), "tlmm_core"),
+        "act_quantizer K<=10752": (lambda: ActQuantizer(g, t), "act_quant"),
+        "dq_factor": (lambda: DqFactor(), "dq_factor"),
+        "epilogue silu_gate 16": (lambda: Epilogue(c, "silu_gate"), "epilogue_silu"),
+        "epilogue rope 16": (lambda: Epilogue(c, "rope"), "epilogue_rope"),
+        "rmsnorm 4 lanes K<=8192": (lambda: RMSNorm(4, 8192), "rmsnorm"),
+        "decode_attention d128 4 lanes T<=4096": (lambda: DecodeAttention(128, 4, 4096), "decode_attn"),
+        "axi_read_master 128b": (lambda: AxiReadMaster(40, 128), "axi_rd"),
+        "axi_write_master 128b": (lambda: AxiWriteMaster(40, 128), "axi_wr"),
+        "axil_regfile": (lambda: AxiLiteRegFile(default_accel_regmap()), "regfile"),
+    }
+
+
+def synth_units(names=None, export_dir: Path | None = None) -> dict:
+    """Synthesize the units (or, with ``export_dir``, only write their RTLIL + a manifest there for
+    running the same yosys recipe elsewhere: ``hw.synth.yosys_script``)."""
+    out = {}
+    for name, (factory, top) in unit_designs().items():
+        if names and not any(n in name for n in names):
+            continue
+        il = verilog_cached(factory, top, f"unit {name}", sources=UNIT_SOURCES, fmt="il")
+        if export_dir is not None:
+            export_dir.mkdir(parents=True, exist_ok=True)
+            (export_dir / f"{top}.il").write_bytes(il.read_bytes())
+            out[name] = {"top": top, "il": f"{top}.il"}
+            continue
+        out[name] = _with_fit(synth_xilinx(il, top))
+        out[name].pop("cells", None)
+    if export_dir is not None:
+        (export_dir / "units.json").write_text(json.dumps(out, indent=1))
+    return out
 
 
 def main(argv=None) -> int:
@@ -75,7 +160,22 @@ def main(argv=None) -> int:
                          "(none, residual, relu2, silu_gate, relu2_gate, rope)")
     ap.add_argument("--strict", action="store_true",
                     help="raise ResourceError when a configuration does not fit the KV260")
+    ap.add_argument("--units", nargs="?", const="", default=None, metavar="NAMES",
+                    help="synthesize every unit out of context (optionally only names containing "
+                         "one of the comma-separated NAMES) and print resources + logic depth")
+    ap.add_argument("--export-units", type=Path, default=None, metavar="DIR",
+                    help="write the units' RTLIL and units.json to DIR (to run yosys elsewhere)")
     args = ap.parse_args(argv)
+    if args.export_units is not None:
+        synth_units(export_dir=args.export_units)
+        return 0
+    if args.units is not None:
+        res = synth_units([n for n in args.units.split(",") if n] or None)
+        print_units(res)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"budget": KV260, "units": res}, indent=1, sort_keys=True))
+        return 0
     figures = {"budget": KV260, "configs": []}
     for spec in args.configs.split(","):
         c, t = (int(v) for v in spec.lower().split("x"))
@@ -126,6 +226,16 @@ def main(argv=None) -> int:
                 if key in e:
                     check_fit(e[key]["resources"])
     return 0
+
+
+def print_units(res: dict) -> None:
+    print(f"{'unit':<40} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM':>5} {'URAM':>4} {'LUTs/path':>9} "
+          f"{'CARRY4':>6} {'est ns':>6} {'fmax MHz':>8}")
+    for name, r in res.items():
+        q, d = r["resources"], r.get("depth", {})
+        print(f"{name:<40} {q['LUT']:>7.0f} {q['FF']:>7.0f} {q['DSP']:>5.0f} {q['BRAM']:>5g} {q['URAM']:>4.0f} "
+              f"{d.get('lut_levels', '-'):>9} {d.get('carry_cells', '-'):>6} {d.get('est_ns', '-'):>6} "
+              f"{d.get('fmax_mhz', '-'):>8}")
 
 
 if __name__ == "__main__":

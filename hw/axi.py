@@ -16,8 +16,9 @@ binds with ``AxiReadBus.from_prefix(dut, "<port>_")``. One ID (0), INCR bursts, 
 Both take ``error`` (sticky: a response other than OKAY) and count beats (``beats``, 32-bit wrap)
 for the register file's performance counters. Addresses must be aligned to the beat (data_width/8).
 
-Throughput: one beat per cycle in steady state on both masters when the slave keeps up (AR/AW are
-issued back to back while credits last); read latency = the slave's + 2 cycles (FIFO). Measured
+Throughput: one beat per cycle in steady state on both masters when the slave keeps up (an AR/AW
+at most every other cycle, each up to ``burst_len`` beats, while credits last); read latency = one
+cycle to register the first burst, the slave's, + 2 cycles (FIFO). Measured
 in the benches (``sim/cocotb_axi.py``): see their output.
 """
 
@@ -78,14 +79,22 @@ class _BurstSplitter:
         self.active = Signal(name=f"{name}_active")
         off = self.addr[self.size:self.size + self.bl_bits] if self.bl_bits else 0
         room = Signal(self.bl_bits + 1, name=f"{name}_room")
+        m.d.comb += room.eq(burst_len - off)
+        # The next burst's length is registered (cuts the compare -> credit check -> address-update
+        # path); it is stale for one cycle after addr/left change, so ``fresh`` gates the issue and
+        # ARs/AWs go out at most every other cycle (each carries up to burst_len beats).
         self.burst = Signal(self.bl_bits + 1, name=f"{name}_burst")  # beats of the next burst
-        m.d.comb += [room.eq(burst_len - off),
-                     self.burst.eq(Mux(self.left < room, self.left, room))]
-        self.final = Signal(name=f"{name}_final")                # the next burst ends the command
-        m.d.comb += self.final.eq(self.left <= room)
+        self.final = Signal(name=f"{name}_final")                   # the next burst ends the command
+        self.fresh = Signal(name=f"{name}_fresh")
+        m.d.sync += [self.burst.eq(Mux(self.left < room, self.left, room)),
+                     self.final.eq(self.left <= room), self.fresh.eq(1)]
+
+    def load(self, m, addr, beats):
+        m.d.sync += [self.addr.eq(addr), self.left.eq(beats), self.active.eq(beats != 0), self.fresh.eq(0)]
 
     def advance(self, m):
-        m.d.sync += [self.addr.eq(self.addr + (self.burst << self.size)), self.left.eq(self.left - self.burst)]
+        m.d.sync += [self.addr.eq(self.addr + (self.burst << self.size)), self.left.eq(self.left - self.burst),
+                     self.fresh.eq(0)]
         with m.If(self.final):
             m.d.sync += self.active.eq(0)
 
@@ -131,13 +140,12 @@ class AxiReadMaster(wiring.Component):
                      take_cmd.eq(self.cmd.valid & self.cmd.ready),
                      cmdq.w_en.eq(take_cmd & (self.cmd.payload.beats != 0)), cmdq.w_data.eq(self.cmd.payload.beats)]
         with m.If(take_cmd):
-            m.d.sync += [sp.addr.eq(self.cmd.payload.addr), sp.left.eq(self.cmd.payload.beats),
-                         sp.active.eq(self.cmd.payload.beats != 0)]
+            sp.load(m, self.cmd.payload.addr, self.cmd.payload.beats)
         # AR channel (registered outputs).
         issue = Signal()
         m.d.comb += [axi.arid.eq(0), axi.arsize.eq(sp.size), axi.arburst.eq(BURST_INCR),
                      axi.arcache.eq(0b0011), axi.arprot.eq(0),
-                     issue.eq((~axi.arvalid | axi.arready) & sp.active
+                     issue.eq((~axi.arvalid | axi.arready) & sp.active & sp.fresh
                               & (reserved <= self.fifo_depth - self.burst_len))]
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += axi.arvalid.eq(0)
@@ -204,12 +212,11 @@ class AxiWriteMaster(wiring.Component):
         outstanding = Signal(range(self.max_outstanding + 1))  # bursts issued without a B response
         m.d.comb += self.cmd.ready.eq(~sp.active)
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [sp.addr.eq(self.cmd.payload.addr), sp.left.eq(self.cmd.payload.beats),
-                         sp.active.eq(self.cmd.payload.beats != 0)]
+            sp.load(m, self.cmd.payload.addr, self.cmd.payload.beats)
         issue = Signal()
         m.d.comb += [axi.awid.eq(0), axi.awsize.eq(sp.size), axi.awburst.eq(BURST_INCR),
                      axi.awcache.eq(0b0011), axi.awprot.eq(0),
-                     issue.eq((~axi.awvalid | axi.awready) & sp.active & wq.w_rdy & bq.w_rdy
+                     issue.eq((~axi.awvalid | axi.awready) & sp.active & sp.fresh & wq.w_rdy & bq.w_rdy
                               & (outstanding < self.max_outstanding)),
                      wq.w_en.eq(issue), wq.w_data.eq(sp.burst), bq.w_en.eq(issue), bq.w_data.eq(sp.final)]
         with m.If(axi.awvalid & axi.awready):

@@ -76,17 +76,17 @@ class SkidBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         main = Signal.like(self.out.payload, reset_less=True)
-        skid = Signal.like(self.out.payload, reset_less=True)
-        main_v, skid_v = Signal(), Signal()
-        m.d.comb += [self.out.valid.eq(main_v), self.out.payload.eq(main), self.inp.ready.eq(~skid_v)]
+        spare = Signal.like(self.out.payload, reset_less=True)
+        main_v, spare_v = Signal(), Signal()
+        m.d.comb += [self.out.valid.eq(main_v), self.out.payload.eq(main), self.inp.ready.eq(~spare_v)]
         take = self.inp.valid & self.inp.ready
         give = self.out.valid & self.out.ready
         with m.If(give | ~main_v):
             # main is free this cycle: refill it from the skid entry, else from the input.
-            with m.If(skid_v):  # (no input this cycle: ready = ~skid_v)
-                m.d.sync += [main.eq(skid), main_v.eq(1), skid_v.eq(0)]
+            with m.If(spare_v):  # (no input this cycle: ready = ~spare_v)
+                m.d.sync += [main.eq(spare), main_v.eq(1), spare_v.eq(0)]
             with m.Else():
                 m.d.sync += [main.eq(self.inp.payload), main_v.eq(take)]
         with m.Elif(take):
-            m.d.sync += [skid.eq(self.inp.payload), skid_v.eq(1)]
+            m.d.sync += [spare.eq(self.inp.payload), spare_v.eq(1)]
         return m

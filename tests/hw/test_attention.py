@@ -101,7 +101,7 @@ def test_decode_attention_amaranth():
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("t,p", [(37, 0.6), (128, 1.0)])
+@pytest.mark.parametrize("t,p", [(37, 0.6), pytest.param(128, 1.0, marks=pytest.mark.slow)])
 def test_decode_attention_verilator(t, p):
     from ternc.sim.rtl import beat_ints, have_simulator, run_stream_bench
     if not have_simulator("verilator"):

@@ -80,7 +80,7 @@ def test_norm_amaranth_bit_exact():
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("lanes,k,p", [(4, 70, 0.6), (4, 576, 1.0)])
+@pytest.mark.parametrize("lanes,k,p", [(4, 70, 0.6), pytest.param(4, 576, 1.0, marks=pytest.mark.slow)])
 def test_norm_verilator(lanes, k, p):
     from ternc.sim.rtl import beat_ints, have_simulator, run_stream_bench
     if not have_simulator("verilator"):

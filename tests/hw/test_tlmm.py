@@ -222,18 +222,27 @@ def test_check_fit_names_overflowing_resource():
 
 
 def _lint_designs():
+    from ternc.hw.attention import DecodeAttention
+    from ternc.hw.axi import AxiDma
     from ternc.hw.epilogue import Epilogue
+    from ternc.hw.norm import RMSNorm
     from ternc.hw.quant import ActQuantizer
+    from ternc.hw.regfile import AxiLiteRegFile, default_accel_regmap
     return {
         "tlmm_core": lambda: TLMMCore(3, 3, 4, wbuf_depth=64, ram_style="ultra"),
         "epilogue_silu": lambda: Epilogue(4, "silu_gate"),
         "epilogue_rope": lambda: Epilogue(4, "rope"),
         "act_quant": lambda: ActQuantizer(3, 2, max_chunks=8, lanes=3),
+        "rmsnorm": lambda: RMSNorm(4, 64),
+        "decode_attn": lambda: DecodeAttention(8, 4, 16),
+        "axi_dma": lambda: AxiDma(40, 64),
+        "regfile": lambda: AxiLiteRegFile(default_accel_regmap()),
     }
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("name", ["tlmm_core", "epilogue_silu", "epilogue_rope", "act_quant"])
+@pytest.mark.parametrize("name", ["tlmm_core", "epilogue_silu", "epilogue_rope", "act_quant", "rmsnorm",
+                                  "decode_attn", "axi_dma", "regfile"])
 def test_verilator_lint_clean(name, tmp_path):
     from ternc.sim.rtl import have_simulator, lint
     if not have_simulator("verilator"):
@@ -378,3 +387,25 @@ def test_engine_latency_matches_docstring():
 
     _run(dut, [(a, False)])
     assert seen["lat"] == dut.latency
+
+
+def test_logic_depth_model_on_a_hand_netlist():
+    """FF -> LUT -> CARRY4 -> CARRY4 -> LUT -> FF, plus a shorter FF -> LUT -> FF branch."""
+    from ternc.hw.timing import DELAY_NS, logic_depth
+
+    def cell(t, ins, outs):
+        conns = {**{f"I{i}": [b] for i, b in enumerate(ins)}, **{f"O{i}": [b] for i, b in enumerate(outs)}}
+        dirs = {**{f"I{i}": "input" for i in range(len(ins))}, **{f"O{i}": "output" for i in range(len(outs))}}
+        return {"type": t, "connections": conns, "port_directions": dirs}
+
+    cells = {"ff0": {"type": "FDRE", "connections": {"D": [9], "Q": [2]},
+                     "port_directions": {"D": "input", "Q": "output"}},
+             "l1": cell("LUT4", [2], [3]), "c1": cell("CARRY4", [3], [4]), "c2": cell("CARRY4", [4], [5]),
+             "l2": cell("LUT6", [5, 2], [6]), "l3": cell("LUT2", [2], [7]),
+             "ff1": {"type": "FDRE", "connections": {"D": [6], "Q": [8]},
+                     "port_directions": {"D": "input", "Q": "output"}}}
+    d = logic_depth({"modules": {"top": {"cells": cells}}}, "top")
+    want = 2 * DELAY_NS["LUT"] + 2 * DELAY_NS["CARRY"] + DELAY_NS["clk_overhead"]
+    assert d["lut_levels"] == 2 and d["carry_cells"] == 2 and d["carry8_cells"] == 1
+    assert d["est_ns"] == pytest.approx(round(want, 2))
+    assert d["fmax_mhz"] == round(1000 / round(want, 2), 0)
