@@ -92,7 +92,8 @@ def timeline_png(model, path: Path, n: int, pos: int) -> None:
     ax.set_yticklabels(lanes)
     ax.set_xlabel("ms")
     kind = f"prefill of {n} tokens" if n > 1 else f"decode step at context {pos + 1}"
-    ax.set_title(f"timeline: {kind} ({r.seconds * 1e3:.2f} ms; bars = busy part of each instruction)")
+    scaled = f"; layer instructions x{model.layer_scale:g}" if model.layer_scale != 1 else ""
+    ax.set_title(f"timeline: {kind} ({r.seconds * 1e3:.2f} ms; bars = busy part of each instruction{scaled})")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
