@@ -48,16 +48,12 @@ def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and (Path(source) / "manifest.json").exists():
         raise ValueError(f"{source} is a compiled artifact; use ternc.load_artifact()")
     from .frontend import from_onnx
-    from .frontend.decoder import make_decoder
+    from .frontend.decoder import with_decoder
 
     if not isinstance(source, (onnx.ModelProto, str, os.PathLike)):
         raise TypeError(f"ternc.load takes a path or an onnx.ModelProto, not {type(source).__name__}")
     module = from_onnx(source)
-    from .ir.ops import Op
-
-    if decoder and any(n.op == Op.Attention for n in module.func("main").nodes):
-        module = make_decoder(module)
-    return module
+    return with_decoder(module) if decoder else module
 
 
 def save(module: Module, path: str | os.PathLike) -> Path:
@@ -91,14 +87,14 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
     Returns the prompt followed by the generated ids, shape [1, len(prompt) + n_generated].
     Modules without decoder entry points are run by re-evaluating `main` on the whole sequence.
     """
-    from .frontend.decoder import decode_feeds
+    from .ir.decoder import DecoderSpec, decode_feeds
 
     runner = _runner(model)
     ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
     if ids.shape[1] == 0:
         raise ValueError("prompt is empty")
-    dec = runner.meta.get("decoder")
-    limit = max_context or (dec or {}).get("max_context") or runner.meta.get("max_context")
+    dec = DecoderSpec.from_meta(runner.meta["decoder"]) if runner.meta.get("decoder") else None
+    limit = max_context or runner.meta.get("max_context")
     if limit and ids.shape[1] > limit:
         raise ContextLengthError(f"prompt has {ids.shape[1]} tokens; the model was compiled for a context of "
                                  f"{limit}")
@@ -114,10 +110,10 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
             if eos_token_id is not None and nxt == eos_token_id:
                 break
         return seq
-    res = runner.run(dec["prefill"], {dec["input_ids"]: ids})
+    res = runner.run(dec.prefill, {dec.input_ids: ids})
     total = ids.shape[1]
     for step in range(max_new_tokens):
-        nxt = int(np.argmax(res[dec["logits"]][0, -1]))
+        nxt = int(np.argmax(res[dec.logits][0, -1]))
         out.append(np.array([[nxt]], dtype=np.int64))
         if callback:
             callback(nxt)
@@ -128,7 +124,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
         total += 1
         if limit and total > limit:
             break
-        res = runner.run(dec["decode"], decode_feeds(dec, res, out[-1]))
+        res = runner.run(dec.decode, decode_feeds(dec, res, out[-1]))
     return np.concatenate(out, axis=1)
 
 

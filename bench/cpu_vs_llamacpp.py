@@ -46,10 +46,13 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from ternc.models.synthetic_bitnet import (FULL, PROJ, TINY, W_SCALE, Config, build_module, embedding, proj_shape,
+                                           ternary)
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_DIR = REPO / ".cache" / "llamacpp"
@@ -57,70 +60,8 @@ LLAMA_CPP_PYTHON = "0.3.36"
 DEFAULT_OUT = REPO / "bench" / "results" / "cpu_vs_llamacpp.json"
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str
-    layers: int
-    hidden: int
-    ffn: int
-    heads: int
-    vocab: int
-    max_pos: int = 1024
-    eps: float = 1e-5
-    rope_theta: float = 10000.0
-    act: str = "silu"
-    kv_heads: int = 0  # 0: as many as query heads (no GQA)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def n_kv(self) -> int:
-        return self.kv_heads or self.heads
-
-    @property
-    def ternary_params(self) -> int:
-        return self.layers * (sum(n * k for n, k in (proj_shape(self, p) for p in PROJ)))
-
-
-FULL = Config("bitnet-b1.58-large", layers=24, hidden=1536, ffn=4096, heads=16, vocab=32002)
-TINY = Config("bitnet-tiny", layers=2, hidden=256, ffn=768, heads=4, vocab=1024)
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Weights (deterministic per tensor name, shared by both engines)
-# ------------------------------------------------------------------------------------------------
-def _rng(name: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little"))
-
-
-def ternary(name: str, n: int, k: int, seed: int) -> np.ndarray:
-    """Random ternary [N, K] (torch Linear layout), about 1/3 zeros."""
-    return (_rng(name, seed).integers(0, 3, size=(n, k), dtype=np.int8) - 1).astype(np.int8)
-
-
-def embedding(cfg: Config, seed: int) -> np.ndarray:
-    return (_rng("token_embd", seed).standard_normal((cfg.vocab, cfg.hidden), dtype=np.float32) * 0.02).astype(np.float16)
-
-
-W_SCALE = 0.02  # per-tensor weight scale (mean|W| of a real checkpoint is of this order)
-PROJ = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
-def proj_shape(cfg: Config, proj: str) -> tuple[int, int]:
-    """(N, K) of a projection."""
-    if proj in ("attn_k", "attn_v"):
-        return cfg.n_kv * cfg.head_dim, cfg.hidden
-    if proj in ("attn_q", "attn_output"):
-        return cfg.hidden, cfg.hidden
-    if proj in ("ffn_gate", "ffn_up"):
-        return cfg.ffn, cfg.hidden
-    return cfg.hidden, cfg.ffn
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,145 +167,6 @@ def run_llama_bench(exe: Path, model: Path, threads: int, pp: int, tg: int, reps
     return res
 
 
-# ------------------------------------------------------------------------------------------------
-# ternc: the same model as an IR module with prefill/decode entry points
-# ------------------------------------------------------------------------------------------------
-def rope_tables(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """HF/NeoX-layout cos/sin [max_pos, head_dim] (halves duplicated)."""
-    d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-    ang = np.arange(cfg.max_pos, dtype=np.float64)[:, None] * inv[None, :]
-    ang = np.concatenate([ang, ang], axis=-1)
-    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
-
-
-def build_module(cfg: Config, fmt: str = "i2", seed: int = 0, static_decode: int | None = 1):
-    """ternc IR Module @bitnet with `prefill(input_ids[1, seq])` and `decode(input_ids[1, S], past...)`.
-
-    static_decode: decode's token count S as a static dim (1: one token per step, as llama.cpp's
-    decode graph; every shape but the cache length is then static), or None for a symbolic `seq`."""
-    from ternc.ir import packing
-    from ternc.ir.core import Const, Function, Module, Node, Value
-    from ternc.ir.ops import Op
-    from ternc.ir.types import DType, TensorType
-
-    F32, I64 = DType.F32, DType.I64
-    H, FF, NH, HD, NKV = cfg.hidden, cfg.ffn, cfg.heads, cfg.head_dim, cfg.n_kv
-    consts: dict[str, Const] = {}
-
-    def const(name, arr, dtype=None):
-        consts[name] = Const.of(arr, dtype)
-        return name
-
-    embed = const("token_embd", embedding(cfg, seed))  # f16 [V, H], tied LM head (as the GGUF)
-    cos, sin = rope_tables(cfg)
-    const("rope_cos", cos)
-    const("rope_sin", sin)
-    ones_h = const("ones_h", np.ones(H, np.float32))
-    ones_f = const("ones_ff", np.ones(FF, np.float32))
-    const("w_scale", np.array(W_SCALE, np.float32))
-    const("shape_heads", np.array([0, 0, NH, HD], np.int64))
-    const("shape_kv_heads", np.array([0, 0, NKV, HD], np.int64))
-    const("shape_hidden", np.array([0, 0, H], np.int64))
-    const("c0", np.array(0, np.int64))
-    const("c1", np.array(1, np.int64))
-    const("last_start", np.array([-1], np.int64))
-    const("last_end", np.array([2**62], np.int64))
-    const("axis1", np.array([1], np.int64))
-    weights = {}
-    for i in range(cfg.layers):
-        for p in PROJ:
-            n, k = proj_shape(cfg, p)
-            w_t = ternary(f"blk.{i}.{p}", n, k, seed)
-            if fmt == "t2":
-                weights[(i, p)] = [const(f"blk.{i}.{p}", w_t, DType.T2)]
-            else:
-                parts = packing.pack(w_t, fmt)
-                weights[(i, p)] = [const(f"blk.{i}.{p}.{nm}", a) for nm, a in parts.items()]
-
-    def build(decode: bool) -> Function:
-        nodes: list[Node] = []
-        S = static_decode if decode and static_decode else "seq"  # decode's token count
-        cnt = [0]
-
-        def val(shape, dtype=F32, name=None):
-            cnt[0] += 1
-            return Value(name or f"v{cnt[0]}", TensorType(dtype, tuple(shape)))
-
-        def op(o, inputs, shape, dtype=F32, name=None, **attrs):
-            v = val(shape, dtype, name)
-            nodes.append(Node.make(o, inputs, [v], **attrs))
-            return v.name
-
-        def lin(x, i, p, shape_lead):
-            n, k = proj_shape(cfg, p)
-            return op(Op.TernaryLinear, [x, "w_scale", *weights[(i, p)]], [*shape_lead, n], format=fmt, k=k, n=n)
-
-        params = [Value("input_ids", TensorType(I64, (1, S)))]
-        if decode:
-            for i in range(cfg.layers):
-                params += [Value(f"past.{i}.key", TensorType(F32, (1, NKV, "past", HD))),
-                           Value(f"past.{i}.value", TensorType(F32, (1, NKV, "past", HD)))]
-        # positions: Range(past_len, past_len + seq)
-        seq1 = op(Op.Shape, ["input_ids"], [1], I64, start=1, end=2)
-        seq = op(Op.Squeeze, [seq1], [], I64)
-        if decode:
-            pl1 = op(Op.Shape, ["past.0.key"], [1], I64, start=2, end=3)
-            start = op(Op.Squeeze, [pl1], [], I64)
-        else:
-            start = "c0"
-        limit = op(Op.Add, [start, seq], [], I64)
-        pos = op(Op.Range, [start, limit, "c1"], [S], I64)
-        cos_t = op(Op.Gather, ["rope_cos", pos], [S, HD], axis=0)
-        sin_t = op(Op.Gather, ["rope_sin", pos], [S, HD], axis=0)
-        h = op(Op.Gather, [embed, "input_ids"], [1, S, H], DType.F16, axis=0)
-        h = op(Op.Cast, [h], [1, S, H], to=F32.value)
-        present = []
-        lead = [1, S]
-        for i in range(cfg.layers):
-            last = i == cfg.layers - 1
-            x = op(Op.RMSNorm, [h, ones_h], [1, S, H], eps=cfg.eps)
-            qkv = []
-            for p in ("attn_q", "attn_k", "attn_v"):
-                t = lin(x, i, p, lead)
-                nh = NH if p == "attn_q" else NKV
-                t = op(Op.Reshape, [t, "shape_heads" if p == "attn_q" else "shape_kv_heads"], [1, S, nh, HD])
-                t = op(Op.Transpose, [t], [1, nh, S, HD], perm=(0, 2, 1, 3))
-                qkv.append(t)
-            q = op(Op.RoPE, [qkv[0], cos_t, sin_t], [1, NH, S, HD])
-            k = op(Op.RoPE, [qkv[1], cos_t, sin_t], [1, NKV, S, HD])
-            ins = [q, k, qkv[2]] + ([f"past.{i}.key", f"past.{i}.value"] if decode else [])
-            outs = [val([1, NH, S, HD]), val([1, NKV, "?", HD], name=f"present.{i}.key"),
-                    val([1, NKV, "?", HD], name=f"present.{i}.value")]
-            nodes.append(Node.make(Op.Attention, ins, outs, scale=1.0 / float(np.sqrt(HD)), causal=1))
-            present += [outs[1].name, outs[2].name]
-            a = op(Op.Transpose, [outs[0].name], [1, S, NH, HD], perm=(0, 2, 1, 3))
-            a = op(Op.Reshape, [a, "shape_hidden"], [1, S, H])
-            a = op(Op.RMSNorm, [a, ones_h], [1, S, H], eps=cfg.eps)
-            o = lin(a, i, "attn_output", lead)
-            if last and not decode:  # like llama.cpp: only the output token goes on (inp_out_ids)
-                o = op(Op.Slice, [o, "last_start", "last_end", "axis1"], [1, 1, H])
-                h = op(Op.Slice, [h, "last_start", "last_end", "axis1"], [1, 1, H])
-                lead = [1, 1]
-            h = op(Op.Add, [h, o], [*lead, H])
-            x = op(Op.RMSNorm, [h, ones_h], [*lead, H], eps=cfg.eps)
-            g = lin(x, i, "ffn_gate", lead)
-            u = lin(x, i, "ffn_up", lead)
-            m = op(Op.GatedAct, [g, u], [*lead, FF], act=cfg.act)
-            m = op(Op.RMSNorm, [m, ones_f], [*lead, FF], eps=cfg.eps)
-            d = lin(m, i, "ffn_down", lead)
-            h = op(Op.Add, [h, d], [*lead, H])
-        x = op(Op.RMSNorm, [h, ones_h], [*lead, H], eps=cfg.eps)
-        logits = op(Op.Linear, [x, embed], [*lead, cfg.vocab], name="logits")
-        return Function("decode" if decode else "prefill", tuple(params), tuple(nodes), (logits, *present))
-
-    meta = {"decoder": {"prefill": "prefill", "decode": "decode", "input_ids": "input_ids", "logits": "logits",
-                        "past": [[f"past.{i}.key", f"past.{i}.value"] for i in range(cfg.layers)],
-                        "present": [[f"present.{i}.key", f"present.{i}.value"] for i in range(cfg.layers)],
-                        "n_layers": cfg.layers, "kv_heads": NKV, "head_dim": HD, "kv_dtype": "f32"},
-            "bench_config": asdict(cfg)}
-    return Module("bitnet", (build(False), build(True)), consts, meta)
-
 
 class TerncModel:
     """A compiled module plus its weights on the device, called through the Relax VM.
@@ -379,6 +181,7 @@ class TerncModel:
         import tvm
 
         from ternc.backends.tvm.runtime import storage_view
+        from ternc.ir.decoder import DecoderSpec
 
         self.dev = dev if dev is not None else tvm.cpu()
         self.vm = vm
@@ -393,14 +196,13 @@ class TerncModel:
         self.weight_order = weight_order
         self.compile_s = compile_s
         self.kernel_choices = kernel_choices or []
-        self.n_layers = module.meta["decoder"]["n_layers"]
+        self.n_layers = DecoderSpec.of(module).n_layers
         self.fns = {name: self.vm[name] for name in weight_order}
 
     @staticmethod
     def compile_built(module, variant: str = "backend", kernel_policy: str = "auto", mcpu: str | None = None):
         if variant == "proto":  # prototype kernels patched into the lowering (bench/proto_i2_vnni.py)
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            import proto_i2_vnni
+            import proto_i2_vnni  # a sibling script: bench/ is on sys.path when run as a script
 
             return proto_i2_vnni.compile_proto(module, kernel_policy, mcpu=mcpu)
         from ternc.backends.tvm.build import compile_module

@@ -1,4 +1,4 @@
-"""Compile a BitNet-b1.58-0.73B-shaped model (synthetic ternary weights, bench/cpu_vs_llamacpp's
+"""Compile a BitNet-b1.58-0.73B-shaped model (synthetic ternary weights, ternc.models.synthetic_bitnet's
 builder: 24 layers, hidden 1536, FFN 4096, 16 heads of 96, SiLU gates, vocab 32002) for kv260 and
 report the artifact: program, DDR map, weight image bytes, resources vs the K26 next to TeLLMe v2.
 
@@ -13,7 +13,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cpu_vs_llamacpp import FULL, build_module, log
+from ternc.models.synthetic_bitnet import FULL, build_module
+
+
+def log(msg: str) -> None:
+    import sys
+
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

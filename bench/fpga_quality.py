@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rows = []
     if args.model in ("tiny-qat", "all"):
-        from train_tiny_qat import eval_ids, load_module
+        from ternc.models.tiny_qat import eval_ids, load_module
 
         rows.append(compare("tiny QAT ternary (bytes)", load_module(), eval_ids()[:128]))
     if args.model in ("smollm2", "all"):

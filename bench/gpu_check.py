@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -43,14 +42,18 @@ WHEELS = ["apache-tvm-ffi", "ml_dtypes", "safetensors"]
 
 
 def _import_ternc():
+    """ternc, loaded from this checkout when it is not installed (the GPU host runs a bare copy of the
+    repo, whose root is the package but not named `ternc`)."""
     try:
-        import ternc  # noqa: F401
+        import ternc
     except ImportError:
-        d = Path(tempfile.mkdtemp(prefix="ternc-path-"))
-        (d / "ternc").symlink_to(REPO, target_is_directory=True)
-        sys.path.insert(0, str(d))
-    import ternc
+        import importlib.util
 
+        spec = importlib.util.spec_from_file_location("ternc", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        ternc = importlib.util.module_from_spec(spec)
+        sys.modules["ternc"] = ternc
+        spec.loader.exec_module(ternc)
     return ternc
 
 
@@ -86,11 +89,13 @@ def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12", passe
     t0 = time.time()
     art = build_artifact(module, "cuda", out / "art-cuda", pipeline_desc=PIPELINES["cuda"])
     print(f"built {art} in {time.time() - t0:.1f}s", flush=True)
-    dec = module.meta["decoder"]
+    from ternc.ir.decoder import DecoderSpec
+
+    dec = DecoderSpec.of(module)
     expected = {"prompts": PROMPTS, "n_new": N_NEW, "tokens": [], "onnx": onnx_path}
     for p in PROMPTS:
         expected["tokens"].append(ternc.generate(module, np.array([p]), N_NEW).tolist())
-    logits = ternc.interpret(module, {dec["input_ids"]: np.array([PROMPTS[0]])}, dec["prefill"])[dec["logits"]]
+    logits = ternc.interpret(module, {dec.input_ids: np.array([PROMPTS[0]])}, dec.prefill)[dec.logits]
     np.save(out / "expected_logits.npy", logits)
     (out / "expected.json").write_text(json.dumps(expected, indent=1))
     rt = bundle_runtime(out / "rt", with_ffi=False)
@@ -121,7 +126,9 @@ def check(out: Path, json_out: str | None) -> int:
     load_s = time.time() - t0
     import tvm
 
-    dec = runner.meta["decoder"]
+    from ternc.ir.decoder import DecoderSpec
+
+    dec = DecoderSpec.from_meta(runner.meta["decoder"])
     res = {"tvm": tvm.__file__, "device": str(runner.device), "load_s": round(load_s, 3), "prompts": []}
     ok = True
     for p, ref in zip(expected["prompts"], expected["tokens"]):
@@ -132,7 +139,7 @@ def check(out: Path, json_out: str | None) -> int:
         res["prompts"].append({"prompt": p, "match": same, "tokens": toks, "expected": ref,
                                "seconds": round(time.time() - t0, 3)})
     ref_logits = np.load(out / "expected_logits.npy")
-    got = runner.run(dec["prefill"], {dec["input_ids"]: np.array([expected["prompts"][0]])})[dec["logits"]]
+    got = runner.run(dec.prefill, {dec.input_ids: np.array([expected["prompts"][0]])})[dec.logits]
     res["prefill_logits_max_rel_err"] = float(np.max(np.abs(got - ref_logits)) / np.max(np.abs(ref_logits)))
     maps = Path("/proc/self/maps").read_text()
     res["libtvm_loaded"] = sorted({ln.split()[-1].rsplit("/", 1)[-1] for ln in maps.splitlines() if "libtvm" in ln})

@@ -4,7 +4,7 @@ backend) against torch fp16 (cuBLAS) on the same model, in the same run.
     python bench/gpu_decode.py build OUT [--layers 30]       # here: IR -> TVM CUDA library + nvcc fatbins
     python bench/gpu_decode.py run OUT [--json F]            # on the GPU host (TVM runtime only + torch)
 
-Model (random weights, deterministic per tensor name and seed; bench/cpu_vs_llamacpp.build_module):
+Model (random weights, deterministic per tensor name and seed; ternc.models.synthetic_bitnet.build_module):
 BitNet b1.58 2B4T shapes -- 30 layers, hidden 2560, FFN 6912 with ReLU^2 gating, 20 query / 5 KV
 heads of 128, vocab 128256, RoPE theta 500000, RMSNorm pre-norms plus BitNet's attention and FFN
 sub-norms, tied fp16 embeddings as the LM head (as 2B4T keeps its embeddings in 16 bits). The seven
@@ -36,15 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cpu_vs_llamacpp import TerncModel  # a sibling script: bench/ is on sys.path when run as a script
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from cpu_vs_llamacpp import (PROJ, W_SCALE, Config, TerncModel, build_module, embedding, proj_shape,  # noqa: E402
-                             ternary)
-
-B2B4T = Config("bitnet-b1.58-2B4T-shaped", layers=30, hidden=2560, ffn=6912, heads=20, kv_heads=5, vocab=128256,
-               max_pos=4096, rope_theta=500000.0, act="relu2")
+from ternc.models.synthetic_bitnet import B2B4T, Config, TorchFP16, build_module
 
 
 def log(msg: str) -> None:
@@ -142,134 +136,6 @@ class Ternc(TerncModel):
         return toks, first, t_pre, dts
 
 
-class TorchFP16:
-    """The same graph as build_module in torch fp16; decode over a static KV cache (graph-capturable)."""
-
-    def __init__(self, cfg: Config, seed: int, max_len: int, device: str = "cuda", dtype: str = "float16"):
-        import torch
-
-        self.torch, self.cfg, dev = torch, cfg, torch.device(device)
-        self.dev, self.dt = dev, getattr(torch, dtype)
-        self.embed = torch.from_numpy(embedding(cfg, seed)).to(dev).to(self.dt)  # f16 [V, H], tied LM head
-        self.w = {}
-        for i in range(cfg.layers):
-            for p in PROJ:
-                n, k = proj_shape(cfg, p)
-                self.w[(i, p)] = torch.from_numpy(ternary(f"blk.{i}.{p}", n, k, seed)).to(dev).to(self.dt)
-        d = cfg.head_dim
-        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-        ang = np.arange(cfg.max_pos, dtype=np.float64)[:, None] * inv[None, :]
-        ang = np.concatenate([ang, ang], axis=-1)
-        self.cos = torch.from_numpy(np.cos(ang).astype(np.float32)).to(dev).to(self.dt)
-        self.sin = torch.from_numpy(np.sin(ang).astype(np.float32)).to(dev).to(self.dt)
-        self.max_len = max_len
-        shape = (1, cfg.n_kv, max_len, d)
-        self.k = [torch.zeros(shape, dtype=self.dt, device=dev) for _ in range(cfg.layers)]
-        self.v = [torch.zeros(shape, dtype=self.dt, device=dev) for _ in range(cfg.layers)]
-        self.graph = None
-
-    def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [*self.w.values(), self.embed])
-
-    def _rms(self, x):
-        xf = x.float()
-        return (xf * self.torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.eps)).to(self.dt)
-
-    def _lin(self, x, i, p):
-        # BitNet activation quantization (per token absmax -> int8), then the fp16 GEMM on {-1,0,1}.
-        # x_q / 128 is exact in fp16 and keeps the fp16 output in range.
-        amax = x.float().abs().amax(-1, keepdim=True).clamp_min(1e-5)
-        xq = (x.float() * (127.0 / amax)).round().clamp(-128, 127)
-        y = self.torch.nn.functional.linear((xq / 128.0).to(self.dt), self.w[(i, p)])
-        return (y.float() * (amax * (128.0 / 127.0) * W_SCALE)).to(self.dt)
-
-    def _rope(self, x, cos, sin):
-        h = x.shape[-1] // 2
-        rot = self.torch.cat([-x[..., h:], x[..., :h]], dim=-1)
-        return x * cos + rot * sin
-
-    def forward(self, ids, pos, mask):
-        """ids [1, S] int64 at absolute positions pos [S]; mask [S, max_len] additive. Writes K/V into the cache."""
-        F, cfg = self.torch.nn.functional, self.cfg
-        S, NH, NKV, HD = ids.shape[1], cfg.heads, cfg.n_kv, cfg.head_dim
-        cos, sin = self.cos[pos][None, None], self.sin[pos][None, None]
-        h = self.embed[ids]
-        for i in range(cfg.layers):
-            x = self._rms(h)
-            q = self._lin(x, i, "attn_q").view(1, S, NH, HD).transpose(1, 2)
-            k = self._lin(x, i, "attn_k").view(1, S, NKV, HD).transpose(1, 2)
-            v = self._lin(x, i, "attn_v").view(1, S, NKV, HD).transpose(1, 2)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            self.k[i].index_copy_(2, pos, k)
-            self.v[i].index_copy_(2, pos, v)
-            a = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask[None, None], enable_gqa=True)
-            a = self._rms(a.transpose(1, 2).reshape(1, S, cfg.hidden))
-            h = h + self._lin(a, i, "attn_output")
-            x = self._rms(h)
-            g, u = self._lin(x, i, "ffn_gate"), self._lin(x, i, "ffn_up")
-            m = self._rms(F.relu(g).square() * u)
-            h = h + self._lin(m, i, "ffn_down")
-        return F.linear(self._rms(h[:, -1:]), self.embed)[0, -1]
-
-    def mask(self, pos):
-        t = self.torch
-        j = t.arange(self.max_len, device=self.dev)
-        return t.where(j[None, :] <= pos[:, None], 0.0, float("-inf")).to(self.dt)
-
-    def prefill(self, ids):
-        t = self.torch
-        pos = t.arange(len(ids), device=self.dev)
-        return self.forward(t.tensor([list(ids)], device=self.dev), pos, self.mask(pos))
-
-    def decode_eager(self, tok, p):
-        t = self.torch
-        pos = t.tensor([p], device=self.dev)
-        return self.forward(t.tensor([[tok]], device=self.dev), pos, self.mask(pos))
-
-    def capture(self):
-        """One decode step as a CUDA graph over static input buffers (token, position, mask)."""
-        t = self.torch
-        self.g_tok = t.zeros((1, 1), dtype=t.int64, device=self.dev)
-        self.g_pos = t.zeros((1,), dtype=t.int64, device=self.dev)
-        self.g_mask = self.mask(self.g_pos)
-        s = t.cuda.Stream()
-        s.wait_stream(t.cuda.current_stream())
-        with t.cuda.stream(s):
-            for _ in range(2):
-                self.forward(self.g_tok, self.g_pos, self.g_mask)
-        t.cuda.current_stream().wait_stream(s)
-        self.graph = t.cuda.CUDAGraph()
-        with t.cuda.graph(self.graph):
-            self.g_out = self.forward(self.g_tok, self.g_pos, self.g_mask)
-
-    def decode_graph(self, tok, p):
-        self.g_tok.fill_(tok)
-        self.g_pos.fill_(p)
-        self.g_mask.copy_(self.mask(self.g_pos))
-        self.graph.replay()
-        return self.g_out
-
-    def generate(self, ids, steps, mode, forced=None):
-        """Greedy (or teacher-forced on `forced`): tokens, prefill logits, s prefill, s per step, argmaxes."""
-        t = self.torch
-        t.cuda.synchronize()
-        t0 = time.perf_counter()
-        first = self.prefill(ids)
-        tok = int(first.argmax())
-        t_pre = time.perf_counter() - t0
-        step = self.decode_graph if mode == "graph" else self.decode_eager
-        toks, dts, argmaxes = [tok], [], [tok]
-        p = len(ids)
-        for s in range(steps):
-            feed = forced[s] if forced is not None else tok
-            t0 = time.perf_counter()
-            lg = step(feed, p)
-            tok = int(lg.argmax())
-            dts.append(time.perf_counter() - t0)
-            p += 1
-            toks.append(tok)
-            argmaxes.append(tok)
-        return toks, first.float().cpu().numpy(), t_pre, dts, argmaxes
 
 
 KERNEL_CLASSES = (("ternary GEMV", "tmm_dp4a_i2"), ("activation quantize/pack", ("quantize", "dp4a_pack")),

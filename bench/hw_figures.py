@@ -57,7 +57,8 @@ def _with_fit(r: dict) -> dict:
 def synth_pipeline(c: int, t: int, op: str, depth: int = 4096) -> dict:
     """The fused linear (ActQuantizer -> TLMMCore -> DqFactor/Epilogue) for one epilogue op."""
     from ternc.hw.pipeline import TLMMPipeline
-    srcs = ("hw/tlmm.py", "hw/stream_util.py", "hw/quant.py", "hw/epilogue.py", "hw/pipeline.py", "ir/hw_numerics.py")
+    srcs = ("hw/tlmm.py", "hw/stream_util.py", "hw/quant.py", "hw/epilogue.py", "hw/pipeline.py", "ir/hw_numerics.py",
+            "ir/enums.py")
     path = verilog_cached(lambda: TLMMPipeline(3, t, c, op, wbuf_depth=depth, ram_style="ultra"),
                           "tlmm_pipeline", f"pipe G3 T{t} C{c} D{depth} {op}", sources=srcs, fmt="il")
     r = synth_xilinx(path, "tlmm_pipeline")
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rtl", action="store_true", help="skip the Verilator throughput run")
     ap.add_argument("--pipeline", default=None, metavar="OP",
                     help="also synthesize the fused quantize->TLMM->epilogue pipeline with this op "
-                         "(none, residual, relu2, silu_gate, relu2_gate, rope)")
+                         "(none, residual_add, relu2, gated_silu, gated_relu2, rope: ir.enums.Epilogue)")
     ap.add_argument("--strict", action="store_true",
                     help="raise ResourceError when a configuration does not fit the KV260")
     ap.add_argument("--units", nargs="?", const="", default=None, metavar="NAMES",

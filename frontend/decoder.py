@@ -9,7 +9,8 @@ After raising, a decoder LM's `main` holds Attention nodes. `make_decoder` deriv
 KV tensors are [batch, kv_heads, tokens, head_dim]. For exports without past inputs, decode's
 attention concatenates the past, and rotary positions are offset by the past length (the Range
 that feeds RoPE's cos/sin starts at past_len). For exports with explicit past inputs, decode is the
-exported graph and prefill is it with empty past. `meta["decoder"]` records the names.
+exported graph and prefill is it with empty past. `meta["decoder"]` records the names
+(`ir.decoder.DecoderSpec`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import replace
 import numpy as np
 
 from ..ir.core import Const, Function, Module, Node, Value
+from ..ir.core import dce_function as dce
+from ..ir.decoder import DecoderSpec, StateKind, StateTensor
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .onnx_import import FrontendError
-from ..ir.core import dce_function as dce
 
 
 def _rope_position_ranges(fn: Function) -> list[Node]:
@@ -43,8 +45,9 @@ def _rope_position_ranges(fn: Function) -> list[Node]:
     return ranges
 
 
-def is_decoder(module: Module) -> bool:
-    return "decoder" in module.meta
+def with_decoder(module: Module) -> Module:
+    """`make_decoder(module)` when its `main` has raised Attention nodes, else the module unchanged."""
+    return make_decoder(module) if any(n.op == Op.Attention for n in module.func("main").nodes) else module
 
 
 def make_decoder(module: Module) -> Module:
@@ -136,24 +139,14 @@ def make_decoder(module: Module) -> Module:
         raise FrontendError(f"module @{module.name}: mixed Attention forms (some with past inputs, some without)")
 
     kv0 = types.get(attn[0].inputs[1])
-    meta = dict(module.meta)
-    meta["decoder"] = {
-        "prefill": "prefill", "decode": "decode", "input_ids": input_ids, "logits": logits,
-        "past": past, "present": present, "n_layers": len(attn),
-        "kv_heads": int(kv0.shape[1]) if kv0 and isinstance(kv0.shape[1], int) else None,
-        "head_dim": int(kv0.shape[3]) if kv0 and isinstance(kv0.shape[3], int) else None,
-        "kv_dtype": kv0.dtype.value if kv0 else "f32",
-    }
+    spec = DecoderSpec(
+        "prefill", "decode", input_ids, logits,
+        kv=tuple((StateTensor(pk, ok, StateKind.KEY, i), StateTensor(pv, ov, StateKind.VALUE, i))
+                 for i, ((pk, pv), (ok, ov)) in enumerate(zip(past, present))),
+        kv_heads=int(kv0.shape[1]) if kv0 and isinstance(kv0.shape[1], int) else None,
+        head_dim=int(kv0.shape[3]) if kv0 and isinstance(kv0.shape[3], int) else None,
+        kv_dtype=kv0.dtype.value if kv0 else "f32")
+    meta = spec.into(module.meta)
     fns = [f for f in module.functions if f.name not in ("prefill", "decode")]
     return module.replace(functions=tuple(fns) + (dce(prefill), dce(decode)), meta=meta)
 
-
-def decode_feeds(dec: dict, results: dict, next_ids) -> dict:
-    """Inputs of the next `decode` step: the new token ids, each layer's present KV as its past, and
-    any extra carried state that KV passes declare in meta["decoder"]["state"] (e.g. H2O scores)."""
-    feeds = {dec["input_ids"]: np.asarray(next_ids, dtype=np.int64)}
-    for (pk, pv), (ok, ov) in zip(dec["past"], dec["present"]):
-        feeds[pk], feeds[pv] = results[ok], results[ov]
-    for si, so in dec.get("state", []):
-        feeds[si] = results[so]
-    return feeds

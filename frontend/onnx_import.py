@@ -35,7 +35,6 @@ ONNX_DTYPES: dict[int, DType] = {
     1: DType.F32, 2: DType.U8, 3: DType.I8, 4: DType.U16, 5: DType.I16, 6: DType.I32, 7: DType.I64,
     8: DType.STR, 9: DType.BOOL, 10: DType.F16, 11: DType.F64, 12: DType.U32, 13: DType.U64, 16: DType.BF16,
 }
-TO_ONNX_DTYPE = {v: k for k, v in ONNX_DTYPES.items()}
 
 # Primitive ops the frontend maps 1:1 (the conformance suite runs onnx's node tests for these).
 SUPPORTED_ONNX_OPS = sorted({ONNX_NAMES.get(op, op.value) for op in Op if op not in HIGH_LEVEL} | {"Constant"})

@@ -12,47 +12,15 @@ module is kept and `meta["raising"]` says why - a wrong raise never passes silen
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir.core import Const, Function, Module, Node, Value
-from ..ir.core import dce_function as dce
+from ..ir.core import Function, Module, Node
+from ..ir.graph import Builder, Graph, rewrite
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 
 LAYOUT_OPS = {Op.Reshape, Op.Transpose, Op.Expand, Op.Unsqueeze, Op.Squeeze, Op.Identity}
-
-
-@dataclass
-class _Graph:
-    fn: Function
-    consts: dict
-    prod: dict = field(default_factory=dict)
-    users: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.prod = self.fn.producers()
-        self.users = self.fn.consumers()
-
-    def node(self, v: str, op: Op | None = None) -> Node | None:
-        n = self.prod.get(v)
-        if n is None or (op is not None and n.op != op):
-            return None
-        return n
-
-    def const(self, v: str) -> np.ndarray | None:
-        c = self.consts.get(v)
-        return None if c is None else c.data
-
-    def scalar(self, v: str) -> float | None:
-        c = self.const(v)
-        if c is None or c.size != 1:
-            return None
-        return float(np.asarray(c).reshape(-1)[0])
-
-    def n_users(self, v: str) -> int:
-        return len(self.users.get(v, ()))
 
 
 def _other(node: Node, v: str) -> str:
@@ -64,22 +32,18 @@ class _Raiser:
     def __init__(self, module: Module, fn: Function):
         self.module = module
         self.consts = dict(module.constants)
-        self.g = _Graph(fn, self.consts)
-        self.replace: dict[int, Node] = {}  # index of the root node -> new node
+        self.g = Graph(fn, self.consts)
+        self.build = Builder(self.consts, set(self.consts))  # new names avoid the constants' names
+        self.replace: dict[int, Node] = {}  # id of the root node -> new node
         self.counts: dict[str, int] = {}
         self._transposed: dict[str, str] = {}
 
     def emit(self, root: Node, new: Node) -> None:
-        idx = self.g.fn.nodes.index(root)
-        self.replace[idx] = new
+        self.replace[id(root)] = new
         self.counts[new.op.value] = self.counts.get(new.op.value, 0) + 1
 
     def new_const(self, base: str, array: np.ndarray, dtype: DType | None = None) -> str:
-        name, i = base, 1
-        while name in self.consts:
-            name, i = f"{base}_{i}", i + 1
-        self.consts[name] = Const.of(array, dtype)
-        return name
+        return self.build.const(base, array, dtype)
 
     # -------------------------------------------------------------- Linear
     def linear(self, n: Node) -> bool:
@@ -157,7 +121,7 @@ class _Raiser:
         steps = self.g.const(s.inputs[4]) if len(s.inputs) > 4 else np.array([1])
         if any(a is None for a in (st, en, ax, steps)) or st.size != 1 or int(steps.reshape(-1)[0]) != 1:
             return None
-        rank = self.g.fn.value_types().get(s.inputs[0], TensorType(DType.F32, None)).rank
+        rank = self.g.types.get(s.inputs[0], TensorType(DType.F32, None)).rank
         axis = int(ax.reshape(-1)[0])
         if axis != -1 and (rank is None or axis != rank - 1):
             return None
@@ -272,7 +236,7 @@ class _Raiser:
         inputs = [q, k, v]
         outputs = [n.outputs[0]]
         kc, vc = g.node(k, Op.Concat), g.node(v, Op.Concat)
-        params = {pp.name for pp in g.fn.params}
+        params = g.params
         if (kc is not None and vc is not None and len(kc.inputs) == 2 and len(vc.inputs) == 2
                 and kc.attr("axis") in (-2, 2) and vc.attr("axis") in (-2, 2)
                 and kc.inputs[0] in params and vc.inputs[0] in params):
@@ -289,13 +253,7 @@ class _Raiser:
             for rule in rules:
                 if rule(n):
                     break
-        nodes = []
-        for i, n in enumerate(self.g.fn.nodes):
-            if id(n) in self.absorbed:
-                continue
-            nodes.append(self.replace.get(i, n))
-        fn = dce(self.g.fn.with_nodes(nodes))
-        return fn, self.counts
+        return rewrite(self.g.fn, self.replace, drop=self.absorbed), self.counts
 
 
 def random_inputs(fn: Function, seed: int = 0, dims: dict | None = None, vocab: int | None = None) -> dict:

@@ -20,10 +20,6 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-class _LogitsOnly:
-    pass
-
-
 def _wrappers():
     import torch
 
@@ -89,11 +85,14 @@ def export_decoder(lm, path: str | os.PathLike, with_past: bool = False, example
     return path
 
 
-def from_torch(module, example_inputs, dynamic_shapes=None, input_names=None, output_names=None, **load_kw):
-    """Export `module(*example_inputs)` with torch.onnx.export(dynamo=True) and import it."""
+def from_torch(module, example_inputs, dynamic_shapes=None, input_names=None, output_names=None,
+               decoder: bool = True):
+    """Export `module(*example_inputs)` with torch.onnx.export(dynamo=True) and import it (as
+    `ternc.load` does: decoder LMs get prefill/decode entry points unless decoder=False)."""
     import torch
 
-    from ..api import load
+    from .decoder import with_decoder
+    from .onnx_import import from_onnx
 
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
@@ -102,7 +101,8 @@ def from_torch(module, example_inputs, dynamic_shapes=None, input_names=None, ou
         prog = torch.onnx.export(module, example_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
                                  input_names=input_names, output_names=output_names)
         prog.save(p)
-        return load(p, **load_kw)
+        module = from_onnx(p)
+    return with_decoder(module) if decoder else module
 
 
 def torch_greedy(lm, prompt_ids, max_new_tokens: int) -> np.ndarray:

@@ -7,10 +7,11 @@ Ports (Amaranth streams):
   ``acc`` (In, ``columns`` x signed(32)): one beat per engine output (TLMMEngine.out).
   ``aux`` (In, struct): per-beat side data, paired in order with ``acc``:
       ``m`` (18-bit mantissa), ``s`` (7-bit shift) of the per-token dequantize factor
-      (``hw_numerics.dq_factor``), plus for op "residual": ``res[columns]`` (FX);
+      (``hw_numerics.dq_factor``), plus for op "residual_add": ``res[columns]`` (FX);
       for op "rope": ``cos[columns/2]``, ``sin[columns/2]`` (Q1.14 int16).
   ``out`` (Out): FX values; ``columns`` of them, or ``columns/2`` for the gated ops.
-Lane pairing for "rope", "silu_gate", "relu2_gate": lane j (< columns/2) pairs with lane
+Ops are ``ir.enums.Epilogue`` (the IR's FusedLinear vocabulary, plus hardware-only "none", "relu2").
+Lane pairing for "rope", "gated_silu", "gated_relu2": lane j (< columns/2) pairs with lane
 j + columns/2 -- (x[i], x[i + d/2]) for RoPE, (gate, up) for the gated FFN; the scheduler orders
 weight rows so that a tile holds such pairs.
 Pipeline: 4 free-running register stages (join+multiply, shift+saturate, op part 1, op part 2)
@@ -26,8 +27,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ternc.ir import hw_numerics as hwn
+from ternc.ir.enums import Epilogue as Op
 
-OPS = ("none", "residual", "relu2", "silu_gate", "relu2_gate", "rope")
+OPS = tuple(Op)  # the IR's epilogue vocabulary (FusedLinear's `epilogue`); "none" and "relu2" are hardware-only
 FX = signed(hwn.FX_BITS)
 
 
@@ -43,23 +45,24 @@ def _rshift_round(v, sh: int):
 class Epilogue(wiring.Component):
     LATENCY = 4  # datapath stages; out.valid follows the accepting edge by LATENCY + 2 cycles
 
-    def __init__(self, columns: int = 16, op: str = "none", acc_width: int = 32):
+    def __init__(self, columns: int = 16, op: Op | str = Op.NONE, acc_width: int = 32):
         if op not in OPS:
             self._MustUse__silence = True  # rejected: never elaborated
-            raise ValueError(f"unknown epilogue op {op!r}; expected one of {OPS}")
-        if op in ("rope", "silu_gate", "relu2_gate") and columns % 2:
+            raise ValueError(f"unknown epilogue op {op!r}; expected one of {', '.join(o.value for o in OPS)}")
+        op = Op(op)
+        if (op == Op.ROPE or op.gated) and columns % 2:
             self._MustUse__silence = True  # rejected: never elaborated
-            raise ValueError(f"op {op} pairs lanes: columns must be even")
+            raise ValueError(f"op {op.value} pairs lanes: columns must be even")
         self.columns, self.op, self.acc_width = columns, op, acc_width
         half = columns // 2
         aux = {"m": unsigned(hwn.DQ_MANT_BITS), "s": unsigned(7)}
-        if op == "residual":
+        if op == Op.RESIDUAL_ADD:
             aux["res"] = data.ArrayLayout(FX, columns)
-        if op == "rope":
+        if op == Op.ROPE:
             aux["cos"] = data.ArrayLayout(signed(16), half)
             aux["sin"] = data.ArrayLayout(signed(16), half)
         self.aux_layout = data.StructLayout(aux)
-        self.n_out = half if op in ("silu_gate", "relu2_gate") else columns
+        self.n_out = half if op.gated else columns
         super().__init__({
             "acc": In(stream.Signature(data.ArrayLayout(signed(acc_width), columns))),
             "aux": In(stream.Signature(self.aux_layout)),
@@ -102,21 +105,21 @@ class Epilogue(wiring.Component):
 
         op = self.op
         outs = []
-        if op in ("none", "residual"):
+        if op in (Op.NONE, Op.RESIDUAL_ADD):
             for i in range(c):
-                val = y[i] if op == "none" else _sat(y[i] + aux2.res[i])
+                val = y[i] if op == Op.NONE else _sat(y[i] + aux2.res[i])
                 r3 = reg(f"e3_{i}", FX, val)
                 outs.append(reg(f"e4_{i}", FX, r3))
-        elif op == "relu2":
+        elif op == Op.RELU2:
             for i in range(c):
                 r = reg(f"relu{i}", unsigned(hwn.FX_BITS - 1), Mux(y[i][-1], 0, y[i]))
                 outs.append(reg(f"e4_{i}", FX, _sat(_rshift_round(r * r, hwn.FX_FRAC))))
-        elif op in ("silu_gate", "relu2_gate"):
+        elif op.gated:
             lut = Array(Const(int(v), unsigned(hwn.SIG_FRAC + 1)) for v in hwn.sigmoid_lut())
             n_lut = 1 << hwn.SIG_LUT_BITS
             for i in range(half):
                 g, u = y[i], y[i + half]
-                if op == "silu_gate":
+                if op == Op.GATED_SILU:
                     idx = Signal(signed(hwn.FX_BITS - hwn.SIG_IDX_SHIFT + 1), name=f"sig_idx{i}")
                     m.d.comb += idx.eq((g >> hwn.SIG_IDX_SHIFT) + n_lut // 2)
                     sig = Mux(idx < 0, 0, Mux(idx >= n_lut, 1 << hwn.SIG_FRAC, lut[idx[:hwn.SIG_LUT_BITS]]))
@@ -126,7 +129,7 @@ class Epilogue(wiring.Component):
                     act = reg(f"relu2_{i}", FX, _sat(_rshift_round(r * r, hwn.FX_FRAC)))
                 u3 = reg(f"up{i}", FX, u)
                 outs.append(reg(f"e4_{i}", FX, _sat(_rshift_round(act * u3, hwn.FX_FRAC))))
-        elif op == "rope":
+        elif op == Op.ROPE:
             for i in range(half):
                 x0, x1 = y[i], y[i + half]
                 cs, sn = aux2.cos[i], aux2.sin[i]

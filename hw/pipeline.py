@@ -8,7 +8,7 @@ TLMMPipeline ports:
            of column tiles to run for this token).
   ``load``, ``cmd`` (In): the weight buffer (TLMMCore); one cmd per pass, in tile order.
   ``ws_m``, ``ws_s`` (In, plain signals): the layer's ``hw_numerics.encode_wscale(w_scale)``.
-  ``aux``  (In, only for ops "residual"/"rope"): per output beat the residual (``res``) or
+  ``aux``  (In, only for ops "residual_add"/"rope"): per output beat the residual (``res``) or
            ``cos``/``sin`` fields of :class:`Epilogue`'s aux layout.
   ``y``    (Out): the epilogue output beats, one per pass.
 """
@@ -20,6 +20,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ternc.hw.epilogue import Epilogue
+from ternc.ir.enums import Epilogue as EpilogueOp
 from ternc.hw.quant import ActQuantizer
 from ternc.hw.tlmm import TLMMCore
 from ternc.ir import hw_numerics as hwn
@@ -74,7 +75,7 @@ def _clip(v, lo, hi):
 
 
 class TLMMPipeline(wiring.Component):
-    def __init__(self, group: int = 3, tables: int = 28, columns: int = 16, op: str = "none",
+    def __init__(self, group: int = 3, tables: int = 28, columns: int = 16, op: EpilogueOp | str = EpilogueOp.NONE,
                  wbuf_depth: int = 4096, ram_style: str | None = "ultra", max_chunks: int = 128,
                  quant_lanes: int = 3):
         self.group, self.n_tables, self.columns, self.op = group, tables, columns, op

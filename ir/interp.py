@@ -13,6 +13,7 @@ import numpy as np
 
 from . import semantics
 from .core import Function, Module, Node
+from .enums import FUSED_EPILOGUES, Epilogue, KVPolicy
 from .ops import Op
 from .prims import IMPLS, InterpError, _softmax, impl
 
@@ -317,7 +318,6 @@ def interpret(module: Module, inputs: Mapping[str, np.ndarray], entry: str = "ma
 #     rope:         (x, *lin, shape, cos, sin)   -> RoPE(Transpose(Reshape(linear(x), shape)), cos, sin)
 #                   {perm, allowzero}: the head split between the projection and RoPE
 #     gated_silu / gated_relu2: (x, *gate_lin, *up_lin) -> GatedAct(linear_gate(x), linear_up(x))
-FUSED_EPILOGUES = ("residual_add", "rope", "gated_silu", "gated_relu2")
 _FUSED_OWN_ATTRS = {"epilogue", "linear", "linear_operands", "perm", "allowzero"}
 
 
@@ -325,7 +325,9 @@ _FUSED_OWN_ATTRS = {"epilogue", "linear", "linear_operands", "perm", "allowzero"
 def _fused_linear(node, args):
     epilogue = node.attr("epilogue")
     if epilogue not in FUSED_EPILOGUES:
-        raise InterpError(f"{node.label}: unknown epilogue {epilogue!r}; valid: {', '.join(FUSED_EPILOGUES)}")
+        raise InterpError(f"{node.label}: unknown epilogue {epilogue!r}; valid: "
+                          f"{', '.join(e.value for e in FUSED_EPILOGUES)}")
+    epilogue = Epilogue(epilogue)
     lin_op = Op(node.attr("linear", "Linear"))
     if lin_op not in (Op.Linear, Op.TernaryLinear):
         raise InterpError(f"{node.label}: fused linear must be Linear or TernaryLinear, got {lin_op.value}")
@@ -342,20 +344,20 @@ def _fused_linear(node, args):
 
     y = linear(rest[:n_ops], node.inputs[1:1 + n_ops])
     rest = rest[n_ops:]
-    if epilogue == "residual_add":
+    if epilogue == Epilogue.RESIDUAL_ADD:
         (r,) = rest
         if node.attr("numerics", "float") == "fx":
             from . import hw_numerics as hn
 
             return [hn.from_fx(hn.add_fx(hn.to_fx(y), hn.to_fx(r)))]
         return [step(Op.Add, [y, r])]
-    if epilogue == "rope":
+    if epilogue == Epilogue.ROPE:
         shape, cos, sin = rest
         h = step(Op.Reshape, [y, shape], allowzero=node.attr("allowzero", 0))
         h = step(Op.Transpose, [h], perm=node.attr("perm"))
         return [step(Op.RoPE, [h, cos, sin], numerics=node.attr("numerics"))]
     up = linear(rest[:n_ops], node.inputs[1 + n_ops:1 + 2 * n_ops])
-    return [step(Op.GatedAct, [y, up], act=epilogue.removeprefix("gated_"), numerics=node.attr("numerics"))]
+    return [step(Op.GatedAct, [y, up], act=epilogue.act, numerics=node.attr("numerics"))]
 
 
 # ---------------------------------------------------------------- KV cache ops (passes quantize-kv,
@@ -459,17 +461,17 @@ def _kv_evict(node, args):
 
     policy = node.attr("policy")
     q, k_all, v_all, n_past = _kv_concat(args)
-    if policy == "lazyllm":
+    if policy == KVPolicy.LAZYLLM:
         return _lazyllm(node, args, q, k_all, v_all)
     state = args[5] if len(args) > 5 else None
     out, p = _attend(q, k_all, v_all, node)
     budget = int(node.attr("budget", 0))
     sinks = int(node.attr("sinks", 0))
     n = k_all.shape[2]
-    if policy == "streaming":
+    if policy == KVPolicy.STREAMING:
         keep = kvevict.streaming_keep(n, sinks, budget - sinks)
         return [out, k_all[:, :, keep], v_all[:, :, keep]]
-    if policy == "h2o":
+    if policy == KVPolicy.H2O:
         b, hq, sq, sk = p.shape
         hkv = k_all.shape[1]
         grouped = kvevict.group_query_scores(p.reshape(b, hq, sq * sk), hkv).reshape(b, hkv, sq, sk)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .core import Function, Module, Node
+from .decoder import DecoderSpec, DecoderSpecError
+from .enums import KVPolicy
 from .ops import Op, signature
 
 # Attributes a node of these ops must carry.
@@ -32,23 +34,23 @@ def _fail(fn: Function, node: Node | None, msg: str):
 
 # KVEvict policies: (required attrs, inputs min..max, allowed output counts); see ir/interp.py _kv_evict.
 _KVEVICT = {
-    "streaming": (("budget", "sinks"), 3, 5, (3,)),
-    "h2o": (("budget", "sinks", "recent"), 3, 6, (4,)),
-    "lazyllm": (("layer", "schedule"), 7, 8, (4, 6)),
+    KVPolicy.STREAMING: (("budget", "sinks"), 3, 5, (3,)),
+    KVPolicy.H2O: (("budget", "sinks", "recent"), 3, 6, (4,)),
+    KVPolicy.LAZYLLM: (("layer", "schedule"), 7, 8, (4, 6)),
 }
 
 
 def _check_kvevict(fn: Function, node: Node) -> None:
     policy = node.attr("policy")
     if policy not in _KVEVICT:
-        _fail(fn, node, f"unknown KVEvict policy {policy!r}; valid: {', '.join(_KVEVICT)}")
+        _fail(fn, node, f"unknown KVEvict policy {policy!r}; valid: {', '.join(p.value for p in _KVEVICT)}")
     attrs, lo, hi, n_outs = _KVEVICT[policy]
     for a in attrs:
         if node.attr(a) is None:
             _fail(fn, node, f"KVEvict{{policy={policy}}} needs attribute '{a}'")
     if not lo <= len(node.inputs) <= hi:
         _fail(fn, node, f"KVEvict{{policy={policy}}} takes {lo}..{hi} inputs, got {len(node.inputs)}")
-    if policy == "lazyllm":
+    if policy == KVPolicy.LAZYLLM:
         schedule, layer = node.attr("schedule"), node.attr("layer")
         if not isinstance(schedule, tuple) or not isinstance(layer, int) or not 0 <= layer < len(schedule):
             _fail(fn, node, f"lazyllm needs a schedule list and 0 <= layer < len(schedule), got layer={layer!r}")
@@ -108,9 +110,12 @@ def verify(module: Module) -> Module:
         raise VerifyError(f"module @{module.name}: no functions")
     for fn in module.functions:
         verify_function(fn, module)
-    dec = module.meta.get("decoder")
+    try:
+        dec = DecoderSpec.of(module)
+    except DecoderSpecError as e:
+        raise VerifyError(f"module @{module.name}: {e}") from None
     if dec:
-        for key in ("prefill", "decode"):
-            if dec.get(key) and dec[key] not in names:
-                raise VerifyError(f"module @{module.name}: decoder entry '{key}' names missing function @{dec[key]}")
+        for key, name in (("prefill", dec.prefill), ("decode", dec.decode)):
+            if name not in names:
+                raise VerifyError(f"module @{module.name}: decoder entry '{key}' names missing function @{name}")
     return module

@@ -55,7 +55,7 @@ def cache_dir() -> Path:
 
 def default_onnx(with_past: bool = False, refresh: bool = False) -> Path:
     """Path of the default model's ONNX export, building it (deterministically) on first use."""
-    from ..frontend.torch_export import export_decoder
+    from ternc.frontend.torch_export import export_decoder
 
     path = cache_dir() / f"{DEFAULT_NAME}{'-kv' if with_past else ''}.onnx"
     if refresh or not path.exists():

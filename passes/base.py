@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ..ir.core import Const, Function, Module, Node, dce_function, prune_constants
+from ..ir.decoder import DecoderSpec
+from ..ir.graph import fresh, rename_inputs, used_names  # noqa: F401  (passes import them from here)
 from ..ir.types import DType
 
 
@@ -41,30 +43,6 @@ class NoOptions:
 def clean(module: Module) -> Module:
     """DCE every function and drop constants nothing references (how passes tidy up after rewrites)."""
     return prune_constants(module.replace(functions=tuple(dce_function(f) for f in module.functions)))
-
-
-def used_names(module: Module) -> set[str]:
-    """Every constant, parameter and value name in the module (for picking fresh names)."""
-    names = set(module.constants)
-    for f in module.functions:
-        names.update(p.name for p in f.params)
-        names.update(o.name for n in f.nodes for o in n.outputs)
-    return names
-
-
-def fresh(base: str, taken: set[str]) -> str:
-    """`base`, or `base_1`, `base_2`, ... whichever is not taken; records the choice in `taken`."""
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
-def rename_inputs(node: Node, mapping: Mapping[str, str]) -> Node:
-    if not any(i in mapping for i in node.inputs):
-        return node
-    return Node(node.op, tuple(mapping.get(i, i) for i in node.inputs), node.outputs, node.attrs, node.origin)
 
 
 def matches_any(names: Iterable[str], patterns: Iterable[str]) -> bool:
@@ -108,13 +86,13 @@ def kv_bytes_per_token(module: Module) -> float | None:
     None for modules without a KV cache."""
     if "kv_bytes_per_token" in module.meta:
         return float(module.meta["kv_bytes_per_token"])
-    dec = module.meta.get("decoder")
-    if not dec or not dec.get("n_layers") or not dec.get("kv_heads") or not dec.get("head_dim"):
+    dec = DecoderSpec.of(module)
+    if not dec or not dec.n_layers or not dec.kv_heads or not dec.head_dim:
         return None
-    per = _DTYPE_BYTES.get(dec.get("kv_dtype", "f32"))
+    per = _DTYPE_BYTES.get(dec.kv_dtype)
     if per is None:
-        per = DType(dec["kv_dtype"]).np.itemsize
-    return float(2 * dec["n_layers"] * dec["kv_heads"] * dec["head_dim"] * per)
+        per = DType(dec.kv_dtype).np.itemsize
+    return float(2 * dec.n_layers * dec.kv_heads * dec.head_dim * per)
 
 
 def const_array(module: Module, name: str):

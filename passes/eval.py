@@ -19,9 +19,8 @@ prefix .. N-1:
   revived_token_layers  prune-prefill revival: (token, layer) computations beyond the new tokens over
                   all decode steps (0 for every other module)
 
-`run_decoder` is the driver. Besides present -> past it carries every pair in
-meta["decoder"]["state"] ([[input, output], ...], added by evict-kv and prune-prefill revival)
-through frontend.decoder.decode_feeds, the same feed builder api.generate uses.
+`run_decoder` is the driver. Besides present -> past it carries the DecoderSpec's `state` (added by
+evict-kv and prune-prefill revival) through ir.decoder.decode_feeds, the feed builder api.generate uses.
 """
 
 from __future__ import annotations
@@ -32,12 +31,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..ir.core import Module
+from ..ir.decoder import DecoderSpec, decode_feeds
 from ..ir.ops import Op
 
 
 def _attention_heads(module: Module) -> tuple[int, int]:
     """(query heads, head_dim) from the decode function's first attention-like node."""
-    fn = module.func(module.meta["decoder"]["decode"])
+    fn = module.func(DecoderSpec.of(module).decode)
     types = fn.value_types()
     for n in fn.nodes:
         if n.op in (Op.Attention, Op.KVQuantAttention, Op.KVEvict):
@@ -52,25 +52,24 @@ def run_decoder(module: Module, token_ids, prefix: int = 1,
 
     `observe(node, outputs)` goes to the interpreter (prefill and decode); `on_step(step, results)`
     is called after prefill (step 0) and each decode step with that step's results."""
-    from ..frontend.decoder import decode_feeds
     from ..ir.interp import Interpreter
 
-    dec = module.meta.get("decoder")
+    dec = DecoderSpec.of(module)
     if not dec:
         raise ValueError(f"module @{module.name} has no decoder entry points")
     ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
     if not 1 <= prefix <= ids.shape[1]:
         raise ValueError(f"prefix must be in 1..{ids.shape[1]}, got {prefix}")
     interp = Interpreter(module, observe)
-    res = interp.run(dec["prefill"], {dec["input_ids"]: ids[:, :prefix]})
+    res = interp.run(dec.prefill, {dec.input_ids: ids[:, :prefix]})
     if on_step:
         on_step(0, res)
-    logits = [res[dec["logits"]][0, -1]]
+    logits = [res[dec.logits][0, -1]]
     for t in range(prefix, ids.shape[1]):
-        res = interp.run(dec["decode"], decode_feeds(dec, res, ids[:, t:t + 1]))
+        res = interp.run(dec.decode, decode_feeds(dec, res, ids[:, t:t + 1]))
         if on_step:
             on_step(t - prefix + 1, res)
-        logits.append(res[dec["logits"]][0, -1])
+        logits.append(res[dec.logits][0, -1])
     return np.stack(logits)
 
 
@@ -82,13 +81,13 @@ def evaluate(module: Module, token_ids: Sequence[int], prefix: int = 1, referenc
     from ..ir.kvevict import attention_flops, attention_pairs
 
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    dec = module.meta["decoder"]
+    dec = DecoderSpec.of(module)
     hq, hd = _attention_heads(module)
     positions = {int(l): name for l, name in ((module.meta.get("prune_prefill") or {}).get("positions") or {}).items()}
     kv_max, flops, revived, prev = [0], [0], [0], [[]]
 
     def on_step(step, res):
-        lens = [int(res[ok].shape[2]) for ok, _ in dec["present"]]
+        lens = [int(res[k.present].shape[2]) for k, _v in dec.kv]
         kv_max[0] = max(kv_max[0], *lens)
         if step >= 1:  # this decode step (one token): per layer, its rows attend to the cache
             for layer, n_prev in enumerate(prev[0]):

@@ -16,10 +16,10 @@ position from the past length (Shape of past.0.key), which eviction shrinks, the
 explicit position state `past.seen_tokens` i64[1] -> `present.seen_tokens` and substitutes it for
 that Shape.
 
-All extra carried tensors are listed in meta["decoder"]["state"] as [[decode input, output], ...];
-a driver passes output -> input exactly like present -> past (passes/eval.py does; api.generate
-needs the 2-line change described in passes/eval.py's docstring). LOSSY once the text exceeds the
-budget; exact (bit-identical to no eviction) while seq <= budget.
+All extra carried tensors are listed in the DecoderSpec's `state` (meta["decoder"]["state"]);
+drivers carry them output -> input like present -> past (ir.decoder.decode_feeds, used by
+passes/eval.py and api.generate). LOSSY once the text exceeds the budget; exact (bit-identical to
+no eviction) while seq <= budget.
 """
 
 from __future__ import annotations
@@ -27,55 +27,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.core import Module, Node, Value
+from ..ir.decoder import StateKind, StateTensor
+from ..ir.enums import KVPolicy
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .base import PassResult, fresh, used_names
-from .quantize_kv import KVPassError, decoder_meta
+from .quantize_kv import KVPassError, decoder_spec
+
+
+EVICT_POLICIES = (KVPolicy.STREAMING, KVPolicy.H2O)  # lazyllm is prune-prefill's
 
 
 @dataclass(frozen=True)
 class EvictKVOptions:
-    policy: str = "streaming"
+    policy: str = KVPolicy.STREAMING.value
     budget: int = 256
     sinks: int = 4
     recent: int = -1  # streaming: must be budget - sinks if given; h2o: -1 -> (budget - sinks) // 2
 
     def __post_init__(self):
-        if self.policy not in ("streaming", "h2o"):
-            raise ValueError(f"policy must be streaming or h2o, got {self.policy!r}")
+        if self.policy not in EVICT_POLICIES:
+            raise ValueError(f"policy must be {' or '.join(p.value for p in EVICT_POLICIES)}, got {self.policy!r}")
         if self.budget < 1 or self.sinks < 0 or self.sinks >= self.budget:
             raise ValueError(f"need budget >= 1 and 0 <= sinks < budget, got budget={self.budget} sinks={self.sinks}")
-        if self.policy == "streaming" and self.recent not in (-1, self.budget - self.sinks):
+        if self.policy == KVPolicy.STREAMING and self.recent not in (-1, self.budget - self.sinks):
             raise ValueError(f"streaming keeps sinks + (budget - sinks) recent tokens; recent={self.recent} "
                              f"must be -1 or {self.budget - self.sinks}")
-        if self.policy == "h2o" and self.resolved_recent() + self.sinks > self.budget:
+        if self.policy == KVPolicy.H2O and self.resolved_recent() + self.sinks > self.budget:
             raise ValueError(f"h2o needs sinks + recent <= budget, got {self.sinks} + {self.recent} > {self.budget}")
 
     def resolved_recent(self) -> int:
         if self.recent >= 0:
             return self.recent
-        return self.budget - self.sinks if self.policy == "streaming" else (self.budget - self.sinks) // 2
+        return self.budget - self.sinks if self.policy == KVPolicy.STREAMING else (self.budget - self.sinks) // 2
 
 
 def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
-    dec = decoder_meta(module, "evict-kv")
-    if dec.get("state"):
+    dec = decoder_spec(module, "evict-kv")
+    if dec.state:
         raise KVPassError("evict-kv: the decoder already carries extra state (evict-kv applied twice?)")
     taken = used_names(module)
-    past_names = {p for pair in dec["past"] for p in pair}
-    h2o = opts.policy == "h2o"
+    past_names = {t.past for pair in dec.kv for t in pair}
+    h2o = opts.policy == KVPolicy.H2O
     attrs = dict(policy=opts.policy, budget=opts.budget, sinks=opts.sinks, recent=opts.resolved_recent())
     seen_in, seen_out = fresh("past.seen_tokens", taken), fresh("present.seen_tokens", taken)
-    acc_in = [fresh(f"past.{i}.h2o", taken) for i in range(int(dec["n_layers"]))] if h2o else []
-    acc_out = [fresh(f"present.{i}.h2o", taken) for i in range(int(dec["n_layers"]))] if h2o else []
-    ids = dec["input_ids"]
+    acc_in = [fresh(f"past.{i}.h2o", taken) for i in range(dec.n_layers)] if h2o else []
+    acc_out = [fresh(f"present.{i}.h2o", taken) for i in range(dec.n_layers)] if h2o else []
+    ids = dec.input_ids
     i64_1 = TensorType(DType.I64, (1,))
     fns, rewritten = [], 0
     for fn in module.functions:
-        if fn.name not in (dec["prefill"], dec["decode"]):
+        if fn.name not in dec.entries:
             fns.append(fn)
             continue
-        is_decode = fn.name == dec["decode"]
+        is_decode = fn.name == dec.decode
         nodes, layer, shape_subst = [], 0, 0
         for n in fn.nodes:
             if n.op == Op.Attention:
@@ -102,7 +107,7 @@ def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
         if is_decode:
             nodes.append(Node.make(Op.Add, [seen_in, cur], [Value(seen_out, i64_1)]))
             params = fn.params + (Value(seen_in, i64_1),) + tuple(
-                Value(a, TensorType(DType.F32, (1, int(dec["kv_heads"]), "kept"))) for a in acc_in)
+                Value(a, TensorType(DType.F32, (1, int(dec.kv_heads), "kept"))) for a in acc_in)
         else:
             # prefill's own past (empty constants in explicit-past exports) has length 0
             nodes.append(Node(Op.Identity, (cur,), (Value(seen_out, i64_1),)))
@@ -110,11 +115,9 @@ def run(module: Module, opts: EvictKVOptions = EvictKVOptions()) -> PassResult:
         fns.append(fn.with_nodes(nodes, params=params, results=fn.results + (seen_out,) + tuple(acc_out)))
     if not rewritten:
         raise KVPassError("evict-kv: no Attention node in the decoder entry points")
-    meta = dict(module.meta)
-    d = dict(dec)
-    d["state"] = [[seen_in, seen_out]] + [[a, b] for a, b in zip(acc_in, acc_out)]
-    d["kv_budget"] = opts.budget
-    meta["decoder"] = d
+    state = [StateTensor(seen_in, seen_out, StateKind.SEEN_TOKENS)]
+    state += [StateTensor(a, b, StateKind.H2O_SCORES, layer) for layer, (a, b) in enumerate(zip(acc_in, acc_out))]
+    meta = dec.with_state(state, kv_budget=opts.budget).into(module.meta)
     meta["kv_evict"] = dict(policy=opts.policy, budget=opts.budget, sinks=opts.sinks, recent=opts.resolved_recent())
     out = module.replace(functions=tuple(fns), meta=meta)
     return PassResult(out, {"rewritten": rewritten, "budget_tokens": opts.budget,

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.core import Function, Module, Node
-from ..ir.interp import FUSED_EPILOGUES
+from ..ir.enums import FUSED_EPILOGUES, Epilogue
+from ..ir.graph import Graph, rewrite
 from ..ir.ops import Op
 from .base import PassResult, clean
 
@@ -26,28 +27,18 @@ LINEARS = (Op.Linear, Op.TernaryLinear)
 
 @dataclass(frozen=True)
 class FuseEpilogueOptions:
-    epilogues: tuple[str, ...] = FUSED_EPILOGUES  # which epilogues to fuse
+    epilogues: tuple[str, ...] = tuple(e.value for e in FUSED_EPILOGUES)  # which epilogues to fuse
 
     def __post_init__(self):
         bad = [e for e in self.epilogues if e not in FUSED_EPILOGUES]
         if bad:
-            raise ValueError(f"unknown epilogue(s) {bad}; valid: {', '.join(FUSED_EPILOGUES)}")
+            raise ValueError(f"unknown epilogue(s) {bad}; valid: {', '.join(e.value for e in FUSED_EPILOGUES)}")
 
 
 class _Fuser:
     def __init__(self, fn: Function, opts: FuseEpilogueOptions):
-        self.fn, self.opts = fn, opts
-        self.prod = fn.producers()
-        self.users = fn.consumers()
-        self.results = set(fn.results)
-        self.counts = {e: 0 for e in FUSED_EPILOGUES}
-
-    def sole_use(self, v: str, op_set) -> Node | None:
-        """The producer of `v` if it is one of `op_set` and `v` is used exactly once (not a result)."""
-        n = self.prod.get(v)
-        if n is None or n.op not in op_set or v in self.results or len(self.users.get(v, ())) != 1:
-            return None
-        return n
+        self.g, self.opts = Graph(fn), opts
+        self.counts = {e.value: 0 for e in FUSED_EPILOGUES}
 
     @staticmethod
     def header(lin: Node) -> dict:
@@ -55,36 +46,37 @@ class _Fuser:
 
     def fuse(self, root: Node) -> Node | None:
         want = self.opts.epilogues
-        if root.op == Op.Add and "residual_add" in want:
+        if root.op == Op.Add and Epilogue.RESIDUAL_ADD in want:
             for y, r in (root.inputs, root.inputs[::-1]):
-                lin = self.sole_use(y, LINEARS)
+                lin = self.g.sole_producer(y, *LINEARS)
                 if lin is not None and r != y:
-                    return self.emit(root, "residual_add", lin, [*lin.inputs, r])
-        if root.op == Op.RoPE and "rope" in want:
-            tr = self.sole_use(root.inputs[0], (Op.Transpose,))
-            rs = self.sole_use(tr.inputs[0], (Op.Reshape,)) if tr else None
-            lin = self.sole_use(rs.inputs[0], LINEARS) if rs else None
+                    return self.emit(root, Epilogue.RESIDUAL_ADD, lin, [*lin.inputs, r])
+        if root.op == Op.RoPE and Epilogue.ROPE in want:
+            tr = self.g.sole_producer(root.inputs[0], Op.Transpose)
+            rs = self.g.sole_producer(tr.inputs[0], Op.Reshape) if tr else None
+            lin = self.g.sole_producer(rs.inputs[0], *LINEARS) if rs else None
             if lin is not None:
-                return self.emit(root, "rope", lin, [*lin.inputs, rs.inputs[1], *root.inputs[1:]],
+                return self.emit(root, Epilogue.ROPE, lin, [*lin.inputs, rs.inputs[1], *root.inputs[1:]],
                                  perm=tr.attr("perm"), allowzero=rs.attr("allowzero", 0))
-        if root.op == Op.GatedAct and f"gated_{root.attr('act')}" in want:
-            g, u = (self.sole_use(v, LINEARS) for v in root.inputs)
+        gated = Epilogue.gated_by(root.attr("act")) if root.op == Op.GatedAct else None
+        if gated is not None and gated in want:
+            g, u = (self.g.sole_producer(v, *LINEARS) for v in root.inputs)
             if g is not None and u is not None and g.op == u.op and g.inputs[0] == u.inputs[0] \
                     and g.attrs == u.attrs and len(g.inputs) == len(u.inputs) and root.inputs[0] != root.inputs[1]:
-                return self.emit(root, f"gated_{root.attr('act')}", g, [*g.inputs, *u.inputs[1:]])
+                return self.emit(root, gated, g, [*g.inputs, *u.inputs[1:]])
         return None
 
-    def emit(self, root: Node, epilogue: str, lin: Node, inputs: list[str], **attrs) -> Node:
-        self.counts[epilogue] += 1
+    def emit(self, root: Node, epilogue: Epilogue, lin: Node, inputs: list[str], **attrs) -> Node:
+        self.counts[epilogue.value] += 1
         return Node.make(Op.FusedLinear, inputs, root.outputs, lin.origin or root.origin,
-                         epilogue=epilogue, **self.header(lin), **attrs)
+                         epilogue=epilogue.value, **self.header(lin), **attrs)
 
     def run(self) -> Function:
-        return self.fn.with_nodes(self.fuse(n) or n for n in self.fn.nodes)
+        return rewrite(self.g.fn, {id(n): f for n in self.g.fn.nodes if (f := self.fuse(n)) is not None})
 
 
 def run(module: Module, opts: FuseEpilogueOptions = FuseEpilogueOptions()) -> PassResult:
-    fns, counts = [], {e: 0 for e in FUSED_EPILOGUES}
+    fns, counts = [], {e.value: 0 for e in FUSED_EPILOGUES}
     for fn in module.functions:
         f = _Fuser(fn, opts)
         fns.append(f.run())

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..ir import packing
 from ..ir.core import Module, Node
+from ..ir.enums import Epilogue
 from ..ir.ops import Op
 from ..ir.types import DType
 from .base import PassResult, add_const, clean, used_names
@@ -39,7 +40,7 @@ def _weight_slots(node: Node) -> list[int]:
         return [1]
     if node.op == Op.FusedLinear and node.attr("linear") == Op.TernaryLinear.value:
         n_ops = node.attr("linear_operands")
-        gated = str(node.attr("epilogue")).startswith("gated_")
+        gated = Epilogue.parse(node.attr("epilogue")).gated
         return [2, 2 + n_ops] if gated else [2]
     return []
 

@@ -32,7 +32,6 @@ PIPELINES: dict[str, list[str]] = {
     # TVM CUDA: 2-bit codes (W2A8, dp4a-friendly).
     "cuda": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
     # KV260 TLMM engine: TL2 (5 bits per 3 weights), epilogues streamed in the linear engine.
-    # (KV-cache passes - quantize-kv / evict-kv / prune-prefill - are appended here once registered.)
     # hw-numerics last: the reference interpreter then computes what the FPGA datapath computes.
     "kv260": ["fold", "raise-ternary", "cse", "dce", "fuse-epilogue", "pack-ternary{format=tl2}", "hw-numerics"],
 }

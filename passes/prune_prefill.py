@@ -8,8 +8,8 @@ nested sets, the last token always kept); keep_count = kvevict.lazyllm_keep_coun
 schedule), where schedule is kvevict.lazyllm_schedule(n_layers, keep, first_layer) ("linear": 1.0
 then linearly down to `keep` at the last layer) or "step" (1.0 before first_layer, `keep` from it on).
 
-Revival (revive=true, the default; LazyLLM's aux cache). Explicit decoder state (meta["decoder"]
-["state"], carried by decode_feeds like the KV cache), for every layer l >= the first pruned layer:
+Revival (revive=true, the default; LazyLLM's aux cache). Explicit decoder state (DecoderSpec.state,
+carried by decode_feeds like the KV cache), for every layer l >= the first pruned layer:
   past.{l}.pos    i64[n_l]          the positions of layer l's KV-cache entries (cache order)
   past.{l}.aux_h  f32[1, a_l, H]    hidden states entering layer l of the tokens parked there
   past.{l}.aux_pos i64[a_l]         their positions (ascending)
@@ -45,12 +45,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.core import Const, Function, Module, Node, Value, dce_function
+from ..ir.core import Function, Module, Node, Value, dce_function
+from ..ir.decoder import StateKind, StateTensor
+from ..ir.enums import KVPolicy
+from ..ir.graph import Builder, Graph, rename_inputs
 from ..ir.kvevict import lazyllm_schedule
 from ..ir.ops import Op
 from ..ir.types import DType, TensorType
 from .base import PassResult, fresh, used_names
-from .quantize_kv import KVPassError, decoder_meta
+from .quantize_kv import KVPassError, decoder_spec
 
 
 @dataclass(frozen=True)
@@ -76,28 +79,15 @@ class PrunePrefillOptions:
         return tuple(1.0 if i < self.first_layer else float(self.keep) for i in range(n_layers))
 
 
-def _back_to(fn_prod, start: str, ops: set) -> Node | None:
-    """Nearest producer with op in `ops`, following first inputs back from value `start`."""
-    v = start
-    for _ in range(64):
-        n = fn_prod.get(v)
-        if n is None:
-            return None
-        if n.op in ops:
-            return n
-        v = n.inputs[0]
-    return None
-
-
 _NORMS = {Op.RMSNorm, Op.LayerNorm}
 _UNIT_DIMS = {Op.Unsqueeze, Op.Squeeze, Op.Reshape, Op.Identity}
 
 
-def _position_vector(fn: Function, ropes: list[list[Node]]) -> str:
+def _position_vector(g: Graph, ropes: list[list[Node]]) -> str:
     """The 1-D integer position vector that RoPE's cos/sin are computed from (Range output, or
     Range + past length): the integer input of the Cast that feeds cos/sin, minus unit dims. Checked
     to feed nothing but RoPE cos/sin, so it can be replaced by positions 0..T-1."""
-    prod, users, types = fn.producers(), fn.consumers(), fn.value_types()
+    fn, prod, users, types = g.fn, g.prod, g.users, g.types
     cast = None
     v = ropes[0][0].inputs[1]
     for _ in range(64):
@@ -142,41 +132,31 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
     layer -> {pos_in, pos_out, h_in, h_out, p_in, p_out} names (the *_in are decode parameters)."""
     if decode and not state:
         raise ValueError("decode is only rewritten with revival state")
-    prod = fn.producers()
-    types = fn.value_types()
+    g = Graph(fn)
+    types = g.types
+    b = Builder(consts, taken)
     attn = [n for n in fn.nodes if n.op == Op.Attention]
     L = len(attn)
     resid, ropes = [], []
     for a in attn:
-        norm = _back_to(prod, a.inputs[0], _NORMS)
-        r = [_back_to(prod, a.inputs[i], {Op.RoPE}) for i in (0, 1)]
+        norm = g.back_to(a.inputs[0], _NORMS)
+        r = [g.back_to(a.inputs[i], {Op.RoPE}) for i in (0, 1)]
         if norm is None or None in r:
             raise KVPassError(f"prune-prefill: cannot find the norm / RoPE of {a.label}; unsupported layer form")
         resid.append(norm.inputs[0])
         ropes.append(r)
-    final_norm = _back_to(prod, fn.results[0], _NORMS)
+    final_norm = g.back_to(fn.results[0], _NORMS)
     if final_norm is None:
         raise KVPassError(f"prune-prefill: cannot find the final norm before @{fn.name}'s logits")
     resid_final = final_norm.inputs[0]
 
     i64 = lambda shape: TensorType(DType.I64, shape)  # noqa: E731
 
-    def const(base, array):
-        name = fresh(base, taken)
-        consts[name] = Const.of(np.asarray(array))
-        return name
-
-    def node(op, inputs, base, ttype, **attrs):
-        out = fresh(base, taken)
-        return Node.make(op, inputs, [Value(out, ttype)], **attrs), out
-
-    zero, one = const("lazy.zero", np.array(0, np.int64)), const("lazy.one", np.array(1, np.int64))
+    zero, one = b.const("lazy.zero", np.array(0, np.int64)), b.const("lazy.one", np.array(1, np.int64))
     head = []
 
     def emit(op, inputs, base, ttype, into=None, **attrs):
-        n, out = node(op, inputs, base, ttype, **attrs)
-        (head if into is None else into).append(n)
-        return out
+        return b.emit(head if into is None else into, op, inputs, base, ttype, **attrs)
 
     n_new = emit(Op.Squeeze, [emit(Op.Shape, [ids], "lazy.new1d", i64((1,)), start=1, end=2)], "lazy.new", i64(()))
     if decode:
@@ -192,14 +172,14 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
     full_pos = emit(Op.Range, [zero, past_len, one], "lazy.cached_pos", i64(("past",)))
     subst: dict[str, str] = {}
     if decode:  # cos/sin for every position 0..T-1, gathered per layer below
-        pvec = _position_vector(fn, ropes)
+        pvec = _position_vector(g, ropes)
         all_pos = emit(Op.Range, [zero, total, one], "lazy.all_pos", i64(("total",)))
         if types[pvec].dtype != DType.I64:
             all_pos = emit(Op.Cast, [all_pos], "lazy.all_pos_cast", TensorType(types[pvec].dtype, ("total",)),
                            to=types[pvec].dtype.value)
         subst[pvec] = all_pos
 
-    empty_pos = const("lazy.no_pos", np.zeros(0, np.int64))
+    empty_pos = b.const("lazy.no_pos", np.zeros(0, np.int64))
     rows_pos = {first - 1: new_pos}  # positions of the rows each layer computes
     take, park = {}, {}
     new_attn, after = {}, {}  # id(attention) -> KVEvict; value -> nodes to emit right after it
@@ -210,12 +190,12 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
         ins = list(a.inputs) + [""] * (5 - len(a.inputs)) + [past_pos, rows_pos[l]]
         if not last:
             ins.append(state[l + 1]["p_in"] if decode else empty_pos)
-        pp = state[l]["pos_out"] if (state and l >= first) else fresh(f"lazy.pos.{l}", taken)
+        pp = state[l]["pos_out"] if (state and l >= first) else b.fresh(f"lazy.pos.{l}")
         outs = list(a.outputs) + [Value(pp, i64(("kv",)))]
         if not last:
-            take[l], park[l] = fresh(f"lazy.take.{l + 1}", taken), fresh(f"lazy.park.{l + 1}", taken)
+            take[l], park[l] = b.fresh(f"lazy.take.{l + 1}"), b.fresh(f"lazy.park.{l + 1}")
             outs += [Value(take[l], i64((f"n{l + 1}",))), Value(park[l], i64((f"a{l + 1}",)))]
-        new_attn[id(a)] = Node.make(Op.KVEvict, ins, outs, a.origin, **a.attr_dict, policy="lazyllm", layer=l,
+        new_attn[id(a)] = Node.make(Op.KVEvict, ins, outs, a.origin, **a.attr_dict, policy=KVPolicy.LAZYLLM.value, layer=l,
                                     schedule=fractions)
         if last:
             continue
@@ -248,7 +228,7 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
         is_new = emit(Op.GreaterOrEqual, [rows_pos[L - 1], past_len], "lazy.is_new", TensorType(DType.BOOL, None),
                       into=seq)
         nz = emit(Op.NonZero, [is_new], "lazy.new_rows2d", i64((1, "n")), into=seq)
-        flat = const("lazy.flat", np.array([-1], np.int64))
+        flat = b.const("lazy.flat", np.array([-1], np.int64))
         idx = emit(Op.Reshape, [nz, flat], "lazy.new_rows", i64(("n",)), into=seq)
         subst[resid_final] = emit(Op.Gather, [resid_final, idx], f"{resid_final}.new_rows",
                                   TensorType(types[resid_final].dtype, None), into=seq, axis=1)
@@ -275,8 +255,7 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
                                            TensorType(types[c].dtype, None), into=nodes, axis=-2)
                 ins[j] = cs_made[(l, c)]
             n = Node(n.op, tuple(ins), n.outputs, n.attrs, n.origin)
-        if any(v in subst for v in n.inputs):
-            n = Node(n.op, tuple(subst.get(v, v) for v in n.inputs), n.outputs, n.attrs, n.origin)
+        n = rename_inputs(n, subst)
         nodes.append(n)
         for o in n.outputs:
             nodes.extend(after.get(o.name, []))
@@ -293,10 +272,10 @@ def _rewrite(fn: Function, consts: dict, taken: set, *, ids: str, fractions, fir
 
 
 def run(module: Module, opts: PrunePrefillOptions = PrunePrefillOptions()) -> PassResult:
-    dec = decoder_meta(module, "prune-prefill")
-    if dec.get("state"):
+    dec = decoder_spec(module, "prune-prefill")
+    if dec.state:
         raise KVPassError("prune-prefill: the decoder already carries extra state (another pass's); not composable")
-    pre = module.func(dec["prefill"])
+    pre = module.func(dec.prefill)
     L = sum(n.op == Op.Attention for n in pre.nodes)
     if L < 2:
         raise KVPassError("prune-prefill: needs >= 2 Attention layers in prefill")
@@ -312,18 +291,18 @@ def run(module: Module, opts: PrunePrefillOptions = PrunePrefillOptions()) -> Pa
             ("pos_in", "past", "pos"), ("pos_out", "present", "pos"), ("h_in", "past", "aux_h"),
             ("h_out", "present", "aux_h"), ("p_in", "past", "aux_pos"), ("p_out", "present", "aux_pos"))}
             for l in range(first, L)}
-    kw = dict(ids=dec["input_ids"], fractions=fractions, first=first, state=state)
-    fns = {dec["prefill"]: _rewrite(pre, consts, taken, decode=False, **kw)}
+    kw = dict(ids=dec.input_ids, fractions=fractions, first=first, state=state)
+    fns = {dec.prefill: _rewrite(pre, consts, taken, decode=False, **kw)}
     if opts.revive:
-        fns[dec["decode"]] = _rewrite(module.func(dec["decode"]), consts, taken, decode=True, **kw)
+        fns[dec.decode] = _rewrite(module.func(dec.decode), consts, taken, decode=True, **kw)
     meta = dict(module.meta)
     info = dict(keep=opts.keep, schedule=opts.schedule, first_layer=opts.first_layer, fractions=list(fractions),
                 revival=bool(opts.revive))
     if state:
-        d = dict(dec)
-        d["state"] = [[state[l][a], state[l][b]] for l in sorted(state)
-                      for a, b in (("pos_in", "pos_out"), ("h_in", "h_out"), ("p_in", "p_out"))]
-        meta["decoder"] = d
+        meta = dec.with_state([StateTensor(state[l][a], state[l][b], kind, l) for l in sorted(state)
+                               for a, b, kind in (("pos_in", "pos_out", StateKind.POSITIONS),
+                                                  ("h_in", "h_out", StateKind.AUX_HIDDEN),
+                                                  ("p_in", "p_out", StateKind.AUX_POSITIONS))]).into(meta)
         # cache positions per layer (eval.py counts the rows each decode step computes from them)
         info["positions"] = {str(l): state[l]["pos_out"] for l in sorted(state)}
         info["aux_positions"] = {str(l): state[l]["p_out"] for l in sorted(state)}

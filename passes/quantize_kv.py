@@ -1,6 +1,6 @@
 """`quantize-kv{bits=2|4|8,group=32,residual=32,sinks=0,rotate=false}`: KIVI-style KV-cache quantization.
 
-Replaces every Attention node of the decoder entry points (meta["decoder"] prefill/decode) by a
+Replaces every Attention node of the decoder entry points (DecoderSpec prefill/decode) by a
 KVQuantAttention node with the same inputs/outputs plus the quantization config. Its meaning
 (ir/interp.py, numerics in ir/kvquant.py): the cache (past + the new tokens) is stored quantized --
 keys per channel over groups of `group` tokens, values per token over channel groups, `sinks` first
@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.core import Module, Node
+from ..ir.decoder import DecoderSpec
 from ..ir.kvquant import KVQuantConfig, fp_kv_bytes_per_token, kv_bytes_per_token
 from ..ir.ops import Op
 from .base import PassResult
@@ -50,37 +51,37 @@ class QuantizeKVOptions:
                              rotate=self.rotate)
 
 
-def decoder_meta(module: Module, pass_name: str) -> dict:
-    """meta["decoder"]; refuses modules without one, and modules another KV pass already rewrote
-    (quantize-kv, evict-kv and prune-prefill each take plain Attention; they do not compose yet)."""
-    dec = module.meta.get("decoder")
+def decoder_spec(module: Module, pass_name: str) -> DecoderSpec:
+    """The module's decoder spec; refuses modules without one, and modules another KV pass already
+    rewrote (quantize-kv, evict-kv and prune-prefill each take plain Attention; they do not compose yet)."""
+    dec = DecoderSpec.of(module)
     if not dec:
         raise KVPassError(f"{pass_name}: module @{module.name} has no decoder entry points (meta['decoder']); "
                           f"load a decoder LM with ternc.load(..., decoder=True)")
     for fn in module.functions:
-        if fn.name in (dec["prefill"], dec["decode"]):
+        if fn.name in dec.entries:
             done = {n.op.value for n in fn.nodes if n.op in (Op.KVQuantAttention, Op.KVEvict)}
             if done:
                 raise KVPassError(f"{pass_name}: @{fn.name} already has {', '.join(sorted(done))} nodes; the KV "
                                   f"passes (quantize-kv, evict-kv, prune-prefill) do not compose: apply one")
-    return dict(dec)
+    return dec
 
 
 def run(module: Module, opts: QuantizeKVOptions = QuantizeKVOptions()) -> PassResult:
-    dec = decoder_meta(module, "quantize-kv")
+    dec = decoder_spec(module, "quantize-kv")
     cfg = opts.config()
-    if dec.get("head_dim"):
-        cfg.value_group(int(dec["head_dim"]))  # head_dim must be a multiple of the value group
+    if dec.head_dim:
+        cfg.value_group(dec.head_dim)  # head_dim must be a multiple of the value group
         if cfg.rotate:
             from ..ir.kvquant import hadamard
 
-            hadamard(int(dec["head_dim"]))  # raises for unsupported head dims
+            hadamard(dec.head_dim)  # raises for unsupported head dims
     attrs = dict(bits=cfg.bits, group_size=cfg.group_size, residual=cfg.residual, sinks=cfg.sinks,
                  rotate=int(cfg.rotate))
     rewritten = 0
     fns = []
     for fn in module.functions:
-        if fn.name not in (dec["prefill"], dec["decode"]):
+        if fn.name not in dec.entries:
             fns.append(fn)
             continue
         nodes = []
@@ -95,7 +96,7 @@ def run(module: Module, opts: QuantizeKVOptions = QuantizeKVOptions()) -> PassRe
     if not rewritten:
         raise KVPassError("quantize-kv: no Attention node in the decoder entry points")
     before = module_kv_bytes(module)
-    L, H, D = int(dec["n_layers"]), int(dec["kv_heads"]), int(dec["head_dim"])
+    L, H, D = dec.n_layers, int(dec.kv_heads), int(dec.head_dim)
     after = kv_bytes_per_token(cfg, H, D, L)
     meta = dict(module.meta)
     meta["kv_bytes_per_token"] = after

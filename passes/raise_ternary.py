@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import semantics
-from ..ir.core import Function, Module, Node
+from ..ir.core import Module, Node
+from ..ir.graph import Graph, rewrite
 from ..ir.ops import Op
 from ..ir.types import DType
 from .base import PassResult, add_const, clean, used_names
@@ -53,25 +54,8 @@ def ternary_split(w: np.ndarray, rtol: float) -> tuple[np.ndarray, np.float32] |
     return t.astype(np.int8), np.float32(s)
 
 
-class _Matcher:
-    def __init__(self, module: Module, fn: Function):
-        self.consts = module.constants
-        self.prod = fn.producers()
-        self.users = fn.consumers()
-        self.results = set(fn.results)
-
-    def node(self, v: str, *ops: Op) -> Node | None:
-        n = self.prod.get(v)
-        return n if n is not None and n.op in ops else None
-
-    def scalar(self, v: str) -> float | None:
-        c = self.consts.get(v)
-        if c is None or c.data is None or c.data.size != 1:
-            return None
-        return float(np.asarray(c.data).reshape(-1)[0])
-
-    def single_use(self, v: str) -> bool:
-        return len(self.users.get(v, ())) == 1 and v not in self.results
+class _Matcher(Graph):
+    """The BitLinear patterns, matched on the ir.graph view of one function."""
 
     # A = 127 / clip(max|x|, eps), spelled Mul(Reciprocal(C), 127) or Div(127, C)
     def act_scale(self, a: str) -> tuple[str, float] | None:
@@ -95,8 +79,8 @@ class _Matcher:
         rmax = self.node(clip.inputs[0], Op.ReduceMax)
         if eps is None or eps <= 0 or rmax is None or rmax.attr("keepdims", 1) != 1 or len(rmax.inputs) != 2:
             return None
-        axes = self.consts.get(rmax.inputs[1])
-        if axes is None or axes.data is None or np.asarray(axes.data).reshape(-1).tolist() != [-1]:
+        axes = self.const(rmax.inputs[1])
+        if axes is None or np.asarray(axes).reshape(-1).tolist() != [-1]:
             return None
         ab = self.node(rmax.inputs[0], Op.Abs)
         return (ab.inputs[0], eps) if ab is not None else None
@@ -136,16 +120,16 @@ class _Matcher:
         """Linear output y -> y / (c * A) (or y / A, optionally then * c' or / c'): (root node, factor)
         with the epilogue equal to multiplying acc / A by `factor`."""
         y = lin.outputs[0].name
-        if not self.single_use(y):
+        if not self.sole_use(y):
             return None
-        d = self.users[y][0]
+        d = self.uses(y)[0]
         if d.op != Op.Div or d.inputs[0] != y:
             return None
         if d.inputs[1] == a:
             factor, root = 1.0, d
             out = d.outputs[0].name
-            if self.single_use(out):
-                nxt = self.users[out][0]
+            if self.sole_use(out):
+                nxt = self.uses(out)[0]
                 if nxt.op in (Op.Mul, Op.Div):
                     other = nxt.inputs[1] if nxt.inputs[0] == out else (nxt.inputs[0] if nxt.op == Op.Mul else None)
                     c = self.scalar(other) if other else None
@@ -187,7 +171,7 @@ def run(module: Module, opts: RaiseTernaryOptions = RaiseTernaryOptions()) -> Pa
 
     fns = []
     for fn in module.functions:
-        mt = _Matcher(module, fn)
+        mt = _Matcher(fn, module.constants)
         replace: dict[int, Node] = {}  # id of the node the new TernaryLinear stands in for -> it
         for lin in fn.nodes:
             # MatMul with a constant weight: exports whose unpacking `fold` evaluated after import
@@ -224,6 +208,6 @@ def run(module: Module, opts: RaiseTernaryOptions = RaiseTernaryOptions()) -> Pa
             replace[id(root)] = Node.make(Op.TernaryLinear, inputs, root.outputs, lin.origin or root.origin,
                                           eps=eps, **attrs)
             counts[kind] += 1
-        fns.append(fn.with_nodes(replace.get(id(n), n) for n in fn.nodes))
+        fns.append(rewrite(fn, replace))
     out = clean(module.replace(functions=tuple(fns), constants=consts))
     return PassResult(out, {"raised": sum(counts.values()), **counts})

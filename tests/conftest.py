@@ -27,10 +27,7 @@ def build_hf(arch: str, seed: int = 0):
     if arch == "bitnet":
         return BitNetForCausalLM(BitNetConfig(**TINY)).eval()
     if arch == "smollm2":
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).parent / "models"))
-        import smollm2
+        from ternc.models import smollm2
 
         return smollm2.load_hf()[0]
     if arch == "tiny-bitnet":

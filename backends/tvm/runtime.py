@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ...ir.decoder import DecoderSpec
+
 if "tvm" not in sys.modules:
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
 
@@ -148,9 +150,8 @@ class TVMRunner:
                         for w, key in names.items()}
         self._fns = {}
         # decoder outputs that only feed the next step stay on the device (no copy per token)
-        dec = self.meta.get("decoder") or {}
-        self._device_outputs = {n for pair in dec.get("present", []) for n in pair}
-        self._device_outputs |= {so for _si, so in dec.get("state", [])}
+        dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
+        self._device_outputs = {t.present for t in dec.carried} if dec else set()
 
     def run(self, entry: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         import tvm

@@ -29,7 +29,7 @@ def _vectors(columns, n, rng):
     return acc, mm, ss
 
 
-@pytest.mark.parametrize("op", ["none", "residual", "relu2", "silu_gate", "relu2_gate", "rope"])
+@pytest.mark.parametrize("op", ["none", "residual_add", "relu2", "gated_silu", "gated_relu2", "rope"])
 def test_epilogue_bit_exact(op):
     columns, n = 6, 10
     rng = np.random.default_rng(len(op))
@@ -39,7 +39,7 @@ def test_epilogue_bit_exact(op):
     aux = [{"m": int(mm[i]), "s": int(ss[i])} for i in range(n)]
     if op == "none":
         ref = y
-    elif op == "residual":
+    elif op == "residual_add":
         res = h.to_fx(rng.normal(size=(n, columns)) * 100)
         res[3, :] = h.FX_MAX
         for i in range(n):
@@ -47,9 +47,9 @@ def test_epilogue_bit_exact(op):
         ref = h.add_fx(y, res)
     elif op == "relu2":
         ref = h.relu2_fx(y)
-    elif op == "silu_gate":
+    elif op == "gated_silu":
         ref = h.silu_gate_fx(y[:, :half], y[:, half:])
-    elif op == "relu2_gate":
+    elif op == "gated_relu2":
         ref = h.relu2_gate_fx(y[:, :half], y[:, half:])
     else:
         cs, sn = h.rope_table(np.arange(n) * 13, 2 * half, theta=500000.0)

@@ -39,7 +39,7 @@ def test_dq_factor_block():
     assert [(o.m, o.s) for o in out] == list(zip(m_ref.tolist(), s_ref.tolist()))
 
 
-@pytest.mark.parametrize("op", ["residual", "silu_gate"])
+@pytest.mark.parametrize("op", ["residual_add", "gated_silu"])
 def test_pipeline_end_to_end(op):
     g, t, c = 3, 2, 4
     rng = np.random.default_rng(7)
@@ -71,7 +71,7 @@ def test_pipeline_end_to_end(op):
     for tok in range(n_tok):
         for ti in range(n_tiles):
             yt = y[tok, ti * c:(ti + 1) * c]
-            if op == "residual":
+            if op == "residual_add":
                 res = h.to_fx(rng.normal(size=c))
                 aux.append({"res": [int(v) for v in res]})
                 ref.append(h.add_fx(yt, res))
@@ -99,7 +99,7 @@ def test_pipeline_end_to_end(op):
     sim.add_clock(1e-8)
     sim.add_testbench(weights, background=True)
     sim.add_testbench(acts, background=True)
-    if op == "residual":
+    if op == "residual_add":
         sim.add_testbench(auxs, background=True)
     sim.add_testbench(snk)
     sim.run()

@@ -230,7 +230,7 @@ def _lint_designs():
     from ternc.hw.regfile import AxiLiteRegFile, default_accel_regmap
     return {
         "tlmm_core": lambda: TLMMCore(3, 3, 4, wbuf_depth=64, ram_style="ultra"),
-        "epilogue_silu": lambda: Epilogue(4, "silu_gate"),
+        "epilogue_silu": lambda: Epilogue(4, "gated_silu"),
         "epilogue_rope": lambda: Epilogue(4, "rope"),
         "act_quant": lambda: ActQuantizer(3, 2, max_chunks=8, lanes=3),
         "rmsnorm": lambda: RMSNorm(4, 64),

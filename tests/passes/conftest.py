@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ternc
-from ternc.frontend.decoder import decode_feeds
+from ternc.ir.decoder import DecoderSpec, decode_feeds
 from ternc.ir import interpret, parse
 
 
@@ -37,15 +37,15 @@ def assert_same_outputs(a, b, inputs_by_entry):
 def decoder_inputs(module, seq: int = 6, past: int = 4, seed: int = 0):
     """Inputs for main (if present), prefill and decode of a decoder module."""
     rng = np.random.default_rng(seed)
-    dec = module.meta["decoder"]
+    dec = DecoderSpec.of(module)
     vocab = max(c.type.shape[0] for c in module.constants.values()
                 if c.type.shape and len(c.type.shape) == 2 and c.type.dtype.is_float)
     ids = rng.integers(0, vocab, (1, seq)).astype(np.int64)
-    out = {dec["prefill"]: {dec["input_ids"]: ids}}
+    out = {dec.prefill: {dec.input_ids: ids}}
     if "main" in module.entry_names:
-        out["main"] = {dec["input_ids"]: ids}
-    pre = interpret(module, out[dec["prefill"]], dec["prefill"])
-    out[dec["decode"]] = decode_feeds(dec, pre, ids[:, -1:])
+        out["main"] = {dec.input_ids: ids}
+    pre = interpret(module, out[dec.prefill], dec.prefill)
+    out[dec.decode] = decode_feeds(dec, pre, ids[:, -1:])
     return out
 
 

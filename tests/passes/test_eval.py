@@ -69,10 +69,9 @@ def test_attention_flops_accounting(llama):
 def qat():
     if not FIXTURE.exists():
         pytest.fail(f"{FIXTURE} missing: run python bench/train_tiny_qat.py")
-    sys.path.insert(0, str(REPO / "bench"))
-    import train_tiny_qat
+    from ternc.models import tiny_qat
 
-    return train_tiny_qat
+    return tiny_qat
 
 
 def test_fixture_is_small_and_ternary(qat):

@@ -8,6 +8,7 @@ import pytest
 import ternc
 from ternc.ir import kvevict
 from ternc.ir.core import Node, Value
+from ternc.ir.decoder import DecoderSpec, StateKind
 from ternc.ir.interp import attention_probs
 from ternc.ir.ops import Op
 from ternc.ir.prims import IMPLS
@@ -46,15 +47,17 @@ def test_budget_held_exactly(llama, policy, kw):
     budget, prefix = 12, 5
     m = evict_kv.run(llama, evict_kv.EvictKVOptions(policy=policy, budget=budget, **kw)).module
     _, steps = _collect(m, ids, prefix)
-    dec = m.meta["decoder"]
+    dec = DecoderSpec.of(m)
     for s, res in enumerate(steps):
         n = min(prefix + s, budget)
-        for ok, ov in dec["present"]:
+        for ok, ov in dec.present:
             assert res[ok].shape[2] == n and res[ov].shape[2] == n
-        for _, so in dec["state"][1:]:
-            assert res[so].shape == (1, 2, n)
+        for t in dec.state[1:]:
+            assert res[t.present].shape == (1, 2, n)
         assert int(res["present.seen_tokens"][0]) == prefix + s
-    assert len(dec["state"]) == 1 + (2 if policy == "h2o" else 0)
+    kinds = [(t.kind, t.layer) for t in dec.state]
+    assert kinds == [(StateKind.SEEN_TOKENS, None)] + ([(StateKind.H2O_SCORES, 0), (StateKind.H2O_SCORES, 1)]
+                                                       if policy == "h2o" else [])
 
 
 def test_streaming_keeps_sinks_and_window_with_true_positions(llama):

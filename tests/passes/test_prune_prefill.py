@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import ternc
-from ternc.frontend.decoder import decode_feeds
+from ternc.ir.decoder import DecoderSpec, StateKind, decode_feeds
+from ternc.ir.graph import Graph
 from ternc.ir import kvevict, parse
 from ternc.ir.interp import Interpreter, attention_probs
 from ternc.ir.ops import Op
@@ -32,10 +33,9 @@ def llama(onnx_export):
 def qat():
     """The tiny trained ternary model (3 layers, byte level; tests/fixtures/tiny_qat.safetensors):
     trained attention, and 3 layers so revived rows continue from one pruned layer to the next."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import train_tiny_qat
+    from ternc.models import tiny_qat
 
-    return train_tiny_qat.load_module(), train_tiny_qat.eval_ids()
+    return tiny_qat.load_module(), tiny_qat.eval_ids()
 
 
 def _pp(module, **kw):
@@ -43,8 +43,8 @@ def _pp(module, **kw):
 
 
 def _prefill(module, ids, observe=None):
-    dec = module.meta["decoder"]
-    return Interpreter(module, observe).run(dec["prefill"], {dec["input_ids"]: np.asarray(ids)[None]})
+    dec = DecoderSpec.of(module)
+    return Interpreter(module, observe).run(dec.prefill, {dec.input_ids: np.asarray(ids)[None]})
 
 
 def test_keep_everything_is_exact(llama):
@@ -67,7 +67,10 @@ def test_nothing_pruned_decodes_exactly(llama, revive):
     ids = np.random.default_rng(5).integers(0, 128, 19)
     assert _pp(llama, keep=1.0, revive=revive) is llama  # nothing to prune: the module is returned as is
     m = _pp(llama, keep=0.95, revive=revive)
-    assert m.meta["prune_prefill"]["revival"] is revive and bool(m.meta["decoder"].get("state")) is revive
+    assert m.meta["prune_prefill"]["revival"] is revive and bool(DecoderSpec.of(m).state) is revive
+    if revive:  # the revival state of layer 1 (the first pruned one), with kinds
+        assert [(t.kind, t.layer) for t in DecoderSpec.of(m).state] == [
+            (StateKind.POSITIONS, 1), (StateKind.AUX_HIDDEN, 1), (StateKind.AUX_POSITIONS, 1)]
     np.testing.assert_allclose(run_decoder(m, ids, prefix=10), run_decoder(llama, ids, prefix=10), rtol=0, atol=1e-6)
 
 
@@ -96,8 +99,7 @@ def test_selection_follows_last_token_attention(llama):
     # the pruned tokens are parked with their hidden state entering layer 1 (= layer 0's output)
     parked = np.setdiff1d(np.arange(20), want)
     np.testing.assert_array_equal(res["present.1.aux_pos"], parked)
-    norm1 = prune_prefill._back_to(fn.producers(), [n for n in fn.nodes if n.op == Op.Attention][1].inputs[0],
-                                   {Op.RMSNorm})
+    norm1 = Graph(fn).back_to([n for n in fn.nodes if n.op == Op.Attention][1].inputs[0], {Op.RMSNorm})
     np.testing.assert_allclose(res["present.1.aux_h"], env[norm1.inputs[0]][:, parked], rtol=1e-5, atol=1e-6)
     # layer 1's K/V come from layer 0's output, which saw the whole prompt: the pruned layer-1 cache
     # is the unpruned one at the kept positions (original RoPE positions), up to float rounding
@@ -189,7 +191,7 @@ def test_revival_revives_and_computes_each_token_once_per_layer(qat):
     m = _pp(base, keep=0.3)
     verify(m)
     calls, steps = _trace(m, ids, prompt)
-    n_layers = int(m.meta["decoder"]["n_layers"])
+    n_layers = DecoderSpec.of(m).n_layers
     assert n_layers == 3 and len(calls) == 1 + n and all(len(c) == n_layers for c in calls)
     revived = {l: 0 for l in range(n_layers)}
     for l in range(n_layers):
@@ -237,7 +239,7 @@ def test_revived_hidden_state_resumes_where_it_was_parked(qat):
     _prefill(base, ids, lambda n, outs: full.update({o.name: v for o, v in zip(n.outputs, outs)}))
     fn = base.func("prefill")
     attn = [n for n in fn.nodes if n.op == Op.Attention]
-    norm1 = prune_prefill._back_to(fn.producers(), attn[1].inputs[0], {Op.RMSNorm})
+    norm1 = Graph(fn).back_to(attn[1].inputs[0], {Op.RMSNorm})
     aux = res["present.1.aux_pos"]
     assert aux.size == 48 - int(np.ceil(0.65 * 48))
     np.testing.assert_allclose(res["present.1.aux_h"][0], full[norm1.inputs[0]][0, aux], rtol=1e-5, atol=1e-5)
@@ -249,21 +251,21 @@ def test_no_revival_step_equals_the_no_revival_decode(qat):
     base, text = qat
     ids = text[:41]
     m, m0 = _pp(base, keep=0.3), _pp(base, keep=0.3, revive=False)
-    dec, dec0 = m.meta["decoder"], m0.meta["decoder"]
+    dec, dec0 = DecoderSpec.of(m), DecoderSpec.of(m0)
     pre, pre0 = _prefill(m, ids[:40]), _prefill(m0, ids[:40])
     for k in pre0:
         np.testing.assert_array_equal(pre[k], pre0[k])  # same prefill
     feeds = decode_feeds(dec, pre, ids[None, 40:41])
-    for si, _ in dec["state"]:
-        if ".aux_" in si:
-            feeds[si] = feeds[si][:, :0] if feeds[si].ndim == 3 else feeds[si][:0]
-    got = Interpreter(m).run(dec["decode"], feeds)
-    want = Interpreter(m0).run(dec0["decode"], decode_feeds(dec0, pre0, ids[None, 40:41]))
+    for t in dec.state:
+        if t.kind in (StateKind.AUX_HIDDEN, StateKind.AUX_POSITIONS):
+            feeds[t.past] = feeds[t.past][:, :0] if feeds[t.past].ndim == 3 else feeds[t.past][:0]
+    got = Interpreter(m).run(dec.decode, feeds)
+    want = Interpreter(m0).run(dec0.decode, decode_feeds(dec0, pre0, ids[None, 40:41]))
     np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=1e-6)
-    for ok, ov in dec["present"]:
+    for ok, ov in dec.present:
         np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=1e-6)
     # with the aux caches in place the same step does revive (and its logits move)
-    full = Interpreter(m).run(dec["decode"], decode_feeds(dec, pre, ids[None, 40:41]))
+    full = Interpreter(m).run(dec.decode, decode_feeds(dec, pre, ids[None, 40:41]))
     assert full["present.1.pos"].size > got["present.1.pos"].size
     assert np.abs(full["logits"] - want["logits"]).max() > 1e-4
 

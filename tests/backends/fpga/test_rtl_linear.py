@@ -34,7 +34,7 @@ def _beats_as_fields(img: np.ndarray, eng: EngineConfig) -> list:
 
 def _run_rtl(ins: isa.Instr, ex: Executor, n_tok: int) -> np.ndarray:
     k, n = isa.unpack_kn(ins["kn"])
-    op = {isa.Epilogue.NONE: "none", isa.Epilogue.RESIDUAL: "residual"}[ins.epilogue]
+    op = {isa.Epilogue.NONE: "none", isa.Epilogue.RESIDUAL: "residual_add"}[ins.epilogue]
     chunk = ENG.group * ENG.tables
     nb = -(-(-(-k // 3)) // ENG.tables)              # beats (chunks) per column tile
     tiles = -(-n // ENG.columns)
@@ -54,7 +54,7 @@ def _run_rtl(ins: isa.Instr, ex: Executor, n_tok: int) -> np.ndarray:
         xb += [{"data": [int(v) for v in w], "last": int(j == len(words) - 1), "passes": tiles}
                for j, w in enumerate(words)]
     aux = []
-    if op == "residual":
+    if op == "residual_add":
         res = ex.rows(ins["aux"], n_tok, n).astype(np.int64)
         for tok in range(n_tok):
             for ti in range(tiles):

@@ -16,6 +16,7 @@ tvm = pytest.importorskip("tvm")
 
 import ternc  # noqa: E402
 from ternc.backends import artifact as A  # noqa: E402
+from ternc.ir.decoder import DecoderSpec, decode_feeds  # noqa: E402
 
 from .conftest import N_NEW  # noqa: E402
 from .helpers import ternarize  # noqa: E402
@@ -97,12 +98,12 @@ def test_runtime_only_subprocess_generates_interpreter_tokens(built_artifact, te
 
 def test_load_in_process_matches_interpreter_logits(built_artifact, ternary_model, prompt):
     runner = ternc.load_artifact(built_artifact)
-    dec = ternary_model.meta["decoder"]
+    dec = DecoderSpec.of(ternary_model)
     ref = ternc.interpret(ternary_model, {"input_ids": prompt}, "prefill")["logits"]
     got = runner.run("prefill", {"input_ids": prompt})["logits"]
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
     with pytest.raises(ValueError, match="missing inputs"):
-        runner.run("decode", {dec["input_ids"]: prompt})
+        runner.run("decode", {dec.input_ids: prompt})
     with pytest.raises(KeyError, match="no entry 'main'"):
         runner.run("main", {})
 
@@ -111,13 +112,12 @@ def test_kv_cache_stays_on_the_device_between_steps(built_artifact, ternary_mode
     """present KV outputs come back as DeviceTensor (no host copy per token) and feed the next step;
     the step's logits still equal the interpreter's."""
     from ternc.backends.tvm.runtime import DeviceTensor
-    from ternc.frontend.decoder import decode_feeds
 
     runner = ternc.load_artifact(built_artifact)
-    dec = ternary_model.meta["decoder"]
+    dec = DecoderSpec.of(ternary_model)
     res = runner.run("prefill", {"input_ids": prompt})
     ref = ternc.interpret(ternary_model, {"input_ids": prompt}, "prefill")
-    for ok, ov in dec["present"]:
+    for ok, ov in dec.present:
         assert isinstance(res[ok], DeviceTensor) and isinstance(res[ov], DeviceTensor)
         np.testing.assert_allclose(np.asarray(res[ok]), ref[ok], rtol=1e-4, atol=1e-5)
     assert isinstance(res["logits"], np.ndarray)

