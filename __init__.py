@@ -4,12 +4,11 @@ ONNX -> ternc IR -> passes (ternary packing, KV-cache quantization, token prunin
 TVM CPU/CUDA artifacts or an Amaranth TLMM FPGA accelerator.
 """
 
-__version__ = "0.1.0"
-
 # pytest collects the repository root (this file's folder) as a package and may import this file
 # outside the `ternc` package (e.g. from a checkout whose folder name is not an identifier): then
 # there is no parent package to import from, and nothing needs to be set up.
 if __package__:
+    from .version import __version__  # noqa: E402
     from . import frontend, ir  # noqa: E402
     from .api import compile, generate, interpret, load, load_artifact, save  # noqa: E402
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -133,15 +134,56 @@ def _ids_name(runner) -> str:
     return fn.params[0].name if fn else "input_ids"
 
 
-def compile(module: Module, target: str = "reference", passes: str | list | None = None, **kw):
-    """Apply a pass pipeline and, for real targets, build an artifact (see `ternc compile`)."""
-    from .passes.pipeline import compile as _compile
+@dataclass
+class CompileResult:
+    """What `ternc.compile` returns: the transformed module and its pass report, and, when an
+    output was asked for, the artifact's path and manifest (reference: the .ternc file, no manifest)."""
 
-    return _compile(module, target=target, passes=passes, **kw)
+    target: str
+    module: Module
+    report: Any  # passes.pipeline.PassReport
+    artifact: Path | None = None
+    manifest: dict | None = None
 
 
-def load_artifact(path: str | os.PathLike):
-    """Load a compiled artifact directory (checks manifest checksums); returns a Runner."""
-    from .backends.artifact import load_artifact as _load
+def compile(model, target: str = "reference", passes: str | list | None = None, out: str | os.PathLike | None = None,
+            *, context: int | None = None, report: Any = False, verify_each: bool | None = None,
+            **build_options) -> CompileResult:
+    """Run `target`'s pass pipeline (or `passes`) on `model` (a Module or anything `load` takes) and,
+    with `out`, build the target's artifact there; returns a CompileResult.
 
-    return _load(path)
+        res = ternc.compile("model.onnx", target="cpu", out="art/")   # res.artifact, res.manifest
+        res = ternc.compile(m, passes="quantize-kv{bits=2}")         # res.module, res.report
+
+    The module is checked against the target's capabilities (refused before any build when it
+    uses an attribute value the backend does not implement). `context`: the maximum context the
+    artifact serves (meta `max_context`). `report`: True prints the per-pass table, a callable
+    receives it. build_options go to the target's build (TVM: kernel_policy, kernels, mcpu, pipeline).
+    """
+    from .passes.pipeline import compile as run_pipeline
+    from .targets import get
+
+    tgt = get(target)
+    module = model if isinstance(model, Module) else load(model)
+    module, rep = run_pipeline(module, list(tgt.pipeline) if passes is None else passes,
+                               verify_each=verify_each, report=report, target=tgt.name)
+    if context is not None:
+        if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+            raise ValueError(f"context must be a positive number of tokens, got {context!r}")
+        module = module.replace(meta={**module.meta, "max_context": context})
+    tgt.check(module)
+    if out is None:
+        if build_options:
+            raise TypeError(f"build options {', '.join(sorted(build_options))} need `out`")
+        return CompileResult(tgt.name, module, rep)
+    build_options.setdefault("pipeline", rep.spec)
+    art = tgt.build(module, out, **build_options)
+    return CompileResult(tgt.name, module, rep, art.path, art.manifest if tgt.artifact == "folder" else None)
+
+
+def load_artifact(path: str | os.PathLike, **options):
+    """Load a compiled artifact (checks the manifest and every file's sha256) with its target's
+    backend; returns a Runner. (TVM options: device.)"""
+    from .targets import load_artifact as _load
+
+    return _load(path, **options)

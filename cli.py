@@ -4,7 +4,7 @@
     ternc show MODEL                                  print the IR text
     ternc run MODEL --input NAME=FILE.npy ... --out DIR [--entry main]
     ternc generate MODEL --prompt-ids 1,2,3 -n 16
-    ternc compile [MODEL] --target reference|cpu|cuda|aarch64|kv260 [--passes SPEC] -o OUT
+    ternc compile [MODEL] --target TARGET [--passes SPEC] [--kernels FILE] -o OUT   (targets: ternc.targets)
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
     ternc simulate ART --prompt-ids 1,2,3 -n 8         run a kv260 artifact's program (functional executor)
                                                       and check tokens/logits against the interpreter
@@ -146,23 +146,64 @@ def _sweep_config(spec: str) -> dict:
         raise CLIError(f"--config {path}: not a sweep config ({e})") from None
 
 
+def _read_kernels(path: str):
+    """--kernels FILE: an artifact's manifest.json (its `kernels` record) or a JSON list of choices."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--kernels {path}: cannot read JSON ({e})") from None
+    if isinstance(data, dict) and "kernels" in data:
+        data = data["kernels"]
+    if isinstance(data, dict):
+        data = data.get("choices")
+    if not isinstance(data, list):
+        raise CLIError(f"--kernels {path}: expected a manifest.json or a list of {{format, k, n, m, kind}}")
+    return data
+
+
+def format_result(res, seconds: float) -> str:
+    """The `ternc compile` summary of a CompileResult."""
+    lines = [f"compiled @{res.module.name} for target '{res.target}' in {seconds:.1f}s"]
+    p = res.artifact
+    if p.is_file():
+        lines.append(f"  wrote {p} ({p.stat().st_size / 1e6:.2f} MB): the transformed module (IR text + "
+                     f"weights); run it with `ternc generate {p} --prompt-ids 1,2,3`")
+        return "\n".join(lines)
+    lines.append(f"  wrote artifact {p}/ :")
+    for rel, info in sorted((res.manifest or {}).get("files", {}).items()):
+        lines.append(f"    {rel:<40} {info['bytes'] / 1e6:8.2f} MB")
+    lines.append(f"  run it: ternc generate {p} --prompt-ids 1,2,3 -n 16")
+    return "\n".join(lines)
+
+
 def cmd_compile(args) -> int:
     import ternc
+    from .targets import get
 
+    tgt = get(args.target)  # an unknown target fails before the model loads
     src = args.model or _default_model_path()
+    if args.context < 1:
+        raise CLIError(f"--context must be at least 1, got {args.context}")
     t0 = time.time()
     module = ternc.load(src)
     print(f"[ternc] loaded {src} ({time.time() - t0:.1f}s)", file=sys.stderr)
-    from .driver import compile_to
-
-    fpga = None
-    if args.target == "kv260":
-        fpga = {"clock_mhz": args.clock_mhz, "lm_head": args.lm_head, "synth": not args.no_synth}
+    options = {}
+    if args.mcpu:
+        options["mcpu"] = args.mcpu
+    if args.kernels:
+        options["kernels"] = _read_kernels(args.kernels)
+    if options and tgt.artifact != "folder":
+        raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
+    if tgt.name == "kv260":
+        # the FPGA backend's build options (backends/fpga/build.build_artifact)
+        options.update(clock_mhz=args.clock_mhz, lm_head=args.lm_head, synth=not args.no_synth, source=str(src))
         if args.config:
-            fpga.update(_sweep_config(args.config))
-    result = compile_to(module, target=args.target, passes=args.passes, out=args.output,
-                        context=args.context, source=str(src), mcpu=args.mcpu, fpga=fpga)
-    print(result)
+            options.update(_sweep_config(args.config))
+    t0 = time.time()
+    # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
+    res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
+                        context=args.context, report=lambda text: print(text, file=sys.stderr), **options)
+    print(format_result(res, time.time() - t0))
     return 0
 
 
@@ -254,7 +295,7 @@ def cmd_eval(args) -> int:
     ref = evaluate(base, ids, prefix=args.prefix)
     rows = [("unmodified", ref, None)]
     if args.passes:
-        mod, _ = ternc.compile(base, passes=args.passes)
+        mod = ternc.compile(base, passes=args.passes, report=True).module
         rows.append((args.passes, evaluate(mod, ids, prefix=args.prefix, reference=ref["top1"]), args.passes))
     print("| setting | tokens | perplexity | top-1 agreement | max KV tokens |")
     print("|---|---|---|---|---|")
@@ -265,6 +306,8 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import targets
+
     ap = argparse.ArgumentParser(prog="ternc", description="Compiler for ternary (1.58-bit) language models.")
     ap.add_argument("--version", action="version", version=f"ternc {__import__('ternc').__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -301,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")
     p.add_argument("model", nargs="?", help="ONNX or .ternc file (default: built-in tiny BitNet)")
-    p.add_argument("--target", default="reference", help="reference | cpu | cuda | aarch64 | kv260")
+    p.add_argument("--target", default="reference", help=" | ".join(targets.names()))
     p.add_argument("--passes", default=None, help='pipeline spec, e.g. "pack-ternary{format=tl2},quantize-kv{bits=2}"')
     p.add_argument("-o", "--output", default=None, help="output (.ternc file for reference, folder otherwise)")
     p.add_argument("--context", type=int, default=512, help="maximum context length the artifact serves")
@@ -312,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-synth", action="store_true", help="kv260: skip yosys resource synthesis")
     p.add_argument("--config", default=None,
                    help="kv260: a design point from `ternc simulate --sweep` (a best_config.json, or 'best')")
+    p.add_argument("--kernels", default=None, metavar="FILE",
+                   help="reuse the kernel choices of a previous build (its manifest.json), for identical rebuilds")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("simulate", help="time a kv260 artifact on the dataflow model (default), check it on the "

@@ -1,42 +1,54 @@
-"""Compiled artifacts: a directory of plain files plus `manifest.json` (sha256 of every file).
+"""Compiled artifacts, backend-neutral: a folder of plain files plus `manifest.json`.
 
-Layout (target cpu | aarch64 | cuda):
+    ART/manifest.json   format, format_version, ternc_version, target {name, ...}, roles
+                        (role -> file), files (path -> sha256, bytes), and the backend's own keys
+                        (TVM: entries, weights, kernels, ...). Deterministic: no times, no timings.
+    ART/report.json     how the build went (timestamp, seconds, measured kernel timings). NOT
+                        hashed and not needed to load: two builds of one model differ only here.
+    ART/...             the backend's files (TVM: lib/model.so, weights.safetensors, cuda/*.fatbin)
 
-    ART/manifest.json           format, versions, target, model meta, entry signatures, pipeline,
-                                kernel choices, files with sha256 and size
-    ART/lib/model.so            TVM `export_library` output (VM bytecode + kernels)
-    ART/weights.safetensors     the module constants the entries take as parameters
-    ART/cuda/<sha256>.fatbin    (cuda) device code built ahead of time with nvcc, keyed by the
-                                sha256 of the CUDA source TVM asks to compile at load time
+Writing (`write_artifact`) is crash-safe: everything goes into a sibling `.ART.tmp-PID-*` folder,
+every file and the folder are fsynced, then ONE atomic step puts it in place: a rename when ART does
+not exist, else an atomic exchange of the two folders (Linux renameat2 RENAME_EXCHANGE) after which
+the old artifact is deleted from the temp name. A SIGKILL at any point leaves ART either the old or
+the new artifact; temp folders of killed builds are removed by the next write to the same place.
 
-`build_artifact` writes everything into a temporary sibling directory and renames it into place,
-so a reader never sees a half-written artifact. `load_artifact` checks the manifest format
-version, the TVM version, that every listed file exists with its sha256, and returns a Runner
-that uses only the TVM runtime. Nothing is pickled.
+Reading (`read_manifest`) validates strictly: the manifest must be an object with every required
+key of the right type, file paths must stay inside the folder, and every listed file must have its
+sha256 and size; anything else is an `ArtifactError` naming the file and key.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-import time
-from pathlib import Path
-from typing import Any
-
-import numpy as np
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping
 
 FORMAT = "ternc-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: roles, report.json, kernel choices without timings, no timestamps
 MANIFEST = "manifest.json"
-LIB = "lib/model.so"
-WEIGHTS = "weights.safetensors"
+REPORT = "report.json"  # unhashed build report
 
 
 class ArtifactError(RuntimeError):
     pass
+
+
+@dataclass
+class Artifact:
+    """What a target's `build` returns: where the artifact is and what its manifest says."""
+
+    path: Path
+    manifest: dict
+    report: dict = field(default_factory=dict)
 
 
 def sha256_file(path: Path) -> str:
@@ -47,129 +59,222 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def json_safe(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
 def _ternc_version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 
 
-def _tvm_version() -> str:
-    import tvm
+# ------------------------------------------------------------------------------------------ writing
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY | (os.O_DIRECTORY if p.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    return str(tvm.__version__)
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}
 
 
-def _json_safe(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    import platform
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fa, fb = os.fsencode(str(a)), os.fsencode(str(b))
+    if hasattr(libc, "renameat2"):
+        rc = libc.renameat2(_AT_FDCWD, fa, _AT_FDCWD, fb, _RENAME_EXCHANGE)
+    elif platform.machine() in _SYS_RENAMEAT2:
+        rc = libc.syscall(_SYS_RENAMEAT2[platform.machine()], _AT_FDCWD, fa, _AT_FDCWD, fb, _RENAME_EXCHANGE)
+    else:
+        return False
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or filesystem without exchange
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE): {os.strerror(err)}")
 
 
-def build_artifact(module, target: str = "cpu", out_dir: str | os.PathLike = "artifact",
-                   pipeline_desc: Any = None, kernel_policy: str = "auto", overwrite: bool = True,
-                   mcpu: str | None = None) -> Path:
-    """Compile `module` (a post-pass ternc Module) for `target` and write an artifact directory.
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-")
 
-    target: "cpu" (LLVM for this host's CPU, or `mcpu`), "aarch64" (cross-compiled; needs
-    aarch64-linux-gnu-gcc) or "cuda" (sm_90; needs nvcc). pipeline_desc: the pass pipeline the
-    caller ran (recorded verbatim). kernel_policy: "auto" (measured dot vs LUT per shape), "dot",
-    "lut". Returns the artifact path.
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove `.OUT.tmp-PID-*` / `.OUT.old-PID-*` folders left by builds whose process is gone."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m and m["name"] == out.name and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def write_artifact(out: str | os.PathLike, target: Mapping[str, Any], populate: Callable[[Path], dict],
+                   report: Mapping[str, Any] | None = None, overwrite: bool = True) -> Artifact:
+    """Write an artifact folder at `out`, crash-safely (see the module docstring).
+
+    `target`: the manifest's `target` object (at least {"name": ...}). `populate(folder)` writes the
+    backend's files into `folder` and returns its manifest keys, including `roles` (role -> file).
+    `report` goes to the unhashed report.json. Returns the Artifact (path, manifest, report).
     """
-    from safetensors.numpy import save_file
-
-    from .tvm.build import compile_module, export
-
-    out = Path(out_dir).resolve()
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out} exists and is not a folder")
     if out.exists() and not overwrite:
         raise ArtifactError(f"{out} exists")
-    t0 = time.time()
-    built = compile_module(module, target, kernel_policy=kernel_policy, mcpu=mcpu)
-    compile_s = time.time() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    clean_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        (tmp / "lib").mkdir()
-        extra = export(built, tmp / LIB)
-        for name, data in extra.items():
-            p = tmp / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
-        lowered = built.lowered
-        tensors, key_of = {}, {}
-        for w in lowered.weights:
-            c = module.constants[w]
-            if c.data is None:
-                raise ArtifactError(f"constant @{w} has no data; cannot write weights")
-            key_of[w] = w
-            tensors[w] = lowered.weight_array(module, w)
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "module": module.name})
+        fields = populate(tmp)
+        if not isinstance(fields.get("roles"), dict):
+            raise ArtifactError("backend populate() must return the manifest's 'roles' (role -> file)")
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
                 rel = p.relative_to(tmp).as_posix()
                 files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "ternc_version": _ternc_version(),
-            "tvm_version": _tvm_version(),
-            "created_unix": int(time.time()),
-            "target": {"name": target, "tvm": _json_safe(str(built.target)),
-                       "host": _json_safe(str(built.target.host)) if built.target.host else None},
-            "model": {"name": module.name, "meta": _json_safe(dict(module.meta))},
-            "entries": {name: sig.to_json() for name, sig in lowered.entries.items()},
-            "weights": key_of,
-            "pipeline": _json_safe(pipeline_desc),
-            "kernels": {"policy": kernel_policy, "choices": lowered.kernel_choices},
-            "compile_seconds": round(compile_s, 3),
-            "files_role": {"library": LIB, "weights": WEIGHTS},
-            "files": files,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        for p in tmp.rglob("*"):
+        # `target` and `report` are read after populate(): a backend may fill them in as it writes
+        manifest = {**json_safe(fields), "format": FORMAT, "format_version": FORMAT_VERSION,
+                    "ternc_version": _ternc_version(), "target": json_safe(dict(target)), "files": files}
+        _validate(manifest, tmp / MANIFEST)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        rep = json_safe(dict(report or {}))
+        (tmp / REPORT).write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
+        for p in sorted(tmp.rglob("*"), reverse=True):  # files before their folders
             p.chmod(0o755 if p.is_dir() or p.suffix == ".so" else 0o644)
+            _fsync_path(p)
         tmp.chmod(0o755)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
+        _fsync_path(tmp)
+        if out.exists() and _exchange(tmp, out):
+            pass  # `tmp` now holds the old artifact: deleted below (or by the next build's clean_stale)
+        elif out.exists():
+            # no atomic exchange here: two renames; a kill between them leaves the old artifact at
+            # `.OUT.old-PID-*`, and readers see no artifact until the next build
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            tmp = old
         else:
             tmp.rename(out)
+            tmp = None
+        _fsync_path(out.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Artifact(out, manifest, rep)
 
 
-def read_manifest(path: str | os.PathLike, check_files: bool = True) -> dict:
-    """Parse and verify an artifact's manifest (format, versions, files, sha256)."""
-    path = Path(path)
-    mf = path / MANIFEST
-    if not path.is_dir():
-        raise ArtifactError(f"{path} is not an artifact directory")
-    if not mf.exists():
-        raise ArtifactError(f"{path}: missing {MANIFEST} (not a ternc artifact, or a half-written one)")
-    try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{mf}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{mf}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{mf}: artifact format version {manifest.get('format_version')} (written by ternc "
+# ------------------------------------------------------------------------------------------ reading
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def require(obj: Any, key: str, kind: type | tuple, where: str) -> Any:
+    """obj[key] if obj is a dict that has it with type `kind`, else an ArtifactError naming `where`."""
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise ArtifactError(f"{where}: missing key {key!r}")
+    v = obj[key]
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind in (int, (int,))):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ArtifactError(f"{where}: key {key!r} must be {want}, got {type(v).__name__}")
+    return v
+
+
+def safe_relpath(rel: Any, where: str) -> str:
+    """`rel` if it is a plain relative path inside the artifact (no '..', not absolute)."""
+    if not isinstance(rel, str) or not rel:
+        raise ArtifactError(f"{where}: file path must be a non-empty string, got {rel!r}")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or "\\" in rel or "\0" in rel or rel.startswith("~"):
+        raise ArtifactError(f"{where}: file path {rel!r} leaves the artifact folder")
+    return rel
+
+
+def _validate(manifest: Any, mf: Path) -> dict:
+    where = str(mf)
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{where}: the manifest must be a JSON object, got {type(manifest).__name__}")
+    fmt = manifest.get("format")
+    if fmt != FORMAT:
+        raise ArtifactError(f"{where}: format {fmt!r} is not {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{where}: artifact format version {version} (written by ternc "
                             f"{manifest.get('ternc_version')}); this ternc reads version {FORMAT_VERSION}. "
                             f"Recompile the model.")
-    for key in ("entries", "files", "files_role", "target", "model", "tvm_version", "weights"):
-        if key not in manifest:
-            raise ArtifactError(f"{mf}: manifest lacks {key!r}")
-    files = manifest["files"]
-    for role, rel in manifest["files_role"].items():
+    require(manifest, "ternc_version", str, where)
+    target = require(manifest, "target", dict, where)
+    require(target, "name", str, f"{where}: target")
+    files = require(manifest, "files", dict, where)
+    for rel, info in files.items():
+        safe_relpath(rel, f"{where}: files")
+        sha = require(info, "sha256", str, f"{where}: files[{rel!r}]")
+        if not _HEX64.fullmatch(sha):
+            raise ArtifactError(f"{where}: files[{rel!r}]: sha256 {sha!r} is not 64 hex digits")
+        if require(info, "bytes", int, f"{where}: files[{rel!r}]") < 0:
+            raise ArtifactError(f"{where}: files[{rel!r}]: negative size")
+    roles = require(manifest, "roles", dict, where)
+    for role, rel in roles.items():
+        safe_relpath(rel, f"{where}: roles[{role!r}]")
         if rel not in files:
-            raise ArtifactError(f"{mf}: required {role} file {rel} is not listed in the manifest")
+            raise ArtifactError(f"{where}: the {role} file {rel} is not listed in the manifest's files")
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike, check_files: bool = True,
+                  known_targets: Mapping[str, Any] | None = None) -> dict:
+    """Parse and validate an artifact's manifest; with `check_files`, every listed file's size and
+    sha256 too. `known_targets`: the target names this ternc can load (else any name passes)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not an artifact directory")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"{path}: missing {MANIFEST} (not a ternc artifact, or a half-written one)")
+    try:
+        manifest = json.loads(mf.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ArtifactError(f"{mf}: not valid JSON ({e})") from None
+    _validate(manifest, mf)
+    name = manifest["target"]["name"]
+    if known_targets is not None and name not in known_targets:
+        raise ArtifactError(f"{mf}: unknown target {name!r}; this ternc loads {', '.join(known_targets)}")
     if check_files:
-        for rel, info in files.items():
+        root = path.resolve()
+        for rel, info in manifest["files"].items():
             p = path / rel
+            if not p.resolve().is_relative_to(root):
+                raise ArtifactError(f"{path}: file {rel} resolves outside the artifact folder")
             if not p.is_file():
                 raise ArtifactError(f"{path}: missing file {rel} (listed in the manifest)")
+            size = p.stat().st_size
+            if size != info["bytes"]:
+                raise ArtifactError(f"{path}: size mismatch for {rel}: {size} bytes, manifest says {info['bytes']}")
             got = sha256_file(p)
             if got != info["sha256"]:
                 raise ArtifactError(f"{path}: checksum mismatch for {rel}: sha256 {got}, manifest says "
@@ -177,46 +282,18 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> dict:
     return manifest
 
 
-def load_artifact(path: str | os.PathLike, device: str | None = None):
-    """Verify an artifact and return a Runner (`.meta`, `.run(entry, inputs)`) on the TVM runtime only."""
-    manifest = read_manifest(path)
-    import platform
-
-    machine = platform.machine().lower()
-    want = {"aarch64": ("aarch64", "arm64")}.get(manifest["target"]["name"], ("x86_64", "amd64"))
-    if manifest["target"]["name"] in ("cpu", "aarch64", "cuda") and machine not in want:
-        raise ArtifactError(f"{path}: built for target {manifest['target']['name']} ({want[0]} host code), but "
-                            f"this machine is {machine}")
-    from .tvm.runtime import TVMRunner  # sets TVM_USE_RUNTIME_LIB=1 if tvm is not imported yet
-
-    import tvm
-
-    if str(tvm.__version__) != manifest["tvm_version"]:
-        raise ArtifactError(f"{path}: compiled with TVM {manifest['tvm_version']}, but this runtime is TVM "
-                            f"{tvm.__version__}")
-    return TVMRunner(Path(path), manifest, device)
+def role_path(path: str | os.PathLike, manifest: dict, role: str) -> Path:
+    """The file that plays `role` (validated by read_manifest), or an ArtifactError naming the role."""
+    rel = manifest["roles"].get(role)
+    if rel is None:
+        raise ArtifactError(f"{Path(path) / MANIFEST}: no {role!r} file in roles {sorted(manifest['roles'])}")
+    return Path(path) / safe_relpath(rel, f"{Path(path) / MANIFEST}: roles[{role!r}]")
 
 
-def bundle_runtime(dest: str | os.PathLike, with_ffi: bool = True) -> Path:
-    """Copy a runtime-only `tvm` package (no lib/libtvm_compiler.so, 3rdparty/, src/, include/;
-    about 30 MB) and, with `with_ffi`, this interpreter's `tvm_ffi` package into `dest`, for
-    PYTHONPATH on a deployment machine. (`tvm_ffi` has compiled extensions: for another Python
-    version ship that version's wheel contents instead, e.g. `pip download apache-tvm-ffi==VER
-    --python-version 3.12 --only-binary=:all:` and unzip it into `dest`.)"""
-    import tvm  # noqa: F401  (only to locate the package)
-
-    dest = Path(dest)
-    src = Path(tvm.__file__).parent
-    skip = {src / "lib" / "libtvm_compiler.so", src / "3rdparty", src / "src", src / "include"}
-
-    def ignore(d, names):
-        return [n for n in names if Path(d) / n in skip or n == "__pycache__"]
-
-    shutil.copytree(src, dest / "tvm", ignore=ignore, dirs_exist_ok=True)
-    if with_ffi:
-        import tvm_ffi
-
-        shutil.copytree(Path(tvm_ffi.__file__).parent, dest / "tvm_ffi",
-                        ignore=lambda d, names: [n for n in names if n in ("__pycache__", "3rdparty")],
-                        dirs_exist_ok=True)
-    return dest
+def read_report(path: str | os.PathLike) -> dict:
+    """The unhashed build report (empty if absent or unreadable: it is informational only)."""
+    try:
+        rep = json.loads((Path(path) / REPORT).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rep if isinstance(rep, dict) else {}

@@ -71,10 +71,9 @@ def _pip_versions() -> dict:
 
 def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12", passes: str | None = None) -> None:
     ternc = _import_ternc()
-    from ternc.backends.artifact import build_artifact, bundle_runtime
     from ternc.backends.tvm import build as B
-    from ternc.passes.pipeline import PIPELINES
-    from ternc.passes.pipeline import compile as run_passes
+    from ternc.backends.tvm.runtime import bundle_runtime
+    from ternc.targets import get
 
     out.mkdir(parents=True, exist_ok=True)
     if onnx_path is None:
@@ -83,11 +82,11 @@ def prepare(out: Path, onnx_path: str | None, arch: str, py: str = "3.12", passe
 
         onnx_path = str(out / "tiny-bitnet.onnx")
         export_decoder(tiny_bitnet.build(), onnx_path)
-    spec = None if passes is None else ",".join(PIPELINES["cuda"]) + "," + passes  # e.g. quantize-kv{...}
-    module, _report = run_passes(ternc.load(onnx_path), target="cuda", passes=spec)
+    spec = None if passes is None else ",".join(get("cuda").pipeline) + "," + passes  # e.g. quantize-kv{...}
     B.CUDA_ARCH = arch
     t0 = time.time()
-    art = build_artifact(module, "cuda", out / "art-cuda", pipeline_desc=PIPELINES["cuda"])
+    res = ternc.compile(ternc.load(onnx_path), target="cuda", passes=spec, out=out / "art-cuda", report=True)
+    module, art = res.module, res.artifact
     print(f"built {art} in {time.time() - t0:.1f}s", flush=True)
     from ternc.ir.decoder import DecoderSpec
 

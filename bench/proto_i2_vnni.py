@@ -208,10 +208,11 @@ def compile_proto(module, kernel_policy: str = "auto", dlight: bool = False, mcp
 
     from ternc.backends.tvm.build import Built, make_target
     from ternc.backends.tvm.lower import lower_module
+    from ternc.backends.tvm.target import tvm_target
 
     tgt = make_target("cpu", mcpu)
     with _Patched():
         # the measured kernel choice ("auto") runs kernels here: only valid for this host's CPU
         lowered = lower_module(module, None, "cpu", kernel_policy if mcpu is None else "dot", target=tgt)
     ex = tvm.compile(lowered.mod, tgt, relax_pipeline=cpu_pipeline(tgt, dlight))
-    return Built("cpu", tgt, ex, lowered)
+    return Built(tvm_target("cpu"), tgt, ex, lowered)

@@ -122,3 +122,28 @@ def signature(op: Op) -> OpSig:
 
 HIGH_LEVEL = {Op.Linear, Op.RMSNorm, Op.LayerNorm, Op.RoPE, Op.Attention, Op.GatedAct, Op.QuantizeAct,
               Op.TernaryMatMul, Op.Dequantize, Op.TernaryLinear, Op.KVQuantAttention, Op.KVEvict, Op.FusedLinear}
+
+
+# --- attribute schemas -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttrSchema:
+    """One attribute of an op. `semantic`: a value other than `default` changes what the op computes
+    (not just how it is stored or scheduled), so a backend must implement that value or refuse it."""
+
+    name: str
+    default: object
+    values: tuple | None = None  # the legal values (None: not enumerated)
+    semantic: bool = False
+
+
+# `numerics = "fx"` (the hw-numerics pass) makes the interpreter follow the FPGA datapath's number
+# formats (ir/hw_numerics.py): a backend that computes in float gives other numbers.
+_NUMERICS = AttrSchema("numerics", "float", ("float", "fx"), semantic=True)
+ATTR_SCHEMAS: dict[Op, dict[str, AttrSchema]] = {
+    op: {"numerics": _NUMERICS} for op in (Op.TernaryLinear, Op.FusedLinear, Op.RoPE, Op.GatedAct)
+}
+
+
+def semantic_attrs(op: Op) -> dict[str, AttrSchema]:
+    """The attributes of `op` whose non-default values change its meaning (see ATTR_SCHEMAS)."""
+    return {k: a for k, a in ATTR_SCHEMAS.get(op, {}).items() if a.semantic}

@@ -1,10 +1,12 @@
-"""Pass pipelines per target (plain ordered lists, all here) and `compile`, which runs one.
+"""Pass pipelines (plain ordered lists, all here) and `compile`, which runs one.
 
-    module, report = ternc.passes.pipeline.compile(module, target="kv260")
-    module, report = compile(module, passes="raise-ternary,pack-ternary{format=tl1}")
+    module, report = compile(module, KV260_PIPELINE, target="kv260")
+    module, report = compile(module, "raise-ternary,pack-ternary{format=tl1}")
 
-Every pass's result is verified (`ir.verify`) unless `verify_each=False` or env TERNC_VERIFY=0, and a
-per-pass table (nodes changed, weight bytes, KV bytes per token) is printed or handed to `report`.
+Which target runs which pipeline is the target table's business (`ternc.targets`); `ternc.compile`
+picks the pipeline from it. Every pass's result is verified (`ir.verify`) unless `verify_each=False`
+or env TERNC_VERIFY=0, and a per-pass table (nodes changed, weight bytes, KV bytes per token) is
+printed or handed to `report`.
 """
 
 from __future__ import annotations
@@ -19,22 +21,18 @@ from ..ir.verify import VerifyError, verify
 from .base import PassInfo, kv_bytes_per_token, node_count, nodes_changed
 from .registry import SpecError, format_spec, get_pass, make_options, parse_spec
 
-# Each target's passes, in order. Spec strings, parsed by registry.parse_spec.
-# Ternary targets fold first: some exports unpack BitLinear weights at run time (ScatterND/bit ops on
-# constants), and raise-ternary needs the unpacked weight as a constant.
-PIPELINES: dict[str, list[str]] = {
-    # The interpreter runs the module as loaded; only cleanups that cannot change a number.
-    "reference": ["fold", "cse", "dce"],
-    # TVM CPU: bitnet.cpp-style I2_S weights (2 bits/weight, x86 block layout).
-    "cpu": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
-    # TVM for aarch64 edge boards (cross-compiled): the same I2_S weights as the CPU target.
-    "aarch64": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
-    # TVM CUDA: 2-bit codes (W2A8, dp4a-friendly).
-    "cuda": ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"],
-    # KV260 TLMM engine: TL2 (5 bits per 3 weights), epilogues streamed in the linear engine.
-    # hw-numerics last: the reference interpreter then computes what the FPGA datapath computes.
-    "kv260": ["fold", "raise-ternary", "cse", "dce", "fuse-epilogue", "pack-ternary{format=tl2}", "hw-numerics"],
-}
+# Spec strings, parsed by registry.parse_spec. Ternary pipelines fold first: some exports unpack
+# BitLinear weights at run time (ScatterND/bit ops on constants), and raise-ternary needs the
+# unpacked weight as a constant.
+
+# The interpreter runs the module as loaded; only cleanups that cannot change a number.
+REFERENCE_PIPELINE = ["fold", "cse", "dce"]
+# TVM (cpu, aarch64, cuda): bitnet.cpp-style I2_S weights (2 bits/weight; the CUDA kernels read
+# the same codes as W2A8 dp4a words).
+TVM_PIPELINE = ["fold", "raise-ternary", "cse", "dce", "pack-ternary{format=i2}"]
+# KV260 TLMM engine: TL2 (5 bits per 3 weights), epilogues streamed in the linear engine.
+# hw-numerics last: the reference interpreter then computes what the FPGA datapath computes.
+KV260_PIPELINE = ["fold", "raise-ternary", "cse", "dce", "fuse-epilogue", "pack-ternary{format=tl2}", "hw-numerics"]
 
 
 @dataclass(frozen=True)
@@ -107,13 +105,11 @@ def _kv(v: float | None) -> str:
 PassesArg = str | Sequence[str | tuple[str, Mapping[str, Any] | Any] | tuple[PassInfo, Any]] | None
 
 
-def resolve(target: str = "reference", passes: PassesArg = None) -> list[tuple[PassInfo, Any]]:
-    """The (pass, options) steps `compile` would run. `passes` overrides the target's pipeline: a spec
-    string, or a list of spec strings / (name, {option: value}) / (name, options object) items."""
+def resolve(passes: PassesArg = None) -> list[tuple[PassInfo, Any]]:
+    """The (pass, options) steps `compile` would run: a spec string, or a list of spec strings /
+    (name, {option: value}) / (name, options object) items; None: no passes."""
     if passes is None:
-        if target not in PIPELINES:
-            raise SpecError(f"unknown target {target!r}; valid targets: {', '.join(PIPELINES)}")
-        return [step for item in PIPELINES[target] for step in parse_spec(item)]
+        return []
     if isinstance(passes, str):
         return parse_spec(passes)
     steps = []
@@ -140,18 +136,16 @@ def _verify_enabled(verify_each: bool | None) -> bool:
     return os.environ.get("TERNC_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def compile(module: Module, target: str = "reference", passes: PassesArg = None, verify_each: bool | None = None,
-            report: bool | Callable[[str], Any] = True) -> tuple[Module, PassReport]:
-    """Run `target`'s pipeline (or `passes`) on `module`; returns (new module, PassReport).
+def compile(module: Module, passes: PassesArg = None, verify_each: bool | None = None,
+            report: bool | Callable[[str], Any] = True, target: str = "") -> tuple[Module, PassReport]:
+    """Run the pipeline `passes` on `module`; returns (new module, PassReport).
 
     The input module is never modified. `verify_each` (default: on unless env TERNC_VERIFY=0) checks
     the IR after every pass and names the pass that broke it. `report`: True prints the per-pass
-    table, False is silent, a callable receives the table text. Building an artifact from the
-    returned module is the backends' job (`backends/`).
+    table, False is silent, a callable receives the table text. `target` only labels the report.
+    Building an artifact from the returned module is the target's job (`ternc.targets`).
     """
-    if target not in PIPELINES:
-        raise SpecError(f"unknown target {target!r}; valid targets: {', '.join(PIPELINES)}")
-    steps = resolve(target, passes)
+    steps = resolve(passes)
     check = _verify_enabled(verify_each)
     if check:
         verify(module)

@@ -1,9 +1,12 @@
-"""Compile a lowered ternc module with TVM for cpu (host x86/LLVM), aarch64 (cross) or cuda.
+"""Compile a lowered ternc module with TVM for cpu (host x86/LLVM), aarch64 (cross) or cuda, and
+write it as an artifact.
 
 `compile_module(module, target)` -> Built (the TVM Executable, entry signatures, kernel choices).
 `export(built, lib_path)` writes the shared library (cross-compiling for aarch64, and for CUDA also
 the device code's fatbins, built ahead of time with nvcc, that the runtime hands back to TVM).
-This module imports the TVM compiler; the runtime side lives in `runtime.py`.
+`build_artifact(module, target, out)` does both and writes the artifact (backends/artifact.py).
+What differs between targets is data on `target.TvmTarget`. This module imports the TVM compiler;
+the runtime side lives in `runtime.py`.
 """
 
 from __future__ import annotations
@@ -13,18 +16,21 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import tvm
 
 from ...ir.core import Module
+from ..artifact import Artifact, json_safe, write_artifact
 from .lower import Lowered, lower_module
+from .target import AARCH64_CC, AARCH64_TRIPLE, CUDA_ARCH, TVM_TARGETS, TvmTarget, tvm_target  # noqa: F401
 
-TARGETS = ("cpu", "aarch64", "cuda")
-AARCH64_TRIPLE = "aarch64-linux-gnu"
-AARCH64_CC = "aarch64-linux-gnu-gcc"
-CUDA_ARCH = "sm_90"
+LIB = "lib/model.so"
+_CUDA_MODULE = "cuda"  # the runtime module kind holding CUDA C source
+WEIGHTS = "weights.safetensors"
 
 
 class BuildError(RuntimeError):
@@ -37,27 +43,33 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
-def make_target(target: str, mcpu: str | None = None, cuda_arch: str | None = None) -> tvm.target.Target:
-    """`cpu`: LLVM for this machine's CPU (or `mcpu`); `aarch64`: LLVM cross target; `cuda`: sm_90."""
-    if target == "cpu":
-        return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or host_cpu()})
-    if target == "aarch64":
-        cfg = {"kind": "llvm", "mtriple": AARCH64_TRIPLE}
-        if mcpu:
-            cfg["mcpu"] = mcpu
-        return tvm.target.Target(cfg)
-    if target == "cuda":
-        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch or CUDA_ARCH}, host={"kind": "llvm"})
-    raise BuildError(f"unknown target {target!r}; supported: {', '.join(TARGETS)}")
+def make_target(target: "str | TvmTarget", mcpu: str | None = None, cuda_arch: str | None = None) -> tvm.target.Target:
+    """The tvm Target: LLVM for this machine's CPU (or `mcpu`), an LLVM cross triple, or CUDA (sm_90)."""
+    try:
+        t = tvm_target(target)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
+    if t.gpu:
+        return tvm.target.Target({"kind": t.tvm_kind, "arch": cuda_arch or CUDA_ARCH}, host={"kind": "llvm"})
+    cfg: dict[str, Any] = {"kind": "llvm"}
+    if t.triple:
+        cfg["mtriple"] = t.triple
+    if mcpu or t.host_cpu_default:
+        cfg["mcpu"] = mcpu or host_cpu()
+    return tvm.target.Target(cfg)
 
 
 @dataclass
 class Built:
-    target_name: str
+    tvm_target: TvmTarget
     target: tvm.target.Target
     executable: object
     lowered: Lowered
     cuda_sources: list[str] = field(default_factory=list)
+
+    @property
+    def target_name(self) -> str:
+        return self.tvm_target.name
 
 
 def _no_fuse_scalar_param_funcs():
@@ -112,25 +124,26 @@ def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
     return _pipeline
 
 
-def compile_module(module: Module, target: str = "cpu", kernel_policy: str = "auto", entries=None,
+def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_policy: Any = "auto", entries=None,
                    mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True) -> Built:
-    """cuda only: `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become one kernel);
-    `cuda_graph` captures the static-shape regions of each call (everything but the KV-length
-    dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph)."""
-    tgt = make_target(target, mcpu)
-    kind = "cuda" if target == "cuda" else "cpu"
-    # The measured kernel choice runs kernels here, so it is only meaningful for the host CPU;
-    # a cross target (aarch64) gets the int8 dot kernels unless the caller names a kind.
-    policy = kernel_policy if (target != "aarch64" or kernel_policy != "auto") else "dot"
-    # CUDA decode takes one new token per call (what generate does): static shapes, capturable
-    lowered = lower_module(module, entries, kind, policy, target=tgt if target == "cpu" else None,
-                           decode_tokens=1 if target == "cuda" and cuda_graph else None)
-    if target == "cuda":
-        with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(cuda_graph)}):
-            ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, cuda_graph))
-        return Built(target, tgt, ex, lowered, cuda_sources(ex.mod))
+    """kernel_policy: "auto", a kernel kind, or fixed choices {(format, k, n, m): kind}
+    (kernels.choose_kind). cuda only: `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become
+    one kernel); `cuda_graph` captures the static-shape regions of each call (everything but the
+    KV-length dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph)."""
+    t = tvm_target(target) if isinstance(target, TvmTarget) or target in TVM_TARGETS else None
+    if t is None:
+        raise BuildError(f"unknown target {target!r}; supported: {', '.join(TVM_TARGETS)}")
+    tgt = make_target(t, mcpu)
+    graphs = t.cuda_graphs and cuda_graph
+    # decode takes one new token per call (what generate does) where CUDA graphs capture it
+    lowered = lower_module(module, entries, t, kernel_policy, target=None if t.gpu else tgt,
+                           decode_tokens=1 if graphs else None)
+    if t.gpu:
+        with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(graphs)}):
+            ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, graphs))
+        return Built(t, tgt, ex, lowered, cuda_sources(ex.mod))
     ex = tvm.compile(lowered.mod, tgt)
-    return Built(target, tgt, ex, lowered)
+    return Built(t, tgt, ex, lowered)
 
 
 def cuda_sources(mod) -> list[str]:
@@ -141,19 +154,19 @@ def cuda_sources(mod) -> list[str]:
         if id(m) in seen:
             continue
         seen.add(id(m))
-        if m.kind == "cuda":
+        if m.kind == _CUDA_MODULE:
             out.append(m.inspect_source())
         stack.extend(m.imports)
     return out
 
 
-def _cross_compiler():
+def _cross_compiler(t: TvmTarget):
     from tvm.support import cc
 
-    path = shutil.which(AARCH64_CC)
+    path = shutil.which(t.cross_cc)
     if path is None:
-        raise BuildError(f"target aarch64 needs the cross compiler {AARCH64_CC} on PATH "
-                         f"(Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu)")
+        raise BuildError(f"target {t.name} needs the cross compiler {t.cross_cc} on PATH "
+                         f"(Debian/Ubuntu: apt-get install gcc-{t.triple})")
     return cc.cross_compiler(path)
 
 
@@ -176,11 +189,11 @@ def export(built: Built, lib_path: str | os.PathLike) -> dict[str, bytes]:
     """Write the compiled library. Returns extra files to ship (name -> bytes): CUDA fatbins."""
     lib_path = str(lib_path)
     extra: dict[str, bytes] = {}
-    if built.target_name == "aarch64":
-        built.executable.export_library(lib_path, fcompile=_cross_compiler())
+    if built.tvm_target.cross_cc:
+        built.executable.export_library(lib_path, fcompile=_cross_compiler(built.tvm_target))
     else:
         built.executable.export_library(lib_path)
-    if built.target_name == "cuda":
+    if built.tvm_target.fatbins:
         for code in built.cuda_sources:
             key = hashlib.sha256(code.encode()).hexdigest()
             extra[f"cuda/{key}.fatbin"] = nvcc_fatbin(code)
@@ -196,7 +209,7 @@ class JitRunner:
         import numpy as np
         from tvm import relax
 
-        if built.target_name != "cpu":
+        if not built.tvm_target.jit_runnable:
             raise BuildError(f"JitRunner runs host CPU builds only, not {built.target_name}")
         self.meta = module.meta
         self.built = built
@@ -218,11 +231,84 @@ def compile_runner(module: Module, target: str = "cpu", kernel_policy: str = "au
     return JitRunner(module, compile_module(module, target, kernel_policy=kernel_policy))
 
 
-def build_artifact(module: Module, target: str = "cpu", out_dir="artifact", pipeline=None, source: str = "",
-                   kernel_policy: str = "auto", **kw):
-    """The signature driver.compile_to calls (`ternc compile`): forwards to
-    `ternc.backends.artifact.build_artifact`, recording the pass pipeline and the model source."""
-    from ..artifact import build_artifact as _build
+def _kernel_choices(log: list) -> list[dict]:
+    """The manifest's kernel record: one {format, k, n, m, kind} per ternary weight shape, sorted."""
+    rows = {(e["format"], e["k"], e["n"], e["m"]): e["chosen"] for e in log}
+    return [{"format": f, "k": k, "n": n, "m": m, "kind": rows[(f, k, n, m)]} for f, k, n, m in sorted(rows)]
 
-    return _build(module, target, out_dir, pipeline_desc={"passes": pipeline, "source": source},
-                  kernel_policy=kernel_policy, **kw)
+
+def kernel_choices_policy(choices: Any, where: str = "kernel choices") -> dict:
+    """Fixed choices {(format, k, n, m): kind} from a manifest's `kernels` record (or its `choices`
+    list): what `ternc compile --kernels FILE` reuses so that a rebuild picks the same kernels."""
+    if isinstance(choices, dict) and "choices" in choices:
+        choices = choices["choices"]
+    if not isinstance(choices, list):
+        raise BuildError(f"{where}: expected a list of {{format, k, n, m, kind}} objects")
+    out = {}
+    for c in choices:
+        try:
+            key = (str(c["format"]), int(c["k"]), int(c["n"]), int(c["m"]))
+            out[key] = str(c.get("kind", c.get("chosen")))
+        except (KeyError, TypeError, ValueError):
+            raise BuildError(f"{where}: bad entry {c!r}; expected {{format, k, n, m, kind}}") from None
+    return out
+
+
+def build_artifact(module: Module, target: "str | TvmTarget" = "cpu", out_dir="artifact", *, pipeline: Any = None,
+                   kernel_policy: Any = "auto", kernels: Any = None, mcpu: str | None = None,
+                   overwrite: bool = True, **compile_options) -> Artifact:
+    """Compile `module` (a post-pass ternc Module) for `target` and write an artifact folder.
+
+    target: "cpu" (LLVM for this host's CPU, or `mcpu`), "aarch64" (cross-compiled; needs
+    aarch64-linux-gnu-gcc) or "cuda" (sm_90; needs nvcc). pipeline: the pass pipeline the caller ran
+    (recorded verbatim). kernel_policy: "auto" (measured per shape), a kernel kind, or `kernels`:
+    fixed choices (a previous manifest's `kernels`, see kernel_choices_policy). The manifest records
+    every choice; measured timings and build times go to the unhashed report.json.
+    """
+    from safetensors.numpy import save_file
+
+    t = tvm_target(target) if isinstance(target, TvmTarget) or target in TVM_TARGETS else None
+    if t is None:
+        raise BuildError(f"unknown target {target!r}; supported: {', '.join(TVM_TARGETS)}")
+    policy = kernel_choices_policy(kernels) if kernels is not None else kernel_policy
+    t0 = time.time()
+    built = compile_module(module, t, kernel_policy=policy, mcpu=mcpu, **compile_options)
+    compile_s = time.time() - t0
+
+    def populate(folder: Path) -> dict:
+        (folder / "lib").mkdir()
+        for name, data in export(built, folder / LIB).items():
+            p = folder / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        lowered = built.lowered
+        tensors = {}
+        for w in lowered.weights:
+            if module.constants[w].data is None:
+                raise BuildError(f"constant @{w} has no data; cannot write weights")
+            tensors[w] = lowered.weight_array(module, w)
+        # one metadata key: safetensors writes the metadata map in a per-process random order
+        save_file(tensors, str(folder / WEIGHTS), metadata={"format": "ternc-artifact"})
+        return {
+            "tvm_version": str(tvm.__version__),
+            "model": {"name": module.name, "meta": json_safe(dict(module.meta))},
+            "entries": {name: sig.to_json() for name, sig in lowered.entries.items()},
+            "weights": {w: w for w in lowered.weights},
+            "pipeline": json_safe(pipeline),
+            # the choices only (how they were made is in report.json): a rebuild with
+            # `kernels=` these choices writes a byte-identical manifest
+            "kernels": {"choices": _kernel_choices(lowered.kernel_choices)},
+            "roles": {"library": LIB, "weights": WEIGHTS},
+        }
+
+    report = {"created_unix": int(time.time()), "compile_seconds": round(compile_s, 3),
+              "kernel_policy": "fixed" if kernels is not None else str(kernel_policy)}
+    target_desc = {"name": t.name}
+
+    def populate_all(folder: Path) -> dict:
+        fields = populate(folder)
+        report["kernel_timings"] = [e for e in built.lowered.kernel_choices if "timings_us" in e]
+        target_desc.update(tvm=str(built.target), host=str(built.target.host) if built.target.host else None)
+        return fields
+
+    return write_artifact(out_dir, target_desc, populate_all, report, overwrite=overwrite)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Mapping
 
 import numpy as np
 
@@ -35,6 +36,7 @@ import tvm
 from tvm import te, tirx
 
 from ...ir import packing, semantics
+from .target import tvm_target
 
 SUPPORTED_FORMATS = ("t2", "i2", "tl1", "tl2", "tq1")
 LUT_FORMATS = ("tl2", "tl1")
@@ -174,12 +176,12 @@ def quantize_te(x: te.Tensor, k: int, kp: int, eps: float):
     return x_q, a_scale
 
 
-def quantize_func(k: int, eps: float = semantics.ACT_EPS, target_kind: str = "cpu") -> tirx.PrimFunc:
+def quantize_func(k: int, eps: float = semantics.ACT_EPS, target_kind="cpu") -> tirx.PrimFunc:
     m = tirx.Var("m", "int64")
     x = te.placeholder((m, k), "float32", name="x")
     x_q, a_scale = quantize_te(x, k, padded_k(k), eps)
     func = te.create_prim_func([x, x_q, a_scale]).with_attr("global_symbol", f"ternc_quantize_k{k}")
-    if target_kind == "cuda":
+    if tvm_target(target_kind).gpu:
         func = _cuda_schedule_quantize(func)
     return func.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
 
@@ -814,9 +816,6 @@ def target_runs_here(target) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Public constructors
 # ------------------------------------------------------------------------------------------------
-KINDS = {"cpu": ("dot", "dot16", "lut", "vnni"), "cuda": ("gemv", "gemm", "dp4a")}
-
-
 @lru_cache(maxsize=None)
 def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
     """Scheduled PrimFunc (x_q int8 [M, Kp], *packed parts, acc int32 [M, N]) for one weight shape."""
@@ -845,18 +844,18 @@ def matmul_func(fmt: str, k: int, n: int, kind: str) -> tirx.PrimFunc:
             .with_attr("tirx.is_scheduled", True))
 
 
-def available_kinds(fmt: str, target_kind: str, k: int | None = None, target=None) -> list[str]:
+def available_kinds(fmt: str, target_kind, k: int | None = None, target=None) -> list[str]:
     """Kernel kinds for a format: CPU `dot` (int32 lanes), `dot16` (int16 lanes, K <= DOT16_MAX_K),
     `lut` (tl2/tl1), `vnni` (i2, only when the LLVM `target` has AVX-512 VNNI: target_has_vnni);
     CUDA `gemv`/`gemm`."""
-    if target_kind == "cuda":
+    if tvm_target(target_kind).gpu:
         return ["gemv", "gemm"]
     kinds = ["dot"]
     if k is None or padded_k(k) <= DOT16_MAX_K:
         kinds.append("dot16")
     if fmt in LUT_FORMATS:
         kinds.append("lut")
-    if fmt == "i2" and target_kind == "cpu" and target_has_vnni(target):
+    if fmt == "i2" and target_has_vnni(target):
         kinds.append("vnni")
     return kinds
 
@@ -926,22 +925,41 @@ def static_kind(kinds: list[str]) -> str:
     return "vnni" if "vnni" in kinds else kinds[0]
 
 
-def choose_kind(fmt: str, k: int, n: int, m: int, target_kind: str = "cpu", policy: str = "auto",
+def choose_kind(fmt: str, k: int, n: int, m: int, target_kind="cpu", policy="auto",
                 log: list | None = None, target=None) -> str:
     """The kernel for one weight shape and token count: `policy` names it ("dot", "dot16", "lut",
     "vnni"; a kind the format/target lacks falls back to "dot"), or "auto" measures the CPU
-    candidates on this machine (cached per shape; a kernel that is not bit-exact is refused).
+    candidates on this machine (cached per shape; a kernel that is not bit-exact is refused), or is
+    a mapping {(format, k, n, m): kind} of fixed choices (a previous build's, `ternc compile
+    --kernels`; shapes it lacks are chosen as by "auto").
     CUDA: i2 takes the dp4a kernels (GEMV for one token, tiled GEMM otherwise); other formats a
     plain GEMV for one token (decode), GEMM otherwise. A target that cannot run here (another mcpu
-    or mtriple, e.g. aarch64, or host-missing mattr features) is not measured: `static_kind`."""
-    kinds = available_kinds(fmt, target_kind, k, target)
-    if target_kind == "cuda":
+    or mtriple, e.g. aarch64, or host-missing mattr features) is not measured: `static_kind`.
+    `log` receives one entry per shape: {format, k, n, m, chosen} plus `timings_us` when measured."""
+    tt = tvm_target(target_kind)
+    kinds = available_kinds(fmt, tt, k, target)
+    if isinstance(policy, Mapping):
+        fixed = policy.get((fmt, int(k), int(n), int(m)))
+        if fixed is not None and fixed not in kinds + (["dp4a"] if tt.gpu and fmt == "i2" else []):
+            raise ValueError(f"fixed kernel choice {fixed!r} for {fmt} K={k} N={n} M={m} is not available on "
+                             f"target {tt.name} (available: {', '.join(kinds)})")
+        policy = fixed or "auto"
+    kind = _choose_kind(fmt, k, n, m, tt, policy, kinds, target, log)
+    if log is not None and not any((e["format"], e["k"], e["n"], e["m"]) == (fmt, k, n, m) for e in log):
+        log.append({"format": fmt, "k": k, "n": n, "m": m, "chosen": kind})
+    return kind
+
+
+def _choose_kind(fmt, k, n, m, tt, policy, kinds, target, log) -> str:
+    if tt.gpu:
         if fmt == "i2" and policy in ("auto", "dp4a"):
             return "dp4a"  # GEMV for one token, tiled GEMM otherwise (lower._tmatmul_dp4a)
         return "gemv" if m == 1 else "gemm"
     if policy != "auto":
         return policy if policy in kinds else kinds[0]
-    if len(kinds) == 1 or target_kind != "cpu":
+    if tt.static_kind is not None:
+        return tt.static_kind if tt.static_kind in kinds else kinds[0]
+    if len(kinds) == 1 or not tt.measures_kernels:
         return kinds[0]
     if not target_runs_here(target):  # its kernels may not run on this CPU (SIGILL): do not measure
         return static_kind(kinds)

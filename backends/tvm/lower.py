@@ -32,6 +32,7 @@ from ...ir.core import Function, Module, Node
 from ...ir.ops import Op
 from ...ir.types import DType, TensorType
 from . import kernels
+from .target import CAPABILITIES, tvm_target
 
 INLINE_MAX = 64  # constants with at most this many elements are embedded in the compiled module
 
@@ -136,14 +137,14 @@ def _as_int(e) -> int | None:
 
 
 class FunctionLowerer:
-    def __init__(self, module: Module, fn: Function, bb: relax.BlockBuilder, target_kind: str,
+    def __init__(self, module: Module, fn: Function, bb: relax.BlockBuilder, target_kind,
                  kernel_policy: str, kernel_log: list, kernel_cache: dict, target=None,
                  fixed_dims: dict | None = None):
         self.target = target
         self.module = module
         self.fn = fn
         self.bb = bb
-        self.target_kind = target_kind
+        self.tvm_target = tvm_target(target_kind)
         self.kernel_policy = kernel_policy
         self.kernel_log = kernel_log
         self.kernel_cache = kernel_cache  # (fmt, k, n, kind) -> GlobalVar, shared across functions
@@ -810,7 +811,7 @@ def _dense(L, x, w):
     """x [..., K] @ w[N, K]^T with the scheduled CPU dense kernel, or None when it does not apply."""
     ws = L.shape_of(w)
     dt, wdt = L.dtype_of(x), L.dtype_of(w)
-    if not (L.target_kind == "cpu" and dt in ("float32", "float64") and wdt in (dt, "float16") and len(ws) == 2
+    if not (not L.tvm_target.gpu and dt in ("float32", "float64") and wdt in (dt, "float16") and len(ws) == 2
             and all(isinstance(d, int) for d in ws) and L.shape_of(x)[-1] == ws[1]):
         return None
     n, k = ws
@@ -1100,7 +1101,7 @@ def _attend(L, node, args):
     def append(past, new):
         pt = L.tensor(past)
         ps, ns = L.shape_of(pt), L.shape_of(new)
-        if (L.target_kind == "cpu" and L.ndim(pt) == 4 and isinstance(ps[1], int) and isinstance(ps[3], int)
+        if (not L.tvm_target.gpu and L.ndim(pt) == 4 and isinstance(ps[1], int) and isinstance(ps[3], int)
                 and L.dtype_of(pt) == L.dtype_of(new) and ps[1] == ns[1] and ps[3] == ns[3]):
             key = ("kv_append", ps[1], ps[3], L.dtype_of(pt))
             if key not in L.kernel_cache:
@@ -1127,7 +1128,7 @@ def _attend(L, node, args):
         d = L.shape_of(k)[3]
         if not isinstance(d, int) or d % min(cfg["group_size"], d):
             raise L.err(f"head dim {d} must be static and a multiple of the value group")
-        if node.attr("rotate") and L.target_kind == "cuda":
+        if node.attr("rotate") and L.tvm_target.gpu:
             raise L.err("quantize-kv{rotate=1} lowers for CPU targets only (the CUDA schedule of the "
                         "rotation matmul over the growing cache is missing); use rotate=0 on cuda")
         if node.attr("rotate"):
@@ -1154,7 +1155,7 @@ def _attend(L, node, args):
         raise L.err(f"query heads {hq} must be a static multiple of kv heads {hkv}")
     dt = L.dtype_of(q)
     d = qs[3]
-    if L.target_kind == "cpu" and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt and L.dtype_of(v) == dt:
+    if not L.tvm_target.gpu and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt and L.dtype_of(v) == dt:
         # scheduled CPU kernels: GQA by indexing (no repeated K/V), mask and scale fused
         scale, causal = float(node.attr("scale")), bool(node.attr("causal"))
         ks_ = ("attn_s", hq, hkv, d, scale, causal)
@@ -1169,7 +1170,7 @@ def _attend(L, node, args):
         p = L.emit(relax.op.nn.softmax(s, axis=-1))
         out = L.emit(relax.call_tir(L.kernel_cache[kp_], [p, v], relax.TensorType([b, hq, sq, d], "float32")))
         return out, k, v, p
-    if (L.target_kind == "cuda" and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt
+    if (L.tvm_target.gpu and dt == "float32" and isinstance(d, int) and L.dtype_of(k) == dt
             and L.dtype_of(v) == dt and _as_int(qs[2]) == 1):
         # one query token (decode): the causal mask keeps every key, so scores are a plain GQA
         # product by indexing (no repeated K/V); the scale goes on q (an elementwise op that fuses
@@ -1258,9 +1259,9 @@ def _flatten_tokens(L, x):
 
 
 def _quantize(L, x2, k: int, eps: float):
-    key = ("quant", k, float(eps), L.target_kind)
+    key = ("quant", k, float(eps), L.tvm_target.gpu)
     if key not in L.kernel_cache:
-        f = kernels.quantize_func(k, eps, L.target_kind)
+        f = kernels.quantize_func(k, eps, L.tvm_target)
         L.kernel_cache[key] = L.bb.add_func(f, f"ternc_quantize_k{k}")
     m = L.shape_of(x2)[0]
     out = L.emit(relax.call_tir(L.kernel_cache[key], [x2], [
@@ -1307,7 +1308,7 @@ def _tmatmul_dp4a(L, xq_padded, parts, k: int, n: int):
 
 
 def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
-    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.target_kind, L.kernel_policy, L.kernel_log, L.target)
+    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.tvm_target, L.kernel_policy, L.kernel_log, L.target)
     if kind == "dp4a":
         return _tmatmul_dp4a(L, xq_padded, parts, k, n)
     key = (fmt, k, n, kind)
@@ -1403,11 +1404,11 @@ def _dequantize(L, node, args):
 
 
 # ====================================================================== module
-def _weight_storage(module: Module, entries: list[str], target_kind: str) -> dict:
+def _weight_storage(module: Module, entries: list[str], target_kind) -> dict:
     """Weights stored in another dtype than their IR constant (zero-copy byte views), decided once
     for all entries: on CUDA, i2 codes are int32 words [N, 8 ceil(K/128)] (what dp4a reads), so
     decode's kernels take them without a view op (which would split CUDA-graph capture regions)."""
-    if target_kind != "cuda":
+    if not tvm_target(target_kind).gpu:
         return {}
     out = {}
     for name in entries:
@@ -1436,15 +1437,17 @@ def _decode_token_dim(module: Module, name: str) -> str | None:
     return p.type.shape[1]
 
 
-def lower_module(module: Module, entries: list[str] | None = None, target_kind: str = "cpu",
+def lower_module(module: Module, entries: list[str] | None = None, target_kind="cpu",
                  kernel_policy: str = "auto", target=None, decode_tokens: int | None = None) -> Lowered:
     """Lower the named entry points (default: prefill/decode for decoders, else every function).
 
     decode_tokens: fix a decoder's decode entry to this many new tokens per call (CUDA: 1, so its
     shapes are static but for the KV length and CUDA graphs can capture them).
-    target_kind: "cpu" (x86/aarch64 LLVM) or "cuda"; kernel_policy: "auto" (measured choice per
-    ternary weight shape, CPU host targets only), "dot" or "lut"; target: the tvm Target the
-    measurement compiles for."""
+    target_kind: a TvmTarget or its name ("cpu", "aarch64", "cuda"); kernel_policy: "auto" (measured
+    choice per ternary weight shape, CPU host targets only), "dot", "lut", ... or fixed choices
+    {(format, k, n, m): kind} (kernels.choose_kind); target: the tvm Target the measurement compiles for.
+    Refuses (UnsupportedError) a module using attribute values the backend does not implement."""
+    CAPABILITIES.check(module, f"the TVM backend (target {tvm_target(target_kind).name})")
     if entries is None:
         dec = module.meta.get("decoder")
         entries = [dec["prefill"], dec["decode"]] if dec else module.entry_names

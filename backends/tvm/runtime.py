@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...ir.decoder import DecoderSpec
+from ..artifact import ArtifactError, require, role_path
+from .target import TVM_TARGETS
 
 if "tvm" not in sys.modules:
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
@@ -36,7 +38,10 @@ def _load_cuda_runtime():
     lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
     if not lib.exists():
         raise RunnerError(f"CUDA artifact needs {lib} (the tvm package's CUDA runtime)")
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:  # e.g. no libcuda.so.1: a host without the NVIDIA driver
+        raise RunnerError(f"cannot load the CUDA runtime ({e}); a CUDA artifact needs an NVIDIA driver") from None
 
 
 def _register_fatbins(cuda_dir: Path):
@@ -67,29 +72,47 @@ _ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i
 def load_safetensors(path) -> dict[str, np.ndarray]:
     """Read a .safetensors file: the `safetensors` package if present, else this small reader of
     the documented format (u64 header length, JSON header, raw little-endian data), so a deployment
-    machine needs only numpy."""
+    machine needs only numpy. A malformed file is an ArtifactError naming it."""
     try:
         from safetensors.numpy import load_file
     except ImportError:
         pass
     else:
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError/ValueError)
+            raise ArtifactError(f"{path}: not a valid safetensors file ({type(e).__name__}: {e})") from None
+    return _read_safetensors(Path(path))
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     import json
     import struct
 
-    data = Path(path).read_bytes()
-    (hlen,) = struct.unpack_from("<Q", data, 0)
-    header = json.loads(data[8:8 + hlen])
-    base = 8 + hlen
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _ST_DTYPES:
-            raise RunnerError(f"{path}: tensor {name} has dtype {info['dtype']} this reader does not know")
-        b, e = info["data_offsets"]
-        out[name] = np.frombuffer(data[base + b:base + e], dtype=_ST_DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
-    return out
+    data = path.read_bytes()
+    try:
+        (hlen,) = struct.unpack_from("<Q", data, 0)
+        if 8 + hlen > len(data):
+            raise ValueError(f"header length {hlen} exceeds the file ({len(data)} bytes)")
+        header = json.loads(data[8:8 + hlen])
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+        base = 8 + hlen
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _ST_DTYPES:
+                raise ValueError(f"tensor {name} has dtype {info['dtype']} this reader does not know")
+            b, e = (int(x) for x in info["data_offsets"])
+            dt = np.dtype(_ST_DTYPES[info["dtype"]])
+            shape = tuple(int(d) for d in info["shape"])
+            if not 0 <= b <= e <= len(data) - base or e - b != dt.itemsize * int(np.prod(shape)):
+                raise ValueError(f"tensor {name}: data offsets {b}..{e} do not fit the file or its shape")
+            out[name] = np.frombuffer(data[base + b:base + e], dtype=dt).reshape(shape).copy()
+        return out
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise ArtifactError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def storage_view(a: np.ndarray, dtype: str, shape) -> np.ndarray:
@@ -130,22 +153,19 @@ class TVMRunner:
         self.manifest = manifest
         self.meta = manifest["model"]["meta"]
         self.entries = manifest["entries"]
-        target = manifest["target"]["name"]
-        if target == "cuda":
+        target = TVM_TARGETS[manifest["target"]["name"]]
+        if target.fatbins:
             _load_cuda_runtime()
             _register_fatbins(self.path / "cuda")
-            self.device = tvm.cuda(0)
-        else:
-            self.device = tvm.cpu(0)
-        if device is not None:
-            self.device = tvm.device(device)
-        lib = tvm.runtime.load_module(str(self.path / manifest["files_role"]["library"]))
+        self.device = tvm.device(device) if device is not None else tvm.device(target.device, 0)
+        lib = tvm.runtime.load_module(str(role_path(self.path, manifest, "library")))
         self.vm = VirtualMachine(lib, self.device)
-        arrays = load_safetensors(self.path / manifest["files_role"]["weights"])
+        weights_file = role_path(self.path, manifest, "weights")
+        arrays = load_safetensors(weights_file)
         names = manifest["weights"]
-        missing = [w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays]
+        missing = sorted({w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays})
         if missing:
-            raise RunnerError(f"{self.path}: weights file lacks {missing[:5]}")
+            raise ArtifactError(f"{weights_file}: lacks tensors {missing[:5]} that the entries take")
         self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(arrays[key]), self.device)
                         for w, key in names.items()}
         self._fns = {}
@@ -188,3 +208,79 @@ class TVMRunner:
         out = self.vm[entry](*args)
         return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
                 for i, o in enumerate(sig["outputs"])}
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """The TVM keys of a manifest (backends/artifact.py checked the common ones): types and names."""
+    where = f"{path / 'manifest.json'}"
+    require(manifest, "tvm_version", str, where)
+    model = require(manifest, "model", dict, where)
+    require(model, "meta", dict, f"{where}: model")
+    entries = require(manifest, "entries", dict, where)
+    weights = require(manifest, "weights", dict, where)
+    for name, sig in entries.items():
+        w = f"{where}: entries[{name!r}]"
+        for key in ("inputs", "outputs"):
+            for i, spec in enumerate(require(sig, key, list, w)):
+                require(spec, "name", str, f"{w}.{key}[{i}]")
+                try:
+                    np.dtype(require(spec, "dtype", str, f"{w}.{key}[{i}]"))
+                except TypeError:
+                    raise ArtifactError(f"{w}.{key}[{i}]: unknown dtype {spec['dtype']!r}") from None
+                if key == "inputs":
+                    shape = require(spec, "shape", list, f"{w}.{key}[{i}]")
+                    if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
+                        raise ArtifactError(f"{w}.{key}[{i}]: shape entries must be ints or symbol names")
+        for wn in require(sig, "weights", list, w):
+            if not isinstance(wn, str) or wn not in weights:
+                raise ArtifactError(f"{w}: weight {wn!r} is not in the manifest's weights")
+    for role in ("library", "weights"):
+        if role not in manifest["roles"]:
+            raise ArtifactError(f"{where}: roles lacks the {role!r} file")
+
+
+def load_artifact(path, manifest: dict, device: str | None = None) -> TVMRunner:
+    """A TVMRunner for a verified artifact (`artifact.read_manifest`): checks the TVM keys, that
+    this machine runs the target's host code and that this runtime is the TVM that compiled it."""
+    import platform
+
+    path = Path(path)
+    _check_manifest(path, manifest)
+    target = TVM_TARGETS[manifest["target"]["name"]]
+    machine = platform.machine().lower()
+    if machine not in target.host_machines:
+        raise ArtifactError(f"{path}: built for target {target.name} ({target.host_machines[0]} host code), "
+                            f"but this machine is {machine}")
+    import tvm
+
+    if str(tvm.__version__) != manifest["tvm_version"]:
+        raise ArtifactError(f"{path}: compiled with TVM {manifest['tvm_version']}, but this runtime is TVM "
+                            f"{tvm.__version__}")
+    return TVMRunner(path, manifest, device)
+
+
+def bundle_runtime(dest, with_ffi: bool = True) -> Path:
+    """Copy a runtime-only `tvm` package (no lib/libtvm_compiler.so, 3rdparty/, src/, include/;
+    about 30 MB) and, with `with_ffi`, this interpreter's `tvm_ffi` package into `dest`, for
+    PYTHONPATH on a deployment machine. (`tvm_ffi` has compiled extensions: for another Python
+    version ship that version's wheel contents instead, e.g. `pip download apache-tvm-ffi==VER
+    --python-version 3.12 --only-binary=:all:` and unzip it into `dest`.)"""
+    import shutil
+
+    import tvm  # noqa: F401  (only to locate the package)
+
+    dest = Path(dest)
+    src = Path(tvm.__file__).parent
+    skip = {src / "lib" / "libtvm_compiler.so", src / "3rdparty", src / "src", src / "include"}
+
+    def ignore(d, names):
+        return [n for n in names if Path(d) / n in skip or n == "__pycache__"]
+
+    shutil.copytree(src, dest / "tvm", ignore=ignore, dirs_exist_ok=True)
+    if with_ffi:
+        import tvm_ffi
+
+        shutil.copytree(Path(tvm_ffi.__file__).parent, dest / "tvm_ffi",
+                        ignore=lambda d, names: [n for n in names if n in ("__pycache__", "3rdparty")],
+                        dirs_exist_ok=True)
+    return dest

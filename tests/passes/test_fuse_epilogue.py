@@ -105,11 +105,12 @@ def test_fuse_models_exact(hp, bitnet_ternary, bitnet_inputs, llama, llama_input
 
 
 def test_kv260_pipeline_exact_vs_raised(hp, bitnet, bitnet_ternary, bitnet_inputs):
-    from ternc.passes.pipeline import PIPELINES
+    from ternc.targets import get
 
     # Everything but the final hw-numerics step (lossy by design; tests/passes/test_hw_numerics.py).
-    assert PIPELINES["kv260"][-1] == "hw-numerics"
-    out, rep = compile(bitnet, passes=",".join(PIPELINES["kv260"][:-1]), report=False)
+    pipeline = get("kv260").pipeline
+    assert pipeline[-1] == "hw-numerics"
+    out, rep = compile(bitnet, passes=",".join(pipeline[:-1]), report=False)
     ops = {n.op for f in out.functions for n in f.nodes}
     assert Op.FusedLinear in ops and Op.TernaryLinear in ops  # v_proj has no epilogue
     assert all(n.attr("format") == "tl2" for f in out.functions for n in f.nodes

@@ -52,7 +52,9 @@ def test_fx_ternary_linear_is_the_hardware_chain(rng):
 
 def test_default_model_under_hardware_numerics(bitnet):
     """kv260 pipeline (fused epilogues, TL2, fx numerics) vs the float module: measured, not exact."""
-    hw, _ = compile(bitnet, target="kv260", report=False)
+    from ternc.passes.pipeline import KV260_PIPELINE
+
+    hw, _ = compile(bitnet, KV260_PIPELINE, report=False)
     assert any(n.attr("numerics") == "fx" for n in hw.func("prefill").nodes)
     ids = np.random.default_rng(3).integers(0, 256, (1, 24))
     ref = interpret(bitnet, {"input_ids": ids}, "prefill")["logits"]

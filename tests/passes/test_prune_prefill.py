@@ -331,7 +331,7 @@ def test_text_round_trip_and_verify(llama):
 
 
 def test_generate_and_cli_eval_generate(llama, onnx_export, tmp_path):
-    m, _ = ternc.compile(llama, passes="prune-prefill{keep=0.5}", report=False)
+    m = ternc.compile(llama, passes="prune-prefill{keep=0.5}").module
     prompt = [int(t) for t in np.random.default_rng(4).integers(0, 128, 24)]
     toks = ternc.generate(m, [prompt], 8)
     assert toks.shape == (1, 32)
@@ -354,10 +354,9 @@ def test_tvm_backend_refuses_with_a_clear_error(llama, tmp_path):
     naming the op's policy (streaming eviction is lowered; lazyllm is not)."""
     pytest.importorskip("tvm")
     from ternc.backends.tvm.lower import LoweringError
-    from ternc.driver import compile_to
 
     with pytest.raises(LoweringError, match="KVEvict.*policy 'lazyllm' has no TVM lowering"):
-        compile_to(llama, target="cpu", passes="prune-prefill{keep=0.5}", out=str(tmp_path / "art"))
+        ternc.compile(llama, target="cpu", passes="prune-prefill{keep=0.5}", out=tmp_path / "art")
     assert not (tmp_path / "art").exists()
 
 

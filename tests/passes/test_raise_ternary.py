@@ -142,7 +142,9 @@ def test_raise_on_bitnet_export_vs_onnxruntime(bitnet, bitnet_path, bitnet_terna
 def test_raise_through_pipeline_generates_same_tokens(bitnet):
     import ternc
 
-    out, rep = compile(bitnet, target="cpu", report=False)
+    from ternc.passes.pipeline import TVM_PIPELINE
+
+    out, rep = compile(bitnet, TVM_PIPELINE, report=False)
     assert rep.row("raise-ternary").stats["raised"] == 42  # 14 per entry point
     ids = np.array([[5, 17, 99, 3]])
     assert (ternc.generate(out, ids, 5) == ternc.generate(bitnet, ids, 5)).all()

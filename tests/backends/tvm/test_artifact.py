@@ -16,6 +16,8 @@ tvm = pytest.importorskip("tvm")
 
 import ternc  # noqa: E402
 from ternc.backends import artifact as A  # noqa: E402
+from ternc.backends.tvm import build as B  # noqa: E402
+from ternc.backends.tvm import runtime as R  # noqa: E402
 from ternc.ir.decoder import DecoderSpec, decode_feeds  # noqa: E402
 
 from .conftest import N_NEW  # noqa: E402
@@ -30,14 +32,15 @@ def ternary_model(tiny_bitnet):
 @pytest.fixture(scope="module")
 def built_artifact(ternary_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "bitnet-cpu"
-    return A.build_artifact(ternary_model, "cpu", out, pipeline_desc=["ternarize(test helper){format=tl2,i2}"],
-                            kernel_policy="auto")
+    return B.build_artifact(ternary_model, "cpu", out, pipeline=["ternarize(test helper){format=tl2,i2}"],
+                            kernel_policy="auto").path
 
 
 def test_layout_and_manifest(built_artifact, ternary_model):
     man = json.loads((built_artifact / "manifest.json").read_text())
     assert man["format"] == A.FORMAT and man["format_version"] == A.FORMAT_VERSION
     assert man["ternc_version"] == ternc.__version__ and man["tvm_version"] == tvm.__version__
+    assert man["roles"] == {"library": "lib/model.so", "weights": "weights.safetensors"}
     assert man["target"]["name"] == "cpu" and "llvm" in man["target"]["tvm"]
     assert man["pipeline"] == ["ternarize(test helper){format=tl2,i2}"]
     assert set(man["entries"]) == {"prefill", "decode"}
@@ -46,30 +49,37 @@ def test_layout_and_manifest(built_artifact, ternary_model):
     assert set(man["files"]) == {"lib/model.so", "weights.safetensors"}
     for rel, info in man["files"].items():
         assert A.sha256_file(built_artifact / rel) == info["sha256"]
-    # measured kernel choice recorded per weight shape (decode: 1 token, prefill: 32 tokens)
+    # kernel choice recorded per weight shape (decode: 1 token, prefill: 32 tokens); the timings that
+    # decided it are in the unhashed report.json, not in the manifest (deterministic builds)
     choices = man["kernels"]["choices"]
     assert choices and {c["format"] for c in choices} == {"tl2", "i2"} and {c["m"] for c in choices} == {1, 32}
+    assert all(set(c) == {"format", "k", "n", "m", "kind"} for c in choices)
+    assert "created_unix" not in man and "compile_seconds" not in man
     from ternc.backends.tvm.build import make_target
     from ternc.backends.tvm.kernels import target_has_vnni
 
     i2_kinds = {"dot", "dot16"} | ({"vnni"} if target_has_vnni(make_target("cpu")) else set())  # AVX-512 VNNI host
-    for c in choices:
+    report = A.read_report(built_artifact)
+    assert report["compile_seconds"] > 0 and "report.json" not in man["files"]
+    chosen = {(c["format"], c["k"], c["n"], c["m"]): c["kind"] for c in choices}
+    for c in report["kernel_timings"]:
         assert c["timings_us"][c["chosen"]] == min(c["timings_us"].values())  # ties survive rounding
         assert set(c["timings_us"]) == ({"dot", "dot16", "lut"} if c["format"] == "tl2" else i2_kinds)
+        assert chosen[(c["format"], c["k"], c["n"], c["m"])] == c["chosen"]
     # weights: safetensors only, nothing pickled
     from safetensors.numpy import load_file
 
     w = load_file(str(built_artifact / "weights.safetensors"))
     for name in man["weights"]:
         np.testing.assert_array_equal(w[name], ternary_model.constants[name].data)
-    assert not list(built_artifact.parent.glob(".bitnet-cpu.tmp-*"))
+    assert not list(built_artifact.parent.glob(".bitnet-cpu.*"))
 
 
 def test_runtime_only_subprocess_generates_interpreter_tokens(built_artifact, ternary_model, prompt, tmp_path):
     """Load the artifact in a fresh process with a copy of the tvm package that has no
     libtvm_compiler.so at all, and TVM_USE_RUNTIME_LIB=1; tokens must equal the interpreter's."""
     ref = ternc.generate(ternary_model, prompt, N_NEW)
-    rt = A.bundle_runtime(tmp_path / "rt", with_ffi=False)
+    rt = R.bundle_runtime(tmp_path / "rt", with_ffi=False)
     assert not (rt / "tvm" / "lib" / "libtvm_compiler.so").exists()
     np.save(tmp_path / "prompt.npy", prompt)
     script = textwrap.dedent(f"""
@@ -161,7 +171,7 @@ def test_other_format_version(art_copy):
     man["format_version"] = 99
     man["ternc_version"] = "9.0.0"
     mf.write_text(json.dumps(man))
-    with pytest.raises(A.ArtifactError, match=r"format version 99 \(written by ternc 9\.0\.0\).*reads version 1"):
+    with pytest.raises(A.ArtifactError, match=r"format version 99 \(written by ternc 9\.0\.0\).*reads version 2"):
         ternc.load_artifact(art_copy)
 
 
@@ -176,8 +186,6 @@ def test_other_tvm_version(art_copy):
 
 def test_failed_build_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
     """A failure while writing leaves neither the artifact nor a temp dir; an existing artifact survives."""
-    from ternc.backends.tvm import build as B
-
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
@@ -185,19 +193,18 @@ def test_failed_build_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(B, "export", boom)
     out = tmp_path / "art"
     with pytest.raises(RuntimeError, match="disk full"):
-        A.build_artifact(tiny_llama, "cpu", out)
+        B.build_artifact(tiny_llama, "cpu", out)
     assert list(tmp_path.iterdir()) == []
     out.mkdir()
     (out / "manifest.json").write_text("{}")
     with pytest.raises(RuntimeError, match="disk full"):
-        A.build_artifact(tiny_llama, "cpu", out)
+        B.build_artifact(tiny_llama, "cpu", out)
     assert (out / "manifest.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
 def test_weights_load_without_safetensors_package(built_artifact, monkeypatch):
     """Deployment machines may lack `safetensors`: the runtime's own reader gives the same arrays."""
-    from ternc.backends.tvm import runtime as R
     from safetensors.numpy import load_file
 
     ref = load_file(str(built_artifact / "weights.safetensors"))
@@ -209,17 +216,49 @@ def test_weights_load_without_safetensors_package(built_artifact, monkeypatch):
         np.testing.assert_array_equal(got[k], ref[k])
 
 
-def test_driver_signature_forwards(monkeypatch, tiny_llama, tmp_path):
-    """backends.tvm.build.build_artifact is what driver.compile_to (`ternc compile`) calls."""
-    from ternc.backends.tvm import build as B
+def _rehash(art, rel):
+    mf = art / "manifest.json"
+    man = json.loads(mf.read_text())
+    man["files"][rel] = {"sha256": A.sha256_file(art / rel), "bytes": (art / rel).stat().st_size}
+    mf.write_text(json.dumps(man))
 
-    seen = {}
 
-    def fake(module, target, out_dir, pipeline_desc=None, kernel_policy="auto", **kw):
-        seen.update(target=target, out_dir=out_dir, pipeline_desc=pipeline_desc, policy=kernel_policy)
-        return out_dir
+def test_truncated_weights_with_a_matching_hash(art_copy, monkeypatch):
+    """A truncated safetensors file whose manifest entry was re-hashed: an ArtifactError naming the
+    file (both with the safetensors package and with the runtime's own reader)."""
+    p = art_copy / "weights.safetensors"
+    p.write_bytes(p.read_bytes()[:-100])
+    _rehash(art_copy, "weights.safetensors")
+    with pytest.raises(A.ArtifactError, match=r"weights\.safetensors: not a valid safetensors file"):
+        ternc.load_artifact(art_copy)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    with pytest.raises(A.ArtifactError, match=r"weights\.safetensors: not a valid safetensors file"):
+        R.load_safetensors(p)
 
-    monkeypatch.setattr(A, "build_artifact", fake)
-    B.build_artifact(tiny_llama, target="cpu", out_dir=tmp_path / "o", pipeline="default:cpu", source="m.onnx")
-    assert seen == {"target": "cpu", "out_dir": tmp_path / "o", "policy": "auto",
-                    "pipeline_desc": {"passes": "default:cpu", "source": "m.onnx"}}
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: m.update(entries=[]), "key 'entries' must be dict, got list"),
+    (lambda m: m.pop("weights"), "missing key 'weights'"),
+    (lambda m: m["entries"]["decode"].update(inputs=None), r"entries\['decode'\]: key 'inputs' must be list"),
+    (lambda m: m["entries"]["decode"]["inputs"][0].update(dtype="float99"), "unknown dtype 'float99'"),
+    (lambda m: m["entries"]["decode"]["weights"].append("nope"), "weight 'nope' is not in the manifest's weights"),
+    (lambda m: m["roles"].pop("library"), "roles lacks the 'library' file"),
+])
+def test_tvm_manifest_keys_are_validated(art_copy, edit, msg):
+    mf = art_copy / "manifest.json"
+    man = json.loads(mf.read_text())
+    edit(man)
+    mf.write_text(json.dumps(man))
+    with pytest.raises(A.ArtifactError, match=msg):
+        ternc.load_artifact(art_copy)
+
+
+def test_cuda_runtime_without_driver_is_a_clear_error(monkeypatch):
+    import ctypes
+
+    def no_driver(*a, **k):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    with pytest.raises(R.RunnerError, match="needs an NVIDIA driver"):
+        R._load_cuda_runtime()

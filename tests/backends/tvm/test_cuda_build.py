@@ -13,6 +13,7 @@ tvm = pytest.importorskip("tvm")
 
 import ternc  # noqa: E402
 from ternc.backends import artifact as A  # noqa: E402
+from ternc.backends.tvm import build as B  # noqa: E402
 
 from .conftest import N_NEW  # noqa: E402
 from .helpers import ternarize  # noqa: E402
@@ -25,7 +26,7 @@ def cuda_artifact(tiny_bitnet, tmp_path_factory):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed")
     m = ternarize(tiny_bitnet, ["i2", "tl2"])
-    return m, A.build_artifact(m, "cuda", tmp_path_factory.mktemp("cuda") / "art", pipeline_desc=["test"])
+    return m, B.build_artifact(m, "cuda", tmp_path_factory.mktemp("cuda") / "art", pipeline=["test"]).path
 
 
 @needs_nvcc
@@ -62,7 +63,7 @@ def test_cuda_artifact_stores_i2_codes_as_dp4a_words(cuda_artifact):
     from safetensors.numpy import load_file
 
     m, art = cuda_artifact
-    w = load_file(str(art / A.WEIGHTS))
+    w = load_file(str(art / B.WEIGHTS))
     codes = [n for n in w if n.endswith("codes") and m.constants[n].data.dtype == np.uint8
              and any(node.attr("format") == "i2" and n in node.inputs for f in m.functions for node in f.nodes)]
     assert codes

@@ -232,7 +232,7 @@ def test_foreign_mcpu_is_not_measured(monkeypatch):
     a64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
     assert not K.target_runs_here(a64)
     assert K.choose_kind("i2", 1536, 64, 1, "cpu", "auto", log, target=a64) == "dot"
-    assert log == []
+    assert [e["chosen"] for e in log] == ["vnni", "dot"] and not any("timings_us" in e for e in log)
     assert K.target_runs_here(None) and K.target_runs_here(_host_target()) and K.target_runs_here("llvm")
 
 
@@ -245,3 +245,18 @@ def test_measured_choice_includes_vnni():
     (entry,) = log
     assert set(entry["timings_us"]) == {"dot", "dot16", "vnni"}
     assert kind == entry["chosen"] == min(entry["timings_us"], key=entry["timings_us"].get)
+
+
+def test_fixed_choices_are_used_and_checked(monkeypatch):
+    """A mapping policy (a previous build's choices, `ternc compile --kernels`) is followed without
+    measuring; a kind the target lacks is a clear error, a shape it lacks is chosen as by "auto"."""
+    def boom(*a, **kw):
+        raise AssertionError("measured a shape that has a fixed choice")
+
+    monkeypatch.setattr(K, "measure_kinds", boom)
+    log = []
+    assert K.choose_kind("tl2", 96, 64, 1, "cpu", {("tl2", 96, 64, 1): "lut"}, log) == "lut"
+    assert log == [{"format": "tl2", "k": 96, "n": 64, "m": 1, "chosen": "lut"}]
+    with pytest.raises(ValueError, match="fixed kernel choice 'lut' for i2 K=96 N=64 M=1 is not available"):
+        K.choose_kind("i2", 96, 64, 1, "cpu", {("i2", 96, 64, 1): "lut"})
+    assert K.choose_kind("i2", 96, 64, 1, "aarch64", {}) == "dot"  # unmeasured target: its static kind

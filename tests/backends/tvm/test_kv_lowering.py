@@ -138,6 +138,6 @@ def test_rotation_on_cuda_is_refused_by_name(tiny_llama):
     from ternc.backends.tvm.lower import LoweringError
     from ternc.passes.pipeline import compile as run_passes
 
-    m, _ = run_passes(tiny_llama, target="cpu", passes="fold,quantize-kv{bits=2,group=4,residual=4,rotate=1}")
+    m, _ = run_passes(tiny_llama, "fold,quantize-kv{bits=2,group=4,residual=4,rotate=1}")
     with pytest.raises(LoweringError, match="rotate=1.*CPU targets only"):
         compile_module(m, "cuda")
