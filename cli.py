@@ -257,7 +257,9 @@ def _simulate_dataflow(args) -> int:
             from .backends.fpga.schedule import schedule
             from .passes.pipeline import compile as run_pipeline
 
-            module, _ = run_pipeline(ternc.load(src), target="kv260", report=False)
+            from .targets import get
+
+            module, _ = run_pipeline(ternc.load(src), list(get("kv260").pipeline), report=False)
             ctx = args.context
             instrs, base = schedule(module, ctx).program.instrs, df.SimConfig(**over)
         rep = sw.sweep(instrs, base, ctx)

@@ -29,11 +29,12 @@ GOALS = {"decode_tok_s": 40, "prefill_tok_s": 250, "ttft_64_s": 0.25}
 def program(cfg: Config, layers: int, context: int):
     from ternc.backends.fpga.schedule import schedule
     from ternc.passes.pipeline import compile
+    from ternc.targets import get
 
     small = replace(cfg, layers=layers, max_pos=context)
     t0 = time.time()
     module = build_module(small, fmt="t2", static_decode=None)
-    module, _ = compile(module, target="kv260", report=False)
+    module, _ = compile(module, list(get("kv260").pipeline), report=False)
     plan = schedule(module, context)
     log(f"{cfg.name}: {layers}-layer program scheduled in {time.time() - t0:.0f}s "
         f"({len(plan.program.instrs)} instructions)")

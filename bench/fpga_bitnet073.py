@@ -31,13 +31,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rtl", action="store_true", help="skip Verilog generation and synthesis (program + images only)")
     args = ap.parse_args(argv)
     from ternc.backends.fpga.build import build_artifact
-    from ternc.passes.pipeline import compile
+    from ternc.passes.pipeline import KV260_PIPELINE, compile
 
     cfg = replace(FULL, layers=args.layers, max_pos=args.context)
     t0 = time.time()
     module = build_module(cfg, fmt="t2", static_decode=None)
     log(f"built {cfg.name} ({cfg.ternary_params / 1e6:.0f}M ternary weights) in {time.time() - t0:.0f}s")
-    module, _ = compile(module, target="kv260", report=lambda t: log("\n" + t))
+    module, _ = compile(module, KV260_PIPELINE, report=lambda t: log("\n" + t))
     t1 = time.time()
     art = build_artifact(module, args.out, context=args.context, synth=not args.no_synth, rtl=not args.no_rtl,
                          pipeline_desc="default:kv260", source=f"bench synthetic {cfg.name}")

@@ -24,10 +24,10 @@ FLOAT = ["fold", "raise-ternary", "cse", "dce"]
 
 def compare(name, module, ids, pre=()):
     from ternc.passes.eval import evaluate
-    from ternc.passes.pipeline import PIPELINES, compile
+    from ternc.passes.pipeline import KV260_PIPELINE, compile
 
     ref_m = compile(module, passes=[*pre, *FLOAT], report=False)[0]
-    hw_m = compile(module, passes=[*pre, *PIPELINES["kv260"]], report=False)[0]
+    hw_m = compile(module, passes=[*pre, *KV260_PIPELINE], report=False)[0]
     t0 = time.time()
     ref = evaluate(ref_m, ids, keep_logits=True)
     t1 = time.time()

@@ -130,11 +130,19 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
                         "memmap": "memmap.json", "program": "program.bin"},
         # keys the backend-neutral reader requires (no TVM parts in a kv260 artifact)
         "tvm_version": None, "entries": {}, "weights": {},
+        "ternc_version": _version(),
         "files_role": {"program": "program.bin", "memmap": "memmap.json", "consts": "images/consts.bin",
                        "weights": "images/weights.bin", "lm_head": "images/lm_head.npy",
                        "regmap": "regmap.json", "report": "report.json", "module": "ir/model.ternc"},
     }
+    manifest["roles"] = dict(manifest["files_role"])   # main's artifact format (v2) names them `roles`
     return _write(Path(out_dir), files, manifest)
+
+
+def _version() -> str:
+    from ...version import __version__
+
+    return __version__
 
 
 def DDR_BYTES_PER_S(cfg) -> float:

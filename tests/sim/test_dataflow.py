@@ -18,8 +18,9 @@ def tiny_art(onnx_export, tmp_path_factory):
     import ternc
     from ternc.backends.fpga.build import build_artifact
     from ternc.passes.pipeline import compile
+    from ternc.targets import get
 
-    m = compile(ternc.load(str(onnx_export("tiny-bitnet", False))), target="kv260", report=False)[0]
+    m = compile(ternc.load(str(onnx_export("tiny-bitnet", False))), list(get("kv260").pipeline), report=False)[0]
     return build_artifact(m, tmp_path_factory.mktemp("df") / "tiny", context=CTX, synth=False, rtl=False)
 
 

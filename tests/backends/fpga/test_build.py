@@ -17,7 +17,7 @@ from ternc.backends.fpga.schedule import EngineConfig, ScheduleError, schedule
 from ternc.backends.fpga.top import ResourceError
 from ternc.backends.fpga.verify import reference, simulate
 from ternc.ir import packing
-from ternc.passes.pipeline import PIPELINES, compile
+from ternc.passes.pipeline import KV260_PIPELINE, compile
 
 CTX = 32
 
@@ -26,7 +26,7 @@ CTX = 32
 def kv260_bitnet(onnx_export):
     import ternc
 
-    return compile(ternc.load(str(onnx_export("tiny-bitnet", False))), target="kv260", report=False)[0]
+    return compile(ternc.load(str(onnx_export("tiny-bitnet", False))), KV260_PIPELINE, report=False)[0]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def kv260_llama(onnx_export):
     import ternc
 
     m = ternc.load(str(onnx_export("llama", True)))
-    return compile(m, passes=["quantize-ternary", *PIPELINES["kv260"]], report=False)[0]
+    return compile(m, passes=["quantize-ternary", *KV260_PIPELINE], report=False)[0]
 
 
 def test_isa_roundtrip_and_field_checks():
@@ -110,7 +110,7 @@ def test_schedule_refuses_float_numerics(onnx_export):
     import ternc
 
     m = compile(ternc.load(str(onnx_export("tiny-bitnet", False))),
-                passes=[p for p in PIPELINES["kv260"] if p != "hw-numerics"], report=False)[0]
+                passes=[p for p in KV260_PIPELINE if p != "hw-numerics"], report=False)[0]
     with pytest.raises(ScheduleError, match="hardware numerics"):
         schedule(m, CTX)
 
@@ -178,10 +178,10 @@ def test_executor_equals_interpreter_quantize_kv(onnx_export, bits):
     import ternc
 
     m = ternc.load(str(onnx_export("tiny-bitnet", False)))
-    spec = [*PIPELINES["kv260"][:-1], f"quantize-kv{{bits={bits},group=6,residual=2}}", "hw-numerics"]
+    spec = [*KV260_PIPELINE[:-1], f"quantize-kv{{bits={bits},group=6,residual=2}}", "hw-numerics"]
     hw = compile(m, passes=spec, report=False)[0]
     plan = _exact(hw, [5, 6, 7, 8, 9], 9)   # 13 tokens: the span grows during decode
     assert all(i["quant"] for i in plan.program.instrs if i.op == isa.Opcode.KV_APPEND)
     # and it differs from the unquantized cache (the test would notice quantization being skipped)
-    plain = compile(m, target="kv260", report=False)[0]
+    plain = compile(m, KV260_PIPELINE, report=False)[0]
     assert not np.array_equal(reference(hw, [5, 6, 7, 8, 9], 9)[1][-1], reference(plain, [5, 6, 7, 8, 9], 9)[1][-1])
