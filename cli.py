@@ -32,7 +32,9 @@ def _load_any(path: str):
 
     p = Path(path)
     if p.is_dir() and (p / "manifest.json").exists():
-        if json.loads((p / "manifest.json").read_text()).get("target", {}).get("name") == "kv260":
+        from .backends.fpga.build import TARGET as FPGA_TARGET
+
+        if json.loads((p / "manifest.json").read_text()).get("target", {}).get("name") == FPGA_TARGET:
             from .backends.fpga.build import load_runner  # the program on the functional executor
 
             return load_runner(p)
@@ -194,8 +196,8 @@ def cmd_compile(args) -> int:
         options["kernels"] = _read_kernels(args.kernels)
     if options and tgt.artifact != "folder":
         raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
-    if tgt.name == "kv260":
-        # the FPGA backend's build options (backends/fpga/build.build_artifact)
+    if tgt.pipeline and tgt.pipeline[-1] == "hw-numerics":
+        # an FPGA (TLMM accelerator) target: the FPGA backend's build options (backends/fpga/build.py)
         options.update(clock_mhz=args.clock_mhz, lm_head=args.lm_head, synth=not args.no_synth, source=str(src))
         if args.config:
             options.update(_sweep_config(args.config))
@@ -246,8 +248,12 @@ def _simulate_dataflow(args) -> int:
     if args.sweep:
         from .sim import sweep as sw
 
-        if args.target != "kv260":
-            raise CLIError(f"--sweep: target {args.target!r}; the dataflow simulator models kv260 designs")
+        from .targets import get as get_target
+
+        tgt = get_target(args.target)
+        if not tgt.pipeline or tgt.pipeline[-1] != "hw-numerics":
+            raise CLIError(f"--sweep: target {tgt.name!r} is not an FPGA accelerator target; the dataflow "
+                           "simulator models the TLMM accelerator (kv260)")
         t0 = time.time()
         if is_art:
             model, manifest = df.load(src, **over)

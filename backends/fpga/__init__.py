@@ -12,9 +12,10 @@ from __future__ import annotations
 def build_artifact(module, target: str, out, **options):
     """Write the kv260 artifact of a post-pipeline module at ``out`` (options: context, clock_mhz,
     lm_head, engine, budget, synth, rtl, pipeline (recorded), source)."""
+    from .build import TARGET
     from .build import build_artifact as build
 
-    if target != "kv260":
+    if target != TARGET:
         raise ValueError(f"the FPGA backend builds target 'kv260', not {target!r}")
     if "pipeline" in options:
         options["pipeline_desc"] = options.pop("pipeline")
