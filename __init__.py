@@ -9,7 +9,18 @@ TVM CPU/CUDA artifacts or an Amaranth TLMM FPGA accelerator.
 # there is no parent package to import from, and nothing needs to be set up.
 if __package__:
     from .version import __version__  # noqa: E402
-    from . import frontend, ir  # noqa: E402
-    from .api import compile, generate, interpret, load, load_artifact, save  # noqa: E402
+    from .api import compile, generate, generate_text, interpret, load, load_artifact, save  # noqa: E402
+    from .tokenizer import load_tokenizer  # noqa: E402
 
-__all__ = ["compile", "generate", "interpret", "load", "load_artifact", "save", "__version__"]
+
+def __getattr__(name):
+    # Subpackages load on first use, so `ternc --version` (and any light import) does not import onnx.
+    if name in ("frontend", "ir", "passes", "backends", "hw", "sim", "models"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ternc' has no attribute {name!r}")
+
+
+__all__ = ["compile", "generate", "generate_text", "interpret", "load", "load_artifact", "load_tokenizer", "save",
+           "__version__"]

@@ -32,11 +32,13 @@ class InterpreterRunner:
         return self._interp.run(entry, inputs)
 
 
-def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
+def load(source: str | os.PathLike | Any, decoder: bool = True, progress=None) -> Module:
     """Load a model as a ternc Module.
 
-    `source`: an ONNX ModelProto, a path to an `.onnx` file, or a `.ternc` module file. Decoder LMs
-    (graphs with attention) get `prefill`/`decode` entry points with explicit KV-cache state.
+    `source`: an ONNX ModelProto, a path to an `.onnx` file, a `.ternc` module file, a Hugging Face
+    model folder (config.json + safetensors) or a `.gguf` file (both offline; see frontend/hf.py and
+    frontend/gguf.py). Decoder LMs (graphs with attention) get `prefill`/`decode` entry points with
+    explicit KV-cache state. `progress(step)` is called at the start of each long step.
     """
     import onnx
 
@@ -48,6 +50,18 @@ def load(source: str | os.PathLike | Any, decoder: bool = True) -> Module:
         return load_module(source)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and (Path(source) / "manifest.json").exists():
         raise ValueError(f"{source} is a compiled artifact; use ternc.load_artifact()")
+    if isinstance(source, (str, os.PathLike)):
+        from .frontend.hf import check_local, is_hf_folder
+
+        check_local(source)
+        if is_hf_folder(source):
+            from .frontend.hf import load_hf_folder
+
+            return load_hf_folder(source, progress=progress)
+        if Path(source).suffix == ".gguf":
+            from .frontend.gguf import load_gguf
+
+            return load_gguf(source, progress=progress)
     from .frontend import from_onnx
     from .frontend.decoder import with_decoder
 
@@ -81,14 +95,27 @@ class ContextLengthError(ValueError):
     pass
 
 
-def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | None = None,
-             max_context: int | None = None, callback=None) -> np.ndarray:
-    """Greedy generation: prefill the prompt, then decode one token at a time with the KV cache.
+def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | list[int] | None = None,
+             max_context: int | None = None, callback=None, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None) -> np.ndarray:
+    """Generate: prefill the prompt, then decode one token at a time with the KV cache.
 
-    Returns the prompt followed by the generated ids, shape [1, len(prompt) + n_generated].
-    Modules without decoder entry points are run by re-evaluating `main` on the whole sequence.
+    Greedy by default; temperature > 0 samples (top_k, top_p filters; `seed` makes it repeatable).
+    Stops after `max_new_tokens` or at an `eos_token_id` (one id or a list). `callback(id)` sees
+    each new token as it is chosen (streaming). Returns the prompt followed by the generated ids,
+    shape [1, len(prompt) + n_generated]. Modules without decoder entry points are run by
+    re-evaluating `main` on the whole sequence. For text, see `ternc.generate_text`.
     """
     from .ir.decoder import DecoderSpec, decode_feeds
+    from .tokenizer import check_sampling, pick_token
+
+    check_sampling(temperature, top_k, top_p)
+    rng = np.random.default_rng(seed) if temperature > 0 else None
+    stop = set() if eos_token_id is None else (
+        {int(eos_token_id)} if np.isscalar(eos_token_id) else {int(i) for i in eos_token_id})
+
+    def pick(logits):
+        return pick_token(logits, rng, temperature, top_k, top_p)
 
     runner = _runner(model)
     ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
@@ -104,21 +131,21 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
         seq = ids
         for _ in range(max_new_tokens):
             res = runner.run("main", {_ids_name(runner): seq})
-            nxt = int(np.argmax(next(iter(res.values()))[0, -1]))
+            nxt = pick(next(iter(res.values()))[0, -1])
             seq = np.concatenate([seq, [[nxt]]], axis=1)
             if callback:
                 callback(nxt)
-            if eos_token_id is not None and nxt == eos_token_id:
+            if nxt in stop:
                 break
         return seq
     res = runner.run(dec.prefill, {dec.input_ids: ids})
     total = ids.shape[1]
     for step in range(max_new_tokens):
-        nxt = int(np.argmax(res[dec.logits][0, -1]))
+        nxt = pick(res[dec.logits][0, -1])
         out.append(np.array([[nxt]], dtype=np.int64))
         if callback:
             callback(nxt)
-        if eos_token_id is not None and nxt == eos_token_id:
+        if nxt in stop:
             break
         if step == max_new_tokens - 1:
             break
@@ -127,6 +154,13 @@ def generate(model, prompt_ids, max_new_tokens: int = 16, eos_token_id: int | No
             break
         res = runner.run(dec.decode, decode_feeds(dec, res, out[-1]))
     return np.concatenate(out, axis=1)
+
+
+def generate_text(model, prompt: str | None = None, max_new_tokens: int = 16, **kw) -> dict:
+    """Text generation with the model's own tokenizer (see `ternc.tokenizer.generate_text`)."""
+    from .tokenizer import generate_text as _gt
+
+    return _gt(model, prompt, max_new_tokens, **kw)
 
 
 def _ids_name(runner) -> str:
@@ -177,6 +211,12 @@ def compile(model, target: str = "reference", passes: str | list | None = None, 
             raise TypeError(f"build options {', '.join(sorted(build_options))} need `out`")
         return CompileResult(tgt.name, module, rep)
     build_options.setdefault("pipeline", rep.spec)
+    # the per-pass table travels with the output (`ternc report`); no timings: builds stay deterministic
+    import dataclasses
+    import json
+
+    rows = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rep.rows]
+    module = module.replace(meta={**module.meta, "pass_report": json.loads(json.dumps(rows, default=str))})
     art = tgt.build(module, out, **build_options)
     return CompileResult(tgt.name, module, rep, art.path, art.manifest if tgt.artifact == "folder" else None)
 

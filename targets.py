@@ -18,9 +18,8 @@ A backend module is any module with two functions, the backend contract:
         Load a folder whose common manifest keys and file checksums `read_manifest` has verified;
         check the backend's own manifest keys; return a Runner (`.meta`, `.run(entry, inputs)`).
 
-The FPGA backend plugs in by setting kv260's `backend="ternc.backends.fpga"` once
-`backends/fpga/__init__.py` defines `build_artifact` and `load_artifact`; until then kv260 compiles its pipeline (the
-reference interpreter then computes what the datapath computes) and `build` raises TargetError.
+The FPGA backend (`ternc.backends.fpga`) builds kv260: program, DDR images, RTL units, resources,
+Vivado script; its loader runs the program on the functional executor.
 The reference target's backend (backends/reference.py) writes the transformed module as a `.ternc`
 file and runs it on the interpreter.
 """
@@ -85,10 +84,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("cuda", "TVM CUDA (sm_90), W2A8 dp4a kernels, CUDA graphs; device code prebuilt with nvcc",
            tuple(P.TVM_PIPELINE), TVM_CAPABILITIES, _TVM, default_out=lambda m: f"out/{m.name}-cuda"),
     # The TLMM engine computes in the hw-numerics formats, which the interpreter defines bit-exactly.
-    Target("kv260", "Xilinx KV260 TLMM accelerator (TL2 weights, FX numerics)",
-           tuple(P.KV260_PIPELINE), EVERYTHING, None,
-           missing_backend="the FPGA backend (schedule + Amaranth top + bitstream inputs) is not available "
-                           "yet; the TLMM engine itself is in ternc.hw (see README)",
+    Target("kv260", "Xilinx KV260 TLMM accelerator (TL2 weights, FX numerics): program, DDR images, RTL units",
+           tuple(P.KV260_PIPELINE), EVERYTHING, "ternc.backends.fpga",
            default_out=lambda m: f"out/{m.name}-kv260"),
 )}
 

@@ -297,3 +297,27 @@ def read_report(path: str | os.PathLike) -> dict:
     except (OSError, ValueError):
         return {}
     return rep if isinstance(rep, dict) else {}
+
+
+def add_files(path: str | os.PathLike, files: dict[str, bytes], role: tuple[str, str] | None = None) -> None:
+    """Add files to a built artifact (e.g. its tokenizer) and list them with sha256 in the manifest.
+
+    `files`: {path relative to the artifact: bytes}; `role`: (role name, one of those paths) for
+    `roles`. The manifest is rewritten atomically.
+    """
+    path = Path(path)
+    manifest = read_manifest(path, check_files=False)
+    root = path.resolve()
+    for rel, data in files.items():
+        p = path / safe_relpath(rel, f"{path}: added file")
+        if not p.resolve().is_relative_to(root):
+            raise ArtifactError(f"{rel}: artifact files must stay inside {path}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        p.chmod(0o644)
+        manifest["files"][rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    if role is not None:
+        manifest["roles"][role[0]] = role[1]
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, path / MANIFEST)

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     module = build_module(cfg, fmt="t2", static_decode=None)
     log(f"built {cfg.name} ({cfg.ternary_params / 1e6:.0f}M ternary weights) in {time.time() - t0:.0f}s")
-    module, _ = compile(module, KV260_PIPELINE, report=lambda t: log("\n" + t))
+    module, _ = compile(module, passes=KV260_PIPELINE, target="kv260", report=lambda t: log("\n" + t))
     t1 = time.time()
     art = build_artifact(module, args.out, context=args.context, synth=not args.no_synth, rtl=not args.no_rtl,
                          pipeline_desc="default:kv260", source=f"bench synthetic {cfg.name}")

@@ -38,7 +38,7 @@ DECODE_VARIANTS = [(1, r, xs) for xs in ("shared", "global") for r in (4, 8, 16)
 
 
 def build(out: Path, arch: str = "sm_90") -> None:
-    from ternc.backends.tvm.cuda_ternary import compile_gemm, compile_gemv
+    from ternc.backends.tvm.kernels.cuda_ternary import compile_gemm, compile_gemv
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = []
@@ -82,7 +82,7 @@ def _runtime_tvm(fatbins: dict):
 def run(out: Path, json_out: str | None) -> None:
     import torch
 
-    from ternc.backends.tvm.cuda_ternary import pack_activations, weight_words
+    from ternc.backends.tvm.kernels.cuda_ternary import pack_activations, weight_words
     from ternc.ir import packing, semantics
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -226,7 +226,7 @@ def ncu_profile(out: Path) -> None:
     """Launch each ternary kernel and its fp16 twin 3 times for `ncu` (kernel durations, cold L2)."""
     import torch
 
-    from ternc.backends.tvm.cuda_ternary import pack_activations, weight_words
+    from ternc.backends.tvm.kernels.cuda_ternary import pack_activations, weight_words
     from ternc.ir import packing, semantics
 
     manifest = [e for e in json.loads((out / "manifest.json").read_text()) if e["m"] == 1]

@@ -120,7 +120,7 @@ def unit_designs() -> dict:
         "tlmm_core 16x28": (lambda: tlmm.TLMMCore(g, t, c, wbuf_depth=4096, ram_style="ultra"), "tlmm_core"),
         "act_quantizer K<=10752": (lambda: ActQuantizer(g, t), "act_quant"),
         "dq_factor": (lambda: DqFactor(), "dq_factor"),
-        "epilogue silu_gate 16": (lambda: Epilogue(c, "silu_gate"), "epilogue_silu"),
+        "epilogue gated_silu 16": (lambda: Epilogue(c, "gated_silu"), "epilogue_silu"),
         "epilogue rope 16": (lambda: Epilogue(c, "rope"), "epilogue_rope"),
         "rmsnorm 4 lanes K<=8192": (lambda: RMSNorm(4, 8192), "rmsnorm"),
         "decode_attention d128 4 lanes T<=4096": (lambda: DecodeAttention(128, 4, 4096), "decode_attn"),

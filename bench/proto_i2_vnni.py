@@ -1,7 +1,7 @@
 """Whole-model prototype kernels for the CPU benchmark (bench/cpu_vs_llamacpp.py --variants proto).
 
 The AVX-512 VNNI i2 ternary matmul that started here now lives in the backend
-(`backends/tvm/kernels.py`, kernel kind `vnni`, chosen by the per-shape timing). What remains here
+(`backends/tvm/kernels/vnni.py`, kernel kind `vnni`, chosen by the per-shape timing). What remains here
 are proposals not yet in the backend, patched into the lowering while compiling: a vectorized,
 parallel LM head (f32 activations x f16/f32 weights) and a fused causal attention kernel (online
 softmax, heads in parallel), plus an optional dlight CPU pipeline.
@@ -118,7 +118,8 @@ class _Patched:
     def __enter__(self):
         from tvm import relax
 
-        from ternc.backends.tvm import lower
+        from ternc.backends.tvm import lowering as lower
+        from ternc.backends.tvm.lowering.common import _simplify
         from ternc.ir.ops import Op
 
         self.lower = lower
@@ -134,16 +135,14 @@ class _Patched:
                 return orig_linear(L, node, args)
             n, k = ws
             nt = 2 if n % 2 == 0 else 1
-            key = ("proto_linear", k, n, wdt)
-            if key not in L.kernel_cache:
-                name = f"proto_linear_k{k}_n{n}_{wdt}"
-                L.kernel_cache[key] = L.bb.add_func(_mark(make_linear_f16w(k, n, nt)(wdt), name), name)
+            proto = L.kernel("proto_linear", (k, n, wdt),
+                             lambda: _mark(make_linear_f16w(k, n, nt)(wdt), f"proto_linear_k{k}_n{n}_{wdt}"))
             lead = xs[:-1]
             m = 1
             for d in lead:
                 m = m * d
-            x2 = L.emit(relax.op.reshape(x, [lower._simplify(m), k]))
-            y = L.emit(relax.call_tir(L.kernel_cache[key], [x2, w], relax.TensorType([lower._simplify(m), n], "float32")))
+            x2 = L.emit(relax.op.reshape(x, [_simplify(m), k]))
+            y = L.emit(relax.call_tir(proto, [x2, w], relax.TensorType([_simplify(m), n], "float32")))
             return relax.op.reshape(y, [*lead, n])
 
         self.orig_attn = lower.IMPLS[Op.Attention]
@@ -163,11 +162,9 @@ class _Patched:
                 v = L.emit(relax.op.concat([L.tensor(past_v), v], axis=2))
             h, d = qs[1], qs[3]
             scale = float(node.attr("scale"))
-            key = ("proto_attn", h, d, scale)
-            if key not in L.kernel_cache:
-                name = f"proto_attention_h{h}_d{d}"
-                L.kernel_cache[key] = L.bb.add_func(_mark(make_attention(h, d, scale), name), name)
-            out = L.emit(relax.call_tir(L.kernel_cache[key], [q, k, v], relax.TensorType(qs, "float32")))
+            proto = L.kernel("proto_attn", (h, d, scale),
+                             lambda: _mark(make_attention(h, d, scale), f"proto_attention_h{h}_d{d}"))
+            out = L.emit(relax.call_tir(proto, [q, k, v], relax.TensorType(qs, "float32")))
             return [out, k, v] if len(node.outputs) == 3 else [out]
 
         lower.IMPLS[Op.Linear] = linear
@@ -207,7 +204,7 @@ def compile_proto(module, kernel_policy: str = "auto", dlight: bool = False, mcp
     import tvm
 
     from ternc.backends.tvm.build import Built, make_target
-    from ternc.backends.tvm.lower import lower_module
+    from ternc.backends.tvm.lowering import lower_module
     from ternc.backends.tvm.target import tvm_target
 
     tgt = make_target("cpu", mcpu)

@@ -3,7 +3,8 @@
 The onnx package ships the generators of its backend node tests (`onnx.backend.test.case.node`);
 each case is a small model plus input and expected output arrays and tolerances. This module
 generates them (in-process, a few seconds), sorts every case into one of these classes, and runs
-the runnable ones through `from_onnx(model, raise_patterns=False)` + `ternc.ir.interpret`:
+the runnable ones through `from_onnx(model)` (pattern raising and its load-time check on, as in
+`ternc.load`; `--no-raising` converts only) + `ternc.ir.interpret`:
 
   pass / fail        every op of the case is claimed (SUPPORTED_ONNX_OPS), its element types are
                      ones the IR has, and its default-domain opset is usable (see below); compared
@@ -300,12 +301,14 @@ def usable_model(case) -> tuple[onnx.ModelProto | None, int | None, str]:
 
 
 # ------------------------------------------------------------------------------ running
-def run_model(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Frontend (no pattern raising) + reference interpreter; outputs in graph-output order."""
+def run_model(model: onnx.ModelProto, inputs: Sequence[np.ndarray], raising: bool = True) -> list[np.ndarray]:
+    """Frontend + reference interpreter; outputs in graph-output order. With `raising` (the default, as
+    `ternc.load` does) pattern raising and its load-time differential check run too, so a case the
+    check wrongly rejects fails here."""
     from ..ir import interpret
     from .onnx_import import from_onnx
 
-    module = from_onnx(model, raise_patterns=False)
+    module = from_onnx(model, raise_patterns=raising)
     fn = module.func("main")
     if len(fn.params) != len(inputs):
         raise FrontendError(f"module takes {len(fn.params)} inputs, the case has {len(inputs)}")
@@ -314,7 +317,7 @@ def run_model(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.n
     return [res[r] for r in fn.results]
 
 
-def run_case(case, claimed: frozenset[str] | set[str] | None = None) -> CaseResult:
+def run_case(case, claimed: frozenset[str] | set[str] | None = None, raising: bool = True) -> CaseResult:
     claimed = frozenset(SUPPORTED_ONNX_OPS if claimed is None else claimed)
     ops = case_ops(case.model)
     v = default_opset(case.model)
@@ -331,7 +334,7 @@ def run_case(case, claimed: frozenset[str] | set[str] | None = None) -> CaseResu
             m = case.model
             if v is not None and not MIN_OPSET <= v <= MAX_OPSET:
                 m = _with_opset(m, MIN_OPSET if v < MIN_OPSET else MAX_OPSET)
-            run_model(m, _arrays(case.data_sets[0][0]))
+            run_model(m, _arrays(case.data_sets[0][0]), raising)
         except FrontendError:
             return res
         except Exception as e:
@@ -347,7 +350,7 @@ def run_case(case, claimed: frozenset[str] | set[str] | None = None) -> CaseResu
     res.retargeted = target
     try:
         for inputs, expected in case.data_sets:
-            out = run_model(model, _arrays(inputs))
+            out = run_model(model, _arrays(inputs), raising)
             err = _outputs_close(_arrays(expected), out, case.rtol, case.atol)
             if err:
                 res.status, res.detail = "fail", err
@@ -365,7 +368,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def run_all(claimed: Iterable[str] | None = None, ops: Iterable[str] | None = None,
-            names: Iterable[str] | None = None) -> Report:
+            names: Iterable[str] | None = None, raising: bool = True) -> Report:
     """Run (or classify) every case; `ops`/`names` restrict to cases using those ops / with those names."""
     claimed_set = frozenset(SUPPORTED_ONNX_OPS if claimed is None else claimed)
     want_ops = set(ops) if ops else None
@@ -377,7 +380,7 @@ def run_all(claimed: Iterable[str] | None = None, ops: Iterable[str] | None = No
             continue
         if want_ops is not None and not (set(case_ops(case.model)) & want_ops):
             continue
-        results.append(run_case(case, claimed_set))
+        results.append(run_case(case, claimed_set, raising))
     return Report(results, sorted(claimed_set), time.perf_counter() - t0)
 
 
@@ -431,8 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", metavar="OUT", help="write the full report (every case) as JSON")
     ap.add_argument("--op", action="append", help="only cases that use this op (repeatable)")
     ap.add_argument("--all", action="store_true", help="also list every case that was not run and why")
+    ap.add_argument("--no-raising", action="store_true",
+                    help="convert only (no pattern raising, so no load-time raising check)")
     args = ap.parse_args(argv)
-    rep = run_all(ops=args.op)
+    rep = run_all(ops=args.op, raising=not args.no_raising)
     print(format_report(rep, show_all=args.all))
     if args.json:
         with open(args.json, "w") as f:

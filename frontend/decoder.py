@@ -45,6 +45,17 @@ def _rope_position_ranges(fn: Function) -> list[Node]:
     return ranges
 
 
+def _embedding_rows(fn: Function, module: Module, ids: str) -> int | None:
+    """Rows of the constant table the token ids index (the vocabulary size), if a Gather does that."""
+    for n in fn.nodes:
+        if n.op == Op.Gather and len(n.inputs) >= 2 and n.inputs[1] == ids and n.inputs[0] in module.constants \
+                and int(n.attr("axis", 0) or 0) == 0:
+            shape = module.constants[n.inputs[0]].type.shape
+            if shape and isinstance(shape[0], int):
+                return int(shape[0])
+    return None
+
+
 def with_decoder(module: Module) -> Module:
     """`make_decoder(module)` when its `main` has raised Attention nodes, else the module unchanged."""
     return make_decoder(module) if any(n.op == Op.Attention for n in module.func("main").nodes) else module
@@ -138,14 +149,21 @@ def make_decoder(module: Module) -> Module:
     else:
         raise FrontendError(f"module @{module.name}: mixed Attention forms (some with past inputs, some without)")
 
+    missing = [o for pair in present for o in pair if o not in decode.results]
+    if missing:
+        raise FrontendError(f"module @{module.name}: the export's attention layers produce {missing} but the graph "
+                            f"does not output them; a with-past export must output every present.* key/value")
     kv0 = types.get(attn[0].inputs[1])
+    vocab = _embedding_rows(main, module, input_ids)
     spec = DecoderSpec(
         "prefill", "decode", input_ids, logits,
         kv=tuple((StateTensor(pk, ok, StateKind.KEY, i), StateTensor(pv, ov, StateKind.VALUE, i))
                  for i, ((pk, pv), (ok, ov)) in enumerate(zip(past, present))),
         kv_heads=int(kv0.shape[1]) if kv0 and isinstance(kv0.shape[1], int) else None,
         head_dim=int(kv0.shape[3]) if kv0 and isinstance(kv0.shape[3], int) else None,
-        kv_dtype=kv0.dtype.value if kv0 else "f32")
+        kv_dtype=kv0.dtype.value if kv0 else "f32",
+        # runners range-check token ids against the vocabulary (kept in meta through `extra`)
+        extra={"vocab_size": vocab} if vocab is not None else {})
     meta = spec.into(module.meta)
     fns = [f for f in module.functions if f.name not in ("prefill", "decode")]
     return module.replace(functions=tuple(fns) + (dce(prefill), dce(decode)), meta=meta)

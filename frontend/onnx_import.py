@@ -57,6 +57,8 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise FrontendError(f"{path}: no such file")
     if path.is_dir():
         raise FrontendError(f"{path}: is a directory, expected an .onnx file")
+    if not path.is_file():  # a FIFO or a link to a device would block or never end
+        raise FrontendError(f"{path}: not a regular file (a FIFO, device or socket), expected an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
@@ -76,16 +78,26 @@ def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
             continue
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
-        target = (base / loc).resolve()
+        where = f"{path}: tensor {t.name!r}"
+        if not isinstance(loc, str) or not loc or "\0" in loc or len(loc) > 4096:
+            raise FrontendError(f"{where}: invalid external data location {loc!r:.80}")
+        try:
+            target = (base / loc).resolve()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise FrontendError(f"{where}: invalid external data location {loc!r:.80} ({e})") from None
         if os.path.isabs(loc) or base not in target.parents:
-            raise FrontendError(f"{path}: tensor {t.name!r} points to external data {loc!r} outside the "
+            raise FrontendError(f"{where} points to external data {loc!r} outside the "
                                 f"model's folder {base}; refusing to read it")
-        if not target.is_file():
-            raise FrontendError(f"{path}: tensor {t.name!r} needs external data file {loc!r}, which is missing")
-        offset, length = int(info.get("offset", 0)), info.get("length")
-        size = target.stat().st_size
-        want = int(length) if length is not None else size - offset
-        if offset + want > size:
+        try:
+            if not target.is_file():
+                raise FrontendError(f"{where} needs external data file {loc!r}, which is missing (or is not a "
+                                    f"regular file)")
+            size = target.stat().st_size
+        except OSError as e:  # e.g. a name too long for the file system
+            raise FrontendError(f"{where}: cannot read external data {loc!r:.80}: {e.strerror}") from None
+        offset = _byte_count(info.get("offset", "0"), "offset", where)
+        want = _byte_count(info["length"], "length", where) if "length" in info else size - offset
+        if offset + want > size or want < 0:
             raise FrontendError(f"{path}: external data {loc!r} for tensor {t.name!r} is truncated "
                                 f"(needs bytes {offset}..{offset + want}, file has {size})")
         with open(target, "rb") as f:
@@ -93,6 +105,39 @@ def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
             t.raw_data = f.read(want)
         del t.external_data[:]
         t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _byte_count(text: str, key: str, where: str) -> int:
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise FrontendError(f"{where}: external data {key} {text!r:.40} is not a non-negative byte count")
+    return int(text)
+
+
+def check_text_fields(model: onnx.ModelProto, source: str) -> None:
+    """Every `string` field of the model must be valid UTF-8 (protobuf hands invalid ones back as bytes,
+    which later code would trip over). Tensor payloads are not walked (no copies of the weights)."""
+    from google.protobuf.descriptor import FieldDescriptor
+    from google.protobuf.message import Message
+
+    def walk(msg, path):
+        if isinstance(msg, onnx.TensorProto):
+            fields = [(f, getattr(msg, f.name)) for f in msg.DESCRIPTOR.fields
+                      if f.name in ("name", "doc_string", "external_data")]
+        else:
+            fields = msg.ListFields()
+        for fd, val in fields:
+            if fd.type == FieldDescriptor.TYPE_STRING:
+                for v in ([val] if isinstance(val, (str, bytes)) else val):
+                    if not isinstance(v, str):
+                        raise FrontendError(f"{source}: {path}.{fd.name} is not valid UTF-8 ({bytes(v)[:40]!r})")
+            elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+                if isinstance(val, Message):
+                    walk(val, f"{path}.{fd.name}")
+                else:
+                    for k, v in enumerate(val):
+                        walk(v, f"{path}.{fd.name}[{k}]")
+
+    walk(model, "model")
 
 
 # ------------------------------------------------------------------------------ conversion
@@ -178,7 +223,9 @@ class _Converter:
         self.opset = opsets.get("", opsets.get("ai.onnx", 0))
         if not (MIN_OPSET <= self.opset <= MAX_OPSET):
             raise FrontendError(f"{self.source}: default-domain opset {self.opset} is not supported "
-                                f"(supported: {MIN_OPSET}..{MAX_OPSET}); re-export with opset_version in that range")
+                                f"(supported: {MIN_OPSET}..{MAX_OPSET}); convert it with onnx.version_converter."
+                                f"convert_version(model, {min(max(self.opset, MIN_OPSET), MAX_OPSET)}) and save the "
+                                f"result, or re-export with opset_version in that range")
         for vi in list(g.value_info) + list(g.output):
             self.types[vi.name] = _tensor_type(vi, self.source)
         for init in g.initializer:
@@ -388,6 +435,7 @@ def from_onnx(model: onnx.ModelProto | str | os.PathLike, name: str | None = Non
     if not isinstance(model, onnx.ModelProto):
         source = str(model)
         model = load_onnx(model)
+    check_text_fields(model, source)
     if model.functions:
         try:
             from onnx import inliner
@@ -396,9 +444,18 @@ def from_onnx(model: onnx.ModelProto | str | os.PathLike, name: str | None = Non
         except Exception as e:
             raise FrontendError(f"{source}: cannot inline model-local functions: {e}") from None
     try:
-        onnx.checker.check_model(model)
+        # full_check: strict type/shape inference too, so type-inconsistent graphs (that onnxruntime
+        # refuses) are refused here rather than run with numpy's promotions
+        onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise FrontendError(f"{source}: invalid ONNX model: {' '.join(str(e).split())[:500]}") from None
+    if model.graph.node and not model.graph.value_info:
+        # an export with value_info stripped: infer the intermediate types and shapes again (the
+        # decoder setup needs the KV shapes)
+        try:
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception as e:
+            raise FrontendError(f"{source}: shape inference failed: {' '.join(str(e).split())[:300]}") from None
     conv = _Converter(model, source)
     fn = conv.run()
     module_name = _SANITIZE.sub("_", name or (Path(source).stem if source != "<onnx model>" else model.graph.name

@@ -203,6 +203,65 @@ class _Raiser:
                 return d.inputs[0], 1.0 / sc
         return v, 1.0
 
+    def _not_causal(self, mask: str) -> str | None:
+        """Why the additive mask `mask` is not the plain causal mask Attention{causal} means, or None.
+
+        The mask is evaluated (it depends only on shapes) at a length past every integer constant in
+        its subgraph, so a sliding window (Mistral) shows up. Masks that read a runtime input other
+        than token ids (an attention_mask) cannot be evaluated here and are taken as causal.
+        """
+        cache = self.__dict__.setdefault("_mask_verdicts", {})
+        if mask in cache:
+            return cache[mask]
+        g, nodes, params, seen, stack = self.g, [], set(), set(), [mask]
+        pnames = {p.name: p for p in g.fn.params}
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in pnames:
+                params.add(v)
+            nd = g.prod.get(v)
+            if nd is not None:
+                nodes.append(nd)
+                stack.extend(i for i in nd.inputs if i)
+        verdict = None
+        if not any("mask" in p for p in params):  # past K/V params only contribute their shapes
+            ints = [abs(int(c.data.reshape(-1)[0])) for v in seen if (c := self.consts.get(v)) is not None
+                    and c.data is not None and c.data.size == 1 and np.issubdtype(c.data.dtype, np.integer)]
+            length = int(min(max([16] + [c + 2 for c in ints if c < 100_000]), 4100))
+            verdict = self._causal_verdict(mask, [pnames[p] for p in pnames if p in params],
+                                           [nd for nd in g.fn.nodes if nd in nodes], length)
+        cache[mask] = verdict
+        return verdict
+
+    def _causal_verdict(self, mask: str, params: list, nodes: list, length: int) -> str | None:
+        from ..ir.interp import interpret
+
+        sub = Function("mask", tuple(params), tuple(nodes), (mask,))
+        used = {i for nd in nodes for i in nd.inputs if i in self.consts}
+        feeds = {p.name: np.zeros(tuple(d if isinstance(d, int) else (0 if "past" in d else 1 if "batch" in d
+                                                                       else length) for d in p.type.shape),
+                                  p.type.dtype.np) for p in params}
+        try:
+            m = np.asarray(interpret(Module("mask", (sub,), {k: self.consts[k] for k in used}), feeds, "mask")[mask])
+        except Exception:  # not evaluable on its own: keep the causal reading (checked numerically later)
+            return None
+        if m.ndim < 2:
+            return None
+        m = m.reshape(-1, *m.shape[-2:])[0]
+        lq, lk = m.shape
+        visible = m > -1e30
+        allowed = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq)
+        if lq < 2 or (visible == allowed).all():
+            return None
+        sees = int(visible[-1].sum())
+        if (visible <= allowed).all() and sees < lk:
+            return (f"the mask lets the last of {lq} queries see only {sees} keys: sliding-window attention "
+                    f"(window {sees}) is not supported (ternc's Attention is plain causal)")
+        return f"the attention mask is not causal at length {lq}; only causal masks are supported"
+
     def attention(self, n: Node) -> bool:
         g = self.g
         if n.op != Op.MatMul:
@@ -225,6 +284,11 @@ class _Raiser:
                     break
             else:
                 return False
+            problem = self._not_causal(mask)
+            if problem:
+                from .onnx_import import FrontendError
+
+                raise FrontendError(f"attention at {n.label}: {problem}")
         qk = g.node(s, Op.MatMul)
         if qk is None:
             return False
@@ -256,47 +320,301 @@ class _Raiser:
         return rewrite(self.g.fn, self.replace, drop=self.absorbed), self.counts
 
 
-def random_inputs(fn: Function, seed: int = 0, dims: dict | None = None, vocab: int | None = None) -> dict:
-    """Small random inputs for a function's parameters (symbolic dims get small sizes)."""
+# ------------------------------------------------------------------------------ the load-time check
+# Sizes of the differential check: small symbolic dims, and a hard cap on what the drawn inputs may
+# occupy (a declared 1 GiB input is never allocated: the check is skipped and the primitive graph kept).
+CHECK_DIMS = {"seq": 5, "past": 3, "batch": 1}
+CHECK_INPUT_BYTES = 64 << 20
+MAX_DRAWS = 12
+
+# Integer inputs that select along an axis of another operand: (op, input index) -> data input index.
+_INDEX_OPERANDS = {(Op.Gather, 1): 0, (Op.GatherElements, 1): 0, (Op.GatherND, 1): 0,
+                   (Op.ScatterElements, 1): 0, (Op.ScatterND, 1): 0}
+# Integer inputs that are axes (distinct, small), shapes/repeats (ones: broadcast-neutral) or counts.
+_AXES_OPERANDS = {(Op.Squeeze, 1), (Op.Unsqueeze, 1), (Op.ReduceSum, 1), (Op.ReduceMean, 1), (Op.ReduceMax, 1),
+                  (Op.ReduceMin, 1), (Op.ReduceProd, 1), (Op.CumSum, 1), (Op.Slice, 3)}
+_ONES_OPERANDS = {(Op.Expand, 1), (Op.Tile, 1), (Op.ConstantOfShape, 0), (Op.TopK, 1), (Op.Slice, 4),
+                  (Op.Range, 2)}
+_ZERO_OPERANDS = {(Op.Slice, 1), (Op.Pad, 1), (Op.Range, 0)}
+_PASS_THROUGH = {Op.Unsqueeze, Op.Squeeze, Op.Reshape, Op.Cast, Op.Identity, Op.Expand, Op.Transpose}
+
+
+def _op_of(name: str):
+    try:
+        return Op(name)
+    except ValueError:
+        return None
+
+
+def _roles(fn: Function) -> dict[str, tuple]:
+    """How each parameter is used, for drawing values the graph can run on: ("index", data, axis),
+    ("axes",), ("ones",), ("zeros",) or absent (a plain value)."""
+    roles: dict[str, tuple] = {}
+    params = {p.name for p in fn.params}
+    # a parameter reshaped/cast on its way to an index operand is still an index (into an unknown shape)
+    origin = {p: p for p in params}
+    for n in fn.nodes:
+        if n.op in _PASS_THROUGH and n.inputs and n.inputs[0] in origin:
+            origin[n.outputs[0].name] = origin[n.inputs[0]]
+        elif n.op == Op.Where and any(i in origin for i in n.inputs[1:]):  # an ignore-index replaced
+            origin[n.outputs[0].name] = next(origin[i] for i in n.inputs[1:] if i in origin)
+        for k, v in enumerate(n.inputs):
+            if v in origin and v not in params and (n.op, k) in _INDEX_OPERANDS:
+                roles.setdefault(origin[v], ("index", None, 0, n.op))
+    for n in fn.nodes:
+        for k, v in enumerate(n.inputs):
+            if v not in params or v in roles:
+                continue
+            key = (n.op, k)
+            if key in _INDEX_OPERANDS:
+                roles[v] = ("index", n.inputs[_INDEX_OPERANDS[key]], int(n.attr("axis", 0) or 0), n.op)
+            elif key == (Op.Reshape, 1):
+                roles[v] = ("reshape", n.inputs[0])
+            elif key in _AXES_OPERANDS:
+                roles[v] = ("axes",)
+            elif key in _ONES_OPERANDS:
+                roles[v] = ("ones",)
+            elif key in _ZERO_OPERANDS:
+                roles[v] = ("zeros",)
+    return roles
+
+
+def _concrete_shape(shape, dims: dict) -> tuple[int, ...]:
+    if shape is None:
+        return (1,)
+    return tuple(d if isinstance(d, int) else int(dims.get(d, dims.get("?", 2))) for d in shape)
+
+
+def random_inputs(fn: Function, seed: int = 0, dims: dict | None = None, vocab: int | None = None,
+                  module: Module | None = None) -> dict:
+    """Small random inputs for a function's parameters: symbolic dims get small sizes (`dims`, else
+    seq=5, past=3, batch=1, others 2), scalar parameters stay scalars, token ids fall in the
+    vocabulary, and integer inputs used as indices/axes/shapes/counts get values the consuming op
+    accepts (index ranges need `module` when the indexed operand is a constant)."""
     rng = np.random.default_rng(seed)
-    dims = {"seq": 5, "past": 3, "batch": 1, **(dims or {})}
+    dims = {**CHECK_DIMS, **(dims or {})}
+    shapes = {p.name: _concrete_shape(p.type.shape, dims) for p in fn.params}
+    roles = _roles(fn)
+    consts = module.constants if module is not None else {}
     out = {}
     for p in fn.params:
-        shape = tuple(d if isinstance(d, int) else dims.get(d, 2) for d in (p.type.shape or (1,)))
-        if p.type.dtype.is_int:
-            hi = vocab or 32
-            if "mask" in p.name:
-                out[p.name] = np.ones(shape, p.type.dtype.np)
+        shape, dt = shapes[p.name], p.type.dtype
+        role = roles.get(p.name)
+        if dt.is_int:
+            if role and role[0] == "index":
+                data = role[1]
+                dshape = shapes.get(data) or (consts[data].type.shape if data in consts else None) if data else None
+                axis = role[2] if role[3] != Op.GatherND else 0
+                size = None
+                if dshape is not None and -len(dshape) <= axis < len(dshape) and isinstance(dshape[axis], int):
+                    size = dshape[axis]
+                if role[3] == Op.GatherND and shape:  # index tuples: each entry in range of its data axis
+                    hi = min((d for d in (dshape or ()) if isinstance(d, int)), default=1)
+                    size = hi
+                out[p.name] = rng.integers(0, max(1, size or 1), size=shape).astype(dt.np)
+            elif role and role[0] == "reshape":
+                out[p.name] = _reshape_target(shapes.get(role[1]) or (consts[role[1]].type.shape if role[1] in consts
+                                                                       else None), shape, dt.np)
+            elif role and role[0] == "axes":
+                out[p.name] = np.arange(int(np.prod(shape)), dtype=dt.np).reshape(shape)
+            elif role and role[0] in ("ones", "zeros"):
+                out[p.name] = (np.ones if role[0] == "ones" else np.zeros)(shape, dt.np)
+            elif "mask" in p.name:
+                out[p.name] = np.ones(shape, dt.np)
             elif "position" in p.name:
-                out[p.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(p.type.dtype.np)
+                out[p.name] = np.broadcast_to(np.arange(shape[-1] if shape else 1), shape).astype(dt.np)
             else:
-                out[p.name] = rng.integers(0, hi, size=shape).astype(p.type.dtype.np)
-        elif p.type.dtype == DType.BOOL:
+                hi = vocab or 32
+                if dt.np != np.dtype(np.bool_):
+                    hi = min(hi, int(np.iinfo(dt.np).max))
+                out[p.name] = rng.integers(0, hi, size=shape).astype(dt.np)
+        elif dt == DType.BOOL:
             out[p.name] = np.ones(shape, bool)
+        elif dt == DType.STR:
+            out[p.name] = np.full(shape, "a", dtype=object)
         else:
-            out[p.name] = rng.standard_normal(shape).astype(p.type.dtype.np)
+            out[p.name] = rng.standard_normal(shape, dtype=np.float32).astype(dt.np)
     return out
+
+
+def _reshape_target(data_shape, shape, dtype) -> np.ndarray:
+    """A Reshape target of the parameter's length that fits the data: keep leading dims, fold the rest
+    into the last entry (or pad with ones); zeros (copy every dim) when the data shape is unknown."""
+    n = int(shape[0]) if len(shape) == 1 else 0
+    if data_shape is None or not all(isinstance(d, int) for d in data_shape) or len(shape) != 1:
+        return np.zeros(shape, dtype)
+    dims = list(data_shape)
+    if n <= len(dims):
+        target = dims[:max(n - 1, 0)] + ([int(np.prod(dims[max(n - 1, 0):]))] if n else [])
+    else:
+        target = dims + [1] * (n - len(dims))
+    return np.asarray(target, dtype)
 
 
 def _vocab_hint(module: Module) -> int | None:
     for n in module.functions[0].nodes:
-        if n.op == Op.Gather and n.inputs[0] in module.constants:
+        if n.op == Op.Gather and n.inputs[0] in module.constants and module.constants[n.inputs[0]].type.shape:
             return int(module.constants[n.inputs[0]].type.shape[0])
     return None
 
 
-def raise_module(module: Module, check: bool = True, rtol: float = 1e-4) -> Module:
+def _window_hint(fn: Function, module: Module) -> int | None:
+    """The largest small integer constant that a comparison of positions involves (a sliding-window
+    length, e.g. `kv_idx > q_idx - window`): the check then also runs past that many tokens."""
+    prod = fn.producers()
+    cmp_ops = {Op.Less, Op.LessOrEqual, Op.Greater, Op.GreaterOrEqual}
+    best = None
+    seen: set[str] = set()
+    stack = [i for n in fn.nodes if n.op in cmp_ops for i in n.inputs]
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        c = module.constants.get(v)
+        if c is not None and c.data is not None and c.data.size == 1 and c.type.dtype.is_int:
+            val = abs(int(np.asarray(c.data).reshape(-1)[0]))
+            if 2 < val <= 4096 and (best is None or val > best):
+                best = val
+            continue
+        n = prod.get(v)
+        if n is not None and n.op in (Op.Add, Op.Sub, Op.Neg, Op.Cast, Op.Unsqueeze, Op.Reshape, Op.Expand):
+            stack.extend(i for i in n.inputs if i)
+    return best
+
+
+def _dim_names(fn: Function) -> list[str]:
+    names = []
+    for p in fn.params:
+        for d in p.type.shape or ():
+            if isinstance(d, str) and d not in names:
+                names.append(d)
+    return names
+
+
+def _dim_candidates(fn: Function, base: dict) -> list[dict]:
+    """Symbolic-dim assignments to try, most plausible first. Dims other than seq/past/batch are
+    unknown relations (a mask over past+seq, a TorchScript export's numbered axes): try them all
+    equal to past+seq, to seq, to past, then to 1; with and without a past."""
+    unknown = [d for d in _dim_names(fn) if d not in base]
+    out = []
+    for past in (base["past"], 0):
+        b = {**base, "past": past}
+        for rel in ("total", "seq", "past", "one"):
+            val = {"total": b["seq"] + past, "seq": b["seq"], "past": past, "one": 1}[rel]
+            out.append({**b, **{d: val for d in unknown}, "?": val})
+            if not unknown:
+                break
+    uniq = []
+    for c in out:
+        if c not in uniq:
+            uniq.append(c)
+    return uniq
+
+
+def _input_bytes(fn: Function, dims: dict) -> int:
+    total = 0
+    for p in fn.params:
+        shape = _concrete_shape(p.type.shape, dims)
+        total += int(np.prod(shape, dtype=np.float64)) * max(p.type.dtype.np.itemsize, 1)
+    return total
+
+
+def _compare(ref: dict, got: dict, rtol: float) -> str | None:
+    for k in ref:
+        if k not in got:
+            return f"output {k}: missing from the raised graph"
+        a, b = np.asarray(ref[k]), np.asarray(got[k])
+        if a.shape != b.shape:
+            return f"output {k}: shape {list(b.shape)} vs {list(a.shape)}"
+        if a.dtype == object or b.dtype == object:
+            if not np.array_equal(a, b):
+                return f"output {k}: values differ"
+            continue
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        if not np.array_equal(np.isnan(a), np.isnan(b)) or not np.array_equal(np.isinf(a), np.isinf(b)) \
+                or not np.array_equal(a[np.isinf(a)], b[np.isinf(b)]):
+            return f"output {k}: NaN/inf in different places"
+        fin = np.isfinite(a)
+        if not fin.any():
+            continue
+        err = float(np.max(np.abs(a[fin] - b[fin])))
+        scale = float(np.max(np.abs(a[fin])))
+        if err > rtol * max(scale, 1e-6):
+            return f"output {k}: raised graph differs by {err:.3g} (scale {scale:.3g})"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return f"{type(e).__name__}: {s.splitlines()[0][:300] if s else ''}"
+
+
+def differential_check(module: Module, raised: Module, rtol: float = 1e-4) -> str | None:
+    """None when the raised module computes what the primitive one does on drawn inputs, else why not
+    (a mismatch, an exception in the raised graph, or inputs that could not be drawn). Runs every
+    function at small sizes and, when the graph compares positions against a constant (a sliding
+    window), again past that length."""
     from ..ir.interp import interpret
+
+    vocab = _vocab_hint(module)
+    for fn in module.functions:
+        window = _window_hint(fn, module)
+        sizes = [dict(CHECK_DIMS)]
+        if window is not None:
+            # beyond the window: through the past when there is one, else through seq
+            names = _dim_names(fn)
+            if "past" in names:
+                sizes.append({**CHECK_DIMS, "past": window + 2})
+            else:
+                sizes.append({**CHECK_DIMS, "seq": window + 3})
+        for size in sizes:
+            ran, last = False, None
+            for dims in _dim_candidates(fn, size)[:MAX_DRAWS]:
+                need = _input_bytes(fn, dims)
+                if need > CHECK_INPUT_BYTES:
+                    last = f"inputs would take {need / 2**20:.0f} MiB (check budget {CHECK_INPUT_BYTES >> 20} MiB)"
+                    continue
+                inputs = random_inputs(fn, dims=dims, vocab=vocab, module=module)
+                try:
+                    with np.errstate(all="ignore"):
+                        ref = interpret(module, inputs, fn.name)
+                except Exception as e:  # these inputs do not suit the graph: draw others
+                    last = f"the primitive graph cannot run on drawn inputs ({_first_line(e)})"
+                    continue
+                ran = True
+                try:
+                    with np.errstate(all="ignore"):
+                        got = interpret(raised, inputs, fn.name)
+                except Exception as e:
+                    return f"@{fn.name}: the raised graph fails where the primitive one runs ({_first_line(e)})"
+                sized = ", ".join(f"{k}={v}" for k, v in dims.items() if k in _dim_names(fn))
+                msg = _compare(ref, got, rtol)
+                if msg:
+                    return f"@{fn.name}{' (' + sized + ')' if sized else ''}: {msg}"
+                break
+            if not ran:
+                return f"@{fn.name}: check could not run: {last}"
+    return None
+
+
+def raise_module(module: Module, check: bool = True, rtol: float = 1e-4) -> Module:
+    """Raise patterns; with `check`, keep the raised module only if `differential_check` passes, else
+    keep the primitive one and say why in meta["raising"] (with a warning). A module where nothing was
+    raised is returned as it came (meta["raised"] = {}), without running anything."""
     from ..ir.verify import verify
 
     fns, total = [], {}
+    consts = dict(module.constants)
     for fn in module.functions:
-        r = _Raiser(module, fn)
+        r = _Raiser(module.replace(constants=consts), fn)
         new_fn, counts = r.run()
         fns.append(new_fn)
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
         consts = r.consts
+    if not total:
+        return module.replace(meta={**module.meta, "raised": {}})
     raised = module.replace(functions=tuple(fns), constants=consts,
                             meta={**module.meta, "raised": total})
     from ..ir.core import prune_constants
@@ -308,16 +626,8 @@ def raise_module(module: Module, check: bool = True, rtol: float = 1e-4) -> Modu
         warnings.warn(f"pattern raising produced an invalid module ({e}); keeping the primitive graph")
         return module.replace(meta={**module.meta, "raising": f"failed verification: {e}"})
     if check:
-        for fn in module.functions:
-            inputs = random_inputs(fn, vocab=_vocab_hint(module))
-            ref = interpret(module, inputs, fn.name)
-            got = interpret(raised, inputs, fn.name)
-            for k in ref:
-                a, b = np.asarray(ref[k], np.float64), np.asarray(got[k], np.float64)
-                err = float(np.max(np.abs(a - b))) if a.size else 0.0
-                scale = float(np.max(np.abs(a))) if a.size else 0.0
-                if a.shape != b.shape or err > rtol * max(scale, 1e-6):
-                    msg = f"output {k}: raised graph differs by {err:.3g} (scale {scale:.3g})"
-                    warnings.warn(f"pattern raising changed results ({msg}); keeping the primitive graph")
-                    return module.replace(meta={**module.meta, "raising": f"failed check: {msg}"})
+        problem = differential_check(module, raised, rtol)
+        if problem:
+            warnings.warn(f"pattern raising not kept ({problem}); keeping the primitive graph")
+            return module.replace(meta={**module.meta, "raising": f"failed check: {problem}"})
     return raised

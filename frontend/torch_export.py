@@ -16,8 +16,27 @@ from pathlib import Path
 import numpy as np
 
 
+@contextlib.contextmanager
 def _quiet():
-    return contextlib.redirect_stdout(io.StringIO())
+    """The exporter's chatter (its progress prints, torchvision 'not installed' log lines, deprecation
+    warnings) stays out of normal runs; `ternc --verbose` sets TERNC_VERBOSE=1 to see it."""
+    if os.environ.get("TERNC_VERBOSE"):
+        yield
+        return
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
 
 
 def _wrappers():
@@ -68,7 +87,7 @@ def export_decoder(lm, path: str | os.PathLike, with_past: bool = False, example
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet(), torch.no_grad():
         if not with_past:
-            prog = torch.onnx.export(LogitsOnly(lm), (ids,), dynamo=True, dynamic_shapes=({1: seq},),
+            prog = torch.onnx.export(LogitsOnly(lm).eval(), (ids,), dynamo=True, dynamic_shapes=({1: seq},),
                                      input_names=["input_ids"], output_names=["logits"], **kw)
         else:
             n = cfg.num_hidden_layers
@@ -78,7 +97,7 @@ def export_decoder(lm, path: str | os.PathLike, with_past: bool = False, example
             pl = torch.export.Dim("past", min=0, max=4096)
             names = ["input_ids"] + [f"past_key_values.{i}.{t}" for i in range(n) for t in ("key", "value")]
             outs = ["logits"] + [f"present.{i}.{t}" for i in range(n) for t in ("key", "value")]
-            prog = torch.onnx.export(WithPast(lm, n), (ids, *past), dynamo=True,
+            prog = torch.onnx.export(WithPast(lm, n).eval(), (ids, *past), dynamo=True,
                                      dynamic_shapes=({1: seq}, tuple({2: pl} for _ in range(2 * n))),
                                      input_names=names, output_names=outs, **kw)
         prog.save(str(path))

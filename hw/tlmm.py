@@ -34,6 +34,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ternc.ir import hw_numerics as hwn
+from ternc.ir.packing import TL2
 
 ACT_BITS = 8
 
@@ -453,12 +454,16 @@ def act_beats(x_q: np.ndarray, group: int = 3, tables: int = 28, pad=None) -> li
 def weight_beats(w_t: np.ndarray, group: int = 3, tables: int = 28, columns: int = 16) -> list[list]:
     """Ternary [N <= columns, K] -> weight beats (nested lists for :func:`weight_beat_layout`).
 
-    Encoding: ``hw_numerics.tlg_encode`` (== ``packing.tl2_encode`` for G = 3); rows N..columns-1
-    and triples past K are zero (index 0)."""
+    G = 3 (the TL2 engine): packs ``w_t`` with ``ir/packing.py``'s TL2 format and reads the beats
+    from those PACKED bytes (``packing.TL2.tlmm_weight_beats``), the same path the FPGA backend takes
+    from the IR's packed constants. Other G (generic TL-G, no byte format): ``hw_numerics.tlg_encode``.
+    Rows N..columns-1 and groups past K are zero (index 0)."""
     w_t = np.asarray(w_t)
     n_rows, k = w_t.shape
     if n_rows > columns:
         raise ValueError(f"tile has {n_rows} rows > {columns} columns")
+    if group == TL2.group and n_rows >= 1 and k >= 1:
+        return TL2.tlmm_weight_beats(TL2.pack(w_t), k, tables, columns)
     index, sign = hwn.tlg_encode(w_t, group)
     n = chunks_for(k, group, tables)
     idx = np.zeros((columns, n * tables), dtype=np.int64)

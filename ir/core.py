@@ -113,7 +113,10 @@ def digest(array: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(str(a.dtype).encode())
     h.update(str(a.shape).encode())
-    h.update(a.tobytes())
+    if a.dtype == object:  # string constants: hash the text (the bytes of an object array are pointers)
+        h.update(json.dumps([str(x) for x in a.reshape(-1)]).encode())
+    else:
+        h.update(a.tobytes())
     return h.hexdigest()[:16]
 
 

@@ -174,13 +174,10 @@ def _gated(node, args):
 def unpack_weight(node: Node, parts: Sequence[np.ndarray]) -> np.ndarray:
     """Ternary int8 [N, K] weight from the node's packed inputs (format attr; see ir/packing.py)."""
     fmt, k, n = node.attr("format"), node.attr("k"), node.attr("n")
-    if fmt == "t2":
-        w = np.asarray(parts[0]).astype(np.int8)
-    else:
-        from . import packing
+    from . import packing
 
-        names = packing.part_names(fmt)
-        w = packing.unpack(dict(zip(names, parts)), fmt, k)
+    layout = packing.get_format(fmt)
+    w = layout.unpack(dict(zip(layout.part_names, parts)), k)
     if w.shape != (n, k):
         raise InterpError(f"{node.label}: weight unpacks to {w.shape}, expected [{n}, {k}]")
     return w

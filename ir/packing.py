@@ -41,6 +41,8 @@ which packs along N, not K) and `to_gguf_tq2_0` / `to_gguf_tq1_0` (GGUF quant bl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 TL2_GROUP = 3
@@ -103,24 +105,22 @@ def tl2_decode(index: np.ndarray, sign: np.ndarray, k: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Byte-level formats
+# Byte-level formats: one object per layout, in one registry
 # --------------------------------------------------------------------------------------------
-
-FORMATS: tuple[str, ...] = ("i2", "tl1", "tl2", "tq1")
+#
+# A format is everything a consumer needs to know about a layout: its parts (names, dtypes, in
+# canonical order), bytes per row, how many weights a row holds (capacity, padding included), its
+# block geometry, and pack/unpack. Consumers (the pack-ternary pass, the interpreter, the TVM
+# kernels, the hardware's beat builder) look a format up with `get_format(name)` and ask it; none
+# of them tests format names to learn a geometry. Adding a layout = one subclass + one registry
+# entry here (plus whatever kernels choose to decode it).
 
 I2_BLOCK = 128  # weights per I2_S block (bitnet.cpp x86 QK_I2_S)
 I2_LANES = 32  # bytes per I2_S block; weight g*32 + j of a block lives in byte j
 TQ1_TRITS_PER_BYTE = 5
 GGUF_QK_K = 256  # GGUF TQ1_0 / TQ2_0 block size (weights per block)
 
-_BITS_PER_WEIGHT = {"i2": 2.0, "tl1": 2.0, "tl2": 5.0 / 3.0, "tq1": 8.0 / 5.0}
 _POW3_DESC = np.array([81, 27, 9, 3, 1], dtype=np.int64)  # first trit most significant
-
-
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown ternary packing format {fmt!r}; supported formats: {', '.join(FORMATS)}")
-    return fmt
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -136,36 +136,328 @@ def _pad_cols(x: np.ndarray, multiple: int, fill: int) -> np.ndarray:
     return out
 
 
-def bits_per_weight(fmt: str) -> float:
-    """Nominal storage cost of one weight (padding and the per-tensor scale excluded)."""
-    return _BITS_PER_WEIGHT[_check_format(fmt)]
-
-
-def _row_bytes(k: int, fmt: str) -> dict[str, int]:
-    """Bytes per row of each named array of `fmt` for K = k."""
+def _check_k(k: int) -> int:
     if k < 1:
         raise ValueError(f"K must be >= 1, got {k}")
-    if fmt == "i2":
-        return {"codes": I2_LANES * _ceil_div(k, I2_BLOCK)}
-    if fmt == "tl1":
-        return {"nibbles": _ceil_div(k, 4)}
-    if fmt == "tl2":
-        t = _ceil_div(k, TL2_GROUP)
-        return {"nibbles": _ceil_div(t, 2), "signs": _ceil_div(t, 8)}
-    return {"trits": _ceil_div(k, TQ1_TRITS_PER_BYTE)}
+    return int(k)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One named array of a layout: [N, row_bytes(K)[name]] of `dtype` (a numpy dtype name)."""
+
+    name: str
+    dtype: str = "uint8"
+
+
+class TernaryFormat:
+    """A ternary weight layout. Subclasses set the class attributes and implement `_row_bytes`,
+    `_pack` and `_unpack`; everything else (shapes, checks, byte counts) is derived here."""
+
+    name: str
+    parts: tuple[Part, ...]
+    bits_per_weight: float  # nominal storage cost of one weight (padding, per-tensor scale excluded)
+    packed: bool = True  # False only for the unpacked int8 layout `t2`
+
+    # ---- geometry
+    def _row_bytes(self, k: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def row_bytes(self, k: int) -> dict[str, int]:
+        """Bytes (elements) per row of each part for K = k, in canonical order."""
+        return dict(zip(self.part_names, self._row_bytes(_check_k(k))))
+
+    def capacity(self, k: int) -> int:
+        """Weights per row the parts hold (K plus padding); positions k..capacity-1 decode to 0."""
+        raise NotImplementedError
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parts)
+
+    @property
+    def part_dtypes(self) -> tuple[str, ...]:
+        return tuple(p.dtype for p in self.parts)
+
+    def part_shapes(self, n: int, k: int) -> list[tuple[int, int]]:
+        return [(n, b) for b in self._row_bytes(_check_k(k))]
+
+    def nbytes(self, n: int, k: int) -> int:
+        """Exact bytes `pack` produces for an [n, k] weight (padding included, the f32 scale excluded)."""
+        if n < 1:
+            raise ValueError(f"N must be >= 1, got {n}")
+        return n * sum(b * np.dtype(p.dtype).itemsize for b, p in zip(self._row_bytes(_check_k(k)), self.parts))
+
+    # ---- pack / unpack
+    def pack(self, w_t: np.ndarray) -> dict[str, np.ndarray]:
+        """Pack a ternary int [N, K] matrix into this layout's named arrays (canonical order)."""
+        w_t = _check_ternary(w_t)
+        if w_t.shape[0] < 1 or w_t.shape[1] < 1:
+            raise ValueError(f"ternary weight must have N, K >= 1, got shape {w_t.shape}")
+        return dict(zip(self.part_names, self._pack(w_t)))
+
+    def unpack(self, packed: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """Inverse of `pack`: w_t int8 [N, k]. Raises ValueError on codes `pack` never emits."""
+        n, arrays = self.check_parts(packed, k)
+        return self._unpack(arrays, n, k)
+
+    def check_parts(self, packed: dict[str, np.ndarray], k: int) -> tuple[int, dict[str, np.ndarray]]:
+        """(N, the parts as arrays) after checking names, dtypes and shapes against K = k."""
+        expected = self.row_bytes(k)
+        if set(packed) != set(expected):
+            raise ValueError(f"{self.name} packing has arrays {sorted(expected)}, got {sorted(packed)}")
+        arrays = {name: np.asarray(packed[name]) for name in expected}
+        rows = {a.shape[0] if a.ndim == 2 else -1 for a in arrays.values()}
+        for p in self.parts:
+            a = arrays[p.name]
+            if a.dtype != np.dtype(p.dtype) or a.ndim != 2 or a.shape[1] != expected[p.name] or len(rows) != 1:
+                raise ValueError(f"{self.name} array {p.name!r} must be {p.dtype} [N, {expected[p.name]}] "
+                                 f"for K={k}, got {a.dtype} {a.shape}")
+        return rows.pop(), arrays
+
+    def _pack(self, w_t: np.ndarray) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def _unpack(self, arrays: dict[str, np.ndarray], n: int, k: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<ternary format {self.name}>"
+
+
+class T2Format(TernaryFormat):
+    """Unpacked: the ternary matrix itself, int8 [N, K] (what raise-ternary emits before packing)."""
+
+    name, parts, bits_per_weight, packed = "t2", (Part("w", "int8"),), 8.0, False
+
+    def _row_bytes(self, k):
+        return (k,)
+
+    def capacity(self, k):
+        return _check_k(k)
+
+    def _pack(self, w_t):
+        return (w_t,)
+
+    def unpack(self, packed, k):
+        # any integer dtype holding ternary values is accepted (the interpreter's historical contract)
+        if set(packed) != {"w"}:
+            raise ValueError(f"t2 packing has arrays ['w'], got {sorted(packed)}")
+        w = _check_ternary(packed["w"])
+        if w.shape[1] != _check_k(k):
+            raise ValueError(f"t2 array 'w' must be [N, {k}], got {w.shape}")
+        return w
+
+
+class I2Format(TernaryFormat):
+    """bitnet.cpp I2_S: 128-weight blocks of 32 bytes; byte j of a block holds weights 32g + j
+    (g = 0..3) as codes w + 1 in bits 7-2g..6-2g. The block geometry is defined here only."""
+
+    name, parts, bits_per_weight = "i2", (Part("codes"),), 2.0
+    block, lanes, groups = I2_BLOCK, I2_LANES, I2_BLOCK // I2_LANES  # weights, bytes, 2-bit fields per byte
+
+    def blocks(self, k: int) -> int:
+        return _ceil_div(_check_k(k), self.block)
+
+    def _row_bytes(self, k):
+        return (self.lanes * self.blocks(k),)
+
+    def capacity(self, k):
+        return self.block * self.blocks(k)
+
+    def words_per_row(self, k: int) -> int:
+        """The codes of a row as little-endian int32 words (what dp4a kernels read)."""
+        return self._row_bytes(k)[0] // 4
+
+    def byte_of(self, k):
+        """(byte index in the row, bit shift of the 2-bit code) of weight k; k may be a PrimExpr
+        (only //, %, *, + and - are used)."""
+        return (k // self.block) * self.lanes + k % self.lanes, 6 - 2 * ((k % self.block) // self.lanes)
+
+    def _pack(self, w_t):
+        n = w_t.shape[0]
+        codes = _pad_cols((w_t + 1).astype(np.uint8), self.block, fill=1)  # pad with code 1 = weight 0
+        blocks = codes.reshape(n, -1, self.groups, self.lanes)
+        packed = np.zeros((n, blocks.shape[1], self.lanes), dtype=np.uint8)
+        for g in range(self.groups):
+            packed |= blocks[:, :, g, :] << np.uint8(6 - 2 * g)
+        return (packed.reshape(n, -1),)
+
+    def _unpack(self, arrays, n, k):
+        blocks = arrays["codes"].reshape(n, -1, 1, self.lanes)
+        shifts = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 1, self.groups, 1)
+        codes = ((blocks >> shifts) & np.uint8(3)).reshape(n, -1)
+        if (codes == 3).any():
+            raise ValueError("i2 code 3 is invalid (codes are 0, 1, 2 for -1, 0, +1)")
+        return (codes[:, :k].astype(np.int8) - 1).astype(np.int8)
+
+
+class TL1Format(TernaryFormat):
+    """Pairs (w0, w1) -> 4-bit index 3*w0 + w1 + 4; two pairs (4 weights) per byte."""
+
+    name, parts, bits_per_weight = "tl1", (Part("nibbles"),), 2.0
+    group, weights_per_byte = 2, 4
+
+    def _row_bytes(self, k):
+        return (_ceil_div(k, self.weights_per_byte),)
+
+    def capacity(self, k):
+        return self.weights_per_byte * _ceil_div(_check_k(k), self.weights_per_byte)
+
+    def groups(self, k: int) -> int:
+        return _ceil_div(_check_k(k), self.group)
+
+    def _pack(self, w_t):
+        w = _pad_cols(w_t, self.weights_per_byte, fill=0).astype(np.int16)
+        index = (3 * w[:, 0::2] + w[:, 1::2] + 4).astype(np.uint8)  # [N, pairs], pairs even
+        return (index[:, 0::2] | (index[:, 1::2] << np.uint8(4)),)
+
+    def _unpack(self, arrays, n, k):
+        nib = arrays["nibbles"]
+        index = np.stack([nib & np.uint8(0xF), nib >> np.uint8(4)], axis=-1).reshape(n, -1).astype(np.int16)
+        if (index > 8).any():
+            raise ValueError("tl1 index out of range 0..8")
+        w = np.stack([index // 3 - 1, index % 3 - 1], axis=-1).reshape(n, -1)
+        return w[:, :k].astype(np.int8)
+
+
+class TL2Format(TernaryFormat):
+    """Triples -> (4-bit index |v|, sign v < 0) of v = 9*w0 + 3*w1 + w2 (`tl2_encode`); two
+    indices per nibbles byte, eight signs per signs byte. The TLMM engine's weight fields."""
+
+    name, parts, bits_per_weight = "tl2", (Part("nibbles"), Part("signs")), 5.0 / 3.0
+    group, indices_per_byte, signs_per_byte, entries = TL2_GROUP, 2, 8, 14  # entries: |v| in 0..13
+
+    def groups(self, k: int) -> int:
+        """Triples per row, T = ceil(K/3)."""
+        return _ceil_div(_check_k(k), self.group)
+
+    def _row_bytes(self, k):
+        t = self.groups(k)
+        return _ceil_div(t, self.indices_per_byte), _ceil_div(t, self.signs_per_byte)
+
+    def capacity(self, k):
+        nib, sgn = self._row_bytes(_check_k(k))
+        return self.group * min(self.indices_per_byte * nib, self.signs_per_byte * sgn)
+
+    def _pack(self, w_t):
+        n = w_t.shape[0]
+        index, sign = tl2_encode(w_t)
+        index = _pad_cols(index, self.indices_per_byte, fill=0)
+        sign = _pad_cols(sign, self.signs_per_byte, fill=0).reshape(n, -1, self.signs_per_byte)
+        signs = np.zeros(sign.shape[:2], dtype=np.uint8)
+        for bit in range(self.signs_per_byte):
+            signs |= sign[:, :, bit] << np.uint8(bit)
+        return index[:, 0::2] | (index[:, 1::2] << np.uint8(4)), signs
+
+    def fields(self, packed: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The TL2 fields straight from the packed bytes, without decoding weights: (index u8
+        [N, T] in 0..13, sign u8 [N, T]), T = ceil(K/3); the inverse of the byte packing of
+        `tl2_encode`'s output."""
+        n, arrays = self.check_parts(packed, k)
+        t = self.groups(k)
+        nib = arrays["nibbles"]
+        index = np.stack([nib & np.uint8(0xF), nib >> np.uint8(4)], axis=-1).reshape(n, -1)[:, :t]
+        if index.size and index.max() > self.entries - 1:
+            raise ValueError("TL2 index out of range 0..13")
+        bits = np.arange(self.signs_per_byte, dtype=np.uint8).reshape(1, 1, -1)
+        sign = ((arrays["signs"][:, :, None] >> bits) & np.uint8(1)).reshape(n, -1)[:, :t]
+        return np.ascontiguousarray(index), np.ascontiguousarray(sign)
+
+    def _unpack(self, arrays, n, k):
+        return tl2_decode(*self.fields(arrays, k), k)
+
+    def tlmm_weight_beats(self, packed: dict[str, np.ndarray], k: int, tables: int, columns: int) -> list[list]:
+        """The TLMM engine's weight beats (hw/tlmm.py `weight_beat_layout(3, tables, columns)`)
+        for a tile of N <= `columns` output rows, read from this format's PACKED bytes.
+
+        Beat j (one per activation chunk of 3 * `tables` weights) is beat[c][t] = {"index", "sign"}:
+        the TL2 field of row c for triple j * tables + t; rows N..columns-1 and triples past
+        ceil(K/3) are index 0, sign 0 (zero weights). This is the one place the FPGA side turns IR
+        packed constants into engine beats (`hw.tlmm.weight_beats` delegates here)."""
+        index, sign = self.fields(packed, k)
+        n_rows = index.shape[0]
+        if n_rows > columns:
+            raise ValueError(f"tile has {n_rows} rows > {columns} columns")
+        if tables < 1:
+            raise ValueError(f"tables must be >= 1, got {tables}")
+        chunks = _ceil_div(k, self.group * tables)
+        idx = np.zeros((columns, chunks * tables), dtype=np.int64)
+        sgn = np.zeros((columns, chunks * tables), dtype=np.int64)
+        idx[:n_rows, : index.shape[1]] = index
+        sgn[:n_rows, : sign.shape[1]] = sign
+        return [[[{"index": int(idx[c, j * tables + t]), "sign": int(sgn[c, j * tables + t])}
+                  for t in range(tables)] for c in range(columns)] for j in range(chunks)]
+
+
+class TQ1Format(TernaryFormat):
+    """Five trits per byte as the fixed-point fraction ceil(256 * v / 243) (GGUF TQ1_0's byte scheme)."""
+
+    name, parts, bits_per_weight = "tq1", (Part("trits"),), 8.0 / 5.0
+    weights_per_byte = TQ1_TRITS_PER_BYTE
+
+    def _row_bytes(self, k):
+        return (_ceil_div(k, self.weights_per_byte),)
+
+    def capacity(self, k):
+        return self.weights_per_byte * _ceil_div(_check_k(k), self.weights_per_byte)
+
+    def _pack(self, w_t):
+        n = w_t.shape[0]
+        digits = _pad_cols((w_t + 1).astype(np.uint8), self.weights_per_byte, fill=1)
+        return (tq1_encode_groups(digits.reshape(n, -1, self.weights_per_byte)),)
+
+    def _unpack(self, arrays, n, k):
+        trit_bytes = arrays["trits"]
+        if not _TQ1_VALID_BYTE[trit_bytes].all():
+            raise ValueError("tq1 byte is not a valid base-3 group (not ceil(256*v/243) for v in 0..242)")
+        digits = tq1_decode_bytes(trit_bytes).reshape(n, -1)
+        return (digits[:, :k].astype(np.int8) - 1).astype(np.int8)
+
+
+T2, I2, TL1, TL2, TQ1 = T2Format(), I2Format(), TL1Format(), TL2Format(), TQ1Format()
+REGISTRY: dict[str, TernaryFormat] = {f.name: f for f in (T2, I2, TL1, TL2, TQ1)}
+UNPACKED = T2.name  # the `format` attribute of a ternary op whose weight is the plain int8 matrix
+FORMATS: tuple[str, ...] = tuple(n for n, f in REGISTRY.items() if f.packed)  # the built-in packed layouts
+
+
+def register(layout: TernaryFormat) -> TernaryFormat:
+    """Add a format to the registry (a name may be registered once)."""
+    if layout.name in REGISTRY:
+        raise ValueError(f"ternary format {layout.name!r} is already registered")
+    REGISTRY[layout.name] = layout
+    return layout
+
+
+def packed_formats() -> tuple[str, ...]:
+    """Every registered packed layout (what pack-ternary accepts)."""
+    return tuple(n for n, f in REGISTRY.items() if f.packed)
+
+
+def get_format(fmt: str | TernaryFormat) -> TernaryFormat:
+    """The format object for a name (or the object itself); ValueError names the known formats."""
+    if isinstance(fmt, TernaryFormat):
+        return fmt
+    try:
+        return REGISTRY[fmt]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown ternary packing format {fmt!r}; supported formats: "
+                         f"{', '.join(REGISTRY)}") from None
+
+
+def bits_per_weight(fmt: str) -> float:
+    """Nominal storage cost of one weight (padding and the per-tensor scale excluded)."""
+    return get_format(fmt).bits_per_weight
 
 
 def part_names(fmt: str) -> tuple[str, ...]:
     """Names of the arrays `pack` returns for `fmt`, in their canonical (stable) order."""
-    return tuple(_row_bytes(1, _check_format(fmt)))
+    return get_format(fmt).part_names
 
 
 def packed_nbytes(n: int, k: int, fmt: str) -> int:
     """Exact bytes `pack` produces for an [n, k] weight (padding included, the f32 scale excluded)."""
-    _check_format(fmt)
-    if n < 1:
-        raise ValueError(f"N must be >= 1, got {n}")
-    return n * sum(_row_bytes(k, fmt).values())
+    return get_format(fmt).nbytes(n, k)
 
 
 def tq1_encode_groups(digits: np.ndarray) -> np.ndarray:
@@ -193,80 +485,13 @@ _TQ1_VALID_BYTE[tq1_encode_groups(np.stack(np.unravel_index(np.arange(243), (3,)
 
 
 def pack(w_t: np.ndarray, fmt: str) -> dict[str, np.ndarray]:
-    """Pack a ternary int [N, K] matrix into the named uint8 arrays of `fmt` (layouts: module doc)."""
-    _check_format(fmt)
-    w_t = _check_ternary(w_t)
-    n, k = w_t.shape
-    if n < 1 or k < 1:
-        raise ValueError(f"ternary weight must have N, K >= 1, got shape {w_t.shape}")
-    if fmt == "i2":
-        codes = _pad_cols((w_t + 1).astype(np.uint8), I2_BLOCK, fill=1)  # pad with code 1 = weight 0
-        blocks = codes.reshape(n, -1, 4, I2_LANES)
-        packed = np.zeros((n, blocks.shape[1], I2_LANES), dtype=np.uint8)
-        for g in range(4):
-            packed |= blocks[:, :, g, :] << np.uint8(6 - 2 * g)
-        return {"codes": packed.reshape(n, -1)}
-    if fmt == "tl1":
-        w = _pad_cols(w_t, 4, fill=0).astype(np.int16)
-        index = (3 * w[:, 0::2] + w[:, 1::2] + 4).astype(np.uint8)  # [N, pairs], pairs even
-        return {"nibbles": index[:, 0::2] | (index[:, 1::2] << np.uint8(4))}
-    if fmt == "tl2":
-        index, sign = tl2_encode(w_t)
-        index = _pad_cols(index, 2, fill=0)
-        sign = _pad_cols(sign, 8, fill=0).reshape(n, -1, 8)
-        signs = np.zeros(sign.shape[:2], dtype=np.uint8)
-        for bit in range(8):
-            signs |= sign[:, :, bit] << np.uint8(bit)
-        return {"nibbles": index[:, 0::2] | (index[:, 1::2] << np.uint8(4)), "signs": signs}
-    digits = _pad_cols((w_t + 1).astype(np.uint8), TQ1_TRITS_PER_BYTE, fill=1)
-    return {"trits": tq1_encode_groups(digits.reshape(n, -1, TQ1_TRITS_PER_BYTE))}
-
-
-def _check_packed(packed: dict[str, np.ndarray], fmt: str, k: int) -> tuple[int, dict[str, np.ndarray]]:
-    expected = _row_bytes(k, fmt)
-    if set(packed) != set(expected):
-        raise ValueError(f"{fmt} packing has arrays {sorted(expected)}, got {sorted(packed)}")
-    arrays = {name: np.asarray(packed[name]) for name in expected}
-    rows = {a.shape[0] if a.ndim == 2 else -1 for a in arrays.values()}
-    for name, a in arrays.items():
-        if a.dtype != np.uint8 or a.ndim != 2 or a.shape[1] != expected[name] or len(rows) != 1:
-            raise ValueError(
-                f"{fmt} array {name!r} must be uint8 [N, {expected[name]}] for K={k}, got {a.dtype} {a.shape}"
-            )
-    return rows.pop(), arrays
+    """Pack a ternary int [N, K] matrix into the named arrays of `fmt` (layouts: module doc)."""
+    return get_format(fmt).pack(w_t)
 
 
 def unpack(packed: dict[str, np.ndarray], fmt: str, k: int) -> np.ndarray:
     """Inverse of `pack`: returns w_t int8 [N, k]. Raises ValueError on codes `pack` never emits."""
-    _check_format(fmt)
-    n, arrays = _check_packed(packed, fmt, k)
-    if fmt == "i2":
-        blocks = arrays["codes"].reshape(n, -1, 1, I2_LANES)
-        shifts = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 1, 4, 1)
-        codes = ((blocks >> shifts) & np.uint8(3)).reshape(n, -1)
-        if (codes == 3).any():
-            raise ValueError("i2 code 3 is invalid (codes are 0, 1, 2 for -1, 0, +1)")
-        return (codes[:, :k].astype(np.int8) - 1).astype(np.int8)
-    if fmt == "tl1":
-        nib = arrays["nibbles"]
-        index = np.stack([nib & np.uint8(0xF), nib >> np.uint8(4)], axis=-1).reshape(n, -1).astype(np.int16)
-        if (index > 8).any():
-            raise ValueError("tl1 index out of range 0..8")
-        w = np.stack([index // 3 - 1, index % 3 - 1], axis=-1).reshape(n, -1)
-        return w[:, :k].astype(np.int8)
-    if fmt == "tl2":
-        t = _ceil_div(k, TL2_GROUP)
-        nib = arrays["nibbles"]
-        index = np.stack([nib & np.uint8(0xF), nib >> np.uint8(4)], axis=-1).reshape(n, -1)[:, :t]
-        bits = np.arange(8, dtype=np.uint8).reshape(1, 1, 8)
-        sign = ((arrays["signs"][:, :, None] >> bits) & np.uint8(1)).reshape(n, -1)[:, :t]
-        return tl2_decode(index, sign, k)
-    trit_bytes = arrays["trits"]
-    if not _TQ1_VALID_BYTE[trit_bytes].all():
-        raise ValueError("tq1 byte is not a valid base-3 group (not ceil(256*v/243) for v in 0..242)")
-    digits = tq1_decode_bytes(trit_bytes).reshape(n, -1)
-    return (digits[:, :k].astype(np.int8) - 1).astype(np.int8)
-
+    return get_format(fmt).unpack(packed, k)
 
 # --------------------------------------------------------------------------------------------
 # Interop: transformers BitNet checkpoints and GGUF TQ1_0 / TQ2_0 blocks

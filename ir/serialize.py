@@ -45,15 +45,23 @@ def save_module(module: Module, path: str | os.PathLike) -> Path:
             strings[name] = [str(x) for x in c.data.reshape(-1)]
             continue
         tensors[name] = _storable(c.data, c.type.dtype)
+    strings_text = json.dumps(strings)
     meta = {"format": FORMAT, "version": VERSION, "ir": text,
-            "ir_sha256": hashlib.sha256(text.encode()).hexdigest(), "strings": json.dumps(strings)}
+            "ir_sha256": hashlib.sha256(text.encode()).hexdigest(), "strings": strings_text,
+            "strings_sha256": hashlib.sha256(strings_text.encode()).hexdigest()}
     blob = save(tensors, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write atomically: a crash never leaves a half-written module behind.
+    if path.is_dir():
+        raise ModuleFileError(f"{path}: is a folder; give a .ternc file path")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # never leave a half-written temp file behind
+        raise
     return path
 
 
@@ -76,7 +84,18 @@ def load_module(path: str | os.PathLike) -> Module:
     text = meta.get("ir", "")
     if hashlib.sha256(text.encode()).hexdigest() != meta.get("ir_sha256"):
         raise ModuleFileError(f"{path}: IR text checksum mismatch (file corrupted)")
-    for name, vals in json.loads(meta.get("strings", "{}")).items():
+    strings_text = meta.get("strings", "{}")
+    # files written before strings_sha256 existed carry no digest for them; their structure is still checked
+    if "strings_sha256" in meta and hashlib.sha256(strings_text.encode()).hexdigest() != meta["strings_sha256"]:
+        raise ModuleFileError(f"{path}: string constants checksum mismatch (file corrupted)")
+    try:
+        strings = json.loads(strings_text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ModuleFileError(f"{path}: string constants are not valid JSON ({e})") from None
+    if not isinstance(strings, dict) or not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                                for v in strings.values()):
+        raise ModuleFileError(f"{path}: string constants must map names to lists of strings")
+    for name, vals in strings.items():
         tensors[name] = np.array(vals, dtype=object)
     try:
         skeleton = parse(text)
@@ -85,6 +104,27 @@ def load_module(path: str | os.PathLike) -> Module:
             if name in tensors:
                 a = tensors[name]
                 weights[name] = a.view(DType.BF16.np) if c.type.dtype == DType.BF16 else a
-        return parse(text, weights)
+        module = parse(text, weights)
     except ParseError as e:
         raise ModuleFileError(f"{path}: {e}") from None
+    except (ValueError, TypeError, OverflowError, KeyError, IndexError, RecursionError) as e:
+        # the text passed its checksum, so it was written (or crafted) this way: report, never crash
+        raise ModuleFileError(f"{path}: malformed IR text: {type(e).__name__}: {str(e)[:300]}") from None
+    for name, c in module.constants.items():
+        if c.data is None:
+            raise ModuleFileError(f"{path}: constant @{name} has no tensor in the file (it holds "
+                                  f"{sorted(tensors)[:8]}{'...' if len(tensors) > 8 else ''})")
+        declared = skeleton.constants[name].type
+        if declared.shape is not None and tuple(c.data.shape) != tuple(declared.shape):
+            raise ModuleFileError(f"{path}: constant @{name} is declared {declared} but its tensor has shape "
+                                  f"{list(c.data.shape)}")
+    extra = sorted(set(tensors) - set(module.constants))
+    if extra:
+        raise ModuleFileError(f"{path}: tensors {extra[:8]} are not constants of module @{module.name}")
+    from .verify import VerifyError, verify
+
+    try:
+        verify(module)
+    except VerifyError as e:
+        raise ModuleFileError(f"{path}: invalid module: {e}") from None
+    return module

@@ -10,8 +10,12 @@ import enum
 import re
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
+
+try:
+    import ml_dtypes
+except ImportError:  # a deployment bundle's runtime (numpy only; its artifacts hold no bf16 tensors)
+    ml_dtypes = None
 
 
 class DType(enum.Enum):
@@ -64,7 +68,7 @@ _TO_NP = {
     DType.F64: np.float64,
     DType.F32: np.float32,
     DType.F16: np.float16,
-    DType.BF16: ml_dtypes.bfloat16,
+    **({DType.BF16: ml_dtypes.bfloat16} if ml_dtypes is not None else {}),
     DType.I64: np.int64,
     DType.I32: np.int32,
     DType.I16: np.int16,

@@ -24,6 +24,10 @@ FX_OPS = (Op.TernaryLinear, Op.RoPE, Op.GatedAct, Op.FusedLinear, Op.RMSNorm, Op
 class HWNumericsOptions:
     numerics: str = "fx"  # "fx" (hardware formats) or "float" (undo)
 
+    def __post_init__(self):  # checked when the spec is parsed (a SpecError), not when the pass runs
+        if self.numerics not in ("fx", "float"):
+            raise ValueError(f"hw-numerics: numerics must be 'fx' or 'float', got {self.numerics!r}")
+
 
 def run(module: Module, opts: HWNumericsOptions = HWNumericsOptions()) -> PassResult:
     if opts.numerics not in ("fx", "float"):

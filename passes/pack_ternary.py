@@ -22,17 +22,17 @@ from .base import PassResult, add_const, clean, used_names
 
 @dataclass(frozen=True)
 class PackTernaryOptions:
-    format: str = "tl2"  # one of ir.packing.FORMATS
+    format: str = "tl2"  # a packed layout of the ir.packing registry
 
     def __post_init__(self):
-        if self.format not in packing.FORMATS:
-            raise ValueError(f"unknown ternary format {self.format!r}; valid: {', '.join(packing.FORMATS)}")
+        if self.format not in packing.packed_formats():
+            raise ValueError(f"unknown ternary format {self.format!r}; valid: {', '.join(packing.packed_formats())}")
 
 
 def _weight_slots(node: Node) -> list[int]:
     """Input indices of unpacked (t2) weights: TernaryLinear (x, w_scale, w[, bias]) -> [2];
     TernaryMatMul (x_q, w) -> [1]; FusedLinear over TernaryLinear: the weight of each fused linear."""
-    if node.attr("format") != "t2":
+    if node.attr("format") != packing.UNPACKED:
         return []
     if node.op == Op.TernaryLinear:
         return [2]

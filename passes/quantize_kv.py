@@ -67,15 +67,27 @@ def decoder_spec(module: Module, pass_name: str) -> DecoderSpec:
     return dec
 
 
+def _divisor(n: int, at_most: int) -> int | None:
+    """The largest divisor of n that is at most `at_most` (and at least 2), for the error's suggestion."""
+    return next((d for d in range(min(n, at_most), 1, -1) if n % d == 0), None)
+
+
 def run(module: Module, opts: QuantizeKVOptions = QuantizeKVOptions()) -> PassResult:
     dec = decoder_spec(module, "quantize-kv")
     cfg = opts.config()
     if dec.head_dim:
-        cfg.value_group(dec.head_dim)  # head_dim must be a multiple of the value group
-        if cfg.rotate:
-            from ..ir.kvquant import hadamard
+        hd = dec.head_dim
+        try:
+            cfg.value_group(hd)  # head_dim must be a multiple of the value group
+            if cfg.rotate:
+                from ..ir.kvquant import hadamard
 
-            hadamard(dec.head_dim)  # raises for unsupported head dims
+                hadamard(hd)  # raises for unsupported head dims
+        except ValueError as e:
+            raise KVPassError(f"quantize-kv{{group={cfg.group_size}{',rotate=true' if cfg.rotate else ''}}} does not "
+                              f"fit this model (head_dim {hd}): {e}; choose a group that divides {hd}"
+                              f"{' (e.g. group=' + str(_divisor(hd, cfg.group_size)) + ')' if _divisor(hd, cfg.group_size) else ''}"
+                              ) from None
     attrs = dict(bits=cfg.bits, group_size=cfg.group_size, residual=cfg.residual, sinks=cfg.sinks,
                  rotate=int(cfg.rotate))
     rewritten = 0

@@ -16,10 +16,13 @@ raise SpecError naming what is valid.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import sys
 import typing
 from typing import Any
 
+from ..ir import packing
 from . import cse, dce, fold, fuse_epilogue, pack_ternary, quantize_ternary, raise_ternary, split_ternary
 from . import evict_kv, hw_numerics, prune_prefill, quantize_kv
 from .base import NoOptions, PassInfo
@@ -40,7 +43,7 @@ _PASSES = [
     PassInfo("quantize-ternary", quantize_ternary.QuantizeTernaryOptions, quantize_ternary.run,
              "quantize float Linear weights to ternary absmean (LOSSY)", lossless=False),
     PassInfo("pack-ternary", pack_ternary.PackTernaryOptions, pack_ternary.run,
-             "store ternary weights packed (i2, tl1, tl2, tq1; see ir/packing.py)"),
+             f"store ternary weights packed ({', '.join(packing.FORMATS)}; see ir/packing.py)"),
     PassInfo("split-ternary", NoOptions, split_ternary.run,
              "lower TernaryLinear to QuantizeAct + TernaryMatMul (int32) + Dequantize"),
     PassInfo("hw-numerics", hw_numerics.HWNumericsOptions, hw_numerics.run,
@@ -123,9 +126,13 @@ def _convert(info: PassInfo, key: str, raw: str | list[str], typ) -> Any:
             fail("expected an integer")
     if typ is float:
         try:
-            return float(raw)
+            v = float(raw)
         except ValueError:
             fail("expected a number")
+        # NaN/inf and subnormals (e.g. keep=1e-320) pass naive range checks but mean nothing here
+        if not math.isfinite(v) or (v != 0.0 and abs(v) < sys.float_info.min):
+            fail("expected a finite, normal number")
+        return v
     if typ is str:
         return raw
     fail(f"unsupported option type {typ}")

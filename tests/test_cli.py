@@ -114,3 +114,110 @@ def test_compile_every_pipeline_target_is_accepted_and_unknown_rejected(onnx_exp
     run("compile", onnx_export("llama", False), "--target", "aarch64", "-o", tmp_path / "a64")
     header = (tmp_path / "a64" / "lib" / "model.so").read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_version_does_not_import_onnx():
+    code = "import sys; from ternc import cli\ntry: cli.main(['--version'])\nexcept SystemExit: pass\n" \
+           "print('onnx' in sys.modules, 'torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["ternc", ternc.__version__, "False", "False"]
+
+
+def test_hub_id_and_non_decoder_errors(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    r = run("generate", "HuggingFaceTB/SmolLM2-135M", "--prompt", "hi", check=False)
+    assert r.returncode == 2 and "pass the local folder" in r.stderr and "Traceback" not in r.stderr
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    p = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), p)
+    r = run("eval", p, "--ids", "1,2,3", check=False)
+    assert r.returncode == 2 and "no decoder entry points" in r.stderr
+    r = run("compile", p, "-o", tmp_path / "relu.ternc")
+    assert "ternc run" in r.stdout and "ternc generate" not in r.stdout
+
+
+def test_generate_text_from_gguf_streams_the_tokens_generate_gives(tiny_gguf):
+    r = run("generate", tiny_gguf, "--prompt", "Hello", "-n", "6", "--eos", "0")
+    m = ternc.load(tiny_gguf)
+    tok = ternc.load_tokenizer(m)
+    ids = tok("Hello")["input_ids"]
+    want = ternc.generate(m, [ids], 6, eos_token_id=0)[0, len(ids):].tolist()
+    assert r.stdout == tok.decode(want) + "\n"
+    chat = run("generate", tiny_gguf, "--prompt", "Hello", "--chat", "-n", "3", "--temperature", "0.7", "--seed", "1")
+    assert chat.stdout == run("generate", tiny_gguf, "--prompt", "Hello", "--chat", "-n", "3", "--temperature", "0.7",
+                              "--seed", "1").stdout
+
+
+def test_compile_hf_folder_for_cpu_carries_its_tokenizer(hf_bitnet_folder, tmp_path):
+    import json
+
+    art = tmp_path / "art"
+    r = run("compile", hf_bitnet_folder, "--target", "cpu", "-o", art)
+    assert '--prompt "Hello"' in r.stdout
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["roles"]["tokenizer"] == "tokenizer/tokenizer_config.json"
+    assert "tokenizer/tokenizer.json" in manifest["files"]
+    ternc.load_artifact(art)  # checksums of the added files verify
+    got = run("generate", art, "--prompt", "Hi there", "-n", "6").stdout
+    assert got == run("generate", hf_bitnet_folder, "--prompt", "Hi there", "-n", "6").stdout
+    r = run("report", art)
+    page = (art / "report.html").read_text()
+    assert r.stdout.strip().endswith("report.html")
+    for needle in ("<h2>Passes</h2>", "raise-ternary", "Kernel choices", "tokenizer/tokenizer.json", "hf: "):
+        assert needle in page, needle
+    np.save(tmp_path / "ids.npy", np.array([[1, 2]], np.int64))
+    r = run("run", art, "--input", f"input_ids={tmp_path / 'ids.npy'}", "--out", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "--entry" in r.stderr and "prefill" in r.stderr
+
+
+# ---------------------------------------------------------------- argument checks (issue 14, item 9)
+@pytest.fixture
+def llama_onnx(onnx_export):
+    return onnx_export("llama", False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["import", "{m}", "-o", "{tmp}/afile/x.ternc"], "afile is a file, not a folder"),
+    (["import", "{m}", "-o", "{tmp}/adir"], "is a folder; give a file path"),
+    (["generate", "{m}", "--prompt-ids", "99999999999999999999999"], "not a non-negative 64-bit integer"),
+    (["generate", "{m}", "--prompt-ids", "1,2", "-n", "-5"], "must be at least 1"),
+    (["compile", "{m}", "--context", "-1"], "context length must be at least 1"),
+    (["compile", "{m}", "--target", "cpu", "--mcpu", "bogus-cpu", "-o", "{tmp}/o"], "not a CPU this LLVM knows"),
+    (["eval", "{m}", "--ids", "1"], "leave nothing to score"),
+    (["generate", "{tmp}/fifo", "--prompt-ids", "1"], "not a regular file"),
+    (["generate", "{tmp}/zero.onnx", "--prompt-ids", "1"], "not a regular file"),
+    (["generate", "{tmp}/adir", "--prompt-ids", "1"], "neither manifest.json"),
+])
+def test_bad_arguments_are_clear_errors(argv, message, llama_onnx, tmp_path, capsys):
+    from ternc.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink("/dev/zero", tmp_path / "zero.onnx")
+    if "--mcpu" in argv:
+        pytest.importorskip("tvm")
+    rc = main([a.format(m=llama_onnx, tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("adir/*")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_run_without_entry_names_the_entries(llama_onnx, tmp_path, capsys):
+    from ternc.cli import main
+
+    m = tmp_path / "m.ternc"
+    assert main(["import", str(llama_onnx), "-o", str(m)]) == 0
+    import ternc as t
+
+    mod = t.load(m)
+    assert "prefill" in [f.name for f in mod.functions]
+    np.save(tmp_path / "ids.npy", np.array([[1, 2]], np.int64))
+    rc = main(["run", str(m), "--input", f"input_ids={tmp_path / 'ids.npy'}", "--out", str(tmp_path / "o")])
+    assert rc == 0  # the module has main: the default entry
+    assert (tmp_path / "o" / "logits.npy").exists()

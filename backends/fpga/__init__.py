@@ -12,14 +12,20 @@ from __future__ import annotations
 def build_artifact(module, target: str, out, **options):
     """Write the kv260 artifact of a post-pipeline module at ``out`` (options: context, clock_mhz,
     lm_head, engine, budget, synth, rtl, pipeline (recorded), source)."""
+    import json
+
+    from ..artifact import Artifact
     from .build import TARGET
     from .build import build_artifact as build
 
     if target != TARGET:
-        raise ValueError(f"the FPGA backend builds target 'kv260', not {target!r}")
+        raise ValueError(f"the FPGA backend builds target {TARGET!r}, not {target!r}")
     if "pipeline" in options:
         options["pipeline_desc"] = options.pop("pipeline")
-    return build(module, out, **options)
+    options.setdefault("context", int(module.meta.get("max_context", 512)))
+    path = build(module, out, **options)
+    return Artifact(path, json.loads((path / "manifest.json").read_text()),
+                    json.loads((path / "report.json").read_text()))
 
 
 def load_artifact(path, manifest=None, **options):

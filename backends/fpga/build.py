@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import FORMAT, FORMAT_VERSION, ArtifactError, read_manifest, sha256_file
+from ..artifact import FORMAT, FORMAT_VERSION, ArtifactError, _ternc_version, read_manifest, sha256_file
 from . import regmap
 from .executor import Executor
 from .images import build_images
@@ -122,27 +122,17 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
     report["seconds"] = round(time.time() - t0, 2)
     files["report.json"] = json.dumps(_json_safe(report), indent=1, sort_keys=True).encode()
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "target": {"name": TARGET, "part": "xck26-sfvc784-2LV-c",
+        "format": FORMAT, "format_version": FORMAT_VERSION, "ternc_version": _ternc_version(), "target": {"name": TARGET, "part": "xck26-sfvc784-2LV-c",
                                                                        "clock_mhz": clock_mhz},
         "model": {"name": module.name, "meta": _json_safe(dict(module.meta))},
         "pipeline": _json_safe(pipeline_desc), "source": source,
         "accelerator": {"config": cfg.to_json(), "context": context, "lm_head": lm_head,
                         "memmap": "memmap.json", "program": "program.bin"},
-        # keys the backend-neutral reader requires (no TVM parts in a kv260 artifact)
-        "tvm_version": None, "entries": {}, "weights": {},
-        "ternc_version": _version(),
-        "files_role": {"program": "program.bin", "memmap": "memmap.json", "consts": "images/consts.bin",
+        "roles": {"program": "program.bin", "memmap": "memmap.json", "consts": "images/consts.bin",
                        "weights": "images/weights.bin", "lm_head": "images/lm_head.npy",
                        "regmap": "regmap.json", "report": "report.json", "module": "ir/model.ternc"},
     }
-    manifest["roles"] = dict(manifest["files_role"])   # main's artifact format (v2) names them `roles`
     return _write(Path(out_dir), files, manifest)
-
-
-def _version() -> str:
-    from ...version import __version__
-
-    return __version__
 
 
 def DDR_BYTES_PER_S(cfg) -> float:
@@ -229,7 +219,7 @@ class FpgaArtifact:
     def module(self):
         from ...ir.serialize import load_module
 
-        return load_module(self.path / self.manifest["files_role"]["module"])
+        return load_module(self.path / self.manifest["roles"]["module"])
 
     def executor(self) -> Executor:
         return Executor(self.program, self.memmap, self.consts, self.weights, self.lm_head, self.engine,
@@ -241,7 +231,12 @@ def load_artifact(path) -> FpgaArtifact:
     manifest = read_manifest(path)
     if manifest["target"]["name"] != TARGET:
         raise ArtifactError(f"{path}: a {manifest['target']['name']} artifact, not {TARGET}")
-    role = manifest["files_role"]
+    role = manifest["roles"]
+    for r in ("program", "memmap", "consts", "weights", "lm_head"):
+        if r not in role:
+            raise ArtifactError(f"{path}: kv260 manifest lacks the {r!r} role (not a kv260 artifact, or corrupt)")
+    if "accelerator" not in manifest:
+        raise ArtifactError(f"{path}: kv260 manifest lacks 'accelerator'")
     rd = lambda r: (path / role[r]).read_bytes()  # noqa: E731
     lm = np.load(path / role["lm_head"], allow_pickle=False)
     return FpgaArtifact(path, manifest, Program.decode(rd("program"), {}), json.loads(rd("memmap")),

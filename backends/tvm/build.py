@@ -25,7 +25,7 @@ import tvm
 
 from ...ir.core import Module
 from ..artifact import Artifact, json_safe, write_artifact
-from .lower import Lowered, lower_module
+from .lowering import Lowered, lower_module
 from .target import AARCH64_CC, AARCH64_TRIPLE, CUDA_ARCH, TVM_TARGETS, TvmTarget, tvm_target  # noqa: F401
 
 LIB = "lib/model.so"
@@ -43,14 +43,30 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
-def make_target(target: "str | TvmTarget", mcpu: str | None = None, cuda_arch: str | None = None) -> tvm.target.Target:
+def _cross_target(host_arch: str | None) -> TvmTarget | None:
+    """The cross-compiled CPU target whose host code runs on `host_arch` (None: this machine's)."""
+    if host_arch is None or host_arch in TVM_TARGETS["cpu"].host_machines:
+        return None
+    for t in TVM_TARGETS.values():
+        if t.triple and host_arch in t.host_machines:
+            return t
+    raise BuildError(f"no cross target for host code on {host_arch!r}; known: "
+                     f"{sorted(m for t in TVM_TARGETS.values() for m in t.host_machines)}")
+
+
+def make_target(target: "str | TvmTarget", mcpu: str | None = None, cuda_arch: str | None = None,
+                host_arch: str | None = None) -> tvm.target.Target:
     """The tvm Target: LLVM for this machine's CPU (or `mcpu`), an LLVM cross triple, or CUDA (sm_90)."""
     try:
         t = tvm_target(target)
     except ValueError as e:
         raise BuildError(str(e)) from None
     if t.gpu:
-        return tvm.target.Target({"kind": t.tvm_kind, "arch": cuda_arch or CUDA_ARCH}, host={"kind": "llvm"})
+        host = {"kind": "llvm"}
+        cross = _cross_target(host_arch)  # Jetson: device code for cuda_arch, host code cross-compiled
+        if cross is not None:
+            host["mtriple"] = cross.triple
+        return tvm.target.Target({"kind": t.tvm_kind, "arch": cuda_arch or CUDA_ARCH}, host=host)
     cfg: dict[str, Any] = {"kind": "llvm"}
     if t.triple:
         cfg["mtriple"] = t.triple
@@ -66,6 +82,8 @@ class Built:
     executable: object
     lowered: Lowered
     cuda_sources: list[str] = field(default_factory=list)
+    host_arch: str | None = None     # GPU targets: "aarch64" when the host code is cross-compiled
+    cuda_arch: str | None = None     # GPU targets: the SM the fatbins are built for
 
     @property
     def target_name(self) -> str:
@@ -125,7 +143,8 @@ def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
 
 
 def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_policy: Any = "auto", entries=None,
-                   mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True) -> Built:
+                   mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True,
+                   cuda_arch: str | None = None, host_arch: str | None = None) -> Built:
     """kernel_policy: "auto", a kernel kind, or fixed choices {(format, k, n, m): kind}
     (kernels.choose_kind). cuda only: `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become
     one kernel); `cuda_graph` captures the static-shape regions of each call (everything but the
@@ -133,7 +152,9 @@ def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_pol
     t = tvm_target(target) if isinstance(target, TvmTarget) or target in TVM_TARGETS else None
     if t is None:
         raise BuildError(f"unknown target {target!r}; supported: {', '.join(TVM_TARGETS)}")
-    tgt = make_target(t, mcpu)
+    if not t.gpu and (cuda_arch or host_arch):
+        raise BuildError(f"cuda_arch / host_arch apply to GPU targets, not {t.name!r}")
+    tgt = make_target(t, mcpu, cuda_arch, host_arch)
     graphs = t.cuda_graphs and cuda_graph
     # decode takes one new token per call (what generate does) where CUDA graphs capture it
     lowered = lower_module(module, entries, t, kernel_policy, target=None if t.gpu else tgt,
@@ -141,7 +162,7 @@ def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_pol
     if t.gpu:
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(graphs)}):
             ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, graphs))
-        return Built(t, tgt, ex, lowered, cuda_sources(ex.mod))
+        return Built(t, tgt, ex, lowered, cuda_sources(ex.mod), host_arch or "x86_64", cuda_arch or CUDA_ARCH)
     ex = tvm.compile(lowered.mod, tgt)
     return Built(t, tgt, ex, lowered)
 
@@ -170,6 +191,13 @@ def _cross_compiler(t: TvmTarget):
     return cc.cross_compiler(path)
 
 
+def nvcc_version() -> str:
+    """e.g. "13.0.88": recorded in CUDA manifests (the board's driver must support this CUDA)."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    return next((tok[1:] for tok in out.split() if tok.startswith("V") and tok[1:2].isdigit()), "unknown")
+
+
 def nvcc_fatbin(code: str, arch: str | None = None, out_dir: str | None = None) -> bytes:
     arch = arch or CUDA_ARCH
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
@@ -191,12 +219,14 @@ def export(built: Built, lib_path: str | os.PathLike) -> dict[str, bytes]:
     extra: dict[str, bytes] = {}
     if built.tvm_target.cross_cc:
         built.executable.export_library(lib_path, fcompile=_cross_compiler(built.tvm_target))
+    elif _cross_target(built.host_arch) is not None:
+        built.executable.export_library(lib_path, fcompile=_cross_compiler(_cross_target(built.host_arch)))
     else:
         built.executable.export_library(lib_path)
     if built.tvm_target.fatbins:
         for code in built.cuda_sources:
             key = hashlib.sha256(code.encode()).hexdigest()
-            extra[f"cuda/{key}.fatbin"] = nvcc_fatbin(code)
+            extra[f"cuda/{key}.fatbin"] = nvcc_fatbin(code, built.cuda_arch)
             extra[f"cuda/{key}.cu"] = code.encode()
     return extra
 
@@ -309,6 +339,8 @@ def build_artifact(module: Module, target: "str | TvmTarget" = "cpu", out_dir="a
         fields = populate(folder)
         report["kernel_timings"] = [e for e in built.lowered.kernel_choices if "timings_us" in e]
         target_desc.update(tvm=str(built.target), host=str(built.target.host) if built.target.host else None)
+        if t.gpu:  # what a deployment checks: the SM of the fatbins, the host code's architecture
+            target_desc.update(cuda_arch=built.cuda_arch, arch=built.host_arch, nvcc=nvcc_version())
         return fields
 
     return write_artifact(out_dir, target_desc, populate_all, report, overwrite=overwrite)

@@ -1,7 +1,8 @@
 """Run a compiled ternc artifact with the TVM *runtime* only (no compiler library).
 
-Importing this module sets TVM_USE_RUNTIME_LIB=1 when `tvm` has not been imported yet, so only
-libtvm_runtime.so (plus libtvm_runtime_cuda.so for CUDA) is loaded. It uses `tvm.runtime` and
+Importing this module imports `tvm` with TVM_USE_RUNTIME_LIB=1 when it has not been imported yet (and
+restores the environment after), so only libtvm_runtime.so (plus libtvm_runtime_cuda.so for CUDA) is
+loaded. It uses `tvm.runtime` and
 `tvm_ffi` only: never `tvm.relax`, `tvm.compile` or anything of the compiler.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,12 +20,49 @@ from ...ir.decoder import DecoderSpec
 from ..artifact import ArtifactError, require, role_path
 from .target import TVM_TARGETS
 
-if "tvm" not in sys.modules:
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+def _import_tvm_runtime_only() -> None:
+    """Import tvm with TVM_USE_RUNTIME_LIB=1, then restore the caller's environment: the variable must
+    not leak into the caller's later subprocesses (a child `ternc compile` would lose the compiler)."""
+    if "tvm" in sys.modules:
+        return
+    before = os.environ.get("TVM_USE_RUNTIME_LIB")
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        import tvm  # noqa: F401
+    finally:
+        if before is None:
+            os.environ.pop("TVM_USE_RUNTIME_LIB", None)
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = before
+
+
+class CompilerUnavailableError(RuntimeError):
+    pass
+
+
+def require_compiler(target: str) -> None:
+    """Refuse to compile when this process's `tvm` was loaded without its compiler library (e.g. by
+    load_artifact before any compile): tvm.relax / tvm.compile would fail with raw AttributeErrors."""
+    if "tvm" in sys.modules and getattr(sys.modules.get("tvm.base"), "_RUNTIME_ONLY", False):
+        raise CompilerUnavailableError(
+            f"target {target!r}: this process loaded TVM without its compiler library (an artifact was loaded "
+            f"first, or TVM_USE_RUNTIME_LIB=1 is set); compile in a fresh process")
+
+
+_import_tvm_runtime_only()
 
 
 class RunnerError(RuntimeError):
     pass
+
+
+class UnknownEntryError(RunnerError, KeyError):
+    pass
+
+
+class RunnerInputError(RunnerError, ValueError):
+    """Inputs the compiled entry cannot take (names, dtype, shape, empty, token id range, context):
+    checked on the host before the VM runs, so bad input never reaches the kernels."""
 
 
 _CUDA_FATBINS: dict[str, bytes] = {}
@@ -145,7 +184,9 @@ class DeviceTensor:
 class TVMRunner:
     """A loaded artifact: `.meta` (the module meta) and `.run(entry, inputs) -> {name: array}`."""
 
-    def __init__(self, path: Path, manifest: dict, device: str | None = None):
+    def __init__(self, path: Path, manifest: dict, device: str | None = None, session=None):
+        """With `session` (a `tvm.rpc` session) the library is uploaded to the remote machine and
+        runs there; weights go to its device once, and only non-carried outputs come back."""
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -154,11 +195,26 @@ class TVMRunner:
         self.meta = manifest["model"]["meta"]
         self.entries = manifest["entries"]
         target = TVM_TARGETS[manifest["target"]["name"]]
-        if target.fatbins:
-            _load_cuda_runtime()
-            _register_fatbins(self.path / "cuda")
-        self.device = tvm.device(device) if device is not None else tvm.device(target.device, 0)
-        lib = tvm.runtime.load_module(str(role_path(self.path, manifest, "library")))
+        self.session = session
+        lib_file = role_path(self.path, manifest, "library")
+        if session is not None:
+            if target.fatbins:
+                raise ArtifactError(f"{self.path}: running a cuda artifact over RPC is not supported (the remote "
+                                    f"would need the artifact's fatbins); use the board's bundle (run.py)")
+            remote_name = f"ternc-{manifest['files'][manifest['roles']['library']]['sha256'][:16]}.so"
+            session.upload(str(lib_file), target=remote_name)
+            try:
+                lib = session.load_module(remote_name)
+            except Exception as e:  # the remote's dlopen error (wrong architecture etc.)
+                raise ArtifactError(f"{self.path}: the remote could not load {lib_file.name} (built for "
+                                    f"{manifest['target'].get('arch') or target.host_machines[0]} host code): {e}") from e
+            self.device = session.cpu(0)
+        else:
+            if target.fatbins:
+                _load_cuda_runtime()
+                _register_fatbins(self.path / "cuda")
+            self.device = tvm.device(device) if device is not None else tvm.device(target.device, 0)
+            lib = tvm.runtime.load_module(str(lib_file))
         self.vm = VirtualMachine(lib, self.device)
         weights_file = role_path(self.path, manifest, "weights")
         arrays = load_safetensors(weights_file)
@@ -170,44 +226,117 @@ class TVMRunner:
                         for w, key in names.items()}
         self._fns = {}
         # decoder outputs that only feed the next step stay on the device (no copy per token)
-        dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
+        try:
+            dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # DecoderSpecError is a ValueError
+            raise ArtifactError(f"{self.path}: manifest model.meta.decoder is malformed: {e}") from None
         self._device_outputs = {t.present for t in dec.carried} if dec else set()
+        self._lock = threading.Lock()
+        self._plan()
+
+    def _plan(self) -> None:
+        """Per-entry input checks, precomputed once so that `run` costs a few dict lookups per input."""
+        dec = self.meta.get("decoder") or {}
+        self._ids_name = dec.get("input_ids")
+        vocab = dec.get("vocab_size")
+        self._vocab = int(vocab) if isinstance(vocab, int) and vocab > 0 else None
+        ctx = self.meta.get("max_context") or dec.get("max_context")
+        self._max_context = int(ctx) if isinstance(ctx, int) and ctx > 0 else None
+        self._plans = {}
+        for entry, sig in self.entries.items():
+            specs = [(i["name"], np.dtype(i["dtype"]), tuple(i["shape"])) for i in sig["inputs"]]
+            self._plans[entry] = (specs, frozenset(n for n, _, _ in specs))
+
+    def _check(self, entry: str, inputs: Mapping[str, Any]) -> list:
+        """Validated host arrays / device tensors in signature order; RunnerInputError otherwise."""
+        if entry not in self._plans:
+            raise UnknownEntryError(f"artifact {self.path} has no entry {entry!r}; it has {sorted(self.entries)}")
+        specs, names = self._plans[entry]
+        if len(inputs) != len(names) or not names.issuperset(inputs):
+            missing = [n for n, _, _ in specs if n not in inputs]
+            extra = sorted(set(inputs) - names)
+            raise RunnerInputError(f"@{entry}: missing inputs {missing}, unknown inputs {extra}; it takes "
+                                   f"{[n for n, _, _ in specs]}")
+        out, bound = [], {}
+        for name, want, shape in specs:
+            a = inputs[name]
+            if not isinstance(a, DeviceTensor):
+                a = np.asarray(a)
+            if a.dtype != want:
+                a = self._convert(entry, name, a, want)
+            got = a.shape
+            if len(got) != len(shape):
+                raise RunnerInputError(f"@{entry}: input {name} has shape {list(got)}, expected {list(shape)}")
+            for d, s in zip(shape, got):
+                if isinstance(d, int):
+                    if d != s:
+                        raise RunnerInputError(f"@{entry}: input {name} has shape {list(a.shape)}, expected "
+                                               f"{list(shape)}")
+                elif d != "?" and bound.setdefault(d, s) != s:
+                    raise RunnerInputError(f"@{entry}: dim {d} is {bound[d]} elsewhere but {s} in {name}")
+            if name == self._ids_name:
+                self._check_ids(entry, name, a)
+            elif want.kind == "f" and not isinstance(a, DeviceTensor) and a.size and not np.isfinite(a).all():
+                # the kernels' masked softmax would turn a NaN cache into finite logits; the IR says NaN
+                raise RunnerInputError(f"@{entry}: input {name} holds non-finite values (NaN/inf)")
+            out.append(a)
+        if bound.get("seq", 1) == 0:
+            raise RunnerInputError(f"@{entry}: input sequence is empty (seq=0); give at least one token")
+        if self._max_context is not None and bound.get("seq", 0) + bound.get("past", 0) > self._max_context:
+            raise RunnerInputError(f"@{entry}: {bound.get('past', 0)} cached + {bound.get('seq', 0)} new tokens "
+                                   f"exceed the context of {self._max_context} this artifact was compiled for")
+        return out
+
+    @staticmethod
+    def _convert(entry: str, name: str, a, want: np.dtype):
+        if isinstance(a, DeviceTensor) or a.dtype.kind not in "iuf" or want.kind not in "iuf" \
+                or (want.kind in "iu") != (a.dtype.kind in "iu"):
+            raise RunnerInputError(f"@{entry}: input {name} has dtype {a.dtype}, expected {want}")
+        if want.kind in "iu" and not np.can_cast(a.dtype, want, casting="safe") and a.size:
+            lo, hi = np.iinfo(want).min, np.iinfo(want).max
+            if int(a.min()) < lo or int(a.max()) > hi:
+                raise RunnerInputError(f"@{entry}: input {name} ({a.dtype}) has values outside {want}")
+        return a.astype(want)
+
+    def _check_ids(self, entry: str, name: str, a) -> None:
+        if isinstance(a, DeviceTensor):
+            raise RunnerInputError(f"@{entry}: token ids {name} must be a host array (they are range-checked)")
+        if a.size == 0:
+            raise RunnerInputError(f"@{entry}: input {name} is empty; give at least one token")
+        if a.size <= 64:  # decode steps: Python's min/max on a short list beat two numpy reductions
+            flat = a.ravel().tolist()
+            lo, hi = min(flat), max(flat)
+        else:
+            lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or (self._vocab is not None and hi >= self._vocab):
+            bad = lo if lo < 0 else hi
+            raise RunnerInputError(f"@{entry}: token id {bad} in {name} is out of range for a vocabulary of "
+                                   f"{self._vocab if self._vocab is not None else 'unknown size'}")
 
     def run(self, entry: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         import tvm
 
-        if entry not in self.entries:
-            raise KeyError(f"artifact {self.path} has no entry {entry!r}; it has {sorted(self.entries)}")
+        args = self._check(entry, inputs)
         sig = self.entries[entry]
-        missing = [i["name"] for i in sig["inputs"] if i["name"] not in inputs]
-        extra = set(inputs) - {i["name"] for i in sig["inputs"]}
-        if missing or extra:
-            raise ValueError(f"@{entry}: missing inputs {missing}, unknown inputs {sorted(extra)}; it takes "
-                             f"{[i['name'] for i in sig['inputs']]}")
-        args = []
-        bound: dict[str, int] = {}
-        for spec in sig["inputs"]:
-            a = inputs[spec["name"]]
-            if not isinstance(a, DeviceTensor):
-                a = np.asarray(a)
-            want = np.dtype(spec["dtype"])
-            if a.dtype != want:
-                if isinstance(a, DeviceTensor) or not np.can_cast(a.dtype, want, casting="same_kind"):
-                    raise ValueError(f"@{entry}: input {spec['name']} has dtype {a.dtype}, expected {want}")
-                a = a.astype(want)
-            if a.ndim != len(spec["shape"]):
-                raise ValueError(f"@{entry}: input {spec['name']} has shape {list(a.shape)}, expected {spec['shape']}")
-            for d, s in zip(spec["shape"], a.shape):
-                if isinstance(d, int) and d != s:
-                    raise ValueError(f"@{entry}: input {spec['name']} has shape {list(a.shape)}, expected {spec['shape']}")
-                if isinstance(d, str) and d != "?":
-                    if bound.setdefault(d, s) != s:
-                        raise ValueError(f"@{entry}: dim {d} is {bound[d]} elsewhere but {s} in {spec['name']}")
-            args.append(a.tensor if isinstance(a, DeviceTensor) else tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
-        args += [self.weights[w] for w in sig["weights"]]
-        out = self.vm[entry](*args)
-        return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
-                for i, o in enumerate(sig["outputs"])}
+        # One VM per runner, shared by threads: calls are serialized (the TVM VM keeps per-call
+        # register state and is not reentrant; the kernels themselves use TVM's thread pool).
+        with self._lock:
+            args = [a.tensor if isinstance(a, DeviceTensor) else tvm.runtime.tensor(np.ascontiguousarray(a),
+                                                                                      self.device)
+                    for a in args]
+            args += [self.weights[w] for w in sig["weights"]]
+            try:
+                if self.session is not None:  # RPC returns no tuples: the VM's stateful calls fetch each output
+                    self.vm.set_input(entry, *args)
+                    self.vm.invoke_stateful(entry)
+                    out = self.vm.get_outputs(entry)
+                else:
+                    out = self.vm[entry](*args)
+            except RuntimeError as e:  # tvm.error.*: e.g. a manifest whose entry signature the library disagrees with
+                raise RunnerError(f"{self.path}: @{entry} failed in the compiled library (does the manifest match "
+                                  f"it?): {str(e).strip().splitlines()[-1][:300]}") from None
+            return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
+                    for i, o in enumerate(sig["outputs"])}
 
 
 def _check_manifest(path: Path, manifest: dict) -> None:
@@ -225,7 +354,7 @@ def _check_manifest(path: Path, manifest: dict) -> None:
                 require(spec, "name", str, f"{w}.{key}[{i}]")
                 try:
                     np.dtype(require(spec, "dtype", str, f"{w}.{key}[{i}]"))
-                except TypeError:
+                except (TypeError, ValueError):
                     raise ArtifactError(f"{w}.{key}[{i}]: unknown dtype {spec['dtype']!r}") from None
                 if key == "inputs":
                     shape = require(spec, "shape", list, f"{w}.{key}[{i}]")
@@ -248,8 +377,10 @@ def load_artifact(path, manifest: dict, device: str | None = None) -> TVMRunner:
     _check_manifest(path, manifest)
     target = TVM_TARGETS[manifest["target"]["name"]]
     machine = platform.machine().lower()
-    if machine not in target.host_machines:
-        raise ArtifactError(f"{path}: built for target {target.name} ({target.host_machines[0]} host code), "
+    arch = manifest["target"].get("arch")  # GPU artifacts record their host code's architecture
+    machines = {"aarch64": ("aarch64", "arm64"), "x86_64": ("x86_64", "amd64")}.get(arch, target.host_machines)
+    if machine not in machines:
+        raise ArtifactError(f"{path}: built for target {target.name} ({machines[0]} host code), "
                             f"but this machine is {machine}")
     import tvm
 

@@ -112,6 +112,7 @@ def test_decode_attention_verilator(t, p):
     hs = heads(d, [t] * n_heads, seed=t)
     qb, kvb, ob = beats(d, lanes, hs, scale)
     proto = DecodeAttention(d, lanes, max_ctx=256)
+    proto._MustUse__silence = True  # signature donor only
     spec = {"inputs": {"q": beat_ints(proto.q.payload.shape(), qb), "kv": beat_ints(proto.kv.payload.shape(), kvb)},
             "outputs": {"out": beat_ints(proto.out.payload.shape(), ob)},
             "signals": {"n_ctx": t, "scale": scale & 0xFFFFFFFF}, "p_valid": p, "p_ready": p, "seed": t,

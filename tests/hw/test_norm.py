@@ -88,6 +88,7 @@ def test_norm_verilator(lanes, k, p):
     n_tok = 4 if p < 1 else 2
     inp, gam, out, inv_k, eps_q = workload(lanes, k, n_tok, seed=k)
     proto = RMSNorm(lanes, max_k=1024)
+    proto._MustUse__silence = True  # signature donor only
     spec = {"inputs": {"inp": beat_ints(proto.inp.payload.shape(), inp),
                        "gamma": beat_ints(proto.gamma.payload.shape(), gam)},
             "outputs": {"out": beat_ints(proto.out.payload.shape(), out)},

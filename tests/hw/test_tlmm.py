@@ -185,6 +185,37 @@ def test_weight_beat_packing_uses_tl2():
     assert al.size == 6 * 8 + 1
 
 
+def _weight_beats_from_unpacked(w_t, group, tables, columns):
+    """The beat encoding as hw/tlmm.weight_beats built it before it read packed bytes (from the
+    unpacked matrix through hw_numerics.tlg_encode): the reference the packed path must equal."""
+    from ternc.ir import hw_numerics as hwn
+
+    n_rows, k = w_t.shape
+    index, sign = hwn.tlg_encode(w_t, group)
+    n = -(-k // (group * tables))
+    idx = np.zeros((columns, n * tables), dtype=np.int64)
+    sgn = np.zeros((columns, n * tables), dtype=np.int64)
+    idx[:n_rows, : index.shape[1]] = index
+    sgn[:n_rows, : sign.shape[1]] = sign
+    return [[[{"index": int(idx[c, j * tables + t]), "sign": int(sgn[c, j * tables + t])}
+              for t in range(tables)] for c in range(columns)] for j in range(n)]
+
+
+@pytest.mark.parametrize("n,k,tables,columns", [(1, 1, 1, 1), (3, 10, 2, 4), (16, 200, 28, 16), (5, 84, 28, 16),
+                                                (7, 85, 4, 8), (8, 9, 3, 8)])
+def test_weight_beats_read_from_packed_tl2_equal_the_unpacked_encoding(n, k, tables, columns):
+    """weight_beats (G = 3) is built from the TL2 PACKED bytes (ir/packing.TL2.tlmm_weight_beats, the
+    FPGA backend's path from IR constants) and is bit-identical to the encoding of the unpacked matrix."""
+    from ternc.ir import packing
+
+    w = np.random.default_rng(n * 1000 + k).integers(-1, 2, size=(n, k)).astype(np.int8)
+    want = _weight_beats_from_unpacked(w, 3, tables, columns)
+    assert weight_beats(w, 3, tables, columns) == want
+    assert packing.TL2.tlmm_weight_beats(packing.pack(w, "tl2"), k, tables, columns) == want
+    with pytest.raises(ValueError, match="columns"):
+        packing.TL2.tlmm_weight_beats(packing.pack(w, "tl2"), k, tables, n - 1 if n > 1 else 0)
+
+
 def test_verilog_is_deterministic():
     a = synth.to_verilog(TLMMCore(3, 2, 2, wbuf_depth=32, ram_style="block"), "tlmm_core")
     b = synth.to_verilog(TLMMCore(3, 2, 2, wbuf_depth=32, ram_style="block"), "tlmm_core")

@@ -267,3 +267,47 @@ def test_gguf_file_round_trip(tmp_path):
         tensor = tensors[name]
         assert tensor.tensor_type == qtype and list(tensor.shape) == [512, 4]  # GGUF lists ne0 (K) first
         np.testing.assert_array_equal(quants.dequantize(tensor.data, qtype), w_t * np.float32(scale))
+
+
+# ---------------------------------------------------------------- the format registry
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 24, 127, 128, 129, 300])
+def test_format_objects_describe_what_pack_produces(k):
+    """Every registered format's parts, row bytes, byte count and capacity match its pack output,
+    and the capacity is exactly where extra zero weights stop changing the packed bytes."""
+    from ternc.ir.packing import REGISTRY, get_format
+
+    w = random_ternary(3, k)
+    for name, layout in REGISTRY.items():
+        assert get_format(name) is layout and get_format(layout) is layout
+        parts = layout.pack(w)
+        assert tuple(parts) == layout.part_names
+        assert [a.shape for a in parts.values()] == layout.part_shapes(3, k)
+        assert [str(a.dtype) for a in parts.values()] == list(layout.part_dtypes)
+        assert sum(a.nbytes for a in parts.values()) == layout.nbytes(3, k)
+        cap = layout.capacity(k)
+        assert cap >= k
+        wide = np.zeros((3, cap), np.int8)
+        wide[:, :k] = w
+        if layout.packed:  # the padded matrix packs to the same bytes
+            assert layout.row_bytes(cap) == layout.row_bytes(k)
+            assert all(np.array_equal(a, b) for a, b in zip(layout.pack(wide).values(), parts.values()))
+        assert layout.row_bytes(cap + 1) != layout.row_bytes(k)  # one weight more does not fit
+        np.testing.assert_array_equal(layout.unpack(parts, k), w)
+
+
+def test_unpacked_t2_and_i2_geometry_and_tl2_fields():
+    from ternc.ir.packing import FORMATS, I2, REGISTRY, T2, TL2, UNPACKED
+
+    assert UNPACKED == "t2" and "t2" in REGISTRY and "t2" not in FORMATS and not T2.packed
+    assert part_names("t2") == ("w",) and T2.part_dtypes == ("int8",)
+    assert (I2.blocks(129), I2.capacity(129), I2.words_per_row(129)) == (2, 256, 16)
+    assert I2.row_bytes(129) == {"codes": 64}
+    w = random_ternary(4, 40)
+    idx, sgn = TL2.fields(pack(w, "tl2"), 40)
+    want_idx, want_sgn = tl2_encode(w)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(sgn, want_sgn)
+    with pytest.raises(ValueError, match="0..13"):
+        TL2.fields({"nibbles": np.full((1, 7), 0xEE, np.uint8), "signs": np.zeros((1, 2), np.uint8)}, 40)

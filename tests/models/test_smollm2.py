@@ -34,3 +34,22 @@ def test_smollm2_greedy_matches_torch(smol):
     got = ternc.generate(m, ids, 16)
     np.testing.assert_array_equal(got, want)
     assert "Paris" in tok.decode(got[0])
+
+
+@pytest.mark.slow
+def test_cli_generate_from_the_gguf_prints_torch_continuation():
+    """The issue's done-when: `ternc generate <SmolLM2 GGUF> --prompt ...` prints torch's continuation."""
+    import subprocess
+
+    import torch
+
+    lm, tok = smollm2.load_hf()
+    prompt = "The capital of France is"
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = lm.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1]:]
+    r = subprocess.run([sys.executable, "-m", "ternc.cli", "generate", str(smollm2.gguf_path()), "--prompt", prompt,
+                        "-n", "16"], capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == tok.decode(want, skip_special_tokens=True) + "\n"
+    assert "Paris" in r.stdout

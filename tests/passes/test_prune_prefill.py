@@ -353,7 +353,7 @@ def test_tvm_backend_refuses_with_a_clear_error(llama, tmp_path):
     """The TVM backend does not lower LazyLLM's KVEvict: compiling for cpu stops with a LoweringError
     naming the op's policy (streaming eviction is lowered; lazyllm is not)."""
     pytest.importorskip("tvm")
-    from ternc.backends.tvm.lower import LoweringError
+    from ternc.backends.tvm.lowering import LoweringError
 
     with pytest.raises(LoweringError, match="KVEvict.*policy 'lazyllm' has no TVM lowering"):
         ternc.compile(llama, target="cpu", passes="prune-prefill{keep=0.5}", out=tmp_path / "art")

@@ -56,3 +56,28 @@ def test_spec_errors(spec, message):
 
 def test_option_fields_describe_types():
     assert option_fields(REGISTRY["quantize-ternary"])["skip"] == (tuple[str, ...], ())
+
+
+def test_non_finite_and_subnormal_float_options_are_spec_errors():
+    from ternc.passes.registry import SpecError, parse_spec
+
+    for v in ("1e-320", "nan", "inf", "-inf"):
+        with pytest.raises(SpecError, match="finite, normal number"):
+            parse_spec(f"prune-prefill{{keep={v}}}")
+
+
+def test_quantize_kv_group_that_does_not_divide_head_dim():
+    import ternc
+    from ternc.models import tiny_bitnet
+    from ternc.passes.quantize_kv import KVPassError
+
+    m = ternc.load(tiny_bitnet.default_onnx())  # head_dim 42
+    with pytest.raises(KVPassError, match=r"head_dim 42.*e\.g\. group=21"):
+        ternc.compile(m, passes="quantize-kv", report=False)
+
+
+def test_hw_numerics_value_is_checked_at_parse_time():
+    from ternc.passes.registry import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="numerics must be 'fx' or 'float'"):
+        parse_spec("hw-numerics{numerics=-1}")  # found by the spec fuzzer (was a ValueError from the pass)

@@ -26,7 +26,7 @@ CTX = 32
 def kv260_bitnet(onnx_export):
     import ternc
 
-    return compile(ternc.load(str(onnx_export("tiny-bitnet", False))), KV260_PIPELINE, report=False)[0]
+    return compile(ternc.load(str(onnx_export("tiny-bitnet", False))), passes=KV260_PIPELINE, report=False)[0]
 
 
 @pytest.fixture(scope="module")
@@ -183,5 +183,5 @@ def test_executor_equals_interpreter_quantize_kv(onnx_export, bits):
     plan = _exact(hw, [5, 6, 7, 8, 9], 9)   # 13 tokens: the span grows during decode
     assert all(i["quant"] for i in plan.program.instrs if i.op == isa.Opcode.KV_APPEND)
     # and it differs from the unquantized cache (the test would notice quantization being skipped)
-    plain = compile(m, KV260_PIPELINE, report=False)[0]
+    plain = compile(m, passes=KV260_PIPELINE, report=False)[0]
     assert not np.array_equal(reference(hw, [5, 6, 7, 8, 9], 9)[1][-1], reference(plain, [5, 6, 7, 8, 9], 9)[1][-1])

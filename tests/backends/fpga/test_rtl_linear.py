@@ -17,7 +17,7 @@ from ternc.backends.fpga.images import build_images
 from ternc.backends.fpga.schedule import EngineConfig, schedule
 from ternc.hw.pipeline import TLMMPipeline
 from ternc.ir import hw_numerics as hn
-from ternc.passes.pipeline import KV260_PIPELINE, compile
+from ternc.passes.pipeline import compile
 from ternc.sim.amaranth_tb import collect, drive
 
 ENG = EngineConfig(3, 2, 4)    # small engine: the simulator runs it in seconds
@@ -95,7 +95,7 @@ def _run_rtl(ins: isa.Instr, ex: Executor, n_tok: int) -> np.ndarray:
 def test_linear_instructions_on_the_rtl_engine(onnx_export):
     import ternc
 
-    m = compile(ternc.load(str(onnx_export("tiny-bitnet", False))), KV260_PIPELINE, report=False)[0]
+    m = compile(ternc.load(str(onnx_export("tiny-bitnet", False))), passes=KV260_PIPELINE, report=False)[0]
     plan = schedule(m, 16, ENG)
     im = build_images(m, plan, ENG)
     ex = Executor(plan.program, im.memmap.to_json(), im.consts, im.weights, im.lm_head, ENG, 16)

@@ -33,7 +33,7 @@ def ternarize(module, fmt="i2", skip=("logits",)):
             fmt = chosen.setdefault(wname, fmts[len(chosen) % len(fmts)])
             if wname not in done:
                 w_t, scale = semantics.ternarize_absmean(w.data)
-                parts = {"w": w_t} if fmt == "t2" else packing.pack(w_t, fmt)
+                parts = packing.pack(w_t, fmt)
                 names = []
                 for pn, arr in parts.items():
                     cname = f"{wname}.{fmt}.{pn}"

@@ -78,7 +78,7 @@ def test_cuda_decode_fuses_and_captures_static_regions(tiny_bitnet):
     from tvm import relax
 
     from ternc.backends.tvm import build as B
-    from ternc.backends.tvm.lower import lower_module
+    from ternc.backends.tvm.lowering import lower_module
 
     m = ternarize(tiny_bitnet, ["i2"])
     tgt = B.make_target("cuda")

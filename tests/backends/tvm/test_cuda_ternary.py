@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ternc.backends.tvm.cuda_ternary import pack_activations, weight_words
+from ternc.backends.tvm.kernels.cuda_ternary import pack_activations, weight_words
 from ternc.ir import packing, semantics
 
 
@@ -38,7 +38,7 @@ def test_dp4a_formulation_is_exact(n, k, m, rng):
 
 def test_cuda_source_uses_dp4a_and_warp_reduction():
     pytest.importorskip("tvm")
-    from ternc.backends.tvm.cuda_ternary import compile_gemv
+    from ternc.backends.tvm.kernels.cuda_ternary import compile_gemv
 
     src = compile_gemv(64, 256, 1).mod.imports[0].inspect_source()
     assert "__dp4a" in src and "__shfl_down_sync" in src

@@ -17,7 +17,7 @@ SHAPES = [(1, 131, 7), (5, 96, 33), (3, 256, 16), (2, 7, 5)]
 
 
 def _parts(w, fmt):
-    return [w] if fmt == "t2" else list(packing.pack(w, fmt).values())
+    return list(packing.pack(w, fmt).values())
 
 
 @pytest.mark.parametrize("fmt,kind", CASES)
@@ -53,7 +53,7 @@ def test_decoder_matches_unpack_for_every_byte_value():
     x = np.eye(k, dtype=np.int8)[: k] * 1  # identity: acc[i, j] = w[j, i]
     for fmt in K.SUPPORTED_FORMATS:
         got = K.run_standalone(K.build_standalone(fmt, k, n, "dot"), x, _parts(w, fmt), n)
-        np.testing.assert_array_equal(got.T, packing.unpack(packing.pack(w, fmt), fmt, k) if fmt != "t2" else w)
+        np.testing.assert_array_equal(got.T, packing.unpack(packing.pack(w, fmt), fmt, k))
     del rng
 
 
@@ -87,6 +87,18 @@ def test_measured_kernel_choice():
     assert K.choose_kind("i2", 96, 64, 1, "cpu", "auto") in ("dot", "dot16")  # no LUT kernel for i2
     assert K.choose_kind("tl2", 96, 64, 1, "cpu", "lut") == "lut"
     assert K.choose_kind("i2", 96, 64, 1, "cpu", "lut") == "dot"  # a kind the format lacks: the default
+
+
+def test_kernel_tuner_is_an_explicit_cache():
+    """Measurements live in the KernelTuner passed in (a shape is timed once per tuner), not in the
+    shared default."""
+    tuner, log = K.KernelTuner(), []
+    before = dict(K.DEFAULT_TUNER.measured)
+    kind = K.choose_kind("tl1", 48, 8, 1, "cpu", "auto", log, tuner=tuner)
+    key = ("tl1", 48, 8, 1, "None")
+    assert list(tuner.measured) == [key] and tuner.measured[key]["chosen"] == kind
+    assert K.choose_kind("tl1", 48, 8, 1, "cpu", "auto", log, tuner=tuner) == kind and len(log) == 1
+    assert K.DEFAULT_TUNER.measured == before
 
 
 def test_dot16_int16_lanes_exact_at_the_bound():

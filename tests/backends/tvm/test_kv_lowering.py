@@ -20,7 +20,7 @@ from .conftest import N_NEW  # noqa: E402
 def _run_fake_quant(x: np.ndarray, n_past: int, cfg: KVQuantConfig, keys: bool) -> np.ndarray:
     from tvm import te
 
-    from ternc.backends.tvm.lower import _kv_fake_quant_te
+    from ternc.backends.tvm.lowering.kv import _kv_fake_quant_te
 
     xp = te.placeholder(x.shape, "float32", name="x")
     out = _kv_fake_quant_te(xp, n_past, dict(bits=cfg.bits, group_size=cfg.group_size, residual=cfg.residual,
@@ -135,7 +135,7 @@ def test_h2o_eviction_artifact_tokens_equal_interpreter(tiny_llama, prompt, spec
 
 def test_rotation_on_cuda_is_refused_by_name(tiny_llama):
     from ternc.backends.tvm.build import compile_module
-    from ternc.backends.tvm.lower import LoweringError
+    from ternc.backends.tvm.lowering import LoweringError
     from ternc.passes.pipeline import compile as run_passes
 
     m, _ = run_passes(tiny_llama, "fold,quantize-kv{bits=2,group=4,residual=4,rotate=1}")

@@ -14,7 +14,7 @@ tvm = pytest.importorskip("tvm")
 import ternc  # noqa: E402
 from ternc.ir.decoder import DecoderSpec, decode_feeds  # noqa: E402
 from ternc.backends.tvm.build import compile_runner  # noqa: E402
-from ternc.backends.tvm.lower import LoweringError, lower_module  # noqa: E402
+from ternc.backends.tvm.lowering import LoweringError, lower_module  # noqa: E402
 from ternc.ir.core import Function, Module, Node, Value  # noqa: E402
 from ternc.ir.ops import Op  # noqa: E402
 from ternc.ir.types import DType, TensorType  # noqa: E402
@@ -97,6 +97,41 @@ def test_real_cpu_pipeline_on_qat_bitnet(onnx_export, prompt):
 
     m, _ = run_passes(ternc.load(str(onnx_export("tiny-bitnet", False))), TVM_PIPELINE)
     assert _formats_used(m) == {"i2"}
+    _check_prefill_decode(m, compile_runner(m, kernel_policy="dot"), prompt)
+
+
+def test_a_new_packing_format_needs_only_the_registry_and_a_decoder(tiny_bitnet, prompt, monkeypatch):
+    """What README "Adding a packing format" promises: a layout registered in ir/packing.py plus a
+    TIR decoder in kernels/decode.py is packed by pack-ternary, run by the interpreter and compiled
+    by the TVM backend (tokens equal the interpreter's), with nothing else touched."""
+    from ternc.backends.tvm import kernels as K
+    from ternc.backends.tvm.kernels.common import i32
+    from ternc.ir import packing
+    from ternc.passes.pipeline import compile as run_passes
+
+    class Nibble(packing.TernaryFormat):  # toy layout: two weights per byte, code w + 1 per nibble
+        name, parts, bits_per_weight = "nib4", (packing.Part("codes"),), 4.0
+
+        def _row_bytes(self, k):
+            return (-(-k // 2),)
+
+        def capacity(self, k):
+            return 2 * -(-k // 2)
+
+        def _pack(self, w_t):
+            c = np.zeros((w_t.shape[0], self.capacity(w_t.shape[1])), np.uint8) + 1
+            c[:, :w_t.shape[1]] = w_t + 1
+            return (c[:, 0::2] | (c[:, 1::2] << np.uint8(4)),)
+
+        def _unpack(self, arrays, n, k):
+            b = arrays["codes"]
+            return (np.stack([b & 15, b >> 4], -1).reshape(n, -1)[:, :k].astype(np.int8) - 1).astype(np.int8)
+
+    monkeypatch.setitem(packing.REGISTRY, "nib4", Nibble())
+    monkeypatch.setitem(K.TIR_DECODERS, "nib4", K.TirDecoder(
+        lambda parts, n, k: ((i32(parts[0][n, k // 2]) >> ((k % 2) * 4)) & 15) - 1))
+    m, _ = run_passes(ternarize(tiny_bitnet, "t2"), target="reference", passes="pack-ternary{format=nib4}")
+    assert _formats_used(m) == {"nib4"}
     _check_prefill_decode(m, compile_runner(m, kernel_policy="dot"), prompt)
 
 

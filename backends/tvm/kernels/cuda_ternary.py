@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....ir.packing import I2
+
 
 def pack_activations(x_q: np.ndarray) -> np.ndarray:
     """int8 [M, K] -> group-major int32 words [M, 4, Kp/16] (K padded to a multiple of 128).
@@ -28,11 +30,11 @@ def pack_activations(x_q: np.ndarray) -> np.ndarray:
     """
     x_q = np.asarray(x_q, np.int8)
     m, k = x_q.shape
-    kp = -(-k // 128) * 128
+    kp = I2.capacity(k)
     padded = np.zeros((m, kp), np.int8)
     padded[:, :k] = x_q
-    words = padded.view(np.int32).reshape(m, kp // 128, 4, 8)  # [m, block, g, j]
-    return np.ascontiguousarray(words.transpose(0, 2, 1, 3).reshape(m, 4, kp // 16))
+    words = padded.view(np.int32).reshape(m, I2.blocks(k), I2.groups, I2.lanes // 4)  # [m, block, g, j]
+    return np.ascontiguousarray(words.transpose(0, 2, 1, 3).reshape(m, I2.groups, I2.words_per_row(k)))
 
 
 def weight_words(packed_i2: np.ndarray) -> np.ndarray:
@@ -47,7 +49,7 @@ def _dp4a_compute(n: int, k: int, m):
     Returns (W, X, S, Y, words per row); the reduction block is named "acc"."""
     from tvm import te, tirx
 
-    kw = -(-k // 128) * 128 // 16  # 32-bit words per weight row
+    kw = I2.words_per_row(k)  # 32-bit words per weight row
     W = te.placeholder((n, kw), "int32", name="W")
     X = te.placeholder((m, 4, kw), "int32", name="X")
     S = te.placeholder((m,), "int32", name="S")
@@ -191,6 +193,6 @@ def compile_gemm(n: int, k: int, m=None, arch: str = "sm_90", **kw):
 
 
 def reference(w_t: np.ndarray, x_q: np.ndarray) -> np.ndarray:
-    from ...ir.semantics import ternary_matmul_i32
+    from ....ir.semantics import ternary_matmul_i32
 
     return ternary_matmul_i32(np.asarray(x_q, np.int8), w_t)

@@ -1,0 +1,168 @@
+"""CUDA schedules: quantization, the generic GEMV/GEMM over packed weights, the dp4a W2A8
+kernels on i2 (cuda_ternary.py) and decode-time GQA attention."""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from .common import KPAD, I2, padded_k, scheduled
+from .compute import gqa_pv_te, gqa_scores_te
+
+
+DP4A_FORMAT = I2  # dp4a reads the i2 codes as int32 words (cuda_ternary.py)
+
+
+def schedule_quantize(func):
+    """One thread block per token for the absmax (32 threads, cross-thread max reduction), then
+    flat elementwise kernels for the scale and the int8 codes."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    amax = sch.get_sblock("amax")
+    i, k = sch.get_loops(amax)
+    ko, ki = sch.split(k, [None, 32])
+    sch.reorder(ki, ko)
+    sch.bind(i, "blockIdx.x")
+    sch.bind(ki, "threadIdx.x")
+    for name, width in (("a_scale", 32), ("x_q", 256)):
+        blk = sch.get_sblock(name)
+        f = sch.fuse(*sch.get_loops(blk))
+        bo, bi = sch.split(f, [None, width])
+        sch.bind(bo, "blockIdx.x")
+        sch.bind(bi, "threadIdx.x")
+    return sch.mod["main"]
+
+
+def schedule_gemv(func, n: int, kp: int):
+    """Decode (few tokens): 4 output rows per thread block (threadIdx.y); 32 lanes (threadIdx.x)
+    split K, each decoding its packed bytes in registers; TVM's cross-thread reduction (warp
+    shuffles) sums the lanes."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("wdec"))
+    blk = sch.get_sblock("acc")
+    i, j, k = sch.get_loops(blk)
+    ij = sch.fuse(i, j)
+    bx, ty = sch.split(ij, [None, 4])
+    ko, ki = sch.split(k, [kp // KPAD, KPAD])
+    sch.reorder(ki, ko)
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(ki, "threadIdx.x")
+    return sch.mod["main"]
+
+
+def schedule_gemm(func, n: int, kp: int):
+    """Prefill: 8 tokens x 32 outputs per thread block, one thread per output, weights decoded in
+    registers inside the K loop."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("wdec"))
+    blk = sch.get_sblock("acc")
+    i, j, k = sch.get_loops(blk)
+    io, ii = sch.split(i, [None, 8])
+    jo, ji = sch.split(j, [None, 32])
+    sch.reorder(io, jo, ii, ji, k)
+    sch.bind(io, "blockIdx.y")
+    sch.bind(jo, "blockIdx.x")
+    sch.bind(ii, "threadIdx.y")
+    sch.bind(ji, "threadIdx.x")
+    return sch.mod["main"]
+
+
+def dp4a_pack_func(k: int, row_tile: int = 1) -> tirx.PrimFunc:
+    """CUDA helper for the dp4a GEMV (cuda_ternary.py): x_q int8 [M, padded_k(K)] -> group-major
+    int32 activation words X [M', 4, Kp128/16] (zero beyond K) and S[M'] = sum_k x_q (the code
+    offset), M' = M rounded up to `row_tile` (padding rows are zero: the prefill GEMM's token tiles)."""
+    from tvm import s_tir
+
+    m = tirx.Var("m", "int64")
+    mp = m if row_tile == 1 else tirx.floordiv(m + (row_tile - 1), row_tile) * row_tile
+    kp = padded_k(k)
+    kw = DP4A_FORMAT.words_per_row(k)
+    words_per_block = DP4A_FORMAT.lanes // 4
+    xq = te.placeholder((m, kp), "int8", name="x_q")
+
+    def byte(i, kk):
+        ok = kk < kp if row_tile == 1 else tirx.all(kk < kp, i < m)
+        return tirx.Select(ok, tirx.Cast("int32", xq[tirx.min(i, m - 1), tirx.min(kk, kp - 1)]) & 255, 0)
+
+    def word(i, g, w):
+        base = (w // words_per_block) * DP4A_FORMAT.block + g * DP4A_FORMAT.lanes + (w % words_per_block) * 4
+        return byte(i, base) | (byte(i, base + 1) << 8) | (byte(i, base + 2) << 16) | (byte(i, base + 3) << 24)
+
+    xw = te.compute((mp, 4, kw), word, name="xw")
+    rk = te.reduce_axis((0, kp), name="rk")
+    ssum = te.compute((mp,), lambda i: te.sum(tirx.Select(i < m, tirx.Cast("int32", xq[tirx.min(i, m - 1), rk]), 0),
+                                              axis=rk), name="ssum")
+    sch = s_tir.Schedule(te.create_prim_func([xq, xw, ssum]))
+    wb = sch.get_sblock("xw")
+    f = sch.fuse(*sch.get_loops(wb))
+    bo, bi = sch.split(f, [None, 128])
+    sch.bind(bo, "blockIdx.x")
+    sch.bind(bi, "threadIdx.x")
+    sb = sch.get_sblock("ssum")
+    si, sk = sch.get_loops(sb)
+    sch.bind(si, "blockIdx.x")
+    _, ski = sch.split(sk, [None, 32])
+    sch.bind(ski, "threadIdx.x")
+    return scheduled(sch.mod["main"], f"ternc_dp4a_pack_k{k}_t{row_tile}")
+
+
+def _schedule_of(tensors: list, block: str):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    return sch, sch.get_sblock(block)
+
+
+def gqa_decode_scores_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
+    """CUDA decode attention scores for one query token: s[b, h, 0, j] = q[b, h, 0] . k[b, h // g, j]
+    (GQA by indexing, no repeated K). A thread per (head, key) reduces the head dim in order (no
+    cross-thread reduction; K rows are re-read from L1/L2 by the heads of a group). The caller
+    pre-scales q."""
+    q, k, s = gqa_scores_te(hq, hkv, d, 1, "scores")
+    sch, blk = _schedule_of([q, k, s], "scores")
+    lb, lh, li, lj, lr = sch.get_loops(blk)
+    f = sch.fuse(lb, lh, li, lj)
+    fo, fi = sch.split(f, [None, 128])
+    sch.bind(fo, "blockIdx.x")
+    sch.bind(fi, "threadIdx.x")
+    _, ri = sch.split(lr, [None, 4])
+    sch.unroll(ri)
+    return scheduled(sch.mod["main"], f"ternc_gqa_scores_h{hq}_{hkv}_d{d}")
+
+
+def gqa_decode_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
+    """CUDA decode attention output for one query token: out[b, h, 0, e] = sum_j p[b, h, 0, j] *
+    v[b, h // g, j, e]. A block per head, a thread per output element e (coalesced rows of V), keys
+    summed in order by each thread."""
+    p, v, o = gqa_pv_te(hq, hkv, d, 1)
+    sch, blk = _schedule_of([p, v, o], "pv")
+    lb, lh, li, le, lr = sch.get_loops(blk)
+    sch.bind(sch.fuse(lb, lh, li), "blockIdx.x")
+    sch.bind(le, "threadIdx.x")
+    acc = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(acc, le)
+    return scheduled(sch.mod["main"], f"ternc_gqa_pv_h{hq}_{hkv}_d{d}")
+
+
+GEMM_TOKEN_TILE = 32  # cuda_ternary.build_gemm's default tile_m
+
+
+def dp4a_gemm_func(k: int, n: int) -> tirx.PrimFunc:
+    """The tiled dp4a W2A8 GEMM of cuda_ternary.py for prefill: token tiles of GEMM_TOKEN_TILE, the
+    tile count a scalar parameter: (W, X, S, tiles, Y); X, S, Y have tiles * GEMM_TOKEN_TILE rows."""
+    from .cuda_ternary import build_gemm
+
+    return scheduled(build_gemm(n, k, tile_m=GEMM_TOKEN_TILE), f"ternc_tmm_dp4a_gemm_i2_k{k}_n{n}")
+
+
+def dp4a_gemv_func(k: int, n: int) -> tirx.PrimFunc:
+    """The dp4a W2A8 GEMV of cuda_ternary.py (i2 weights as int32 words), with a symbolic M."""
+    from .cuda_ternary import build_gemv
+
+    m = tirx.Var("m", "int64")
+    return scheduled(build_gemv(n, k, m), f"ternc_tmm_dp4a_i2_k{k}_n{n}")

@@ -1,0 +1,87 @@
+"""lower_module: the entry points of a Module -> one TVM IRModule (Lowered)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tvm import relax
+
+from ....ir.core import Module
+from ....ir.decoder import DecoderSpec
+from ....ir.ops import Op
+from .. import kernels
+from ..target import CAPABILITIES, tvm_target
+from .common import EntrySignature, KernelRegistry, Lowered
+from .function import FunctionLowerer
+
+
+def _weight_storage(module: Module, entries: list[str], target_kind) -> dict:
+    """Weights stored in another dtype than their IR constant (zero-copy byte views), decided once
+    for all entries: on CUDA, i2 codes are int32 words [N, 8 ceil(K/128)] (what dp4a reads), so
+    decode's kernels take them without a view op (which would split CUDA-graph capture regions)."""
+    if not tvm_target(target_kind).gpu:
+        return {}
+    out = {}
+    for name in entries:
+        for n in module.func(name).nodes:
+            if n.op not in (Op.TernaryLinear, Op.TernaryMatMul) or n.attr("format") != kernels.DP4A_FORMAT.name:
+                continue
+            codes = n.inputs[2] if n.op == Op.TernaryLinear else n.inputs[1]
+            c = module.constants.get(codes)
+            k, nn = n.attr("k"), n.attr("n")
+            if c is None or c.data is None or k is None or nn is None:
+                continue
+            kw = kernels.DP4A_FORMAT.words_per_row(int(k))
+            if c.data.dtype == np.uint8 and c.data.shape == (int(nn), 4 * kw):
+                out[codes] = ("int32", (int(nn), kw))
+    return out
+
+
+def _decode_token_dim(module: Module, name: str) -> str | None:
+    """The symbol of decode's new-token count (input_ids [B, seq]) when `name` is a decoder's decode."""
+    dec = DecoderSpec.of(module)
+    if dec is None or name != dec.decode:
+        return None
+    p = next((p for p in module.func(name).params if p.name == dec.input_ids), None)
+    if p is None or p.type.shape is None or len(p.type.shape) != 2 or not isinstance(p.type.shape[1], str):
+        return None
+    return p.type.shape[1]
+
+
+def lower_module(module: Module, entries: list[str] | None = None, target_kind="cpu",
+                 kernel_policy: str = "auto", target=None, decode_tokens: int | None = None,
+                 tuner: kernels.KernelTuner | None = None) -> Lowered:
+    """Lower the named entry points (default: prefill/decode for decoders, else every function).
+
+    decode_tokens: fix a decoder's decode entry to this many new tokens per call (CUDA: 1, so its
+    shapes are static but for the KV length and CUDA graphs can capture them).
+    target_kind: a TvmTarget or its name ("cpu", "aarch64", "cuda"); kernel_policy: "auto" (measured
+    choice per ternary weight shape, CPU host targets only), "dot", "lut", ... or fixed choices
+    {(format, k, n, m): kind} (kernels.choose_kind); target: the tvm Target the measurement compiles
+    for; tuner: the KernelTuner holding measured choices (default: the process-wide
+    kernels.DEFAULT_TUNER). Refuses (UnsupportedError) a module using attribute values the backend
+    does not implement."""
+    CAPABILITIES.check(module, f"the TVM backend (target {tvm_target(target_kind).name})")
+    if entries is None:
+        dec = DecoderSpec.of(module)
+        entries = list(dec.entries) if dec else module.entry_names
+    bb = relax.BlockBuilder()
+    sigs: dict[str, EntrySignature] = {}
+    log: list = []
+    registry = KernelRegistry(bb, _weight_storage(module, entries, target_kind))
+    for name in entries:
+        tok = _decode_token_dim(module, name) if decode_tokens else None
+        fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, registry, target,
+                             fixed_dims={tok: int(decode_tokens)} if tok else None, tuner=tuner)
+        sigs[name] = fl.lower()
+    mod = bb.get()
+    for name, sig in sigs.items():  # parameters after the inputs are weights (static for CUDA graphs)
+        gv = mod.get_global_var(name)
+        mod[gv] = mod[gv].with_attr("num_input", len(sig.inputs))
+    weights: list[str] = []
+    for s in sigs.values():
+        for w in s.weights:
+            if w not in weights:
+                weights.append(w)
+    storage = {w: v for w, v in registry.weight_storage.items() if w in weights}
+    return Lowered(mod, sigs, weights, log, storage)

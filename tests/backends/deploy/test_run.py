@@ -1,0 +1,70 @@
+"""The bundle's static runner (backends/deploy/run.py) on this host: its generation loop, --verify
+and --bench against a host CPU artifact (the emulated aarch64 board runs it in test_emulate.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ternc
+from ternc.backends.deploy import bundle as B
+
+
+@pytest.fixture(scope="module")
+def run_py():
+    from ternc.backends.deploy import run
+
+    return run
+
+
+def test_runner_generation_equals_ternc_generate(run_py, cpu_artifact, default_module):
+    runner = ternc.load_artifact(cpu_artifact)
+    for prompt in ([3, 17, 42, 99, 5, 64, 1], [77]):
+        want = ternc.generate(default_module, [prompt], 10)[0].tolist()
+        assert run_py.generate(runner, prompt, 10) == want
+
+
+def _golden(module, tmp_path, tokens_fix=None):
+    dec = module.meta["decoder"]
+    prompts = [[3, 17, 42], [9]]
+    tokens = [ternc.generate(module, [p], 6)[0].tolist() for p in prompts]
+    if tokens_fix:
+        tokens = tokens_fix(tokens)
+    logits = ternc.interpret(module, {dec["input_ids"]: np.array([prompts[0]])}, dec["prefill"])[dec["logits"]]
+    B._write_golden(tmp_path / "golden", B.Golden(prompts, 6, tokens, logits))
+    return {"golden": "golden/golden.json"}
+
+
+def test_verify_passes_and_fails(run_py, cpu_artifact, default_module, tmp_path):
+    runner = ternc.load_artifact(cpu_artifact)
+    res = run_py.verify(_golden(default_module, tmp_path), runner, tmp_path)
+    assert res["pass"] and all(r["match"] for r in res["prompts"])
+    assert res["prefill_logits_max_rel_err"] < 1e-4
+
+    def corrupt(tokens):
+        tokens[1][-1] = (tokens[1][-1] + 1) % 256
+        return tokens
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    res = run_py.verify(_golden(default_module, bad, corrupt), runner, bad)
+    assert not res["pass"] and [r["match"] for r in res["prompts"]] == [True, False]
+
+
+def test_bench_reports_rates(run_py, cpu_artifact):
+    r = run_py.bench(ternc.load_artifact(cpu_artifact), prompt_len=8, n_decode=4, repeat=1)
+    assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["prompt_tokens"] == 8
+
+
+def test_runner_is_standalone():
+    """run.py imports only the standard library, numpy and TVM's runtime (the board has no ternc
+    and no compiler); the bundled ternc modules are loaded by the names bundle.json gives."""
+    import ast
+    import sys
+
+    tree = ast.parse(Path(B.RUNNER).read_text())
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert mods - set(sys.stdlib_module_names) == {"numpy", "tvm"}
