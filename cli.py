@@ -366,11 +366,8 @@ def cmd_compile(args) -> int:
         options.update(clock_mhz=args.clock_mhz, lm_head=args.lm_head, synth=not args.no_synth)
     if options and tgt.artifact != "folder":
         raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
-    if tgt.pipeline and tgt.pipeline[-1] == "hw-numerics":
-        # an FPGA (TLMM accelerator) target: the FPGA backend's build options (backends/fpga/build.py)
-        options.update(clock_mhz=args.clock_mhz, lm_head=args.lm_head, synth=not args.no_synth, source=str(src))
-        if args.config:
-            options.update(_sweep_config(args.config))
+    if args.config:   # a design point of `ternc simulate --sweep` (kv260 build options)
+        options.update(_sweep_config(args.config))
     t0 = time.time()
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
     res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
