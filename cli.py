@@ -286,6 +286,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _sweep_config(spec: str) -> dict:
+    """A config file written by `ternc simulate --sweep` (``best``: ternc-sweep/best_config.json):
+    the part the backend builds (engine geometry, clock, LM head placement)."""
+    from .backends.fpga.schedule import EngineConfig
+
+    path = Path("ternc-sweep/best_config.json") if spec == "best" else Path(spec)
+    if not path.exists():
+        raise CLIError(f"--config {spec}: {path} not found (run `ternc simulate MODEL --target kv260 --sweep` first)")
+    try:
+        b = json.loads(path.read_text())["build"]
+        return {"engine": EngineConfig(**b["engine"]), "clock_mhz": float(b["clock_mhz"]), "lm_head": b["lm_head"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise CLIError(f"--config {path}: not a sweep config ({e})") from None
+
+
 def _read_kernels(path: str):
     """--kernels FILE: an artifact's manifest.json (its `kernels` record) or a JSON list of choices."""
     try:
@@ -353,6 +368,8 @@ def cmd_compile(args) -> int:
         options.update(clock_mhz=args.clock_mhz, lm_head=args.lm_head, synth=not args.no_synth)
     if options and tgt.artifact != "folder":
         raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
+    if args.config:   # a design point of `ternc simulate --sweep` (kv260 build options)
+        options.update(_sweep_config(args.config))
     t0 = time.time()
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
     res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
@@ -382,16 +399,79 @@ def _tokenizer_or_none(module):
 
 
 def cmd_simulate(args) -> int:
-    from .backends.fpga.verify import simulate
-
-    ids = [int(v) for v in args.prompt_ids.split(",") if v.strip()]
     if args.rtl:
         raise CLIError("--rtl: the accelerator top (sequencer + DMA + norm/attention units) is not built yet, so "
-                       "there is no whole-model RTL to simulate; without --rtl the program runs on the functional "
-                       "executor (the same instruction stream and DDR images)")
-    rep = simulate(args.artifact, ids, args.n)
-    print(rep.text())
-    return 0 if rep.exact else 1
+                       "there is no whole-model RTL to simulate; without --rtl the program runs on the dataflow "
+                       "model (timing) or, with --prompt-ids, on the functional executor (tokens)")
+    if args.prompt_ids is not None:
+        from .backends.fpga.verify import simulate
+
+        ids = [int(v) for v in args.prompt_ids.split(",") if v.strip()]
+        rep = simulate(args.artifact, ids, args.n)
+        print(rep.text())
+        return 0 if rep.exact else 1
+    return _simulate_dataflow(args)
+
+
+def _sim_overrides(specs) -> dict:
+    from .sim.dataflow import SimConfig
+
+    fields = {f: type(v) for f, v in SimConfig().__dict__.items() if f != "cal"}
+    over = {}
+    for spec in specs or []:
+        k, sep, v = spec.partition("=")
+        if not sep or k not in fields:
+            raise CLIError(f"--set expects KEY=VALUE with KEY one of {sorted(fields)}, got {spec!r}")
+        over[k] = fields[k](v)
+    return over
+
+
+def _simulate_dataflow(args) -> int:
+    from .sim import dataflow as df
+
+    src = Path(args.artifact)
+    is_art = (src / "manifest.json").exists()
+    over = _sim_overrides(args.set)
+    if args.board:
+        over["board"] = args.board
+    if args.sweep:
+        from .sim import sweep as sw
+
+        from .targets import get as get_target
+
+        tgt = get_target(args.target)
+        if not tgt.pipeline or tgt.pipeline[-1] != "hw-numerics":
+            raise CLIError(f"--sweep: target {tgt.name!r} is not an FPGA accelerator target; the dataflow "
+                           "simulator models the TLMM accelerator (kv260)")
+        t0 = time.time()
+        if is_art:
+            model, manifest = df.load(src, **over)
+            instrs, base, ctx = model.instrs, model.cfg, int(manifest["accelerator"]["context"])
+        else:
+            import ternc
+            from .backends.fpga.schedule import schedule
+            from .passes.pipeline import compile as run_pipeline
+
+            from .targets import get
+
+            module, _ = run_pipeline(ternc.load(src), list(get("kv260").pipeline), report=False)
+            ctx = args.context
+            instrs, base = schedule(module, ctx).program.instrs, df.SimConfig(**over)
+        rep = sw.sweep(instrs, base, ctx)
+        out = sw.write(rep, args.out or "ternc-sweep")
+        print(sw.front_text(rep))
+        print(f"[ternc] sweep in {time.time() - t0:.1f}s -> {out}/sweep.json, {out}/best_config.json "
+              f"(ternc compile --target kv260 --config {out}/best_config.json)", file=sys.stderr)
+        return 0
+    if not is_art:
+        raise CLIError(f"{src}: not a kv260 artifact folder (simulate MODEL needs --sweep)")
+    t0 = time.time()
+    out = args.out or (Path("ternc-sim") / src.name)
+    rep = df.simulate_artifact(src, out, plots=not args.no_plots, **over)
+    print(df.text(rep))
+    print(f"[ternc] dataflow model in {time.time() - t0:.1f}s -> {out}/dataflow.json"
+          + ("" if args.no_plots else ", roofline.png, timeline.png, timeline_decode.png"), file=sys.stderr)
+    return 0
 
 
 def _check_mcpu(mcpu: str, target: str) -> None:
@@ -596,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-mhz", type=float, default=250.0, help="kv260: clock constraint (default 250)")
     p.add_argument("--lm-head", default="host", help="kv260: where the LM head runs (host = the ARM cores)")
     p.add_argument("--no-synth", action="store_true", help="kv260: skip yosys resource synthesis")
+    p.add_argument("--config", default=None,
+                   help="kv260: a design point from `ternc simulate --sweep` (a best_config.json, or 'best')")
     p.add_argument("--kernels", default=None, metavar="FILE",
                    help="reuse the kernel choices of a previous build (its manifest.json), for identical rebuilds")
     p.set_defaults(fn=cmd_compile)
@@ -613,11 +695,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="HTML file (default: ARTIFACT/report.html)")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("simulate", help="run a kv260 artifact's program and check it against the interpreter")
-    p.add_argument("artifact")
-    p.add_argument("--prompt-ids", required=True)
+    p = sub.add_parser("simulate", help="time a kv260 artifact on the dataflow model (default), check it on the "
+                                        "functional executor (--prompt-ids), or sweep designs (--sweep)")
+    p.add_argument("artifact", help="kv260 artifact folder (or a MODEL with --sweep)")
+    p.add_argument("--prompt-ids", default=None, help="run the functional executor and compare with the interpreter")
     p.add_argument("-n", type=int, default=8)
     p.add_argument("--rtl", action="store_true", help="run the generated top in Verilator (not built yet)")
+    p.add_argument("--out", default=None, help="dataflow: folder for dataflow.json and the PNG plots")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--board", default=None, help="dataflow: board data (sim/boards.py): kv260 | u280")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="dataflow: override the design (e.g. engines=2, kv_bits=4, lm_head=host-int8, clock_mhz=300)")
+    p.add_argument("--sweep", action="store_true", help="design-space sweep under the board's budget")
+    p.add_argument("--target", default="kv260")
+    p.add_argument("--context", type=int, default=1024, help="--sweep on a MODEL: the context to schedule")
     p.set_defaults(fn=cmd_simulate)
     return ap
 
