@@ -359,6 +359,13 @@ def test_binary_broadcast_matches_onnx(op, data, dtype):
     b = data.draw(arrays(dtype, shapes[1], elements=st.integers(lo, hi)))
     if op == "Sub" and dtype == np.uint8:
         a, b = np.maximum(a, b), np.minimum(a, b)  # keep clear of wrap-around (the reference warns)
+    if op == "Pow" and dtype == np.uint8:
+        # ONNX's Pow has no uint8 base: the frontend's full check refuses the model (as onnxruntime does)
+        from ternc.frontend.onnx_import import FrontendError
+
+        with pytest.raises(FrontendError, match="Pow.*uint8"):
+            check_against_onnx(op, [a, b])
+        return
     check_against_onnx(op, [a, b], rtol=2e-3 if dtype == np.float16 else 1e-6)
 
 
