@@ -20,18 +20,6 @@ class Runner(Protocol):
     def run(self, entry: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-class InterpreterRunner:
-    def __init__(self, module: Module):
-        from .ir.interp import Interpreter
-
-        self.module = module
-        self.meta = module.meta
-        self._interp = Interpreter(module)
-
-    def run(self, entry, inputs):
-        return self._interp.run(entry, inputs)
-
-
 def load(source: str | os.PathLike | Any, decoder: bool = True, progress=None) -> Module:
     """Load a model as a ternc Module.
 
@@ -85,7 +73,9 @@ def interpret(module: Module, inputs: Mapping[str, np.ndarray], entry: str = "ma
 
 def _runner(model) -> Runner:
     if isinstance(model, Module):
-        return InterpreterRunner(model)
+        from .backends.reference import ModuleRunner
+
+        return ModuleRunner(model)
     if hasattr(model, "run") and hasattr(model, "meta"):
         return model
     raise TypeError(f"generate needs a ternc Module or a loaded artifact, not {type(model).__name__}")

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import FORMAT, FORMAT_VERSION, ArtifactError, _ternc_version, read_manifest, sha256_file
+from ..artifact import ArtifactError, read_manifest, write_artifact
 from . import regmap
 from .executor import Executor
 from .images import build_images
@@ -119,20 +117,27 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
     if verilog:
         for name, text in vivado_files(cfg, sorted(verilog)).items():
             files[name] = text.encode()
-    report["seconds"] = round(time.time() - t0, 2)
-    files["report.json"] = json.dumps(_json_safe(report), indent=1, sort_keys=True).encode()
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "ternc_version": _ternc_version(), "target": {"name": TARGET, "part": "xck26-sfvc784-2LV-c",
-                                                                       "clock_mhz": clock_mhz},
+    report["seconds"] = round(time.time() - t0, 2)  # timings live in the unhashed report.json
+    target = {"name": TARGET, "part": "xck26-sfvc784-2LV-c", "clock_mhz": clock_mhz}
+    fields = {
         "model": {"name": module.name, "meta": _json_safe(dict(module.meta))},
         "pipeline": _json_safe(pipeline_desc), "source": source,
         "accelerator": {"config": cfg.to_json(), "context": context, "lm_head": lm_head,
                         "memmap": "memmap.json", "program": "program.bin"},
         "roles": {"program": "program.bin", "memmap": "memmap.json", "consts": "images/consts.bin",
-                       "weights": "images/weights.bin", "lm_head": "images/lm_head.npy",
-                       "regmap": "regmap.json", "report": "report.json", "module": "ir/model.ternc"},
+                  "weights": "images/weights.bin", "lm_head": "images/lm_head.npy",
+                  "regmap": "regmap.json", "module": "ir/model.ternc"},
     }
-    return _write(Path(out_dir), files, manifest)
+
+    def populate(folder: Path) -> dict:
+        for name, data in sorted(files.items()):
+            p = folder / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        return fields
+
+    # the backend-neutral writer: checksummed manifest, crash-safe replacement, stale temp cleanup
+    return write_artifact(Path(out_dir), target, populate, report=_json_safe(report)).path
 
 
 def DDR_BYTES_PER_S(cfg) -> float:
@@ -162,34 +167,6 @@ def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
-
-
-def _write(out: Path, files: dict[str, bytes], manifest: dict) -> Path:
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for name, data in sorted(files.items()):
-            p = tmp / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
-        manifest["files"] = {name: {"sha256": sha256_file(tmp / name), "bytes": len(files[name])}
-                             for name in sorted(files)}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        for p in tmp.rglob("*"):
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        tmp.chmod(0o755)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 @dataclass
