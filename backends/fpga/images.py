@@ -39,21 +39,11 @@ def _align(n: int) -> int:
 
 
 # ------------------------------------------------------------------ weights: packed TL2 -> beats
-def tl2_fields_from_packed(nibbles: np.ndarray, signs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(index, sign) [N, ceil(K/3)] read straight from the packed TL2 bytes (ir/packing.py layout).
-    (Own function: the format registry's beats-from-packed-bytes method was not on main yet.)"""
-    t = -(-k // 3)
-    nib = np.asarray(nibbles, np.uint8)
-    n = nib.shape[0]
-    index = np.stack([nib & 0xF, nib >> 4], axis=-1).reshape(n, -1)[:, :t]
-    bits = np.arange(8, dtype=np.uint8)
-    sign = ((np.asarray(signs, np.uint8)[:, :, None] >> bits) & 1).reshape(n, -1)[:, :t]
-    return index.astype(np.int64), sign.astype(np.int64)
-
-
 def weight_image(nibbles: np.ndarray, signs: np.ndarray, k: int, engine: EngineConfig) -> np.ndarray:
-    """Packed TL2 [N, ...] -> uint8 [tiles * chunks, beat_bytes] in the engine's beat layout."""
-    index, sign = tl2_fields_from_packed(nibbles, signs, k)
+    """Packed TL2 [N, ...] -> uint8 [tiles * chunks, beat_bytes] in the engine's beat layout; the
+    fields come from the format registry's reader of the packed bytes (ir/packing.py TL2.fields)."""
+    index, sign = packing.get_format("tl2").fields({"nibbles": nibbles, "signs": signs}, k)
+    index, sign = index.astype(np.int64), sign.astype(np.int64)
     n, t = index.shape
     c, tb = engine.columns, engine.tables
     fb = hn.tlg_index_bits(engine.group) + 1
