@@ -35,7 +35,7 @@ class Copy(wiring.Component):
         return m
 
 def test_copy_controller_through_memport_models():
-        dut = Copy()
+    dut = Copy()
     mem = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)
     ref = mem.copy(); ref[1024:1024+160] = ref[64:64+160]
     sim = Simulator(dut); sim.add_clock(1e-8)
