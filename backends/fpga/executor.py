@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import hw_numerics as hn
-from .images import ternary_from_image
+from .images import kv_row_words, ternary_from_image
 from .isa import Epilogue, Flag, Instr, Opcode, Program, unpack_heads, unpack_kn, unpack_kvquant, unpack_scale
 from .schedule import EngineConfig
 
@@ -122,7 +122,7 @@ class Executor:
             hkv, _, d = unpack_heads(ins["heads"])
             ctx = ins["context"]
             src = self.rows(ins["src"], n, hkv * d).reshape(n, hkv, d)
-            cache = self.i32(ins["cache"], hkv * ctx * d).reshape(hkv, ctx, d)
+            cache = self.i32(ins["cache"], hkv * ctx * kv_row_words(d)).reshape(hkv, ctx, -1)[:, :, :d]
             cache[:, pos:pos + n, :] = hn.kv_from_fx(src).transpose(1, 0, 2)
             if ins["quant"]:
                 bits, gs, residual, sinks = unpack_kvquant(ins["quant"])
@@ -136,8 +136,8 @@ class Executor:
             hq, hkv, d = unpack_heads(ins["heads"])
             ctx, sk = ins["context"], pos + n
             q = self.rows(ins["q"], n, hq * d).reshape(n, hq, d).transpose(1, 0, 2)
-            k = self.i32(ins["cache_k"], hkv * ctx * d).reshape(hkv, ctx, d)[:, :sk]
-            v = self.i32(ins["cache_v"], hkv * ctx * d).reshape(hkv, ctx, d)[:, :sk]
+            k = self.i32(ins["cache_k"], hkv * ctx * kv_row_words(d)).reshape(hkv, ctx, -1)[:, :sk, :d]
+            v = self.i32(ins["cache_v"], hkv * ctx * kv_row_words(d)).reshape(hkv, ctx, -1)[:, :sk, :d]
             q_pos = pos + np.arange(n) if ins.flags & Flag.CAUSAL else np.full(n, sk)
             out = hn.attention_fx(q, k, v, ins["scale"], q_pos, np.arange(sk))
             self.rows(ins["dst"], n, hq * d)[:] = out.transpose(1, 0, 2).reshape(n, hq * d)

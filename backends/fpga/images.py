@@ -11,7 +11,8 @@ DDR map (byte offsets from the DDR_BASE register; every region 4 KiB aligned, in
             index | sign << 4), field (column c, table t) at bits [5(c*tables + t), +5), LSB first,
             ``beat_bytes`` bytes per beat (16 x 28 engine: 280 B). Rows past N and triples past
             ceil(K/3) are 0. Built from the IR's packed TL2 bytes (nibbles/signs), never from floats.
-  kv        per layer, K then V: int32 [kv_heads][context][head_dim] KV words (hw_numerics Q11.12)
+  kv        per layer, K then V: int32 [kv_heads][context][kv_row_words(head_dim)] KV words (hw_numerics
+            Q11.12); a cache row is padded to whole 16-byte DDR beats (pad words are 0, never read as data)
   act       activation buffers: int32 FX [context][width] each (liveness-shared)
 
 Files written into the artifact: ``program.bin``, ``images/consts.bin``, ``images/weights.bin`` (each
@@ -32,6 +33,12 @@ from ...ir.interp import Interpreter
 from .schedule import EngineConfig, Linear, Plan
 
 ALIGN = 4096
+
+
+def kv_row_words(head_dim: int) -> int:
+    """Words per KV-cache row (one token of one KV head): head_dim rounded up to whole 16-byte beats, so
+    every row starts on a DDR beat (the KV_APPEND/ATTN controllers move whole beats)."""
+    return -(-head_dim // 4) * 4
 
 
 def _align(n: int) -> int:
@@ -178,7 +185,7 @@ def build_images(module: Module, plan: Plan, engine: EngineConfig) -> Images:
         lin.addr += base
         mm.symbols[f"weight:{lin.name}"] = lin.addr
 
-    kv_bytes = 4 * plan.kv_heads * plan.context * plan.head_dim
+    kv_bytes = 4 * plan.kv_heads * plan.context * kv_row_words(plan.head_dim)
     base = region("kv", 2 * plan.n_layers * kv_bytes)
     for layer in range(plan.n_layers):
         for j, which in enumerate("kv"):
