@@ -31,6 +31,7 @@ Kernels (all with a symbolic token count M, K and N static):
   gemv (CUDA)     one warp-group per output row block, packed bytes decoded in registers (decode)
   gemm (CUDA)     tiled over tokens x outputs (prefill)
   dp4a (CUDA, i2) the i2 codes as int32 words into `__dp4a` (cuda_ternary.py)
+  quantize_dp4a   CUDA decode: x f32 -> dp4a activation words, code sum, a_scale in one kernel
 
 A new packing format joins by registering in ir/packing.py and adding a `TirDecoder` to
 `decode.TIR_DECODERS` (and, optionally, a kernel of its own here).
@@ -41,7 +42,7 @@ from .compute import (DOT16_LANES, DOT16_MAX_K, LUT_FORMATS, dot16_te, dot_te, g
                       quantize_te)
 from .cpu import FLOAT_LANES, attention_pv_func, attention_scores_func, dense_func, kv_append_func
 from .cuda import (DP4A_FORMAT, GEMM_TOKEN_TILE, dp4a_gemm_func, dp4a_gemv_func, dp4a_pack_func, gqa_decode_pv_func,
-                   gqa_decode_scores_func)
+                   gqa_decode_scores_func, quantize_dp4a_func, quantize_dp4a_te)
 from .decode import SUPPORTED_FORMATS, TIR_DECODERS, TirDecoder, decoded_te, decoder, w_expr
 from .select import (DEFAULT_TUNER, KernelTiming, KernelTuner, available_kinds, build_standalone, choose_kind,
                      matmul_func, measure_kinds, quantize_func, run_standalone, static_kind, target_runs_here)
@@ -51,7 +52,7 @@ __all__ = [
     "KPAD", "padded_k", "scheduled", "DOT16_LANES", "DOT16_MAX_K", "LUT_FORMATS", "dot16_te", "dot_te", "gqa_pv_te",
     "gqa_scores_te", "lut_te", "quantize_te", "FLOAT_LANES", "attention_pv_func", "attention_scores_func",
     "dense_func", "kv_append_func", "DP4A_FORMAT", "GEMM_TOKEN_TILE", "dp4a_gemm_func", "dp4a_gemv_func",
-    "dp4a_pack_func", "gqa_decode_pv_func", "gqa_decode_scores_func", "SUPPORTED_FORMATS", "TIR_DECODERS",
+    "dp4a_pack_func", "quantize_dp4a_func", "quantize_dp4a_te", "gqa_decode_pv_func", "gqa_decode_scores_func", "SUPPORTED_FORMATS", "TIR_DECODERS",
     "TirDecoder", "decoded_te", "decoder", "w_expr", "DEFAULT_TUNER", "KernelTiming", "KernelTuner",
     "available_kinds", "build_standalone", "choose_kind", "matmul_func", "measure_kinds", "quantize_func",
     "run_standalone", "static_kind", "target_runs_here", "VNNI_FEATURES", "VNNI_FORMAT", "VNNI_TILES",

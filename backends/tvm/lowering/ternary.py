@@ -51,9 +51,10 @@ def _tmatmul_dp4a(L, xq_padded, parts, k: int, n: int):
     return L.emit(relax.call_tir(gemv, [words, xw, ssum], relax.TensorType([m, n], "int32")))
 
 
-def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int):
-    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.tvm_target, L.kernel_policy, L.kernel_log, L.target,
-                               tuner=L.tuner)
+def _tmatmul(L, node, xq_padded, parts, fmt: str, k: int, n: int, kind: str | None = None):
+    if kind is None:
+        kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.tvm_target, L.kernel_policy, L.kernel_log,
+                                   L.target, tuner=L.tuner)
     if kind == "dp4a":
         return _tmatmul_dp4a(L, xq_padded, parts, k, n)
     tmm = L.kernel("tmm", (fmt, k, n, kind), lambda: kernels.matmul_func(fmt, k, n, kind))
@@ -97,15 +98,12 @@ def _ternary_linear(L, node, args):
     dt = L.dtype_of(x)
     eps = float(node.attr("eps", semantics.ACT_EPS))
     qkey = (node.inputs[0], k, eps)
-    if qkey in L.quantized:  # linears reading the same activation quantize it once
-        xq, a_scale, lead = L.quantized[qkey]
+    kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.tvm_target, L.kernel_policy, L.kernel_log, L.target,
+                               tuner=L.tuner)
+    if kind == "dp4a" and L.tokens_hint == 1:  # CUDA decode: quantize + pack in one kernel
+        acc, a_scale, lead = _dp4a_decode(L, x, packed, k, n, eps, qkey)
     else:
-        x2, lead = _flatten_tokens(L, x)
-        if dt != "float32":
-            x2 = L.emit(relax.op.astype(x2, "float32"))
-        xq, a_scale = _quantize(L, x2, k, eps)
-        L.quantized[qkey] = (xq, a_scale, lead)
-    acc = _tmatmul(L, node, xq, packed, fmt, k, n)
+        acc, a_scale, lead = _quantized_matmul(L, node, x, packed, fmt, k, n, eps, qkey, kind)
     y = _dequant(L, acc, a_scale, args[1])
     y = L.emit(relax.op.reshape(y, [*lead, n]))
     if bias is not None:
@@ -113,6 +111,48 @@ def _ternary_linear(L, node, args):
     if dt != "float32":
         y = L.emit(relax.op.astype(y, dt))
     return y
+
+
+def _as_f32_tokens(L, x):
+    x2, lead = _flatten_tokens(L, x)
+    if L.dtype_of(x2) != "float32":
+        x2 = L.emit(relax.op.astype(x2, "float32"))
+    return x2, lead
+
+
+def _dp4a_decode(L, x, packed, k: int, n: int, eps: float, qkey):
+    """Decode on CUDA: the fused quantize-and-pack kernel (kernels.quantize_dp4a_func, one launch per
+    activation, shared by the linears that read it) feeding the dp4a GEMV."""
+    key = ("dp4a",) + qkey
+    if key in L.quantized:
+        xw, ssum, a_scale, lead = L.quantized[key]
+    else:
+        x2, lead = _as_f32_tokens(L, x)
+        m = L.shape_of(x2)[0]
+        kw = kernels.DP4A_FORMAT.words_per_row(k)
+        quant = L.kernel("quantize_dp4a", (k, float(eps)), lambda: kernels.quantize_dp4a_func(k, eps))
+        out = L.emit(relax.call_tir(quant, [x2], [relax.TensorType([m, 4, kw], "int32"),
+                                                  relax.TensorType([m], "int32"),
+                                                  relax.TensorType([m, 1], "float32")]))
+        xw, ssum, a_scale = (L.emit(relax.TupleGetItem(out, i)) for i in range(3))
+        L.quantized[key] = (xw, ssum, a_scale, lead)
+    kw = kernels.DP4A_FORMAT.words_per_row(k)
+    words = L.weight_as(packed[0], "int32", [n, kw])
+    if words is None:
+        words = L.emit(relax.op.memory.view(L.tensor(packed[0]), [n, kw], "int32"))
+    gemv = L.kernel("dp4a_gemv", (k, n), lambda: kernels.dp4a_gemv_func(k, n))
+    m = L.shape_of(xw)[0]
+    return L.emit(relax.call_tir(gemv, [words, xw, ssum], relax.TensorType([m, n], "int32"))), a_scale, lead
+
+
+def _quantized_matmul(L, node, x, packed, fmt: str, k: int, n: int, eps: float, qkey, kind: str):
+    if qkey in L.quantized:  # linears reading the same activation quantize it once
+        xq, a_scale, lead = L.quantized[qkey]
+    else:
+        x2, lead = _as_f32_tokens(L, x)
+        xq, a_scale = _quantize(L, x2, k, eps)
+        L.quantized[qkey] = (xq, a_scale, lead)
+    return _tmatmul(L, node, xq, packed, fmt, k, n, kind), a_scale, lead
 
 
 @impl(Op.QuantizeAct)

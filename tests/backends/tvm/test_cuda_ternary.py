@@ -42,3 +42,41 @@ def test_cuda_source_uses_dp4a_and_warp_reduction():
 
     src = compile_gemv(64, 256, 1).mod.imports[0].inspect_source()
     assert "__dp4a" in src and "__shfl_down_sync" in src
+
+
+@pytest.mark.parametrize("k,m", [(168, 1), (300, 3), (2560, 2)])
+def test_fused_quantize_dp4a_matches_quantize_then_pack(k, m, rng):
+    """The fused decode kernel's contract (kernels.quantize_dp4a_te), compiled for the CPU: a_scale,
+    the dp4a words and the code sum equal semantics.quantize_act followed by pack_activations."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import te
+
+    from ternc.backends.tvm.kernels import quantize_dp4a_te
+
+    x_np = (rng.standard_normal((m, k)) * rng.uniform(0.1, 30)).astype(np.float32)
+    x_np[0, : min(k, 5)] = [0.5, -0.5, 1.5, 2.5, -2.5][: min(k, 5)]  # ties: round half to even
+    tensors = quantize_dp4a_te(k, semantics.ACT_EPS, m=m)
+    f = tvm.compile(tvm.IRModule({"main": te.create_prim_func(list(tensors))}), target="llvm")
+    dev = tvm.cpu()
+    kw = packing.I2.words_per_row(k)
+    out = [tvm.runtime.empty(s, d, dev) for s, d in (((m, 4, kw), "int32"), ((m,), "int32"), ((m, 1), "float32"))]
+    f["main"](tvm.runtime.tensor(x_np, dev), *out)
+    x_q, a_scale = semantics.quantize_act(x_np)
+    np.testing.assert_array_equal(out[2].numpy().reshape(-1), np.asarray(a_scale, np.float32).reshape(-1))
+    np.testing.assert_array_equal(out[0].numpy(), pack_activations(x_q))
+    np.testing.assert_array_equal(out[1].numpy(), x_q.astype(np.int64).sum(1).astype(np.int32))
+
+
+def test_fused_quantize_dp4a_cuda_source_is_one_kernel():
+    pytest.importorskip("tvm")
+    import tvm
+
+    from ternc.backends.tvm.kernels import quantize_dp4a_func
+    from ternc.backends.tvm.kernels.cuda_ternary import cuda_target
+
+    src = tvm.compile(tvm.IRModule({"main": quantize_dp4a_func(2560, semantics.ACT_EPS)}),
+                      target=cuda_target()).mod.imports[0].inspect_source()
+    import re
+
+    kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", src))
+    assert len(kernels) == 1 and src.count("__syncthreads") >= 2, kernels
