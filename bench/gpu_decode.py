@@ -135,6 +135,17 @@ class Ternc(TerncModel):
             toks.append(tok)
         return toks, first, t_pre, dts
 
+    def generate_logits(self, ids, steps):
+        """Greedy tokens and every step's logits (prefill's first): (tokens, [logits])."""
+        logits, kv = self.prefill(ids)
+        out = [logits.numpy().reshape(-1).copy()]
+        toks = [int(np.argmax(out[-1]))]
+        for _ in range(steps):
+            logits, kv = self.decode(toks[-1], kv)
+            out.append(logits.numpy().reshape(-1).copy())
+            toks.append(int(np.argmax(out[-1])))
+        return toks, out
+
 
 
 
@@ -180,7 +191,31 @@ def profile_decode(tern: "Ternc", ids, steps: int = 16, kernel_classes=KERNEL_CL
     return res
 
 
-def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, profile: bool = False) -> dict:
+def _divergence(ref: tuple, other: tuple) -> dict:
+    """Where two greedy runs (tokens, per-step logits) part, and why: at the first differing step both
+    engines had been fed the same tokens, so the step's logits differ only by float rounding; a
+    near-tie (the reference's top-2 margin within the logit difference) is a rounding flip, not a bug."""
+    ta, la = ref
+    tb, lb = other
+    d = next((i for i, (a, b) in enumerate(zip(ta, tb)) if a != b), None)
+    if d is None:
+        return {"same_tokens": True, "steps": len(ta)}
+    a, b = la[d], lb[d]
+    top2 = np.sort(a)[-2:]
+    diff = float(np.max(np.abs(a - b)))
+    margin = float(top2[1] - top2[0])
+    before = [float(np.linalg.norm(la[i] - lb[i]) / np.linalg.norm(la[i])) for i in range(d)]
+    return {"same_tokens": False, "first_differing_step": d, "tokens": [int(ta[d]), int(tb[d])],
+            "ref_top2_margin": margin, "max_abs_logit_diff_at_step": diff,
+            "max_rel_l2_logits_before": max(before) if before else None,
+            "reason": ("near-tie: the top-2 margin is within the engines' float rounding difference"
+                       if margin <= 2 * diff else "logits differ by more than rounding at this step")}
+
+
+def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, profile: bool = False,
+        extra: list[str] = (), compile_mode: str | None = None, peers: bool = True) -> dict:
+    """ternc's variants (from `out` and any extra LABEL=DIR builds) interleaved with the torch fp16
+    peers in every repetition: eager, CUDA graph of the eager ops, and torch.compile + CUDA graph."""
     import torch
 
     info = json.loads((out / "model.json").read_text())
@@ -202,45 +237,89 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
         med = float(np.median(dts))
         return {"decode_tok_s": 1.0 / med, "decode_ms_median": 1e3 * med,
                 "decode_ms_p90": 1e3 * float(np.percentile(dts, 90)),
-                "prefill_tok_s": float(np.median([prompt / r[2] for r in runs]))}
+                "prefill_tok_s": float(np.median([prompt / r[2] for r in runs])),
+                "decode_tok_s_per_rep": [1.0 / float(np.median(r[3])) for r in runs]}
 
-    engines, tokens, firsts, keys = {}, {}, {}, {}
-    for v, vinfo in info["variants"].items():
-        tern = Ternc(out / v, module, vinfo)
-        tern.generate(ids[:8], 2)  # warm-up (and CUDA-graph capture where compiled in)
-        runs = [tern.generate(ids, steps) for _ in range(reps)]
-        if any(r[0] != runs[0][0] for r in runs):
-            raise SystemExit(f"ternc [{v}] is not deterministic across runs")
-        tokens[v], firsts[v] = runs[0][0], runs[0][1]
-        _, kv = tern.prefill(ids)
-        keys[v] = [kv[2 * i].numpy()[0] for i in range(cfg.layers)]  # [kv_heads, prompt, head_dim] per layer
-        engines[f"ternc [{v}]"] = {**summary(runs), "weight_bytes": sum(tern.weights[n].numpy().nbytes
-                                                                        for n in vinfo["entries"]["decode"]),
-                                   "kernels": vinfo.get("n_kernels")}
-        log(f"ternc [{v}]: {engines[f'ternc [{v}]']['decode_tok_s']:.1f} tok/s decode")
-        if profile:
+    builds = [("", out)]
+    for e in extra:
+        label, d = e.split("=", 1)
+        builds.append((label, Path(d)))
+    runners, meta = {}, {}
+    for label, bdir in builds:
+        binfo = json.loads((bdir / "model.json").read_text())
+        if binfo["weight_sha256"] != {n: info["weight_sha256"][n] for n in binfo["weight_sha256"]}:
+            raise SystemExit(f"{bdir} was built from other weights than {out}")
+        for v, vinfo in binfo["variants"].items():
+            name = f"ternc [{v}{', ' + label if label else ''}]"
+            tern = Ternc(bdir / v, module, vinfo)
+            tern.generate(ids, 2)  # warm-up (and CUDA-graph capture where compiled in)
+            runners[name] = lambda ids_, steps_, t=tern: t.generate(ids_, steps_)
+            meta[name] = (tern, vinfo)
+    tor = torc = None
+    if peers:
+        tor = TorchFP16(cfg, seed, max_len=prompt + steps + 8)
+        torch_bytes = tor.weight_bytes()
+        with torch.no_grad():
+            tor.generate(ids, 2, "eager")
+            tor.capture()
+            t0 = time.time()
             try:
-                engines[f"ternc [{v}]"]["profile"] = profile_decode(tern, ids)
+                torc = tor.compiled_twin(compile_mode)
+                torc.generate(ids, 2, "eager")  # compiles the prompt-length graph
+                torc.capture()                  # compiles the one-token step, then records it
+                log(f"torch.compile (mode {compile_mode or 'default'}) + capture: {time.time() - t0:.0f}s")
+            except Exception as e:  # report it, keep the rest of the measured run
+                log(f"torch.compile peer FAILED: {type(e).__name__}: {str(e)[:2000]}")
+                torc = None
+        runners["torch fp16 eager (cuBLAS)"] = lambda i, s: tor.generate(i, s, "eager")
+        runners["torch fp16 + CUDA graph"] = lambda i, s: tor.generate(i, s, "graph")
+        if torc is not None:
+            runners["torch fp16 torch.compile + CUDA graph"] = lambda i, s: torc.generate(i, s, "graph")
+    runs: dict = {k: [] for k in runners}
+    with torch.no_grad():
+        for r in range(reps):  # interleaved: every engine once per repetition
+            for k, fn in runners.items():
+                runs[k].append(fn(ids, steps))
+            log(f"rep {r + 1}/{reps}: " + ", ".join(f"{k} {1 / np.median(v[-1][3]):.0f}" for k, v in runs.items()))
+    engines, tokens, firsts, step_logits = {}, {}, {}, {}
+    for k, rs in runs.items():
+        if k.startswith("ternc") and any(r[0] != rs[0][0] for r in rs):
+            raise SystemExit(f"{k} is not deterministic across runs")
+        engines[k] = summary(rs)
+        if k in meta:
+            tern, vinfo = meta[k]
+            engines[k]["weight_bytes"] = sum(tern.weights[n].numpy().nbytes for n in vinfo["entries"]["decode"])
+            engines[k]["kernels"] = vinfo.get("n_kernels")
+            tokens[k], firsts[k] = rs[0][0], rs[0][1]
+        else:
+            engines[k]["weight_bytes"] = torch_bytes
+    ternc_names = list(meta)
+    ref_v = ternc_names[0]
+    toks = tokens[ref_v]
+    # token agreement between ternc variants, with the reason where they part (per-step logits of one
+    # more greedy run each)
+    for k in ternc_names:
+        step_logits[k] = meta[k][0].generate_logits(ids, steps)
+    variant_agreement = {k: _divergence(step_logits[ref_v], step_logits[k]) for k in ternc_names}
+    keys = {}
+    for k in ternc_names:
+        _, kv = meta[k][0].prefill(ids)
+        keys[k] = [kv[2 * i].numpy()[0] for i in range(cfg.layers)]
+    if profile:
+        for k in ternc_names:
+            try:
+                engines[k]["profile"] = profile_decode(meta[k][0], ids)
             except Exception as e:  # the profiler is a diagnostic: never lose the measured run to it
                 log(f"profile failed: {type(e).__name__}: {e}")
-        del tern
-    del module
-    ref_v = next(iter(tokens))
-    toks = tokens[ref_v]
-    variants_agree = {v: t == toks for v, t in tokens.items()}
-
-    tor = TorchFP16(cfg, seed, max_len=prompt + steps + 8)
-    torch_bytes = tor.weight_bytes()
-    with torch.no_grad():
-        tor.generate(ids[:8], 2, "eager")
-        e_runs = [tor.generate(ids, steps, "eager") for _ in range(reps)]
-        tor.capture()
-        g_runs = [tor.generate(ids, steps, "graph") for _ in range(reps)]
-        forced16 = tor.generate(ids, steps, "graph", forced=toks[:-1])
-    engines["torch fp16 eager (cuBLAS)"] = {**summary(e_runs), "weight_bytes": torch_bytes}
-    engines["torch fp16 + CUDA graph"] = {**summary(g_runs), "weight_bytes": torch_bytes}
-    del tor
-    torch.cuda.empty_cache()
+    forced = {}
+    if peers:
+        with torch.no_grad():
+            forced["torch fp16 + CUDA graph"] = tor.generate(ids, steps, "graph", forced=toks[:-1])
+            if torc is not None:
+                forced["torch fp16 torch.compile + CUDA graph"] = torc.generate(ids, steps, "graph",
+                                                                                forced=toks[:-1])
+        del tor, torc
+        torch.cuda.empty_cache()
     # The same graph in torch float32: what ternc computes, up to float summation order (a correctness
     # check of ternc's CUDA code on this model; fp16 is the speed peer and drifts further).
     torch.backends.cuda.matmul.allow_tf32 = False  # true fp32 GEMMs
@@ -248,7 +327,7 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
     with torch.no_grad():
         t32.prefill(ids)
         keys32 = [t32.k[i][0, :, :prompt].cpu().numpy() for i in range(cfg.layers)]
-        forced32 = t32.generate(ids, steps, "eager", forced=toks[:-1])
+        forced["torch fp32 (same math)"] = t32.generate(ids, steps, "eager", forced=toks[:-1])
         # the floor any two implementations meet: torch fp32 against itself with the embeddings
         # perturbed by 1e-7 relative noise (about one float32 ulp)
         t32.embed = t32.embed * (1 + 1e-7 * torch.randn(t32.embed.shape, generator=torch.Generator(
@@ -256,38 +335,49 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
         t32.prefill(ids)
         keys["torch fp32, embeddings x (1 + 1e-7 noise)"] = [t32.k[i][0, :, :prompt].cpu().numpy()
                                                             for i in range(cfg.layers)]
-    del t32
-    # Where do the engines part? Relative L2 of each layer's prefill keys vs torch fp32. A float
-    # difference of one ulp can flip an int8 activation code (round to nearest), and a random
-    # 30-layer network amplifies such flips layer by layer: the profile shows whether a difference
-    # starts at layer 0 (a bug) or grows from rounding (summation order, FMA contraction).
+    del t32, module
     key_rel = {v: [float(np.linalg.norm(keys[v][i] - keys32[i]) / np.linalg.norm(keys32[i]))
                    for i in range(cfg.layers)] for v in keys}
 
-    def agreement(forced):
-        rel = float(np.linalg.norm(firsts[ref_v] - forced[1]) / np.linalg.norm(forced[1]))
-        return {"prefill_logits_rel_l2": rel, "teacher_forced_top1": float(np.mean(np.array(forced[4]) == np.array(toks)))}
+    def agreement(fr):
+        rel = float(np.linalg.norm(firsts[ref_v] - fr[1]) / np.linalg.norm(fr[1]))
+        return {"prefill_logits_rel_l2": rel, "teacher_forced_top1": float(np.mean(np.array(fr[4]) == np.array(toks)))}
 
+    agree = {k: agreement(v) for k, v in forced.items()}
     for r in engines.values():
         r["weight_GBps"] = r["weight_bytes"] / (r["decode_ms_median"] * 1e-3) / 1e9
-    res = {"device": props.name, "model": cfg.__dict__, "prompt": prompt, "steps": steps, "reps": reps,
-           "engines": engines, "ternc_variants_same_tokens": variants_agree,
-           "agreement_vs_torch_fp32": agreement(forced32), "agreement_vs_torch_fp16": agreement(forced16),
+    res = {"device": props.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": cfg.__dict__,
+           "prompt": prompt, "steps": steps, "reps": reps, "interleaved": True,
+           "torch": torch.__version__, "torch_compile_mode": compile_mode or "default",
+           "engines": engines, "ternc_variant_agreement_vs": ref_v, "ternc_variant_agreement": variant_agreement,
+           "peer_agreement_with_ternc_tokens": agree, "reference_engine": ref_v,
            "ternc_tokens": toks[:16], "prefill_key_rel_l2_vs_torch_fp32_per_layer": key_rel}
     best = max((k for k in engines if k.startswith("ternc")), key=lambda k: engines[k]["decode_tok_s"])
-    print(f"\n{cfg.name} on {props.name}: prompt {prompt}, {steps} greedy decode steps, median of {reps} runs\n")
+    peer = "torch fp16 torch.compile + CUDA graph"
+    print(f"\n{cfg.name} on {props.name}: prompt {prompt}, {steps} greedy decode steps, median over {reps} "
+          f"interleaved runs\n")
     print(f"| engine | decode tok/s | ms/token (p90) | prefill tok/s | weights read / token | weight GB/s | "
-          f"{best} speed-up |")
-    print("|---|---|---|---|---|---|---|")
+          f"{best} decode speed-up | prefill speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
     for k, r in engines.items():
-        ratio = engines[best]["decode_tok_s"] / r["decode_tok_s"]
         print(f"| {k} | {r['decode_tok_s']:.1f} | {r['decode_ms_median']:.2f} ({r['decode_ms_p90']:.2f}) | "
-              f"{r['prefill_tok_s']:.0f} | {r['weight_bytes'] / 1e9:.2f} GB | {r['weight_GBps']:.0f} | {ratio:.2f}x |")
-    for name, ag in (("torch fp32 (same math)", res["agreement_vs_torch_fp32"]),
-                     ("torch fp16", res["agreement_vs_torch_fp16"])):
-        print(f"agreement with {name}: prefill logits rel. L2 {ag['prefill_logits_rel_l2']:.2e}, teacher-forced "
-              f"top-1 {100 * ag['teacher_forced_top1']:.1f}% over {steps + 1} tokens")
-    print(f"ternc variants give the same tokens: {variants_agree}")
+              f"{r['prefill_tok_s']:.0f} | {r['weight_bytes'] / 1e9:.2f} GB | {r['weight_GBps']:.0f} | "
+              f"{engines[best]['decode_tok_s'] / r['decode_tok_s']:.2f}x | "
+              f"{engines[best]['prefill_tok_s'] / r['prefill_tok_s']:.2f}x |")
+    if peer in engines:
+        res["best_ternc_vs_compiled_peer"] = {"engine": best,
+                                              "decode": engines[best]["decode_tok_s"] / engines[peer]["decode_tok_s"],
+                                              "prefill": engines[best]["prefill_tok_s"] / engines[peer]["prefill_tok_s"]}
+    for name, ag in agree.items():
+        print(f"{name} teacher-forced on {ref_v}'s tokens: prefill logits rel. L2 {ag['prefill_logits_rel_l2']:.2e}, "
+              f"top-1 agreement {100 * ag['teacher_forced_top1']:.1f}% over {steps + 1} tokens")
+    print(f"\nternc variants' greedy tokens vs {ref_v}:")
+    for k, d in variant_agreement.items():
+        if d["same_tokens"]:
+            print(f"  {k}: same {d['steps']} tokens")
+        else:
+            print(f"  {k}: first differs at step {d['first_differing_step']} ({d['tokens']}): top-2 margin "
+                  f"{d['ref_top2_margin']:.3g}, max |logit diff| {d['max_abs_logit_diff_at_step']:.3g} -> {d['reason']}")
     show = sorted({0, 1, 2, 4, 8, 16, cfg.layers - 1} & set(range(cfg.layers)))
     print("\nprefill keys vs torch fp32, relative L2 by layer (last row: torch fp32 against itself with ~1 ulp of"
           " noise on its embeddings -- the rounding sensitivity of this random int8-activation model):")
@@ -312,11 +402,14 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"build: comma list of {list(VARIANTS)}")
     ap.add_argument("--json")
     ap.add_argument("--profile", action="store_true", help="run: CUDA kernel time of decode steps by class")
+    ap.add_argument("--with", dest="extra", action="append", default=[], metavar="LABEL=DIR",
+                    help="run: also time the variants of another build of the same model (e.g. before=DIR)")
+    ap.add_argument("--compile-mode", default=None, help="run: torch.compile mode of the compiled peer")
     a = ap.parse_args(argv)
     if a.phase == "build":
         build(Path(a.dir), a.layers, a.seed, a.variants.split(","))
     else:
-        run(Path(a.dir), a.json, a.prompt, a.steps, a.reps, a.profile)
+        run(Path(a.dir), a.json, a.prompt, a.steps, a.reps, a.profile, a.extra, a.compile_mode)
     return 0
 
 

@@ -37,13 +37,35 @@ PREFILL_M = 128
 DECODE_VARIANTS = [(1, r, xs) for xs in ("shared", "global") for r in (4, 8, 16)]
 
 
-def build(out: Path, arch: str = "sm_90") -> None:
+BACKEND_DECODE = (1, 4, "shared")  # the schedule `--target cuda` builds (kernels.dp4a_gemv_func)
+
+
+def build_quantize(out: Path, arch: str) -> None:
+    """The backend's fused decode activation kernel (quantize + dp4a pack) per K, as quant_k{K}.*"""
+    import tvm
+
+    from ternc.backends.tvm.kernels import quantize_dp4a_func
+    from ternc.backends.tvm.kernels.cuda_ternary import cuda_target
+    from ternc.ir import semantics
+
+    for k in sorted({k for _, _, k in SHAPES}):
+        f = quantize_dp4a_func(k, semantics.ACT_EPS).with_attr("global_symbol", "quantize_dp4a")
+        ex = tvm.compile(tvm.IRModule({"quantize_dp4a": f}), target=cuda_target(arch))
+        (out / f"quant_k{k}.cu").write_text(ex.mod.imports[0].inspect_source())
+        subprocess.run(["nvcc", "--fatbin", f"-arch={arch}", "-O3", "-o", str(out / f"quant_k{k}.fatbin"),
+                        str(out / f"quant_k{k}.cu")], check=True)
+        ex.export_library(str(out / f"quant_k{k}.so"))
+
+
+def build(out: Path, arch: str = "sm_90", sweep: bool = True) -> None:
     from ternc.backends.tvm.kernels.cuda_ternary import compile_gemm, compile_gemv
 
     out.mkdir(parents=True, exist_ok=True)
+    build_quantize(out, arch)
     manifest = []
+    decode = DECODE_VARIANTS if sweep else [BACKEND_DECODE]
     for name, n, k in SHAPES:
-        for m, rpb, xs in DECODE_VARIANTS + [(PREFILL_M, 4, "shared"), (PREFILL_M, 0, "gemm"), (37, 0, "gemm")]:
+        for m, rpb, xs in decode + [(PREFILL_M, 0, "gemm")] + ([(PREFILL_M, 4, "shared"), (37, 0, "gemm")] if sweep else []):
             tag = f"n{n}_k{k}_m{m}_r{rpb}_{xs}"
             t0 = time.time()
             if xs == "gemm":  # prefill: the tiled GEMM (M = 37: a ragged token tile, checked for exactness)
@@ -107,6 +129,22 @@ def run(out: Path, json_out: str | None) -> None:
     print(f"device: {props.name}, L2 {l2 >> 20} MB, measured copy bandwidth {copy_bw / 1e12:.2f} TB/s", flush=True)
 
     rng = np.random.default_rng(0)
+    quant = {}  # K -> the fused quantize + pack kernel, checked bit-exact once
+    for k in sorted({e["k"] for e in manifest}):
+        current["fatbin"] = (out / f"quant_k{k}.fatbin").read_bytes()
+        qf = tvm.runtime.load_module(str(out / f"quant_k{k}.so"))["quantize_dp4a"]
+        x = (rng.standard_normal((1, k)) * 3).astype(np.float32)
+        x_q, a_scale = semantics.quantize_act(x)
+        tx = torch.from_numpy(x).to(dev)
+        outs = [torch.full(s, -7, dtype=d, device=dev) for s, d in
+                (((1,) + pack_activations(x_q).shape[1:], torch.int32), ((1,), torch.int32), ((1, 1), torch.float32))]
+        qf(tvm.runtime.from_dlpack(tx), *[tvm.runtime.from_dlpack(o) for o in outs])
+        torch.cuda.synchronize()
+        q_exact = (np.array_equal(outs[0].cpu().numpy(), pack_activations(x_q))
+                   and np.array_equal(outs[1].cpu().numpy(), x_q.astype(np.int64).sum(1).astype(np.int32))
+                   and np.array_equal(outs[2].cpu().numpy().reshape(-1), np.asarray(a_scale, np.float32).reshape(-1)))
+        quant[k] = (qf, q_exact)
+        print(f"fused quantize+pack K={k}: bit-exact {q_exact}", flush=True)
     rows = []
     for ent in manifest:
         n, k, m, tag = ent["n"], ent["k"], ent["m"], ent["tag"]
@@ -196,6 +234,16 @@ def run(out: Path, json_out: str | None) -> None:
 
         g_tern = graphed(lambda i: call(Ws[i % copies]))
         g_fp16 = graphed(lambda i: torch.nn.functional.linear(xf, Wf[i % len(Wf)]))
+        g_quant = g_quant_gemv = None
+        if m == 1 and not gemm:
+            # what the backend runs per decode linear: the fused quantize + pack of the f32 activation
+            # (fresh each call), then the GEMV; cuBLAS gets fp16 in and out
+            qf, q_exact = quant[k]
+            exact = exact and q_exact
+            xs32 = [dl(torch.randn(1, k, device=dev)) for _ in range(8)]
+            a_sc = dl(torch.empty(1, 1, device=dev))
+            g_quant = graphed(lambda i: qf(xs32[i % 8], vX, vS, a_sc))
+            g_quant_gemv = graphed(lambda i: (qf(xs32[i % 8], vX, vS, a_sc), call(Ws[i % copies])))
         bw = wbytes / (t_tern * 1e-6)
         gbw = wbytes / (g_tern * 1e-6)
         rows.append({"shape": ent["name"], "m": m, "n": n, "k": k, "rows_per_block": ent.get("rows_per_block", 4),
@@ -205,6 +253,8 @@ def run(out: Path, json_out: str | None) -> None:
                      "weight_bw_TBps": bw / 1e12, "frac_copy_bw": bw / copy_bw,
                      "graph_ternary_us": g_tern, "graph_fp16_us": g_fp16, "graph_speedup": g_fp16 / g_tern,
                      "graph_weight_bw_TBps": gbw / 1e12, "graph_frac_copy_bw": gbw / copy_bw,
+                     "graph_quantize_us": g_quant, "graph_quantize_gemv_us": g_quant_gemv,
+                     "graph_speedup_incl_quantize": (g_fp16 / g_quant_gemv) if g_quant_gemv else None,
                      "fp16_weight_bw_TBps": 2 * n * k / (g_fp16 * 1e-6) / 1e12})
         print(json.dumps(rows[-1]), flush=True)
 
@@ -217,6 +267,15 @@ def run(out: Path, json_out: str | None) -> None:
               f"{r['ternary_us']:.2f} | {r['fp16_us']:.2f} | {r['speedup']:.2f}x | {r['graph_ternary_us']:.2f} | "
               f"{r['graph_fp16_us']:.2f} | {r['graph_speedup']:.2f}x | {r['graph_weight_bw_TBps']:.2f} | "
               f"{100 * r['graph_frac_copy_bw']:.0f}% |")
+    print("\nDecode, the backend's schedule, activation quantization included (ternc: fused quantize+pack of the "
+          "f32 activation, then the GEMV; cuBLAS: fp16 in, fp16 out), CUDA graph of 100 calls:")
+    print("| shape | quantize+pack us | GEMV us | ternc total us | cuBLAS fp16 us | speedup incl. quantize |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r["graph_quantize_gemv_us"] and (r["rows_per_block"], r["x_stage"]) == BACKEND_DECODE[1:]:
+            print(f"| {r['shape']} | {r['graph_quantize_us']:.2f} | {r['graph_ternary_us']:.2f} | "
+                  f"{r['graph_quantize_gemv_us']:.2f} | {r['graph_fp16_us']:.2f} | "
+                  f"{r['graph_speedup_incl_quantize']:.2f}x |")
     if json_out:
         Path(json_out).write_text(json.dumps({"device": props.name, "copy_bw_TBps": copy_bw / 1e12, "rows": rows},
                                              indent=1))
@@ -263,9 +322,11 @@ def main(argv=None) -> int:
     ap.add_argument("dir")
     ap.add_argument("--json")
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="build: only the backend's decode schedule and the prefill GEMM at 128 tokens")
     a = ap.parse_args(argv)
     if a.phase == "build":
-        build(Path(a.dir), a.arch)
+        build(Path(a.dir), a.arch, sweep=not a.no_sweep)
     elif a.phase == "ncu":
         ncu_profile(Path(a.dir))
     else:

@@ -249,6 +249,20 @@ class TorchFP16:
         self.k = [torch.zeros(shape, dtype=self.dt, device=dev) for _ in range(cfg.layers)]
         self.v = [torch.zeros(shape, dtype=self.dt, device=dev) for _ in range(cfg.layers)]
         self.graph = None
+        self._fwd = self.forward  # the step function prefill / decode / capture call
+
+    def compiled_twin(self, mode: str | None = None, backend: str = "inductor") -> "TorchFP16":
+        """The same model (weights shared, KV cache of its own) whose forward is `torch.compile`d
+        (static shapes: one graph for the prompt length, one for a decode step); `capture` then
+        records the compiled step as a CUDA graph -- the compiled fp16 peer."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.k = [self.torch.zeros_like(t) for t in self.k]
+        twin.v = [self.torch.zeros_like(t) for t in self.v]
+        twin.graph = None
+        twin._fwd = self.torch.compile(twin.forward, dynamic=False, mode=mode, backend=backend)
+        return twin
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in [*self.w.values(), self.embed])
@@ -301,12 +315,12 @@ class TorchFP16:
     def prefill(self, ids):
         t = self.torch
         pos = t.arange(len(ids), device=self.dev)
-        return self.forward(t.tensor([list(ids)], device=self.dev), pos, self.mask(pos))
+        return self._fwd(t.tensor([list(ids)], device=self.dev), pos, self.mask(pos))
 
     def decode_eager(self, tok, p):
         t = self.torch
         pos = t.tensor([p], device=self.dev)
-        return self.forward(t.tensor([[tok]], device=self.dev), pos, self.mask(pos))
+        return self._fwd(t.tensor([[tok]], device=self.dev), pos, self.mask(pos))
 
     def capture(self):
         """One decode step as a CUDA graph over static input buffers (token, position, mask)."""
@@ -318,11 +332,11 @@ class TorchFP16:
         s.wait_stream(t.cuda.current_stream())
         with t.cuda.stream(s):
             for _ in range(2):
-                self.forward(self.g_tok, self.g_pos, self.g_mask)
+                self._fwd(self.g_tok, self.g_pos, self.g_mask)
         t.cuda.current_stream().wait_stream(s)
         self.graph = t.cuda.CUDAGraph()
         with t.cuda.graph(self.graph):
-            self.g_out = self.forward(self.g_tok, self.g_pos, self.g_mask)
+            self.g_out = self._fwd(self.g_tok, self.g_pos, self.g_mask)
 
     def decode_graph(self, tok, p):
         self.g_tok.fill_(tok)
