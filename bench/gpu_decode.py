@@ -170,6 +170,7 @@ def profile_decode(tern: "Ternc", ids, steps: int = 16, kernel_classes=KERNEL_CL
             tok = int(np.argmax(logits.numpy().reshape(-1)))
         wall = time.perf_counter() - t0
     by_class: dict = {}
+    by_name: dict = {}
     n_kernels = 0
     for e in prof.events():
         if e.device_type != torch.autograd.DeviceType.CUDA:
@@ -179,10 +180,12 @@ def profile_decode(tern: "Ternc", ids, steps: int = 16, kernel_classes=KERNEL_CL
         cls = next((c for c, keys in kernel_classes if any(k in name for k in ((keys,) if isinstance(keys, str)
                                                                                  else keys))), "other")
         by_class[cls] = by_class.get(cls, 0.0) + e.device_time_total / 1e3  # ms
+        by_name[name] = by_name.get(name, 0.0) + e.device_time_total / 1e3
     busy = sum(by_class.values())
     res = {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps, "gpu_busy_ms_per_step": busy / steps,
            "kernels_per_step": n_kernels / steps,
-           "ms_per_step_by_class": {k: v / steps for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])}}
+           "ms_per_step_by_class": {k: v / steps for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+           "ms_per_step_top_kernels": {k[:120]: v / steps for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:15]}}
     print(f"\nternc decode profile ({steps} steps): wall {res['wall_ms_per_step']:.2f} ms/step, GPU busy "
           f"{res['gpu_busy_ms_per_step']:.2f} ms/step ({100 * busy / 1e3 / wall:.0f}%), "
           f"{res['kernels_per_step']:.0f} kernels/step")
@@ -301,6 +304,8 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
     for k in ternc_names:
         step_logits[k] = meta[k][0].generate_logits(ids, steps)
     variant_agreement = {k: _divergence(step_logits[ref_v], step_logits[k]) for k in ternc_names}
+    same_tokens_pairs = {f"{a} == {b}": step_logits[a][0] == step_logits[b][0]
+                         for i, a in enumerate(ternc_names) for b in ternc_names[i + 1:]}
     keys = {}
     for k in ternc_names:
         _, kv = meta[k][0].prefill(ids)
@@ -350,6 +355,7 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
            "prompt": prompt, "steps": steps, "reps": reps, "interleaved": True,
            "torch": torch.__version__, "torch_compile_mode": compile_mode or "default",
            "engines": engines, "ternc_variant_agreement_vs": ref_v, "ternc_variant_agreement": variant_agreement,
+           "ternc_same_tokens_pairs": same_tokens_pairs,
            "peer_agreement_with_ternc_tokens": agree, "reference_engine": ref_v,
            "ternc_tokens": toks[:16], "prefill_key_rel_l2_vs_torch_fp32_per_layer": key_rel}
     best = max((k for k in engines if k.startswith("ternc")), key=lambda k: engines[k]["decode_tok_s"])
@@ -378,6 +384,8 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
         else:
             print(f"  {k}: first differs at step {d['first_differing_step']} ({d['tokens']}): top-2 margin "
                   f"{d['ref_top2_margin']:.3g}, max |logit diff| {d['max_abs_logit_diff_at_step']:.3g} -> {d['reason']}")
+    for pair, same in same_tokens_pairs.items():
+        print(f"  {pair}: {'same' if same else 'different'} tokens")
     show = sorted({0, 1, 2, 4, 8, 16, cfg.layers - 1} & set(range(cfg.layers)))
     print("\nprefill keys vs torch fp32, relative L2 by layer (last row: torch fp32 against itself with ~1 ulp of"
           " noise on its embeddings -- the rounding sensitivity of this random int8-activation model):")

@@ -120,32 +120,35 @@ def _schedule_of(tensors: list, block: str):
 
 def gqa_decode_scores_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     """CUDA decode attention scores for one query token: s[b, h, 0, j] = q[b, h, 0] . k[b, h // g, j]
-    (GQA by indexing, no repeated K). A thread per (head, key) reduces the head dim in order (no
-    cross-thread reduction; K rows are re-read from L1/L2 by the heads of a group). The caller
-    pre-scales q."""
+    (GQA by indexing, no repeated K). A block per key, a warp per query head: the 32 lanes read the
+    key row coalesced and a warp shuffle sums the head dim (the heads of a group re-read the row
+    from L1). The caller pre-scales q."""
     q, k, s = gqa_scores_te(hq, hkv, d, 1, "scores")
     sch, blk = _schedule_of([q, k, s], "scores")
     lb, lh, li, lj, lr = sch.get_loops(blk)
-    f = sch.fuse(lb, lh, li, lj)
-    fo, fi = sch.split(f, [None, 128])
-    sch.bind(fo, "blockIdx.x")
-    sch.bind(fi, "threadIdx.x")
-    _, ri = sch.split(lr, [None, 4])
-    sch.unroll(ri)
+    ro, rx = sch.split(lr, [None, 32])
+    sch.reorder(lb, li, lj, lh, rx, ro)
+    sch.bind(sch.fuse(lb, li, lj), "blockIdx.x")  # no predicate: the warp reduction needs whole warps
+    sch.bind(lh, "threadIdx.y")
+    sch.bind(rx, "threadIdx.x")
+    sch.unroll(ro)
     return scheduled(sch.mod["main"], f"ternc_gqa_scores_h{hq}_{hkv}_d{d}")
 
 
-def gqa_decode_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
+def gqa_decode_pv_func(hq: int, hkv: int, d: int, lanes: int = 32) -> tirx.PrimFunc:
     """CUDA decode attention output for one query token: out[b, h, 0, e] = sum_j p[b, h, 0, j] *
-    v[b, h // g, j, e]. A block per head, a thread per output element e (coalesced rows of V), keys
-    summed in order by each thread."""
+    v[b, h // g, j, e]. A block per (head, `lanes` output elements) -- d / lanes blocks per head, so
+    a 20-head model fills 80 SMs instead of 20 -- a thread per output element e (coalesced rows of
+    V), keys summed in order by each thread."""
     p, v, o = gqa_pv_te(hq, hkv, d, 1)
     sch, blk = _schedule_of([p, v, o], "pv")
     lb, lh, li, le, lr = sch.get_loops(blk)
-    sch.bind(sch.fuse(lb, lh, li), "blockIdx.x")
-    sch.bind(le, "threadIdx.x")
+    lanes = min(lanes, d)
+    eo, ex = sch.split(le, [None, lanes])
+    sch.bind(sch.fuse(lb, lh, li, eo), "blockIdx.x")
+    sch.bind(ex, "threadIdx.x")
     acc = sch.cache_write(blk, 0, "local")
-    sch.reverse_compute_at(acc, le)
+    sch.reverse_compute_at(acc, ex)
     return scheduled(sch.mod["main"], f"ternc_gqa_pv_h{hq}_{hkv}_d{d}")
 
 

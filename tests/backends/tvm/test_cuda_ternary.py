@@ -80,3 +80,22 @@ def test_fused_quantize_dp4a_cuda_source_is_one_kernel():
 
     kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", src))
     assert len(kernels) == 1 and src.count("__syncthreads") >= 2, kernels
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 42), (20, 5, 128)])
+def test_decode_attention_kernels_reduce_across_a_warp_or_per_thread(hq, hkv, d):
+    """Decode attention schedules: scores reduce the head dim with a warp shuffle (a lane-wide
+    read-modify-write of the output would race), PV keeps one accumulator per thread in registers."""
+    pytest.importorskip("tvm")
+    import tvm
+
+    from ternc.backends.tvm.kernels import gqa_decode_pv_func, gqa_decode_scores_func
+    from ternc.backends.tvm.kernels.cuda_ternary import cuda_target
+
+    def source(f):
+        return tvm.compile(tvm.IRModule({"main": f}), target=cuda_target()).mod.imports[0].inspect_source()
+
+    scores = source(gqa_decode_scores_func(hq, hkv, d))
+    assert "__shfl_down_sync" in scores and "in_thread_scores" in scores
+    pv = source(gqa_decode_pv_func(hq, hkv, d))
+    assert "pv_local" in pv and "threadIdx.y" not in pv
