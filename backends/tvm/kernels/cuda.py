@@ -174,19 +174,34 @@ def dp4a_gemv_func(k: int, n: int) -> tirx.PrimFunc:
 QUANTIZE_DP4A_THREADS = 512
 
 
-def quantize_dp4a_te(k: int, eps: float, m=None):
+def quantize_dp4a_te(k: int, eps: float, m=None, norm_eps: float | None = None):
     """TE of the fused decode activation path: x f32 [M, K] -> (xw, ssum, a_scale), with
     a_scale = 127 / max(absmax_k x, eps), codes c = clip(rint(x * a_scale), -128, 127) (the
     `quantize` kernel's math), xw the group-major dp4a words of the codes (dp4a_pack_func's layout,
-    zero beyond K) and ssum = sum_k c. Returns (x, xw, ssum, a_scale)."""
+    zero beyond K) and ssum = sum_k c. With `norm_eps`, x is first RMS-normalized with a weight
+    w f32 [K] as TVM's rms_norm computes it (x * rsqrt(sum x^2 / K + norm_eps) * w), so the norm
+    runs in the same kernel. Returns (x, [w,] xw, ssum, a_scale)."""
     from ....ir import semantics
 
     m = tirx.Var("m", "int64") if m is None else m
     kw = DP4A_FORMAT.words_per_row(k)
     words_per_block = DP4A_FORMAT.lanes // 4
     x = te.placeholder((m, k), "float32", name="x")
+    inputs = [x]
+    if norm_eps is None:
+        def value(i, kk):
+            return x[i, kk]
+    else:
+        w = te.placeholder((k,), "float32", name="w")
+        inputs.append(w)
+        rn = te.reduce_axis((0, k), name="rn")
+        sq = te.compute((m,), lambda i: te.sum(x[i, rn] * x[i, rn], axis=rn), name="sumsq")
+
+        def value(i, kk):
+            inv = tirx.rsqrt(sq[i] / tirx.const(k, "float32") + tirx.const(norm_eps, "float32"))
+            return x[i, kk] * inv * w[kk]
     rk = te.reduce_axis((0, k), name="rk")
-    amax = te.compute((m,), lambda i: te.max(te.abs(x[i, rk]), axis=rk), name="amax")
+    amax = te.compute((m,), lambda i: te.max(te.abs(value(i, rk)), axis=rk), name="amax")
 
     def scale(i):
         return tirx.const(semantics.ACT_QMAX, "float32") / te.max(amax[i], tirx.const(eps, "float32"))
@@ -194,39 +209,46 @@ def quantize_dp4a_te(k: int, eps: float, m=None):
     a_scale = te.compute((m, 1), lambda i, _: scale(i), name="a_scale")
 
     def code(i, kk):
-        v = tirx.nearbyint(x[i, tirx.min(kk, k - 1)] * scale(i))
+        v = tirx.nearbyint(value(i, tirx.min(kk, k - 1)) * scale(i))
         v = te.min(te.max(v, tirx.const(semantics.ACT_QMIN, "float32")), tirx.const(semantics.ACT_QMAX, "float32"))
         return tirx.Select(kk < k, tirx.Cast("int32", v), tirx.const(0, "int32"))
 
-    def word(i, g, w):
-        base = (w // words_per_block) * DP4A_FORMAT.block + g * DP4A_FORMAT.lanes + (w % words_per_block) * 4
+    def word(i, g, w_):
+        base = (w_ // words_per_block) * DP4A_FORMAT.block + g * DP4A_FORMAT.lanes + (w_ % words_per_block) * 4
         return ((code(i, base) & 255) | ((code(i, base + 1) & 255) << 8) | ((code(i, base + 2) & 255) << 16)
                 | (code(i, base + 3) << 24))
 
     xw = te.compute((m, 4, kw), word, name="xw")
     rs = te.reduce_axis((0, k), name="rs")
     ssum = te.compute((m,), lambda i: te.sum(code(i, rs), axis=rs), name="ssum")
-    return x, xw, ssum, a_scale
+    return (*inputs, xw, ssum, a_scale)
 
 
-def quantize_dp4a_func(k: int, eps: float, threads: int = QUANTIZE_DP4A_THREADS) -> tirx.PrimFunc:
+def quantize_dp4a_func(k: int, eps: float, threads: int = QUANTIZE_DP4A_THREADS,
+                       norm_eps: float | None = None) -> tirx.PrimFunc:
     """CUDA decode: one kernel (one thread block per token) for what `quantize` + `dp4a_pack` do in
     five: the absmax as a block-wide reduction into shared memory, then the dp4a activation words
     (each thread quantizes and packs 4 codes per word) and the code sum (a second block reduction),
     and the token's a_scale. (x f32 [M, K]) -> (xw i32 [M, 4, Kw], ssum i32 [M], a_scale f32 [M, 1]);
-    bit-identical to quantize_func followed by dp4a_pack_func (same float expression per code)."""
+    bit-identical to quantize_func followed by dp4a_pack_func (same float expression per code).
+    norm_eps: (x, w) -> ...: the RMSNorm producing x joins the kernel (its sum of squares is one more
+    block reduction first), replacing the norm's own launch."""
     from tvm import s_tir
 
-    x, xw, ssum, a_scale = quantize_dp4a_te(k, eps)
-    sch = s_tir.Schedule(te.create_prim_func([x, xw, ssum, a_scale]))
-    amax_b = sch.get_sblock("amax")
-    i, _ = sch.get_loops(amax_b)
+    tensors = quantize_dp4a_te(k, eps, norm_eps=norm_eps)
+    sch = s_tir.Schedule(te.create_prim_func(list(tensors)))
+    first = "amax" if norm_eps is None else "sumsq"
+    first_b = sch.get_sblock(first)
+    i, _ = sch.get_loops(first_b)
     sch.bind(i, "blockIdx.x")
-    sch.set_scope(amax_b, 0, "shared")
+    sch.set_scope(first_b, 0, "shared")
+    if norm_eps is not None:
+        sch.reverse_compute_at(sch.get_sblock("amax"), i)
+        sch.set_scope(sch.get_sblock("amax"), 0, "shared")
     for name in ("xw", "ssum", "a_scale"):
         sch.reverse_compute_at(sch.get_sblock(name), i)
     _, g, w = sch.get_loops(sch.get_sblock("xw"))
-    for name in ("amax", "ssum"):  # cross-thread (block-wide) reductions
+    for name in ("sumsq", "amax", "ssum") if norm_eps is not None else ("amax", "ssum"):  # block-wide reductions
         r = sch.get_loops(sch.get_sblock(name))[-1]
         ro, ri = sch.split(r, [None, threads])
         sch.reorder(ri, ro)
@@ -236,4 +258,5 @@ def quantize_dp4a_func(k: int, eps: float, threads: int = QUANTIZE_DP4A_THREADS)
     unit = sch.add_unit_loop(sch.get_sblock("a_scale"))
     _, si = sch.split(unit, [None, threads])  # thread 0 writes it
     sch.bind(si, "threadIdx.x")
-    return scheduled(sch.mod["main"], f"ternc_quantize_dp4a_k{k}")
+    name = f"ternc_quantize_dp4a_k{k}" if norm_eps is None else f"ternc_rmsnorm_quantize_dp4a_k{k}"
+    return scheduled(sch.mod["main"], name)

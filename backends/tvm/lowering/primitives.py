@@ -221,6 +221,11 @@ def _gemm(L, node, args):
 
 @impl(Op.RMSNorm)
 def _rmsnorm(L, node, args):
+    from .ternary import fuse_rmsnorm_into_dp4a
+
+    fused = fuse_rmsnorm_into_dp4a(L, node, args)  # CUDA decode: the norm joins the quantize kernel
+    if fused is not None:
+        return fused
     x, w = L.tensor(args[0]), L.tensor(args[1])
     return relax.op.nn.rms_norm(x, w, axes=[-1], epsilon=float(node.attr("eps")))
 

@@ -8,7 +8,7 @@ from tvm import relax, tirx
 from ....ir import packing, semantics
 from ....ir.ops import Op
 from .. import kernels
-from .common import _as_int, _flatten_tokens, _simplify, impl
+from .common import Lazy, _as_int, _flatten_tokens, _simplify, impl
 
 
 def _quantize(L, x2, k: int, eps: float):
@@ -87,22 +87,75 @@ def _dequant(L, acc, a_scale, w_scale):
     return L.emit(relax.op.multiply(y, ws))
 
 
+def _decode_dp4a_linear(L, node) -> bool:
+    """Whether this TernaryLinear runs as the CUDA decode dp4a GEMV (kernels.choose_kind)."""
+    if not (L.tvm_target.gpu and L.tokens_hint == 1) or node.attr("format") != kernels.DP4A_FORMAT.name:
+        return False
+    k, n = node.attr("k"), node.attr("n")
+    return k is not None and n is not None and kernels.choose_kind(
+        node.attr("format"), int(k), int(n), L.tokens_hint, L.tvm_target, L.kernel_policy, L.kernel_log,
+        L.target, tuner=L.tuner) == "dp4a"
+
+
+def fuse_rmsnorm_into_dp4a(L, node, args):
+    """CUDA decode: an RMSNorm whose every reader is a dp4a TernaryLinear (BitNet's pre- and
+    sub-norms) runs inside the activation quantize-and-pack kernel (kernels.quantize_dp4a_func with
+    norm_eps): the linears find their packed activation in L.quantized, and the normalized tensor
+    itself is only emitted (Lazy) if something else reads it. None when the pattern does not hold."""
+    if not (L.tvm_target.gpu and L.tokens_hint == 1):
+        return None
+    out = node.outputs[0].name
+    if not hasattr(L, "_consumers"):
+        L._consumers = L.fn.consumers()
+    readers = L._consumers.get(out, [])
+    if (not readers or out in L.fn.results
+            or any(r.op != Op.TernaryLinear or r.inputs[0] != out or not _decode_dp4a_linear(L, r) for r in readers)):
+        return None
+    keys = {(int(r.attr("k")), float(r.attr("eps", semantics.ACT_EPS))) for r in readers}
+    if len(keys) != 1:
+        return None
+    (k, eps), = keys
+    x, w = L.tensor(args[0]), L.tensor(args[1])
+    if (L.dtype_of(x) != "float32" or L.dtype_of(w) != "float32" or _as_int(L.shape_of(x)[-1]) != k
+            or [_as_int(d) for d in L.shape_of(w)] != [k]):
+        return None
+    norm_eps = float(node.attr("eps"))
+    x2, lead = _flatten_tokens(L, x)
+    m = L.shape_of(x2)[0]
+    kw = kernels.DP4A_FORMAT.words_per_row(k)
+    fused = L.kernel("rmsnorm_quantize_dp4a", (k, eps, norm_eps),
+                     lambda: kernels.quantize_dp4a_func(k, eps, norm_eps=norm_eps))
+    res = L.emit(relax.call_tir(fused, [x2, w], [relax.TensorType([m, 4, kw], "int32"),
+                                                 relax.TensorType([m], "int32"),
+                                                 relax.TensorType([m, 1], "float32")]))
+    xw, ssum, a_scale = (L.emit(relax.TupleGetItem(res, i)) for i in range(3))
+    L.quantized[("dp4a", out, k, eps)] = (xw, ssum, a_scale, lead)
+    return Lazy(lambda: relax.op.nn.rms_norm(x, w, axes=[-1], epsilon=norm_eps), source=x, shape=L.shape_of(x))
+
+
 @impl(Op.TernaryLinear)
 def _ternary_linear(L, node, args):
-    x = L.tensor(args[0])
     packed = list(args[2:])
     bias = None
     if node.attr("has_bias", 0):
         bias, packed = packed[-1], packed[:-1]
     fmt, k, n = _format_attrs(L, node, len(packed))
-    dt = L.dtype_of(x)
     eps = float(node.attr("eps", semantics.ACT_EPS))
     qkey = (node.inputs[0], k, eps)
     kind = kernels.choose_kind(fmt, k, n, L.tokens_hint, L.tvm_target, L.kernel_policy, L.kernel_log, L.target,
                                tuner=L.tuner)
-    if kind == "dp4a" and L.tokens_hint == 1:  # CUDA decode: quantize + pack in one kernel
+    if kind == "dp4a" and L.tokens_hint == 1 and ("dp4a",) + qkey in L.quantized:
+        # the producer (a fused RMSNorm) already quantized and packed this activation: the input
+        # tensor itself is not read (reading it would emit the norm)
+        dt = "float32"
+        acc, a_scale, lead = _dp4a_decode(L, None, packed, k, n, eps, qkey)
+    elif kind == "dp4a" and L.tokens_hint == 1:  # CUDA decode: quantize + pack in one kernel
+        x = L.tensor(args[0])
+        dt = L.dtype_of(x)
         acc, a_scale, lead = _dp4a_decode(L, x, packed, k, n, eps, qkey)
     else:
+        x = L.tensor(args[0])
+        dt = L.dtype_of(x)
         acc, a_scale, lead = _quantized_matmul(L, node, x, packed, fmt, k, n, eps, qkey, kind)
     y = _dequant(L, acc, a_scale, args[1])
     y = L.emit(relax.op.reshape(y, [*lead, n]))

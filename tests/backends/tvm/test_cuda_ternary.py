@@ -99,3 +99,56 @@ def test_decode_attention_kernels_reduce_across_a_warp_or_per_thread(hq, hkv, d)
     assert "__shfl_down_sync" in scores and "in_thread_scores" in scores
     pv = source(gqa_decode_pv_func(hq, hkv, d))
     assert "pv_local" in pv and "threadIdx.y" not in pv
+
+
+def test_fused_rmsnorm_quantize_dp4a_matches_tvm_rms_norm_then_quantize(rng):
+    """The norm-fused variant (norm_eps) equals TVM's own rms_norm followed by the fused quantize
+    kernel, bit for bit (CPU build of both contracts)."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import te, topi
+
+    from ternc.backends.tvm.kernels import quantize_dp4a_te
+
+    m, k, norm_eps = 2, 2560, 1e-5
+    x_np = (rng.standard_normal((m, k)) * 4).astype(np.float32)
+    w_np = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    dev = tvm.cpu()
+    kw = packing.I2.words_per_row(k)
+
+    def outs():
+        return [tvm.runtime.empty(s, d, dev) for s, d in (((m, 4, kw), "int32"), ((m,), "int32"), ((m, 1), "float32"))]
+
+    fused = quantize_dp4a_te(k, semantics.ACT_EPS, m=m, norm_eps=norm_eps)
+    f = tvm.compile(tvm.IRModule({"main": te.create_prim_func(list(fused))}), target="llvm")
+    got = outs()
+    f["main"](tvm.runtime.tensor(x_np, dev), tvm.runtime.tensor(w_np, dev), *got)
+
+    x, w = te.placeholder((m, k), "float32", name="x"), te.placeholder((k,), "float32", name="w")
+    y = topi.nn.rms_norm(x, w, axis=[1], epsilon=norm_eps)
+    g = tvm.compile(tvm.IRModule({"main": te.create_prim_func([x, w, y])}), target="llvm")
+    y_nd = tvm.runtime.empty((m, k), "float32", dev)
+    g["main"](tvm.runtime.tensor(x_np, dev), tvm.runtime.tensor(w_np, dev), y_nd)
+    plain = quantize_dp4a_te(k, semantics.ACT_EPS, m=m)
+    h = tvm.compile(tvm.IRModule({"main": te.create_prim_func(list(plain))}), target="llvm")
+    want = outs()
+    h["main"](y_nd, *want)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_cuda_decode_fuses_rmsnorm_into_quantize():
+    """Lowering for CUDA decode: BitNet's pre-/sub-norms (read only by dp4a linears) become one
+    rmsnorm+quantize kernel each; the final norm (read by the fp16 LM head) stays an rms_norm."""
+    pytest.importorskip("tvm")
+    from dataclasses import replace
+
+    from ternc.backends.tvm.lowering import lower_module
+    from ternc.models import synthetic_bitnet as syn
+
+    cfg = replace(syn.B2B4T, layers=2, hidden=256, ffn=384, heads=4, kv_heads=2, vocab=300, max_pos=64)
+    low = lower_module(syn.build_module(cfg, "i2", seed=3, static_decode=1), None, "cuda", decode_tokens=1)
+    decode = low.mod["decode"].script()
+    names = [gv.name_hint for gv in low.mod.functions]
+    assert decode.count("ternc_rmsnorm_quantize_dp4a") == 4 * cfg.layers, names  # per layer: 2 pre-, 2 sub-norms
+    assert decode.count("R.nn.rms_norm") == 1  # the final norm
+    assert "ternc_rmsnorm_quantize_dp4a" not in low.mod["prefill"].script()
