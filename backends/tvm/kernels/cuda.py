@@ -138,12 +138,13 @@ def gqa_decode_scores_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
 def gqa_decode_pv_func(hq: int, hkv: int, d: int, lanes: int = 32) -> tirx.PrimFunc:
     """CUDA decode attention output for one query token: out[b, h, 0, e] = sum_j p[b, h, 0, j] *
     v[b, h // g, j, e]. A block per (head, `lanes` output elements) -- d / lanes blocks per head, so
-    a 20-head model fills 80 SMs instead of 20 -- a thread per output element e (coalesced rows of
-    V), keys summed in order by each thread."""
+    a 20-head model fills 80 SMs instead of 20 (one block per head when lanes does not divide d) --
+    a thread per output element e (coalesced rows of V), keys summed in order by each thread."""
     p, v, o = gqa_pv_te(hq, hkv, d, 1)
     sch, blk = _schedule_of([p, v, o], "pv")
     lb, lh, li, le, lr = sch.get_loops(blk)
-    lanes = min(lanes, d)
+    if d % lanes:  # no predicated tail: its register write-back would land in the next head's row
+        lanes = d
     eo, ex = sch.split(le, [None, lanes])
     sch.bind(sch.fuse(lb, lh, li, eo), "blockIdx.x")
     sch.bind(ex, "threadIdx.x")

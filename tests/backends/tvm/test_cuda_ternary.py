@@ -99,6 +99,10 @@ def test_decode_attention_kernels_reduce_across_a_warp_or_per_thread(hq, hkv, d)
     assert "__shfl_down_sync" in scores and "in_thread_scores" in scores
     pv = source(gqa_decode_pv_func(hq, hkv, d))
     assert "pv_local" in pv and "threadIdx.y" not in pv
+    # no predicated tail (d = 42 is not a multiple of 32): an unguarded register write-back of the
+    # idle lanes would overwrite the next head's outputs (it did, found by gpu_check on the H200)
+    body = pv[pv.index("{", pv.index("ternc_gqa_pv")):]
+    assert "if (((" not in body.replace("if (rj == (int64_t)0)", ""), body
 
 
 def test_fused_rmsnorm_quantize_dp4a_matches_tvm_rms_norm_then_quantize(rng):
