@@ -162,3 +162,39 @@ def _lint(name, component, tmp_path):
 @pytest.mark.parametrize("block", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_attn_ctl_verilator_lint_clean(block, tmp_path):
     _lint("attn_ctl", AttnCtl(42, 4, 64) if block == 0 else PrefillAttnCtl(10, 4, 16, block, 64, group=2), tmp_path)
+
+
+def test_attn_ctls_non_causal_and_extreme_values(programs):
+    """Cases the compiled programs never produce: the CAUSAL flag off (every row sees POS+N keys) and
+    saturating values (q words at the FX limits, cache words at the 24-bit KV limits), expected values
+    from the executor on the same DDR."""
+    import numpy as np
+
+    from ternc.backends.fpga.executor import Executor
+    from ternc.backends.fpga.isa import Instr
+    from ternc.ir import hw_numerics as hn
+    from ternc.sim.ctl_bench import State
+
+    plan, im = programs["llama"]
+    st = next(program_states(plan, im, ENG, CTX, [3, 1, 4, 1, 5], 0, {Opcode.ATTN}))
+    ins = Instr(st.instr.op, st.instr.fields, st.instr.epilogue, Flag.NONE, st.instr.note)
+    hq, hkv, d = unpack_heads(ins["heads"])
+    ex = Executor(plan.program, im.memmap.to_json(), im.consts, im.weights, im.lm_head, ENG, CTX)
+    ex.ddr = st.ddr.copy()
+    rng = np.random.default_rng(7)
+    q = ex.rows(ins["q"], 5, hq * d)
+    q[0, :3] = [hn.FX_MAX, hn.FX_MIN, hn.FX_MAX]
+    q[2] = rng.integers(-(1 << 22), 1 << 22, hq * d)           # scores far apart: most p_t flush to 0
+    for cache in ("cache_k", "cache_v"):
+        c = ex.i32(ins[cache], hkv * CTX * kv_row_words(d)).reshape(hkv, CTX, -1)
+        c[0, 1, :d] = hn.KV_MAX
+        c[1, 3, :d:2] = hn.KV_MIN
+    ex.n, ex.pos = 5, 0
+    before = ex.ddr.copy()
+    ex.step(ins)
+    case = State(st.index, ins, 5, 0, before, ex.ddr.copy())
+    assert not np.array_equal(case.want, st.want)              # the edits and the flag matter
+    for dut in (AttnCtl(d, 4, CTX), PrefillAttnCtl(d, 4, CTX, block=2, max_width=256, group=2)):
+        got, res = run_controller(dut, case, seed=3)
+        assert res["error"] == 0
+        assert_same_ddr(got, case)
