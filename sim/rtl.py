@@ -243,7 +243,7 @@ class RtlReport:
     def text(self) -> str:
         pt = self.per_token()
         lines = [f"{'accelerator (RTL, Verilator):':<37}{self.tokens}",
-                 f"{self.reference + ":":<37}{self.ref_tokens}",
+                 f"{self.reference + chr(58):<37}{self.ref_tokens}",
                  f"logits equal per call: {sum(self.logits_equal)}/{len(self.logits_equal)} "
                  f"(max |diff| {max(self.max_abs_diff, default=0):g})",
                  f"cycles: prefill {pt['prefill_cycles']}, decode {pt['decode_cycles']}",
