@@ -97,7 +97,14 @@ def test_executor_equals_interpreter_default_model(kv260_bitnet):
     ops = [i.op for i in plan.program.instrs]
     assert ops.count(isa.Opcode.ATTN) == 2 and ops[-1] == isa.Opcode.END
     eps = {i.epilogue for i in plan.program.instrs if i.op == isa.Opcode.LINEAR}
-    assert eps == {isa.Epilogue.NONE, isa.Epilogue.ROPE, isa.Epilogue.RESIDUAL, isa.Epilogue.GATE_RELU2}
+    assert eps == {isa.Epilogue.NONE, isa.Epilogue.RESIDUAL, isa.Epilogue.GATE_RELU2}
+    # q and k: LINEAR (NONE) then ROPE in place on its rows, per layer
+    ropes = [(j, i) for j, i in enumerate(plan.program.instrs) if i.op == isa.Opcode.ROPE]
+    assert len(ropes) == 4
+    for j, r in ropes:
+        prev = plan.program.instrs[j - 1]
+        assert prev.op == isa.Opcode.LINEAR and prev["dst"] == r["src"] == r["dst"]
+        assert isa.unpack_heads(r["heads"])[2] == 42 and r["table"] > 0
 
 
 def test_executor_equals_interpreter_llama_silu_gqa_unaligned(kv260_llama):
