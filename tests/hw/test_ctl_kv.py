@@ -41,9 +41,9 @@ def _executor(module) -> Executor:
     return Executor(plan.program, im.memmap.to_json(), im.consts, im.weights, im.lm_head, ENG, CTX)
 
 
-def _calls_until(ex: Executor, calls: list[list[int]], which: int):
-    """Run every call but the last; in the last one step up to KV_APPEND number `which` and yield
-    (instr, ddr before, ddr after, n, pos) for it."""
+def _appends(ex: Executor, calls: list[list[int]]):
+    """Run every call but the last; step through the last one and yield (instr, ddr before, ddr after,
+    n, pos) for each of its KV_APPEND instructions."""
     pos = 0
     for ids in calls[:-1]:
         ex.run(ids, pos)
@@ -51,15 +51,19 @@ def _calls_until(ex: Executor, calls: list[list[int]], which: int):
     ids = np.asarray(calls[-1], np.int64)
     ex.i32(ex.mm["symbols"]["ids:0"], ids.size)[:] = ids
     ex.n, ex.pos = ids.size, pos
-    seen = 0
     for ins in ex.program.instrs:
-        if ins.op == isa.Opcode.KV_APPEND:
-            if seen == which:
-                before = ex.ddr.copy()
-                ex.step(ins)
-                return ins, before, ex.ddr.copy(), ids.size, pos
-            seen += 1
+        if ins.op == isa.Opcode.END:
+            return
+        before = ex.ddr.copy() if ins.op == isa.Opcode.KV_APPEND else None
         ex.step(ins)
+        if before is not None:
+            yield ins, before, ex.ddr.copy(), ids.size, pos
+
+
+def _calls_until(ex: Executor, calls: list[list[int]], which: int):
+    for i, case in enumerate(_appends(ex, calls)):
+        if i == which:
+            return case
     raise AssertionError(f"no KV_APPEND number {which}")
 
 
@@ -119,22 +123,92 @@ def test_append_prefill_and_decode_plain(plain, which):
     _exact_cycles(ins, before, n, pos)
 
 
-def test_quantized_prefill_crosses_a_group(kv4):
-    """9 prompt tokens, group 6, residual 2: tokens 0..5 are quantized by the prefill (K and V)."""
-    for which in (0, 1):
-        ex = _executor(kv4)
-        ins, before, after, n, pos = _calls_until(ex, [[5, 6, 7, 8, 9, 1, 2, 3, 4]], which)
-        assert ins["quant"] and bool(ins.flags & isa.Flag.VALUES) == (which == 1)
-        _check(ins, before, after, n, pos, seed=11 + which)
-        _exact_cycles(ins, before, n, pos)
+@pytest.mark.parametrize("which", [0, pytest.param(1, marks=pytest.mark.slow)])   # K; V (slow)
+def test_quantized_prefill_crosses_a_group(kv4, which):
+    """9 prompt tokens, group 6, residual 2: tokens 0..5 are quantized by the prefill."""
+    ex = _executor(kv4)
+    ins, before, after, n, pos = _calls_until(ex, [[5, 6, 7, 8, 9, 1, 2, 3, 4]], which)
+    assert ins["quant"] and bool(ins.flags & isa.Flag.VALUES) == (which == 1)
+    _check(ins, before, after, n, pos, seed=11 + which)
+    _exact_cycles(ins, before, n, pos)
+
+
+DECODE_CALLS = [[5, 6, 7, 8, 9, 1, 2, 3, 4], [10], [11], [12], [13], [14]]   # the last call: pos 13, seq 14
+
+
+def _decode_group_cases(module, count):
+    """Decode at pos 13 (seq 14, group 6, residual 2): group [6, 12) joins the span."""
+    cases = list(_appends(_executor(module), DECODE_CALLS))[:count]
+    for ins, *_ in cases:
+        assert ins["quant"]
+    return cases
+
+
+def test_quantized_decode_completes_a_group(kv4):
+    _check(*_decode_group_cases(kv4, 2)[1], seed=20)          # layer 0, V (K: the slow test)
+
+
+def test_quantized_append_without_new_group(kv4):
+    """Decode at pos 12 (seq 13): the span does not grow, only the row is appended."""
+    ins, before, after, n, pos = _calls_until(_executor(kv4), DECODE_CALLS[:-1], 1)
+    assert (n, pos) == (1, 12)
+    _check(ins, before, after, n, pos, seed=3)
+    assert _exact_cycles(ins, before, n, pos) < 200
+
+
+def _with_quant(ex_case, bits, gs, res, sinks):
+    """The same instruction with other quantization fields, the executor's result for them."""
+    ins, before, _, n, pos = ex_case
+    q = isa.Instr(ins.op, {**ins.fields, "quant": isa.pack_kvquant(bits, gs, res, sinks)}, ins.epilogue, ins.flags)
+    return q, before
+
+
+def _expected(module, calls, which, q, before):
+    ex = _executor(module)
+    list(_appends(ex, calls))     # the executor's state (n, pos) for the last call
+    ex.ddr[:] = before
+    ex.step(q)
+    return ex.ddr.copy()
+
+
+def test_quantized_keys_with_sinks_and_other_group(kv4):
+    """Keys, group 5, residual 1, 3 sinks, 2 bits, at seq 14: groups [3, 8) and [8, 13) of the span."""
+    case = _calls_until(_executor(kv4), DECODE_CALLS, 0)
+    q, before = _with_quant(case, 2, 5, 1, 3)
+    after = _expected(kv4, DECODE_CALLS, 0, q, before)
+    _check(q, before, after, case[3], case[4], seed=7)
+
+
+def test_bad_instructions_raise_error_and_write_nothing(kv4):
+    ins, before, _, n, pos = _calls_until(_executor(kv4), DECODE_CALLS, 1)
+    hkv, _, d = isa.unpack_heads(ins["heads"])
+    bad = [{**ins.fields, "heads": isa.pack_heads(hkv, hkv, 40)},                  # head_dim != 42
+           {**ins.fields, "quant": isa.pack_kvquant(4, 9, 2, 0)},                  # group > max_group 8
+           {**ins.fields, "quant": isa.pack_kvquant(4, 4, 2, 0)},                  # V groups of 4 do not tile 42
+           {**ins.fields, "quant": isa.pack_kvquant(9, 6, 2, 0)}]                  # 9 bits
+    for fields in bad:
+        mem = before.copy()
+        res = _run_rtl(isa.Instr(ins.op, fields, flags=ins.flags).words(), mem, n, pos, 1, 0.8)
+        assert res["error"] == 1 and res["cycles"] < 10
+        assert np.array_equal(mem, before)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bits", [4, 8])
-def test_quantized_decode_completes_a_group(onnx_export, bits):
-    """Decode at pos 13 (seq 14): group [6, 12) joins the span; every other decode step only appends."""
-    ex = _executor(_compile(onnx_export, bits))
-    calls = [[5, 6, 7, 8, 9, 1, 2, 3, 4], [10], [11], [12], [13], [14]]
-    for which in (0, 1, 2, 3):      # layers 0 and 1, K and V
-        e = _executor(_compile(onnx_export, bits)) if which else ex
-        _check(*_calls_until(e, calls, which), seed=which)
+def test_quantized_decode_every_layer_slow(onnx_export, bits):
+    """Every KV_APPEND of the group-completing decode step, 4 and 8 bits, with cycle checks."""
+    module = _compile(onnx_export, bits)
+    for k, case in enumerate(_decode_group_cases(module, 4)):
+        _check(*case, seed=40 + k, p=0.6)
+        ins, before, _, n, pos = case
+        _exact_cycles(ins, before, n, pos)
+
+
+@pytest.mark.slow
+def test_quantized_values_other_fields_slow(kv4):
+    """Values with group 7, no residual, 1 sink, 8 bits at seq 14: groups [1, 8) and [8, 14)."""
+    case = _calls_until(_executor(kv4), DECODE_CALLS, 1)
+    q, before = _with_quant(case, 8, 7, 0, 1)
+    after = _expected(kv4, DECODE_CALLS, 1, q, before)
+    _check(q, before, after, case[3], case[4], seed=9)
+    _exact_cycles(q, before, case[3], case[4])
