@@ -98,9 +98,18 @@ def _controllers() -> dict:
     """opcode -> (PERF counter, factory(cfg)) of every controller built so far."""
     from ...hw.ctl_embed import EmbedCtl
     from ...hw.ctl_kv import KvAppendCtl
+    from ...hw.ctl_linear import LinearCtl
+    from ...hw.ctl_norm import NormCtl
     from .isa import Opcode
 
+    def linear(cfg):
+        e = cfg.engine
+        return LinearCtl(e.group, e.tables, e.columns, wbuf_depth=cfg.wbuf_depth,
+                         max_chunks=-(-cfg.norm_max_k // (e.group * e.tables)), ram_style="ultra")
+
     return {int(Opcode.EMBED): ("CYC_DMA", lambda cfg: EmbedCtl(cfg.vocab)),
+            int(Opcode.RMSNORM): ("CYC_NORM", lambda cfg: NormCtl(cfg.norm_lanes, cfg.norm_max_k)),
+            int(Opcode.LINEAR): ("CYC_LINEAR", linear),
             int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group))}
 
 
