@@ -492,14 +492,15 @@ class LinearCtl(wiring.Component):
                 m.next = "FILL"
             with m.State("FILL"):
                 # one aux beat: min(columns, left) words from DDR, the rest zero
-                with m.If(ad_sub == cpb):
-                    m.d.sync += ad_full.eq(1)
-                    m.next = "HOLD"
-                with m.Elif(ad_left == 0):
+                last_sub = ad_sub == cpb - 1
+                with m.If(ad_left == 0):
                     for i in range(cpb):
                         with m.If(ad_sub == i):
                             m.d.sync += ad_buf[i].eq(0)
                     m.d.sync += ad_sub.eq(ad_sub + 1)
+                    with m.If(last_sub):
+                        m.d.sync += ad_full.eq(1)
+                        m.next = "HOLD"
                 with m.Else():
                     m.d.comb += rd_a.data.ready.eq(1)
                     with m.If(rd_a.data.valid):
@@ -507,6 +508,9 @@ class LinearCtl(wiring.Component):
                             with m.If(ad_sub == i):
                                 m.d.sync += ad_buf[i].eq(rd_a.data.payload.data)
                         m.d.sync += [ad_sub.eq(ad_sub + 1), ad_left.eq(ad_left - _WPB)]
+                        with m.If(last_sub):
+                            m.d.sync += ad_full.eq(1)
+                            m.next = "HOLD"
             with m.State("HOLD"):
                 with m.If(aux.ready):
                     m.d.sync += [ad_full.eq(0), ad_sub.eq(0)]
