@@ -69,8 +69,10 @@ _FX = hwn.FX_BITS
 _WPB = BEAT_BITS // _FX   # FX words per DDR beat
 # cycle_model constants (measured on the simulator, tests/hw/test_ctl_linear.py)
 SETUP_CYCLES = 7          # start -> the first read commands
-QUANT_FIXED = 59          # per token: DIV_INIT + 56 divider steps + DIV_DONE + phase changes
-REPLAY_GAP = 1
+QUANT_DIV = 58            # per token: DIV_INIT + 56 divider steps + DIV_DONE (after the kpad/3 loads)
+QUANT_Q = 1               # quantize: kpad/3 reads + this
+FRONT_GAP = 0             # QUANT -> LOAD of the next row
+REPLAY_GAP = 2            # back end: WAIT -> REPLAY, first read
 PIPE_DRAIN = 16           # last chunk -> last output beat written (engine + epilogue + writer)
 FINISH_CYCLES = 6         # last write -> its done -> busy falls
 
@@ -98,16 +100,21 @@ def cycle_model(k: int, n: int, n_tokens: int, epilogue: int, group: int, tables
     eb = -(-columns * tables * (hwn.tlg_index_bits(group) + 1) // BEAT_BITS)
     gsize = tiles if tiles * nb <= wbuf_depth else (wbuf_depth // 2) // nb
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
-    pre = 2 * (kpad // 3) + QUANT_FIXED                 # quantizer: load, divide, quantize one token
     t0 = SETUP_CYCLES
     load_done = [t0 + latency + groups[0] * nb * eb]
     computed: list[int] = []
-    q_free = t0 + latency                               # the quantizer takes the first row
+    front_free = t0 + latency                           # the quantizer's front end takes the first row
+    back_end = [-(1 << 30), -(1 << 30)]                 # replay ends of the two previous tokens
     for g, gt in enumerate(groups):
         for _ in range(n_tokens):
-            replay = max(q_free + pre, load_done[g])
-            q_free = replay + gt * nb + REPLAY_GAP
-        computed.append(q_free + PIPE_DRAIN)
+            # front end: load + divide, then quantize into the bank the token before last replayed
+            quant = max(front_free + kpad // 3 + QUANT_DIV, back_end[-2])
+            front_done = quant + kpad // 3 + QUANT_Q
+            front_free = front_done + FRONT_GAP
+            # back end: replay once quantized, after the previous replay, with this group's weights
+            replay = max(front_done, back_end[-1] + REPLAY_GAP, load_done[g])
+            back_end = [back_end[-1], replay + gt * nb]
+        computed.append(back_end[-1] + PIPE_DRAIN)
         if g + 1 < len(groups):                         # the next group's slot frees when g-1 is done
             start = max(load_done[g], computed[g - 1] if g else 0)
             load_done.append(start + latency + groups[g + 1] * nb * eb)
