@@ -34,18 +34,19 @@ the buffer, or more than 4,095 tiles in a group raise ``error`` (nothing is read
 Cycles (start to idle) -- the analytic model :func:`cycle_model`, on which the dataflow simulator is
 calibrated (memory answering every beat ``L`` cycles after its command, no backpressure)::
 
-    pre      = 2 * kpad/3 + 59      quantizer per token: load kpad/3 beats, divide (58), quantize kpad/3
-    replay_g = gtiles_g * nb        engine chunks per token of group g (one per cycle)
-    load_g   = L + gtiles_g * nb * eb   weight DDR beats of group g (eb = DDR beats per engine beat)
-    group g, token t:  replay starts at max(quantizer free + pre, load_g done); +1 cycle gap
-    load_{g+1} starts when load_g is done and group g-1 is computed (double buffering)
-    total    = passes * (7 setup + ... + 16 drain + 6 finish),  passes = 2 for gates
+    front_t  = kpad/3 + 58 + kpad/3 + 1   quantizer front end per token: load, divide, quantize into
+                                          one of two banks (waits until token t-2 has replayed)
+    replay_t = gtiles_g * nb              engine chunks of token t in group g (one per cycle); starts at
+                                          max(front done, replay t-1 done + 2, group g's weights loaded)
+    load_g   = L + gtiles_g * nb * eb     weight DDR beats of group g (eb = DDR beats per engine beat);
+                                          starts when load g-1 is done and group g-2 is computed
+    total    = passes * (7 + ... + 16 drain + 6 finish),  passes = 2 for gates
 
-i.e. ~ passes * (load_0 + groups * T * (pre + gtiles * nb)) when compute hides the next loads; with
-T tokens the weights are read once per group (prefill reuse). The quantizer does not overlap a
-token's load/divide/quantize with the previous token's replay, so with few tiles per group the
-per-token ``pre`` dominates the engine time (tiny-bitnet K = 168: pre = 171 cycles vs 14 chunks per
-tile). tests/hw/test_ctl_linear.py checks model vs simulation.
+so per group ~ T * max(front, replay) + the first load: the weights are read once per group and
+reused by all T tokens (prefill reuse), and with few tiles per group the quantizer's front end
+(2 kpad/3 + 59 cycles per token and group) sets the time, not the engine. The model assumes nb >=
+columns/4 (+1 with a side operand): below that the write port (one 128-bit beat per cycle) or the
+side-operand reader sets the tile rate. tests/hw/test_ctl_linear.py checks model vs simulation.
 """
 
 from __future__ import annotations
