@@ -53,10 +53,12 @@ def _check(programs, name, every, lanes=4, p=0.7, keep=lambda st: True):
 
 @pytest.mark.parametrize("name", ["bitnet", "llama"])
 def test_norm_ctl_bit_exact_on_program(programs, name):
-    rows = _check(programs, name, every=False)
-    assert {r["n"] for r in rows} == {5, 1} and len(rows) >= 2
+    rows = _check(programs, name, every=False, keep=lambda st: (st.instr["width"] == 64 or  # llama: both calls
+                                                               (st.instr["width"] == 168) == (st.n_tokens == 5)))
+    assert {r["n"] for r in rows} == {5, 1} and len(rows) == 2
 
 
+@pytest.mark.slow
 def test_norm_ctl_cycles_at_full_rate(programs):
     rows = _check(programs, "bitnet", every=False, p=1.0,
                   keep=lambda st: (st.instr["width"] == 168) == (st.n_tokens == 5))
@@ -80,3 +82,19 @@ def test_norm_ctl_refuses_bad_width(programs):
     assert res["error"] == 1 and res["cycles"] < 10
     assert (got == st.ddr).all() and not res["reads"]["rd0"] and not res["writes"]
     assert PortError   # (the port models raise it for out-of-range/unaligned commands)
+
+
+def _lint(name, component, tmp_path):
+    from ternc.hw import synth
+    from ternc.sim.rtl import have_simulator, lint
+    if not have_simulator("verilator"):
+        pytest.skip("verilator not installed")
+    p = tmp_path / f"{name}.v"
+    p.write_text(synth.to_verilog(component, name))
+    r = lint(p, name)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.rtl
+def test_norm_ctl_verilator_lint_clean(tmp_path):
+    _lint("norm_ctl", NormCtl(4, 512), tmp_path)
