@@ -32,10 +32,14 @@ def _art(module, out, context=CTX):
 
 
 def _compile(path, passes=None):
+    """quantize-ternary runs before the kv260 pipeline, KV passes right before hw-numerics (its last)."""
     import ternc
     from ternc.passes.pipeline import KV260_PIPELINE, compile
 
-    return compile(ternc.load(str(path)), passes=[*(passes or []), *KV260_PIPELINE], report=False)[0]
+    pre = [p for p in passes or [] if not p.startswith("quantize-kv")]
+    kv = [p for p in passes or [] if p.startswith("quantize-kv")]
+    return compile(ternc.load(str(path)), passes=[*pre, *KV260_PIPELINE[:-1], *kv, KV260_PIPELINE[-1]],
+                   report=False)[0]
 
 
 def _full_program_built(art_path) -> bool:
@@ -75,7 +79,8 @@ def test_tiny_bitnet_embed_program_pauses(bitnet_art):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,arch,passes", [
     ("llama", "llama", ["quantize-ternary"]),
-    ("bitnet-kv4", "tiny-bitnet", ["quantize-kv{bits=4}"]),
+    # group 4, residual 2: the first KIVI group joins the quantized span at 6 tokens (a decode step)
+    ("bitnet-kv4", "tiny-bitnet", ["quantize-kv{bits=4,group=4,residual=2}"]),
 ])
 def test_models_rtl_full(onnx_export, tmp_path, name, arch, passes):
     with_past = arch == "llama"
