@@ -87,4 +87,5 @@ def test_models_rtl_full(onnx_export, tmp_path, name, arch, passes):
     art = _art(_compile(onnx_export(arch, with_past), passes), tmp_path / name)
     assert _full_program_built(art)
     rep = simulate_rtl(art, [3, 1, 4, 1], 4, program="full")
+    print(rep.text())   # the figures (pytest -rP shows them)
     assert rep.exact, rep.text()
