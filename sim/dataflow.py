@@ -86,6 +86,11 @@ class SimConfig:
         return -(-self.columns * self.tables * 5 // 8) if self.group == 3 else \
             -(-self.columns * self.tables * (math.ceil(math.log2((3 ** self.group - 1) // 2 + 1)) + 1) // 8)
 
+    @property
+    def image_beat_bytes(self) -> int:
+        """DDR bytes per engine beat: the image pads each beat to whole 16-byte DDR beats."""
+        return -(-self.beat_bytes // 16) * 16
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["beat_bytes"] = self.beat_bytes
@@ -183,15 +188,18 @@ def linear_groups(cfg: SimConfig, k: int, nn: int, passes: int) -> tuple[int, in
 
 def linear_compute(cfg: SimConfig, k: int, nn: int, n: int, passes: int = 1) -> tuple[float, float]:
     """(busy cycles, fill latency) of the linear pipeline for n tokens of one [K -> N] LINEAR: per
-    token and weight group the quantizer's load + divide + quantize (not overlapped with the engine),
-    then one weight beat per cycle per column tile (x passes for gated epilogues); engines split the
-    tiles."""
+    token and weight group the quantizer's load + divide + quantize (``qtok``), then one weight beat
+    per cycle per column tile (x passes for gated epilogues); the quantizer's two banks overlap the
+    next token's qtok with the current replay, so the (token, group) items cost max(qtok, replay)
+    each after the first; engines split the tiles."""
     cal = cfg.cal
     chunks, tiles, _, groups = linear_groups(cfg, k, nn, passes)
     e = max(1, min(cfg.engines, tiles))
     kpad = chunks * cfg.group * cfg.tables
     qtok = 2 * -(-kpad // cfg.quant_lanes) + cal.quant_div + cal.quant_fixed
-    compute = n * (-(-groups // e) * qtok + -(-tiles // e) * chunks * passes)
+    items = n * -(-groups // e)
+    replay = n * -(-tiles // e) * chunks * passes / items      # engine cycles per (token, group) item
+    compute = qtok + replay + (items - 1) * max(qtok, replay)
     levels = max(1, math.ceil(math.log2(cfg.tables)))
     return compute, levels + 3 + cal.engine_fill + cal.dq_latency + cal.epilogue_latency
 
@@ -230,7 +238,7 @@ class DataflowModel:
         passes = 2 if ins.epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2) else 1
         compute, latency = linear_compute(cfg, k, nn, n, passes)
         chunks, tiles, tiles_per_group, groups = linear_groups(cfg, k, nn, passes)
-        w_bytes = tiles * chunks * passes * cfg.beat_bytes
+        w_bytes = tiles * chunks * passes * cfg.image_beat_bytes
         out_w = nn
         aux = 0
         if ins.epilogue == Epilogue.RESIDUAL:
@@ -239,7 +247,7 @@ class DataflowModel:
             aux = 2 * ((ins["aux2"] >> 16) or 64) * n
         act = 4 * k * n + aux + 4 * out_w * n
         e = max(1, min(cfg.engines, tiles))
-        first_group = min(w_bytes, tiles_per_group * chunks * passes * cfg.beat_bytes * e)
+        first_group = min(w_bytes, tiles_per_group * chunks * passes * cfg.image_beat_bytes * e)
         return compute, latency, {"weights": w_bytes, "act": act}, first_group, groups
 
     def cost(self, idx: int, ins, n: int, pos: int) -> Cost:

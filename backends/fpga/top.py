@@ -41,9 +41,19 @@ class AcceleratorConfig:
     head_dim: int = 64
     attn_lanes: int = 4
     context: int = 1024               # the decode attention unit's score memory
+    vocab: int = 256                  # the embedding table's rows (EMBED's token-id range check)
+    kv_max_group: int = 1             # the KV controller's quantization buffer (largest KIVI group; 1: none)
+    rope_max_width: int = 4096        # the RoPE controller's row buffer (widest ROPE row = q row, words)
+    attn_block: int = 4               # query rows per K/V stream of the prefill attention controller
+    attn_max_width: int = 4096        # the prefill attention controller's row FIFOs (q row = hq * d words)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AcceleratorConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "engine": EngineConfig(**d["engine"])})
 
 
 class ResourceError(ValueError):
@@ -76,8 +86,102 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
         raise ResourceError("weight buffer words", 2 * chunks, depth, "TLMMCore.WeightBuffer")
     widths = [plan.hidden] + [lin.k for lin in plan.linears.values()]
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths),
-                             head_dim=plan.head_dim, context=plan.context,
+                             head_dim=plan.head_dim, context=plan.context, vocab=plan.vocab,
+                             kv_max_group=_kv_max_group(plan.program), rope_max_width=_rope_max_width(plan.program),
+                             attn_max_width=_attn_max_width(plan.program),
                              attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
+
+
+def _kv_max_group(program) -> int:
+    from .isa import Opcode, unpack_kvquant
+
+    return max([1] + [unpack_kvquant(i["quant"])[1] for i in program.instrs if i.op == Opcode.KV_APPEND and i["quant"]])
+
+
+def _controllers() -> dict:
+    """opcode (or (opcode, "prefill"|"decode")) -> (PERF counter, factory(cfg)) of every controller."""
+    from ...hw.ctl_attn import AttnCtl, PrefillAttnCtl
+    from ...hw.ctl_embed import EmbedCtl
+    from ...hw.ctl_kv import KvAppendCtl
+    from ...hw.ctl_linear import LinearCtl
+    from ...hw.ctl_norm import NormCtl
+    from ...hw.ctl_rope import RopeCtl
+    from .isa import Opcode
+
+    def linear(cfg):
+        e = cfg.engine
+        return LinearCtl(e.group, e.tables, e.columns, wbuf_depth=cfg.wbuf_depth,
+                         max_chunks=-(-cfg.norm_max_k // (e.group * e.tables)), ram_style="ultra")
+
+    return {int(Opcode.EMBED): ("CYC_DMA", lambda cfg: EmbedCtl(cfg.vocab)),
+            int(Opcode.RMSNORM): ("CYC_NORM", lambda cfg: NormCtl(cfg.norm_lanes, cfg.norm_max_k)),
+            int(Opcode.LINEAR): ("CYC_LINEAR", linear),
+            int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group)),
+            # lanes = 4 with on-chip zero padding of d (AttnCtl's docstring: d = 42 runs at dp = 44);
+            # prefill calls (N > 1) on the block-wise unit (K/V read once per block of query rows)
+            (int(Opcode.ATTN), "decode"): ("CYC_ATTN", lambda cfg: AttnCtl(cfg.head_dim, 4, cfg.context)),
+            (int(Opcode.ATTN), "prefill"): ("CYC_ATTN", lambda cfg: PrefillAttnCtl(
+                cfg.head_dim, 4, cfg.context, block=cfg.attn_block, max_width=cfg.attn_max_width)),
+            int(Opcode.ROPE): ("CYC_DMA", lambda cfg: RopeCtl(cfg.rope_max_width, cfg.head_dim))}
+
+
+def _rope_max_width(program) -> int:
+    from .isa import Opcode, unpack_heads
+
+    widths = [unpack_heads(i["heads"])[0] * unpack_heads(i["heads"])[2] for i in program.instrs if i.op == Opcode.ROPE]
+    return max([4] + widths)
+
+
+def _attn_max_width(program) -> int:
+    from .isa import Opcode, unpack_heads
+
+    widths = [unpack_heads(i["heads"])[0] * unpack_heads(i["heads"])[2] for i in program.instrs if i.op == Opcode.ATTN]
+    return max([4] + widths)
+
+
+def controller_table(cfg: AcceleratorConfig) -> dict:
+    """The composed top's controller set: ``{opcode: (PERF counter, controller instance)}``
+    (hw/top.Accelerator). Opcodes whose controller is not built are left out: the sequencer stops on
+    them with ERROR_CODE 1 (bad opcode)."""
+    return {op: (counter, make(cfg)) for op, (counter, make) in _controllers().items()}
+
+
+def built_opcodes(cfg: AcceleratorConfig | None = None) -> set:
+    """Opcodes with a controller in the composed top (the rest stop the sequencer with ERROR_CODE 1)."""
+    return {k[0] if isinstance(k, tuple) else k for k in _controllers()}
+
+
+def accelerator_component(cfg: AcceleratorConfig):
+    """The composed accelerator (hw/top.py) for a configuration: register file of regmap.py,
+    sequencer, the controllers of :func:`controller_table`, three HP read masters and a write master."""
+    from ...hw.top import Accelerator
+    from .isa import Flag, Opcode
+    from .regmap import REGMAP
+
+    return Accelerator(REGMAP, controller_table(cfg), context=cfg.context, end_opcode=int(Opcode.END),
+                       host_opcode=int(Opcode.LM_HEAD), host_flag=int(Flag.HOST))
+
+
+def accelerator_key(cfg: AcceleratorConfig) -> str:
+    import json
+
+    return "accel " + json.dumps(cfg.to_json(), sort_keys=True)
+
+
+def _accel_sources() -> tuple:
+    """Every HDL source the composed top may use (all of hw/, the numerics, the maps)."""
+    from ...hw.synth import REPO
+
+    hw = sorted(str(p.relative_to(REPO)) for p in (REPO / "hw").glob("*.py"))
+    return tuple(hw) + ("ir/hw_numerics.py", "backends/fpga/regmap.py", "backends/fpga/isa.py", "backends/fpga/top.py")
+
+
+def accelerator_verilog(cfg: AcceleratorConfig):
+    """The composed top's Verilog (module ``accelerator``), cached by configuration + sources."""
+    from ...hw.synth import verilog_cached
+
+    return verilog_cached(lambda: accelerator_component(cfg), "accelerator", accelerator_key(cfg),
+                          sources=_accel_sources())
 
 
 UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "RMSNorm unit", "decode attention unit",
