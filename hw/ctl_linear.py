@@ -57,7 +57,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from ternc.hw.pipeline import TLMMPipeline
-from ternc.hw.ports import BEAT_BITS, BEAT_BYTES, op_control_signature, read_port_signature, write_port_signature
+from ternc.hw.ports import BEAT_BITS, BEAT_BYTES, LEN_BITS, op_control_signature, read_port_signature, write_port_signature
 from ternc.ir import hw_numerics as hwn
 from ternc.ir.enums import Epilogue as Op
 
@@ -74,6 +74,7 @@ QUANT_DIV = 58            # per token: DIV_INIT + 56 divider steps + DIV_DONE (a
 QUANT_Q = 1               # quantize: kpad/3 reads + this
 FRONT_GAP = 0             # QUANT -> LOAD of the next row
 REPLAY_GAP = 2            # back end: WAIT -> REPLAY, first read
+LOAD_SETUP = 3            # loader: group size in two registered steps, then the command
 PIPE_DRAIN = 16           # last chunk -> last output beat written (engine + epilogue + writer)
 FINISH_CYCLES = 6         # last write -> its done -> busy falls
 
@@ -102,7 +103,7 @@ def cycle_model(k: int, n: int, n_tokens: int, epilogue: int, group: int, tables
     gsize = tiles if tiles * nb <= wbuf_depth else (wbuf_depth // 2) // nb
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
     t0 = SETUP_CYCLES
-    load_done = [t0 + latency + groups[0] * nb * eb]
+    load_done = [t0 + LOAD_SETUP + latency + groups[0] * nb * eb]
     computed: list[int] = []
     front_free = t0 + latency                           # the quantizer's front end takes the first row
     back_end = [-(1 << 30), -(1 << 30)]                 # replay ends of the two previous tokens
@@ -118,7 +119,7 @@ def cycle_model(k: int, n: int, n_tokens: int, epilogue: int, group: int, tables
         computed.append(back_end[-1] + PIPE_DRAIN)
         if g + 1 < len(groups):                         # the next group's slot frees when g-1 is done
             start = max(load_done[g], computed[g - 1] if g else 0)
-            load_done.append(start + latency + groups[g + 1] * nb * eb)
+            load_done.append(start + LOAD_SETUP + latency + groups[g + 1] * nb * eb)
     passes = 2 if epilogue in (_EP_GATE_SILU, _EP_GATE_RELU2) else 1
     return passes * (computed[-1] + FINISH_CYCLES)
 
@@ -297,6 +298,8 @@ class LinearCtl(wiring.Component):
         l_g = Signal(16)
         l_addr = Signal(32)
         l_eleft = Signal(32)     # engine beats left in the group
+        l_gt = Signal(16)
+        l_beats = Signal(32)
         l_first = Signal()
         l_sub = Signal(range(max(EB, 2)))
         held = [Signal(BEAT_BITS, name=f"held{i}") for i in range(EB - 1)]
@@ -311,12 +314,18 @@ class LinearCtl(wiring.Component):
             with m.State("WAITBUF"):
                 # the slot of group g is free once group g-2 is computed (one slot when it all fits)
                 with m.If(l_g < computed + 2):
-                    gt = gtiles_of(l_t0)
-                    m.d.sync += [l_eleft.eq(gt * nb), l_first.eq(~l_g[0]), l_sub.eq(0)]
-                    m.next = "CMD"
+                    m.d.sync += [l_gt.eq(gtiles_of(l_t0)), l_first.eq(~l_g[0]), l_sub.eq(0)]
+                    m.next = "SIZE"
+            # the group's size in two registered steps (no subtract-compare-multiply chain in a cycle)
+            with m.State("SIZE"):
+                m.d.sync += l_eleft.eq(l_gt * nb)
+                m.next = "SIZE2"
+            with m.State("SIZE2"):
+                m.d.sync += l_beats.eq(l_eleft * EB)
+                m.next = "CMD"
             with m.State("CMD"):
                 m.d.comb += [rd_w.cmd.valid.eq(1), rd_w.cmd.payload.addr.eq(l_addr),
-                             rd_w.cmd.payload.beats.eq(l_eleft * EB)]
+                             rd_w.cmd.payload.beats.eq(l_beats)]
                 with m.If(rd_w.cmd.ready):
                     m.next = "DATA"
             with m.State("DATA"):
@@ -460,17 +469,23 @@ class LinearCtl(wiring.Component):
         a_t0 = Signal(16)
         a_tok = Signal(16)
         a_row = Signal(32)
+        auxc_addr = Signal(32)
+        auxc_beats = Signal(LEN_BITS)
         with m.FSM(name="auxc"):
             with m.State("IDLE"):
                 with m.If(go & p_aux_on):
                     m.d.sync += [a_t0.eq(0), a_tok.eq(0), a_row.eq(p_aux_base)]
-                    m.next = "CMD"
-            with m.State("CMD"):
+                    m.next = "PREP"
+            with m.State("PREP"):      # the token's slice of the group, registered
                 c0, words = slice_words(a_t0)
-                m.d.comb += [rd_a.cmd.valid.eq(1), rd_a.cmd.payload.addr.eq(a_row + (c0 << 2)),
-                             rd_a.cmd.payload.beats.eq(words >> 2)]
+                m.d.sync += [auxc_addr.eq(a_row + (c0 << 2)), auxc_beats.eq(words >> 2)]
+                m.next = "CMD"
+            with m.State("CMD"):
+                m.d.comb += [rd_a.cmd.valid.eq(1), rd_a.cmd.payload.addr.eq(auxc_addr),
+                             rd_a.cmd.payload.beats.eq(auxc_beats)]
                 with m.If(rd_a.cmd.ready):
                     m.d.sync += [a_tok.eq(a_tok + 1), a_row.eq(a_row + row_bytes_n)]
+                    m.next = "PREP"
                     with m.If(a_tok == n_tok - 1):
                         m.d.sync += [a_tok.eq(0), a_row.eq(p_aux_base), a_t0.eq(a_t0 + gsize)]
                         with m.If(last_group(a_t0)):
@@ -540,17 +555,23 @@ class LinearCtl(wiring.Component):
         w_t0 = Signal(16)
         w_tok = Signal(16)
         w_row = Signal(32)
+        wcmd_addr = Signal(32)
+        wcmd_beats = Signal(LEN_BITS)
         with m.FSM(name="wcmd"):
             with m.State("IDLE"):
                 with m.If(go):
                     m.d.sync += [w_t0.eq(0), w_tok.eq(0), w_row.eq(f_dst)]
-                    m.next = "CMD"
-            with m.State("CMD"):
+                    m.next = "PREP"
+            with m.State("PREP"):      # the token's slice of the group, registered
                 c0, words = slice_words(w_t0)
-                m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(w_row + (c0 << 2)),
-                             wr.cmd.payload.beats.eq(words >> 2)]
+                m.d.sync += [wcmd_addr.eq(w_row + (c0 << 2)), wcmd_beats.eq(words >> 2)]
+                m.next = "CMD"
+            with m.State("CMD"):
+                m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(wcmd_addr),
+                             wr.cmd.payload.beats.eq(wcmd_beats)]
                 with m.If(wr.cmd.ready):
                     m.d.sync += [w_issued.eq(w_issued + 1), w_tok.eq(w_tok + 1), w_row.eq(w_row + row_bytes_n)]
+                    m.next = "PREP"
                     with m.If(w_tok == n_tok - 1):
                         m.d.sync += [w_tok.eq(0), w_row.eq(f_dst), w_t0.eq(w_t0 + gsize)]
                         with m.If(last_group(w_t0)):

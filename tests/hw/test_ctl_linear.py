@@ -96,10 +96,11 @@ def run_program(dut: LinearCtl, program, ex: Executor, pick, p: float = 0.8, see
 
 def test_llama_layer0_linears_with_column_groups(llama_module):
     """Tiny Llama (hidden 64, ffn 96, SiLU gate): layer 0's LINEARs up to the gate (NONE, RESIDUAL,
-    GATE_SILU; a ROPE epilogue, if the schedule still emits one, refused) with a 32-beat weight buffer:
-    v fits (one group), the others split into double-buffered column groups of 2 tiles."""
+    GATE_SILU; a ROPE epilogue, if the schedule still emits one, refused) with a 40-beat weight buffer
+    (not a power of two): v fits (one group), the others split into double-buffered column groups of
+    3 tiles (the residual's 8 tiles as 3 + 3 + 2)."""
     program, ex = _program(llama_module)
-    done = run_program(LinearCtl(3, 4, 8, wbuf_depth=32, max_chunks=16, ram_style=None), program, ex,
+    done = run_program(LinearCtl(3, 4, 8, wbuf_depth=40, max_chunks=16, ram_style=None), program, ex,
                        lambda idx, ins: idx < 11)
     assert {d[1] for d in done} >= {"NONE", "RESIDUAL", "GATE_SILU"}, done
 
