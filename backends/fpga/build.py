@@ -73,7 +73,7 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
 
     weight_bytes = sum(lin.nbytes for lin in plan.linears.values())
     bytes_per_cycle = DDR_BYTES_PER_S(cfg) / (cfg.clock_mhz * 1e6)
-    beats = sum(lin.nbytes // eng.beat_bytes for lin in plan.linears.values())
+    beats = sum(lin.nbytes // eng.image_beat_bytes for lin in plan.linears.values())
     decode_cycles = max(weight_bytes / bytes_per_cycle, beats)
     report = {
         "target": TARGET, "config": cfg.to_json(), "context": context,

@@ -56,7 +56,7 @@ class Executor:
         if key not in self._w:
             c, tb = self.engine.columns, self.engine.tables
             beats = -(-n // c) * -(-(-(-k // 3)) // tb)
-            img = self.ddr[addr:addr + beats * self.engine.beat_bytes]
+            img = self.ddr[addr:addr + beats * self.engine.image_beat_bytes]
             self._w[key] = ternary_from_image(img, n, k, self.engine)
         return self._w[key]
 

@@ -41,6 +41,13 @@ class EngineConfig:
     def beat_bytes(self) -> int:
         return -(-self.beat_bits // 8)
 
+    @property
+    def image_beat_bytes(self) -> int:
+        """Bytes of one engine beat in the DDR weight image: ``beat_bytes`` padded to whole 16-byte
+        DDR beats (16 x 28: 280 -> 288 B; 8 x 4: 20 -> 32 B), so the linear controller moves whole
+        beats and every engine beat starts on one."""
+        return -(-self.beat_bytes // 16) * 16
+
 
 @dataclass
 class Linear:

@@ -72,8 +72,9 @@ def test_weight_image_is_the_engine_beat_layout(n, k):
     for tile in range(-(-n // 16)):
         for beat in weight_beats(w[tile * 16:(tile + 1) * 16], 3, 28, 16):
             v = layout.const(beat).as_value().value
-            want.append(np.frombuffer(int(v).to_bytes(eng.beat_bytes, "little"), np.uint8))
-    assert img.shape == (-(-n // 16) * chunks, eng.beat_bytes)
+            want.append(np.frombuffer(int(v).to_bytes(eng.image_beat_bytes, "little"), np.uint8))
+    assert eng.image_beat_bytes == 288   # 280-byte engine beats padded to whole 16-byte DDR beats
+    assert img.shape == (-(-n // 16) * chunks, eng.image_beat_bytes)
     np.testing.assert_array_equal(img, np.stack(want))
     np.testing.assert_array_equal(ternary_from_image(img, n, k, eng), w)
 
