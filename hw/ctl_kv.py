@@ -55,7 +55,7 @@ from ternc.hw.ports import (ADDR_BITS, BEAT_BITS, LEN_BITS, WORDS_PER_BEAT, op_c
                             read_port_signature, write_port_signature)
 from ternc.ir import hw_numerics as hn
 
-__all__ = ["KvAppendCtl", "cycle_model"]
+__all__ = ["KvAppendCtl", "cycle_model", "new_groups"]
 
 SCALE_STEPS = 25          # (max - min) + qmax - 1 < 2**24 + 2**8 < 2**25: quotient bits of the scale divider
 CODE_BITS = 8             # the code pipeline's restoring steps: codes of up to 8 bits
@@ -69,26 +69,34 @@ def _row_words(head_dim: int) -> int:
     return kv_row_words(head_dim)
 
 
+def new_groups(n: int, pos: int, quant: tuple[int, int, int, int]) -> list[int]:
+    """First tokens of the KIVI groups a call of n tokens at pos adds to the quantized span."""
+    _, gs, res, sinks = quant
+    seq = pos + n
+    g = min(sinks, seq)
+    out = []
+    while g + gs + res <= seq:
+        if g + gs + res > pos:
+            out.append(g)
+        g += gs
+    return out
+
+
 def cycle_model(n: int, pos: int, hkv: int, d: int, quant: tuple[int, int, int, int] | None, values: bool,
-                latency: int = 4) -> int:
+                latency: float = 4) -> float:
     """Cycles of one KV_APPEND (see the module doc) on a memory that is always ready."""
     r = _row_words(d)
     cyc = n * hkv * r + latency + 10
     if quant:
         bits, gs, res, sinks = quant
-        seq = pos + n
-        g = min(sinks, seq)
-        steps = 0
-        while g + gs + res <= seq:
-            steps += 1
-            if g + gs + res > pos:
-                if values:
-                    vg = min(gs, d)
-                    stats, m = gs * d // vg, vg
-                else:
-                    stats, m = d, gs
-                cyc += hkv * (2 * gs * r + stats * (2 * m + CODE_BITS + 7 + SCALE_STEPS) + latency + 6)
-            g += gs
+        if values:
+            vg = min(gs, d)
+            stats, m = gs * d // vg, vg
+        else:
+            stats, m = d, gs
+        groups = new_groups(n, pos, quant)
+        steps = (pos + n - min(sinks, pos + n) - res) // gs if pos + n - min(sinks, pos + n) >= res + gs else 0
+        cyc += len(groups) * hkv * (2 * gs * r + stats * (2 * m + CODE_BITS + 7 + SCALE_STEPS) + latency + 6)
         cyc += steps + 3
     return cyc
 

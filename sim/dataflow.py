@@ -57,6 +57,19 @@ class UnitCal:
     dq_latency: int = 3          # DqFactor stages
     norm_overhead: int = 12      # hw/norm.py OVERHEAD
     attn_overhead: int = 11      # hw/attention.py OVERHEAD
+    # The controllers (hw/ctl_*.py) around the units, as built; L = the read latency they see.
+    lin_setup: int = 4           # LinearCtl: instruction decode before the first command (+ L)
+    lin_drain: int = 27          # LinearCtl: last engine beat -> last write done, per pass
+    lin_quant_div: int = 58      # LinearCtl: the quantizer's DIV_INIT + 56 steps + DIV_DONE
+    lin_quant_fixed: int = 3     # LinearCtl: quantizer state changes per token
+    norm_row: float = 9.5        # NormCtl: per row beyond 2 ceil(W / lanes) (RSQRT, handshakes)
+    norm_fixed: int = 14         # NormCtl: per instruction beyond W/4 (gamma) + 2 L
+    attn_div: int = 78           # AttnCtl: the V phase lasts at least the reciprocal's 80 steps
+    attn_head: int = 11          # AttnCtl: per (row, head) phase changes and drains
+    attn_fixed: int = 7          # AttnCtl: per instruction beyond L
+    embed_row: float = 6.25      # EmbedCtl: per token beyond W/4 + 2 L (id read, row copy, done)
+    embed_fixed: float = 2.75    # EmbedCtl: per instruction
+    fetch: int = 6               # sequencer: fetch (2 beats) + decode + dispatch per instruction, beyond L
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,21 @@ class SimConfig:
     lm_head: str = "host"        # host (f32, as built) | host-int8 | fabric-int8 (projected)
     lm_lanes: int = 64           # fabric LM head: int8 MACs per cycle (projected unit)
     board: str = "kv260"
+    kv_group: int = 0            # KIVI group the KV_APPEND controller quantizes (0: no quantize-kv)
+    prefetch: bool = False       # projected: LINEAR weights prefetched during earlier instructions
+                                 # (as built, LinearCtl loads its first weight group after its start)
     cal: UnitCal = UnitCal()
+
+    @property
+    def weight_ports(self) -> int:
+        """HP ports streaming LINEAR weights: LinearCtl reads weights on rd0, rows on rd1, the side
+        operand on rd2 (as built: 3 ports, 1 for weights); further ports would carry weights."""
+        return max(1, self.hp_ports - 2)
+
+    @property
+    def engine_ddr_beats(self) -> int:
+        """DDR beats per engine beat in the weight image (images.py pads each to whole beats)."""
+        return -(-self.beat_bytes // (self.axi_data_bits // 8))
 
     @property
     def beat_bytes(self) -> int:
@@ -116,6 +143,7 @@ class Cost:
     start: float = 0.0
     bytes: dict = field(default_factory=dict)   # weights / kv / act -> bytes (read + write)
     prefetch_bytes: float = 0.0  # weight bytes that may load during earlier instructions
+    overhead: float = 0.0        # sequencer: instruction fetch + decode + dispatch
     weight: float = 1.0          # times this instruction counts (layer scaling of projections)
 
     @property
@@ -171,14 +199,14 @@ class CallResult:
 
 
 # ---------------------------------------------------------------------- unit formulas (calibrated)
-def linear_groups(cfg: SimConfig, k: int, nn: int, passes: int) -> tuple[int, int, int, int]:
-    """(chunks per tile, column tiles, tiles per weight group, groups): a group is what half the
-    double-buffered weight buffer holds (whole column tiles)."""
+def linear_groups(cfg: SimConfig, k: int, nn: int, passes: int = 1) -> tuple[int, int, int, int]:
+    """(chunks per tile, column tiles, tiles per weight group, groups) as LinearCtl cuts a LINEAR:
+    all tiles in one group when they fit the weight buffer, else groups of half of it (double
+    buffering). ``passes`` is unused (gates run two passes, each with its own groups)."""
     chunks = -(-k // (cfg.group * cfg.tables))
     tiles = -(-nn // cfg.columns)
-    half = max(chunks * passes, cfg.wbuf_depth // 2)
-    tiles_per_group = max(1, half // (chunks * passes))
-    return chunks, tiles, tiles_per_group, -(-tiles // tiles_per_group)
+    per = tiles if tiles * chunks <= cfg.wbuf_depth else max(1, (cfg.wbuf_depth // 2) // chunks)
+    return chunks, tiles, per, -(-tiles // per)
 
 
 def linear_compute(cfg: SimConfig, k: int, nn: int, n: int, passes: int = 1) -> tuple[float, float]:
@@ -206,6 +234,67 @@ def attn_compute(cfg: SimConfig, d: int, t_sum: float, rows: int) -> float:
     return 2 * t_sum * wd + t_sum + rows * (4 * wd + cfg.cal.attn_overhead)
 
 
+# ---------------------------------------------------------------------- the controllers as built
+# Each function is the cycle count of one instruction on its controller (hw/ctl_*.py) with memory
+# answering after L cycles at one beat per cycle per port (sim/calibrate.py compares them with the
+# controllers' RTL; the whole-top counters with the same functions summed per unit).
+def ctl_linear(cfg: SimConfig, k: int, nn: int, n: int, passes: int, lat: float) -> float:
+    """LinearCtl: per pass, decode + L, then column groups (what half the weight buffer holds when
+    the layer does not fit it whole): group 0's weights load (``rd0``, ``engine_ddr_beats`` DDR beats
+    per engine beat) while the first token is quantized; per token the quantizer (load, 56-step
+    divide, quantize; not overlapped with the engine) then one engine beat per cycle per tile of the
+    group; group g+1's weights load during group g's tokens; drain to the last write's done."""
+    cal = cfg.cal
+    chunk = cfg.group * cfg.tables
+    nb = -(-k // chunk)
+    kpad = nb * chunk
+    tiles = -(-nn // cfg.columns)
+    gsize = tiles if tiles * nb <= cfg.wbuf_depth else max(1, (cfg.wbuf_depth // 2) // nb)
+    groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
+    e = max(1, cfg.engines)
+    q = 2 * -(-kpad // cfg.quant_lanes) + cal.lin_quant_div + cal.lin_quant_fixed
+    load = [g * nb * cfg.engine_ddr_beats / cfg.weight_ports for g in groups]
+    t = cal.lin_setup + lat + max(load[0], q)
+    for i, g in enumerate(groups):
+        replay = -(-g // e) * nb
+        busy = replay + (n - 1) * (q + replay - 1) if i == 0 else n * (q + replay)
+        t += max(busy, load[i + 1] if i + 1 < len(groups) else 0.0)
+    return passes * (t + cal.lin_drain)
+
+
+def ctl_norm(cfg: SimConfig, w: int, n: int, lat: float) -> float:
+    """NormCtl: gamma (W/4 beats) once, then per row the norm unit's LOAD + EMIT (2 ceil(W/lanes)) +
+    its RSQRT/handshakes; a read and a write round trip."""
+    cal = cfg.cal
+    return w / 4 + n * (2 * -(-w // cfg.norm_lanes) + cal.norm_row) + cal.norm_fixed + 2 * lat
+
+
+def ctl_attn(cfg: SimConfig, hq: int, d: int, n: int, pos: int, causal: bool, lat: float) -> float:
+    """AttnCtl: per query row and head, the decode unit's Q, K (T keys), P, V (at least the
+    reciprocal's steps), OUT phases over W = ceil(d / lanes) lane beats; K/V stream behind, so the
+    read latency is paid once per instruction. ``attn_units`` (projected) split the heads."""
+    cal = cfg.cal
+    w = -(-d // cfg.attn_lanes)
+    per_row = []
+    for t in range(n):
+        T = pos + t + 1 if causal else pos + n
+        per_row.append(w + T * w + T + max(T * w, cal.attn_div) + 3 * w + cal.attn_head)
+    heads = -(-hq // max(1, cfg.attn_units))
+    return cal.attn_fixed + lat + heads * sum(per_row)
+
+
+def ctl_embed(cfg: SimConfig, w: int, n: int, lat: float) -> float:
+    """EmbedCtl: per token, read the id's beat, then copy the row (W/4 beats), one at a time."""
+    return n * (w / 4 + 2 * lat + cfg.cal.embed_row) + cfg.cal.embed_fixed
+
+
+def ctl_kv_append(n: int, pos: int, hkv: int, d: int, quant, values: bool, lat: float) -> float:
+    """KvAppendCtl: hw/ctl_kv.cycle_model (word-serial append; KIVI groups joining the span)."""
+    from ternc.hw.ctl_kv import cycle_model
+
+    return cycle_model(n, pos, hkv, d, quant, values, latency=lat)
+
+
 class DataflowModel:
     """Times a program (a list of isa.Instr) on the units of ``cfg`` with ``board``'s DDR and host."""
 
@@ -222,69 +311,73 @@ class DataflowModel:
         self.layer_span = (ops.index("EMBED") + 1 if "EMBED" in ops else 0, max(0, last - 1))
 
     # ------------------------------------------------------------------ per instruction
-    def _linear(self, ins, n: int) -> tuple[float, float, dict, float, float]:
-        from ternc.backends.fpga.isa import Epilogue, unpack_kn
-
-        cfg = self.cfg
-        k, nn = unpack_kn(ins["kn"])
-        passes = 2 if ins.epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2) else 1
-        compute, latency = linear_compute(cfg, k, nn, n, passes)
-        chunks, tiles, tiles_per_group, groups = linear_groups(cfg, k, nn, passes)
-        w_bytes = tiles * chunks * passes * cfg.beat_bytes
-        out_w = nn
-        aux = 0
-        if ins.epilogue == Epilogue.RESIDUAL:
-            aux = 4 * nn * n
-        elif ins.epilogue == Epilogue.ROPE:
-            aux = 2 * ((ins["aux2"] >> 16) or 64) * n
-        act = 4 * k * n + aux + 4 * out_w * n
-        e = max(1, min(cfg.engines, tiles))
-        first_group = min(w_bytes, tiles_per_group * chunks * passes * cfg.beat_bytes * e)
-        return compute, latency, {"weights": w_bytes, "act": act}, first_group, groups
-
     def cost(self, idx: int, ins, n: int, pos: int) -> Cost:
-        from ternc.backends.fpga.isa import Flag, Opcode, unpack_heads
+        """One instruction: its controller's cycles (``compute``, read latency L included), the DDR
+        time of its bytes at the board's sustained rate (+ L), and the sequencer's fetch + dispatch
+        (``overhead``). It lasts max(compute, ddr) + overhead."""
+        from ternc.backends.fpga.images import kv_row_words
+        from ternc.backends.fpga.isa import Epilogue, Flag, Opcode, unpack_heads, unpack_kn, unpack_kvquant
 
-        cfg, cal, ddr = self.cfg, self.cfg.cal, self.ddr
+        cfg, ddr = self.cfg, self.ddr
+        lat = ddr.latency_cycles
         op = ins.op
+        fetch = cfg.cal.fetch + lat
         if op == Opcode.LINEAR:
-            compute, lat, b, pre, groups = self._linear(ins, n)
-            streams = [(b["weights"], groups), (b["act"], 3)]
-            c = Cost(idx, "LINEAR", "linear", compute, ddr.cycles(streams), lat, bytes=b, prefetch_bytes=pre)
+            k, nn = unpack_kn(ins["kn"])
+            passes = 2 if ins.epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2) else 1
+            chunks, tiles, tiles_per_group, groups = linear_groups(cfg, k, nn, 1)
+            w_bytes = passes * tiles * chunks * cfg.engine_ddr_beats * (cfg.axi_data_bits // 8)
+            aux = 4 * nn * n if ins.epilogue == Epilogue.RESIDUAL else 0
+            aux += 4 * nn * n if passes == 2 else 0           # the gate pass reads the up values back
+            act = passes * (4 * k * n * groups + 4 * nn * n) + aux
+            b = {"weights": w_bytes, "act": act}
+            first = min(w_bytes, tiles_per_group * chunks * cfg.engine_ddr_beats * (cfg.axi_data_bits // 8))
+            c = Cost(idx, "LINEAR", "linear", ctl_linear(cfg, k, nn, n, passes, lat),
+                     ddr.cycles([(w_bytes, groups * passes), (act, 3 * passes)]) + lat, 0.0, bytes=b,
+                     prefetch_bytes=first if cfg.prefetch else 0.0)
         elif op == Opcode.RMSNORM:
             w = ins["width"]
-            compute = norm_compute(cfg, w, n)
-            b = {"act": 4 * w * n * 2 + 4 * w * n}        # src + dst rows, gamma per token
-            c = Cost(idx, "RMSNORM", "norm", compute, ddr.cycles([(b["act"], 3 * n)]), 4, bytes=b)
+            b = {"act": 4 * w + 8 * w * n}                      # gamma once, rows in and out
+            c = Cost(idx, "RMSNORM", "norm", ctl_norm(cfg, w, n, lat), ddr.cycles([(b["act"], 3)]) + lat, 0.0,
+                     bytes=b)
         elif op == Opcode.EMBED:
             w = ins["width"]
-            b = {"act": 2 * 4 * w * n}
-            c = Cost(idx, "EMBED", "dma", 0.0, ddr.cycles([(b["act"], 2 * n)]), 2, bytes=b)
+            b = {"act": 2 * 4 * w * n + 16 * n}
+            c = Cost(idx, "EMBED", "dma", ctl_embed(cfg, w, n, lat), ddr.cycles([(b["act"], 3 * n)]) + lat, 0.0,
+                     bytes=b)
         elif op == Opcode.KV_APPEND:
             hkv, _, d = unpack_heads(ins["heads"])
-            kvw = hkv * d * n * cfg.kv_bits / 8
-            b = {"act": 4 * hkv * d * n, "kv": kvw}
-            if ins["quant"] and cfg.kv_bits == 32:
-                b["kv"] += 2 * kvw                          # in-place re-quantization of the joining group
-            c = Cost(idx, "KV_APPEND", "dma", 0.0, ddr.cycles([(b["act"], 1), (b["kv"], hkv)]), 2, bytes=b)
+            r = kv_row_words(d)
+            quant = unpack_kvquant(ins["quant"]) if ins["quant"] else None
+            values = bool(ins.flags & Flag.VALUES)
+            kv = hkv * r * n * cfg.kv_bits / 8
+            if quant:
+                from ternc.hw.ctl_kv import new_groups
+
+                kv += 2 * hkv * quant[1] * r * len(new_groups(n, pos, quant)) * cfg.kv_bits / 8
+            b = {"act": 4 * hkv * d * n, "kv": kv}
+            c = Cost(idx, "KV_APPEND", "dma", ctl_kv_append(n, pos, hkv, d, quant, values, lat),
+                     ddr.cycles([(b["act"], 1), (kv, hkv * n)]) + lat, 0.0, bytes=b)
         elif op == Opcode.ATTN:
             hq, hkv, d = unpack_heads(ins["heads"])
             causal = bool(ins.flags & Flag.CAUSAL)
-            # sum over query rows t of T_t = pos + t + 1 (causal) or pos + n (not)
             t_sum = n * pos + n * (n + 1) / 2 if causal else n * (pos + n)
-            compute = hq * attn_compute(cfg, d, t_sum, n) / max(1, cfg.attn_units)
-            kv = hq * 2 * t_sum * d * cfg.kv_bits / 8       # K and V of its KV head per query head and row
+            kv = hq * 2 * t_sum * kv_row_words(d) * cfg.kv_bits / 8   # K and V of its KV head per query head and row
             b = {"kv": kv, "act": 4 * hq * d * n * 2}
-            c = Cost(idx, "ATTN", "attn", compute, ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]), 8, bytes=b)
+            c = Cost(idx, "ATTN", "attn", ctl_attn(cfg, hq, d, n, pos, causal, lat),
+                     ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]) + lat, 0.0, bytes=b)
         elif op == Opcode.ROPE:
+            # no RTL controller yet: the DMA of its rows (in and out) and table rows
             heads, _, d = unpack_heads(ins["heads"])
-            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}   # rows in and out, one table row per token
-            c = Cost(idx, "ROPE", "dma", 0.0, ddr.cycles([(b["act"], 3 * n)]), 4, bytes=b)
+            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}
+            c = Cost(idx, "ROPE", "dma", 0.0, ddr.cycles([(b["act"], 3 * n)]) + lat, 4.0, bytes=b)
         elif op == Opcode.LM_HEAD:
             c = self._lm_head(idx, ins, n)
+            c.overhead = fetch                                  # the sequencer stops on it (host flag)
+            return c
         else:  # END
             c = Cost(idx, op.name, "dma", 0.0, 0.0, 0.0)
-        c.latency += ddr.latency_cycles if c.ddr else 0.0
+        c.overhead = fetch
         return c
 
     def _lm_head(self, idx: int, ins, n: int) -> Cost:
@@ -319,6 +412,7 @@ class DataflowModel:
                 c.weight = self.layer_scale
             if c.unit == "host":
                 c.start = t
+                t += c.overhead                   # the sequencer fetches it, then the host takes over
                 host_s += c.cycles / (self.cfg.clock_mhz * 1e6)
                 costs.append(c)
                 if ins.flags & Flag.HOST:
@@ -329,7 +423,7 @@ class DataflowModel:
                 saved = min(c.prefetch_bytes, room) / self.ddr.bytes_per_cycle
                 c.ddr = max(0.0, c.ddr - saved)
                 slack = 0.0
-            c.cycles = max(c.compute, c.ddr) + c.latency
+            c.cycles = max(c.compute, c.ddr) + c.latency + c.overhead
             slack += max(0.0, c.cycles - c.ddr)
             c.start = t
             t += c.cycles * c.weight
