@@ -42,6 +42,7 @@ class AcceleratorConfig:
     attn_lanes: int = 4
     context: int = 1024               # the decode attention unit's score memory
     vocab: int = 256                  # the embedding table's rows (EMBED's token-id range check)
+    kv_max_group: int = 1             # the KV controller's quantization buffer (largest KIVI group; 1: none)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -83,23 +84,45 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     widths = [plan.hidden] + [lin.k for lin in plan.linears.values()]
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths),
                              head_dim=plan.head_dim, context=plan.context, vocab=plan.vocab,
+                             kv_max_group=_kv_max_group(plan.program),
                              attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
+
+
+def _kv_max_group(program) -> int:
+    from .isa import Opcode, unpack_kvquant
+
+    return max([1] + [unpack_kvquant(i["quant"])[1] for i in program.instrs if i.op == Opcode.KV_APPEND and i["quant"]])
+
+
+def _controllers() -> dict:
+    """opcode -> (PERF counter, factory(cfg)) of every controller built so far."""
+    from ...hw.ctl_embed import EmbedCtl
+    from ...hw.ctl_kv import KvAppendCtl
+    from ...hw.ctl_linear import LinearCtl
+    from ...hw.ctl_norm import NormCtl
+    from .isa import Opcode
+
+    def linear(cfg):
+        e = cfg.engine
+        return LinearCtl(e.group, e.tables, e.columns, wbuf_depth=cfg.wbuf_depth,
+                         max_chunks=-(-cfg.norm_max_k // (e.group * e.tables)), ram_style="ultra")
+
+    return {int(Opcode.EMBED): ("CYC_DMA", lambda cfg: EmbedCtl(cfg.vocab)),
+            int(Opcode.RMSNORM): ("CYC_NORM", lambda cfg: NormCtl(cfg.norm_lanes, cfg.norm_max_k)),
+            int(Opcode.LINEAR): ("CYC_LINEAR", linear),
+            int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group))}
 
 
 def controller_table(cfg: AcceleratorConfig) -> dict:
     """The composed top's controller set: ``{opcode: (PERF counter, controller instance)}``
     (hw/top.Accelerator). Opcodes whose controller is not built are left out: the sequencer stops on
     them with ERROR_CODE 1 (bad opcode)."""
-    from ...hw.ctl_embed import EmbedCtl
-    from .isa import Opcode
-
-    table = {int(Opcode.EMBED): ("CYC_DMA", EmbedCtl(cfg.vocab))}
-    return table
+    return {op: (counter, make(cfg)) for op, (counter, make) in _controllers().items()}
 
 
-#: Opcodes with a controller in the composed top (the rest stop the sequencer with ERROR_CODE 1).
-def built_opcodes(cfg: AcceleratorConfig) -> set:
-    return set(controller_table(cfg))
+def built_opcodes(cfg: AcceleratorConfig | None = None) -> set:
+    """Opcodes with a controller in the composed top (the rest stop the sequencer with ERROR_CODE 1)."""
+    return set(_controllers())
 
 
 def accelerator_component(cfg: AcceleratorConfig):

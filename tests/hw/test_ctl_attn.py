@@ -29,10 +29,10 @@ def programs(onnx_export):
     return {"bitnet": compile_program(bitnet, ENG, CTX), "llama": compile_program(llama, ENG, CTX)}
 
 
-def _check(programs, name, lanes, every=False, p=0.7, prompt=(3, 1, 4, 1, 5), calls=(5, 1)):
+def _check(programs, name, lanes, every=False, p=0.7, prompt=(3, 1, 4, 1, 5), calls=(5, 1), decode=1):
     plan, im = programs[name]
     rows, seen = [], set()
-    for i, st in enumerate(program_states(plan, im, ENG, CTX, list(prompt), 1, {Opcode.ATTN})):
+    for i, st in enumerate(program_states(plan, im, ENG, CTX, list(prompt), decode, {Opcode.ATTN})):
         if st.n_tokens not in calls or (not every and st.n_tokens in seen):   # default: layer 0 per call
             continue
         seen.add(st.n_tokens)
@@ -64,7 +64,8 @@ def test_attn_ctl_cycles_at_full_rate(programs):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,lanes", [("bitnet", 2), ("bitnet", 4), ("llama", 4), ("llama", 8), ("llama", 3)])
 def test_attn_ctl_every_instruction(programs, name, lanes):
-    _check(programs, name, lanes, every=True)
+    rows = _check(programs, name, lanes, every=True, decode=2)
+    assert {r["pos"] for r in rows} == {0, 5, 6}
 
 
 def test_attn_ctl_refuses_what_it_cannot_run(programs):
