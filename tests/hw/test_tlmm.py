@@ -255,6 +255,7 @@ def test_check_fit_names_overflowing_resource():
 def _lint_designs():
     from ternc.hw.attention import DecodeAttention
     from ternc.hw.axi import AxiDma
+    from ternc.hw.ctl_linear import LinearCtl
     from ternc.hw.epilogue import Epilogue
     from ternc.hw.norm import RMSNorm
     from ternc.hw.quant import ActQuantizer
@@ -263,6 +264,8 @@ def _lint_designs():
         "tlmm_core": lambda: TLMMCore(3, 3, 4, wbuf_depth=64, ram_style="ultra"),
         "epilogue_silu": lambda: Epilogue(4, "gated_silu"),
         "epilogue_rope": lambda: Epilogue(4, "rope"),
+        "epilogue_linear": lambda: Epilogue(4, LinearCtl.OPS),
+        "ctl_linear": lambda: LinearCtl(3, 4, 8, wbuf_depth=48, max_chunks=16, ram_style="block"),
         "act_quant": lambda: ActQuantizer(3, 2, max_chunks=8, lanes=3),
         "rmsnorm": lambda: RMSNorm(4, 64),
         "decode_attn": lambda: DecodeAttention(8, 4, 16),
@@ -272,8 +275,8 @@ def _lint_designs():
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("name", ["tlmm_core", "epilogue_silu", "epilogue_rope", "act_quant", "rmsnorm",
-                                  "decode_attn", "axi_dma", "regfile"])
+@pytest.mark.parametrize("name", ["tlmm_core", "epilogue_silu", "epilogue_rope", "epilogue_linear", "ctl_linear",
+                                  "act_quant", "rmsnorm", "decode_attn", "axi_dma", "regfile"])
 def test_verilator_lint_clean(name, tmp_path):
     from ternc.sim.rtl import have_simulator, lint
     if not have_simulator("verilator"):
