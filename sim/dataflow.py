@@ -58,10 +58,13 @@ class UnitCal:
     norm_overhead: int = 12      # hw/norm.py OVERHEAD
     attn_overhead: int = 11      # hw/attention.py OVERHEAD
     # The controllers (hw/ctl_*.py) around the units, as built; L = the read latency they see.
-    lin_setup: int = 4           # LinearCtl: instruction decode before the first command (+ L)
-    lin_drain: int = 27          # LinearCtl: last engine beat -> last write done, per pass
-    lin_quant_div: int = 58      # LinearCtl: the quantizer's DIV_INIT + 56 steps + DIV_DONE
-    lin_quant_fixed: int = 3     # LinearCtl: quantizer state changes per token
+    lin_setup: int = 7           # LinearCtl: start -> the first read commands
+    lin_quant: int = 59          # LinearCtl: quantizer divide (56 steps) + phase changes per token
+    lin_gap: int = 1             # LinearCtl: between a token's replay and the next
+    lin_drain: int = 16          # LinearCtl: last chunk -> last output beat written
+    lin_finish: int = 6          # LinearCtl: last write -> done -> busy falls, per pass
+    rope_row: float = 1.25       # RopeCtl: per row load -> rotate handover
+    rope_fixed: int = 11         # RopeCtl: per instruction beyond L (pipeline, last write + done)
     norm_row: float = 9.5        # NormCtl: per row beyond 2 ceil(W / lanes) (RSQRT, handshakes)
     norm_fixed: int = 14         # NormCtl: per instruction beyond W/4 (gamma) + 2 L
     attn_div: int = 78           # AttnCtl: the V phase lasts at least the reciprocal's 80 steps
@@ -239,27 +242,34 @@ def attn_compute(cfg: SimConfig, d: int, t_sum: float, rows: int) -> float:
 # answering after L cycles at one beat per cycle per port (sim/calibrate.py compares them with the
 # controllers' RTL; the whole-top counters with the same functions summed per unit).
 def ctl_linear(cfg: SimConfig, k: int, nn: int, n: int, passes: int, lat: float) -> float:
-    """LinearCtl: per pass, decode + L, then column groups (what half the weight buffer holds when
-    the layer does not fit it whole): group 0's weights load (``rd0``, ``engine_ddr_beats`` DDR beats
-    per engine beat) while the first token is quantized; per token the quantizer (load, 56-step
-    divide, quantize; not overlapped with the engine) then one engine beat per cycle per tile of the
-    group; group g+1's weights load during group g's tokens; drain to the last write's done."""
+    """LinearCtl (its module docstring's recurrence): column groups of the weight buffer (all tiles
+    when they fit, else half of it each, double-buffered); group g's weights (``engine_ddr_beats`` DDR
+    beats per engine beat, over ``weight_ports``) load L cycles after their command; per token the
+    quantizer (load ceil(kpad/lanes), divide, quantize; not overlapped with the engine) then one
+    engine chunk per cycle per tile of the group (split over ``engines``, projected); group g+1's load
+    starts when group g's is done and group g-1 is computed; setup, drain and finish per pass."""
     cal = cfg.cal
     chunk = cfg.group * cfg.tables
     nb = -(-k // chunk)
     kpad = nb * chunk
-    tiles = -(-nn // cfg.columns)
-    gsize = tiles if tiles * nb <= cfg.wbuf_depth else max(1, (cfg.wbuf_depth // 2) // nb)
+    _, tiles, gsize, _ = linear_groups(cfg, k, nn)
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
     e = max(1, cfg.engines)
-    q = 2 * -(-kpad // cfg.quant_lanes) + cal.lin_quant_div + cal.lin_quant_fixed
-    load = [g * nb * cfg.engine_ddr_beats / cfg.weight_ports for g in groups]
-    t = cal.lin_setup + lat + max(load[0], q)
-    for i, g in enumerate(groups):
-        replay = -(-g // e) * nb
-        busy = replay + (n - 1) * (q + replay - 1) if i == 0 else n * (q + replay)
-        t += max(busy, load[i + 1] if i + 1 < len(groups) else 0.0)
-    return passes * (t + cal.lin_drain)
+    pre = 2 * -(-kpad // cfg.quant_lanes) + cal.lin_quant
+    beats = lambda g: g * nb * cfg.engine_ddr_beats / cfg.weight_ports  # noqa: E731
+    load_done = [cal.lin_setup + lat + beats(groups[0])]
+    computed: list[float] = []
+    q_free = cal.lin_setup + lat
+    for g, gt in enumerate(groups):
+        replay = -(-gt // e) * nb
+        for _ in range(n):
+            start = max(q_free + pre, load_done[g])
+            q_free = start + replay + cal.lin_gap
+        computed.append(q_free + cal.lin_drain)
+        if g + 1 < len(groups):
+            st = max(load_done[g], computed[g - 1] if g else 0.0)
+            load_done.append(st + lat + beats(groups[g + 1]))
+    return passes * (computed[-1] + cal.lin_finish)
 
 
 def ctl_norm(cfg: SimConfig, w: int, n: int, lat: float) -> float:
@@ -281,6 +291,13 @@ def ctl_attn(cfg: SimConfig, hq: int, d: int, n: int, pos: int, causal: bool, la
         per_row.append(w + T * w + T + max(T * w, cal.attn_div) + 3 * w + cal.attn_head)
     heads = -(-hq // max(1, cfg.attn_units))
     return cal.attn_fixed + lat + heads * sum(per_row)
+
+
+def ctl_rope(cfg: SimConfig, heads: int, d: int, n: int, lat: float) -> float:
+    """RopeCtl: per row, load the row and its table row (max(W/4, d) beats) then rotate one word per
+    cycle (W = heads * d), not overlapped."""
+    w = heads * d
+    return n * (max(w / 4, d) + w + cfg.cal.rope_row) + cfg.cal.rope_fixed + lat
 
 
 def ctl_embed(cfg: SimConfig, w: int, n: int, lat: float) -> float:
@@ -367,10 +384,10 @@ class DataflowModel:
             c = Cost(idx, "ATTN", "attn", ctl_attn(cfg, hq, d, n, pos, causal, lat),
                      ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]) + lat, 0.0, bytes=b)
         elif op == Opcode.ROPE:
-            # no RTL controller yet: the DMA of its rows (in and out) and table rows
             heads, _, d = unpack_heads(ins["heads"])
-            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}
-            c = Cost(idx, "ROPE", "dma", 0.0, ddr.cycles([(b["act"], 3 * n)]) + lat, 4.0, bytes=b)
+            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}      # rows in and out, one table row per token
+            c = Cost(idx, "ROPE", "dma", ctl_rope(cfg, heads, d, n, lat), ddr.cycles([(b["act"], 3 * n)]) + lat,
+                     0.0, bytes=b)
         elif op == Opcode.LM_HEAD:
             c = self._lm_head(idx, ins, n)
             c.overhead = fetch                                  # the sequencer stops on it (host flag)
