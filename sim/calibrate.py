@@ -281,7 +281,7 @@ def instr_model(cfg, ins, n: int, pos: int, lat: float) -> float:
     return model.cost(0, ins, n, pos).compute
 
 
-def measure_calls(name: str, units: set | None = None, log=print) -> dict:
+def measure_calls(name: str, units: set | None = None, log=print, decode_only: bool = False) -> dict:
     """Per instruction RTL vs model for the prefill and first decode call of a configuration; identical
     instructions (same fields but addresses, same call) are simulated once."""
     from ternc.backends.fpga.isa import Opcode
@@ -299,6 +299,8 @@ def measure_calls(name: str, units: set | None = None, log=print) -> dict:
     rows = []
     for st in program_states(plan, im, eng, CTL_CONTEXT, prompt, decode, ops):
         ins = st.instr
+        if decode_only and st.pos == 0:
+            continue
         key = (ins.op, ins.epilogue, int(ins.flags), ins["kn"], ins["width"], ins["heads"], ins["quant"],
                st.n_tokens, st.pos)
         if key not in seen:
@@ -340,20 +342,84 @@ def run(units=None) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- the whole top (Verilator)
+TOP_NEW_TOKENS = 2      # prefill + one decode step per configuration
+TOP_COUNTERS = ("CYCLES", "CYC_LINEAR", "CYC_NORM", "CYC_ATTN", "CYC_DMA")
+
+
+def top_model_counters(instrs, manifest: dict, n: int, pos: int) -> dict:
+    """The dataflow model's figures for one call, named like the top's PERF counters."""
+    cfg = df.config_from_artifact(manifest, board="rtl-sim")
+    r = df.DataflowModel(instrs, cfg).call(n, pos)
+    busy = r.unit_busy()
+    out = {"CYCLES": r.accel_cycles}
+    out.update({UNIT_COUNTER[u]: busy[u] for u in UNIT_COUNTER})
+    return out
+
+
+def measure_top(name: str, out_dir, program: str = "full", log=print) -> dict:
+    """Build the configuration's artifact (engine CTL_ENGINE), run prefill + decode on the composed top
+    in Verilator (sim/rtl.simulate_rtl, token/logit-checked), and compare its counters per call with
+    the model. ``program="prefix"``: the program up to the first opcode the top has no controller for."""
+    import hashlib
+
+    from ternc.backends.fpga.build import build_artifact, load_artifact
+    from ternc.backends.fpga.schedule import EngineConfig
+    from ternc.backends.fpga.top import AcceleratorConfig, built_opcodes
+    from ternc.sim.rtl import accelerator_verilog_of, prefix_program, simulate_rtl
+
+    _, _, prompt, _ = CONFIGS[name]
+    module = compiled_module(name)
+    path = build_artifact(module, Path(out_dir) / name.replace(" ", "_"), context=CTL_CONTEXT,
+                          engine=EngineConfig(*CTL_ENGINE), synth=False, rtl=False)
+    art = load_artifact(path)
+    rep = simulate_rtl(path, prompt, TOP_NEW_TOKENS, program=program, write_report=False)
+    if not rep.exact:
+        raise AssertionError(f"{name}: the top is not token/logit-exact:\n{rep.text()}")
+    instrs = art.program.instrs if program == "full" else prefix_program(
+        art, built_opcodes(AcceleratorConfig.from_json(art.manifest["accelerator"]["config"]))).instrs
+    vhash = hashlib.sha256(accelerator_verilog_of(art).read_bytes()).hexdigest()[:16]
+    rows = []
+    calls = [(len(prompt), 0)] + [(1, len(prompt) + i) for i in range(len(rep.calls) - 1)]
+    for (n, pos), counters in zip(calls, rep.calls):
+        model = top_model_counters(instrs, art.manifest, n, pos)
+        for c in TOP_COUNTERS:
+            if not counters.get(c):
+                continue
+            rows.append({"config": name, "call": "prefill" if pos == 0 else f"decode@{pos}", "counter": c,
+                         "rtl": int(counters[c]), "model": round(model[c], 1),
+                         "error": round((model[c] - counters[c]) / counters[c], 4)})
+            log(f"  {name} {rows[-1]['call']} {c}: RTL {rows[-1]['rtl']}, model {rows[-1]['model']} "
+                f"({100 * rows[-1]['error']:+.2f}%)")
+    return {"config": name, "program": program, "verilog_sha256_16": vhash, "rows": rows,
+            "seconds": round(rep.seconds, 1), "tokens": rep.tokens}
+
+
+def run_top(names=None, program: str = "full", log=print) -> dict:
+    import tempfile
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="ternc-calib-top-") as td:
+        for name in names or CONFIGS:
+            runs.append(measure_top(name, td, program, log))
+    return {"source": f"composed top (hw/top.py) in Verilator through cocotb (sim/rtl.py), cocotbext-axi RAM on "
+                      f"HP0-HP2, engine G={CTL_ENGINE[0]} T={CTL_ENGINE[1]} C={CTL_ENGINE[2]}, context {CTL_CONTEXT}; "
+                      f"model: board rtl-sim (python -m ternc.sim.calibrate --top)",
+            "program": program, "runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
+            "rows": [row for r in runs for row in r["rows"]]}
+
+
 def run_controllers(names=None, log=print) -> dict:
     """Every configuration's calls, per instruction and per unit (the ``controllers`` section)."""
     instrs = []
     for name in names or CONFIGS:
         instrs += measure_calls(name, log=log)["instructions"]
-    unique = {}
-    for r in instrs:   # one row per distinct instruction (layers repeat), for the table
-        unique.setdefault((r["config"], r["op"], r["n"], r["pos"], r["rtl"], r["model"]), r)
     worst = max(instrs, key=lambda r: abs(r["error"]))
     return {"source": f"Amaranth simulator, each controller on every instruction of the calls, memory at full "
                       f"rate with read latency {CTL_LATENCY} (sim/memport_tb.py), engine G={CTL_ENGINE[0]} "
                       f"T={CTL_ENGINE[1]} C={CTL_ENGINE[2]} (python -m ternc.sim.calibrate)",
             "latency": CTL_LATENCY, "per_unit": per_unit(instrs),
-            "instructions": list(unique.values()),
+            "instructions": instrs,
             "max_instruction_error": {k: worst[k] for k in ("config", "op", "n", "pos", "rtl", "model", "error")}}
 
 
@@ -363,6 +429,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ternc.sim.calibrate")
     ap.add_argument("--skip-units", action="store_true", help="keep the stored unit rows")
     ap.add_argument("--skip-controllers", action="store_true", help="keep the stored controller rows")
+    ap.add_argument("--top", choices=("full", "prefix"), default=None,
+                    help="also run the composed top in Verilator (slow) and store its counters vs the model")
     args = ap.parse_args(argv)
     p = Path(__file__).with_name("calibration.json")
     old = json.loads(p.read_text()) if p.exists() else {}
@@ -372,6 +440,8 @@ def main(argv=None) -> int:
            "rows": rows}
     if ctl:
         out["controllers"] = ctl
+    if args.top:
+        out["top"] = run_top(program=args.top)
     for k in old:
         out.setdefault(k, old[k])   # sections written by other tools (the whole-top runs)
     p.write_text(json.dumps(out, indent=1) + "\n")
@@ -379,6 +449,9 @@ def main(argv=None) -> int:
         print(f"{r['unit']:18s} {r['config']:36s} RTL {r['rtl']:7d}  model {r['model']:9.1f}  {100 * r['error']:+.2f}%")
     for r in (ctl or {}).get("per_unit", []):
         print(f"{r['config']:16s} {r['call']:10s} {r['unit']:7s} RTL {r['rtl']:7d}  model {r['model']:9.1f}  "
+              f"{100 * r['error']:+.2f}%")
+    for r in out.get("top", {}).get("rows", []):
+        print(f"{r['config']:16s} {r['call']:10s} {r['counter']:10s} RTL {r['rtl']:7d}  model {r['model']:9.1f}  "
               f"{100 * r['error']:+.2f}%")
     return 0
 

@@ -510,6 +510,7 @@ def simulate_artifact(path, out_dir=None, plots: bool = True, **over) -> dict:
     rep["instructions"] = len(model.instrs)
     rep["layer_scale"] = model.layer_scale
     rep["calibration"] = calibration_table()
+    rep["calibration_sections"] = calibration_sections()
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -527,6 +528,13 @@ def simulate_artifact(path, out_dir=None, plots: bool = True, **over) -> dict:
 def calibration_table() -> list | None:
     p = Path(__file__).with_name("calibration.json")
     return json.loads(p.read_text())["rows"] if p.exists() else None
+
+
+def calibration_sections() -> dict:
+    """The controller (per instruction / unit / call) and whole-top sections of calibration.json."""
+    p = Path(__file__).with_name("calibration.json")
+    d = json.loads(p.read_text()) if p.exists() else {}
+    return {k: d[k] for k in ("controllers", "top") if k in d}
 
 
 def text(rep: dict) -> str:
@@ -565,4 +573,23 @@ def text(rep: dict) -> str:
                   "|---|---|---|---|---|"]
         for c in rep["calibration"]:
             lines.append(f"| {c['unit']} | {c['config']} | {c['rtl']} | {c['model']} | {100 * c['error']:+.2f}% |")
+    sec = rep.get("calibration_sections") or {}
+    if sec.get("controllers"):
+        ctl = sec["controllers"]
+        lines += ["", f"controllers vs their RTL, summed per unit and call ({ctl['source']}):",
+                  "| configuration | call | unit | RTL cycles | model | error |", "|---|---|---|---|---|---|"]
+        for c in ctl["per_unit"]:
+            lines.append(f"| {c['config']} | {c['call']} | {c['unit']} | {c['rtl']} | {c['model']} | "
+                         f"{100 * c['error']:+.2f}% |")
+        w = ctl.get("max_instruction_error")
+        if w:
+            lines.append(f"largest per-instruction error: {100 * w['error']:+.2f}% ({w['config']} {w['op']} "
+                         f"n={w['n']} pos={w['pos']}: RTL {w['rtl']}, model {w['model']})")
+    if sec.get("top"):
+        top = sec["top"]
+        lines += ["", f"whole top (Verilator) vs the model, per call ({top['source']}):",
+                  "| configuration | call | counter | RTL cycles | model | error |", "|---|---|---|---|---|---|"]
+        for c in top["rows"]:
+            lines.append(f"| {c['config']} | {c['call']} | {c['counter']} | {c['rtl']} | {c['model']} | "
+                         f"{100 * c['error']:+.2f}% |")
     return "\n".join(lines)
