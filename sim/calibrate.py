@@ -281,7 +281,8 @@ def instr_model(cfg, ins, n: int, pos: int, lat: float) -> float:
     return model.cost(0, ins, n, pos).compute
 
 
-def measure_calls(name: str, units: set | None = None, log=print, decode_only: bool = False) -> dict:
+def measure_calls(name: str, units: set | None = None, log=print, decode_only: bool = False,
+                  select=None) -> dict:
     """Per instruction RTL vs model for the prefill and first decode call of a configuration; identical
     instructions (same fields but addresses, same call) are simulated once."""
     from ternc.backends.fpga.isa import Opcode
@@ -299,7 +300,7 @@ def measure_calls(name: str, units: set | None = None, log=print, decode_only: b
     rows = []
     for st in program_states(plan, im, eng, CTL_CONTEXT, prompt, decode, ops):
         ins = st.instr
-        if decode_only and st.pos == 0:
+        if (decode_only and st.pos == 0) or (select is not None and not select(ins)):
             continue
         key = (ins.op, ins.epilogue, int(ins.flags), ins["kn"], ins["width"], ins["heads"], ins["quant"],
                st.n_tokens, st.pos)
