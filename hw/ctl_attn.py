@@ -215,3 +215,291 @@ class AttnCtl(wiring.Component):
         with m.Elif(running & self.wr.done.valid):
             m.d.sync += [c.busy.eq(0), running.eq(0)]
         return m
+
+
+class PrefillAttnCtl(wiring.Component):
+    """ATTN, block-wise: ``block`` query rows share one K/V stream (the prefill mode the issue asks for).
+
+    Same instruction, same result as :class:`AttnCtl` (bit-exact: each row is still
+    ``attention_decode_fx`` over its own n_ctx keys), but ``block`` DecodeAttention units run side by
+    side on rows t0 .. t0+B-1 of one query head: the K rows 0 .. T_max-1 and then the V rows of the KV
+    head are read once per (block, head) and broadcast; unit i takes the first T_i rows of each (causal:
+    T_i = POS + t0 + i + 1) and ignores the rest. DDR reads of K/V per (block, head): 2 * T_max rows
+    instead of 2 * sum_i T_i (about ``block`` times less in a long prefill).
+
+    Ports: ``rd0`` query heads (one command per (head, row): the beats covering the head's d words,
+    leading/trailing words dropped on entry, since heads are not beat-aligned), ``rd1`` K then V rows
+    per head, ``wr`` one command per block (its B rows are contiguous). Each unit's output heads are
+    packed into a row FIFO (``max_width`` words, one per unit: rows t0+1.. wait for row t0); blocks do
+    not overlap (the next block starts when this one is written).
+
+    Cycles per (block, head) (ports at full rate; tests/hw/test_ctl_attn.py; :meth:`cycles`), set by
+    the unit with the longest context: W (its q) + T_max*W (K) + T_max (P) + max(T_max*W, DIV) (V) +
+    3W (OUT) + ``HEAD_OVERHEAD``, W = dp/lanes (the other units' q loads hide behind their earlier end
+    of V: unit i leaves the broadcast after T_i rows); per block (B-1) * W (the first head's serial q
+    loads) + (B-1) * hq*d/4 (the rows after the first, written at the end) + ``BLOCK_OVERHEAD``. Cost: ``block`` attention units (score
+    memories of max_ctx words, W x lanes 72-bit accumulators each) and ``block`` row FIFOs.
+    """
+
+    READ_PORTS = 2
+    DIV = AttnCtl.DIV
+    HEAD_OVERHEAD = 12    # fitted (per block and head)
+    BLOCK_OVERHEAD = 10   # fitted (per block)
+    OVERHEAD = 0          # fitted
+
+    def __init__(self, head_dim: int = 64, lanes: int = 4, max_ctx: int = 1024, block: int = 4,
+                 max_width: int = 4096):
+        if head_dim < 1 or lanes < 1 or not 1 <= max_ctx < 1 << 16 or block < 1 or max_width < 4:
+            self._MustUse__silence = True
+            raise ValueError("PrefillAttnCtl: need head_dim, lanes, block >= 1, max_ctx in 1..65535, "
+                             "max_width >= 4")
+        self.head_dim, self.lanes, self.max_ctx, self.block = head_dim, lanes, max_ctx, block
+        self.max_width = max_width
+        self.dp = -(-head_dim // lanes) * lanes
+        self.row_words = kv_row_words(head_dim)
+        super().__init__({
+            "ctl": Out(op_control_signature()),
+            "rd0": Out(read_port_signature()),
+            "rd1": Out(read_port_signature()),
+            "wr": Out(write_port_signature()),
+        })
+
+    def cycles(self, hq: int, n_tokens: int, pos: int, causal: bool = True) -> int:
+        w = self.dp // self.lanes
+        total = self.OVERHEAD
+        for t0 in range(0, n_tokens, self.block):
+            nb = min(self.block, n_tokens - t0)
+            T = pos + t0 + nb if causal else pos + n_tokens
+            total += hq * (w + T * w + T + max(T * w, self.DIV) + 3 * w + self.HEAD_OVERHEAD)
+            total += (nb - 1) * (w + hq * self.head_dim // WORDS_PER_BEAT) + self.BLOCK_OVERHEAD
+        return total
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFOBuffered
+
+        m = Module()
+        L, WB, d, dp, rw, B = self.lanes, WORDS_PER_BEAT, self.head_dim, self.dp, self.row_words, self.block
+        chunks = dp // L
+        tail = d - (chunks - 1) * L
+        row_beats = rw // WB
+        row_tail = d - (row_beats - 1) * WB
+        c = self.ctl
+        causal = c.instr[0][CAUSAL_BIT]
+        q_addr, dst, heads = c.instr[1], c.instr[2], c.instr[3]
+        cache_k, cache_v, context = c.instr[4], c.instr[5], c.instr[7]
+        hq, hkv, hd = heads[0:8], heads[8:16], heads[16:32]
+        n, pos = c.n_tokens, c.pos
+        width = Signal(24)                          # words per row: hq * d
+        m.d.comb += width.eq(hq * d)
+        wbeats = Signal(22)
+        m.d.comb += wbeats.eq(width >> 2)
+        fifo_depth = -(-self.max_width // WB)
+
+        units = []
+        for i in range(B):
+            u = DecodeAttention(dp, L, self.max_ctx)
+            m.submodules[f"unit{i}"] = u
+            units.append(u)
+        m.submodules.q_in = q_in = WordFifo(WB, L)
+        m.submodules.kv_in = kv_in = WordFifo(WB, L)
+        o_out, rows = [], []
+        for i in range(B):
+            m.submodules[f"o_out{i}"] = o = WordFifo(L, WB)
+            m.submodules[f"row{i}"] = r = SyncFIFOBuffered(width=WB * 32, depth=fifo_depth)
+            o_out.append(o)
+            rows.append(r)
+
+        running = Signal()
+        clear = Signal()
+        m.d.comb += [q_in.clear.eq(clear), kv_in.clear.eq(clear)] + [o.clear.eq(clear) for o in o_out]
+        group = Signal(8)
+        stride = Signal(32)
+        bad = Signal()
+        m.d.comb += bad.eq((hd != d) | (hq == 0) | (hkv == 0) | (hq < hkv) | ((hq // hkv) * hkv != hq)
+                           | (n == 0) | (pos + n > self.max_ctx) | (pos + n > context) | (width[:2] != 0)
+                           | (width > self.max_width))
+
+        # ---- block state: rows t0 .. t0+nb-1 ---------------------------------------------------------
+        t0 = Signal(16)
+        nb = Signal(range(B + 1))
+        in_block = Signal()
+        t_i = [Signal(17, name=f"n_ctx{i}") for i in range(B)]
+        t_max = Signal(17)
+        for i in range(B):
+            m.d.comb += [t_i[i].eq(Mux(causal, pos + t0 + i + 1, pos + n)),
+                         units[i].n_ctx.eq(t_i[i]), units[i].scale.eq(c.instr[6])]
+        m.d.comb += t_max.eq(Mux(causal, pos + t0 + nb, pos + n))
+
+        # ---- rd0: query head (h, i) = the beats covering words [(t0+i)*W + h*d, +d) ------------------
+        def q_word(h, i):
+            return (q_addr >> 2) + (t0 + i) * width + h * d
+
+        qh_c, qi_c, q_cdone = Signal(8), Signal(range(B + 1)), Signal()
+        qw_c = Signal(32)
+        m.d.comb += [qw_c.eq(q_word(qh_c, qi_c)),
+                     self.rd0.cmd.valid.eq(in_block & ~q_cdone),
+                     self.rd0.cmd.payload.addr.eq((qw_c >> 2) << 4),
+                     self.rd0.cmd.payload.beats.eq((qw_c[:2] + d + WB - 1) >> 2)]
+        with m.If(self.rd0.cmd.valid & self.rd0.cmd.ready):
+            with m.If(qi_c == nb - 1):
+                m.d.sync += [qi_c.eq(0), qh_c.eq(qh_c + 1)]
+                with m.If(qh_c == hq - 1):
+                    m.d.sync += q_cdone.eq(1)
+            with m.Else():
+                m.d.sync += qi_c.eq(qi_c + 1)
+        # receive: drop the words before and after the head
+        qh_r, qi_r = Signal(8), Signal(range(B + 1))
+        q_left = Signal(range(d + 1))
+        q_first = Signal()
+        qw_r = Signal(32)
+        skip = Signal(2)
+        avail = Signal(range(WB + 1))
+        cnt = Signal(range(WB + 1))
+        m.d.comb += [qw_r.eq(q_word(qh_r, qi_r)), skip.eq(Mux(q_first, qw_r[:2], 0)),
+                     avail.eq(WB - skip), cnt.eq(Mux(q_left < avail, q_left, avail)),
+                     q_in.inp.valid.eq(self.rd0.data.valid & in_block),
+                     q_in.inp.payload.data.as_value().eq(self.rd0.data.payload.data >> (skip * 32)),
+                     q_in.inp.payload.count.eq(cnt),
+                     self.rd0.data.ready.eq(q_in.inp.ready & in_block)]
+        with m.If(self.rd0.data.valid & self.rd0.data.ready):
+            with m.If(q_left == cnt):                       # the command's last beat
+                m.d.sync += [q_first.eq(1), q_left.eq(d)]
+                with m.If(qi_r == nb - 1):
+                    m.d.sync += [qi_r.eq(0), qh_r.eq(qh_r + 1)]
+                with m.Else():
+                    m.d.sync += qi_r.eq(qi_r + 1)
+            with m.Else():
+                m.d.sync += [q_first.eq(0), q_left.eq(q_left - cnt)]
+        # distribute: head h to units 0 .. nb-1 in turn
+        q_unit = Signal(range(B + 1))
+        qc = Signal(range(chunks + 1))
+        q_last = Signal()
+        m.d.comb += [q_last.eq(qc == chunks - 1), q_in.take.eq(Mux(q_last, tail, L))]
+        for i, u in enumerate(units):
+            m.d.comb += [u.q.payload.data.as_value().eq(q_in.out.payload.data.as_value()),
+                         u.q.payload.last.eq(q_last)]
+            with m.If(q_unit == i):
+                m.d.comb += [u.q.valid.eq(q_in.out.valid & in_block), q_in.out.ready.eq(u.q.ready & in_block)]
+        with m.If(q_in.out.valid & q_in.out.ready):
+            m.d.sync += qc.eq(Mux(q_last, 0, qc + 1))
+            with m.If(q_last):
+                m.d.sync += q_unit.eq(Mux(q_unit == nb - 1, 0, q_unit + 1))
+
+        # ---- rd1: per head, K rows 0 .. T_max-1 then V rows of its KV head ------------------------------
+        kh, kr = Signal(8), Signal(8)
+        k_off = Signal(32)
+        is_v, k_done = Signal(), Signal()
+        m.d.comb += [self.rd1.cmd.valid.eq(in_block & ~k_done),
+                     self.rd1.cmd.payload.addr.eq(Mux(is_v, cache_v, cache_k) + k_off),
+                     self.rd1.cmd.payload.beats.eq(t_max * row_beats)]
+        with m.If(self.rd1.cmd.valid & self.rd1.cmd.ready):
+            m.d.sync += is_v.eq(~is_v)
+            with m.If(is_v):
+                with m.If(kh == hq - 1):
+                    m.d.sync += k_done.eq(1)
+                with m.Else():
+                    m.d.sync += kh.eq(kh + 1)
+                    with m.If(kr == group - 1):
+                        m.d.sync += [kr.eq(0), k_off.eq(k_off + stride)]
+                    with m.Else():
+                        m.d.sync += kr.eq(kr + 1)
+        # broadcast: row r goes to the units with r < T_i; it moves when all of them take it
+        rb = Signal(range(row_beats + 1))
+        kc = Signal(range(chunks + 1))
+        r = Signal(17)
+        rb_last, kc_last = Signal(), Signal()
+        m.d.comb += [rb_last.eq(rb == row_beats - 1), kc_last.eq(kc == chunks - 1),
+                     kv_in.inp.valid.eq(self.rd1.data.valid & in_block),
+                     kv_in.inp.payload.data.as_value().eq(self.rd1.data.payload.data),
+                     kv_in.inp.payload.count.eq(Mux(rb_last, row_tail, WB)),
+                     self.rd1.data.ready.eq(kv_in.inp.ready & in_block),
+                     kv_in.take.eq(Mux(kc_last, tail, L))]
+        need = [Signal(name=f"need{i}") for i in range(B)]
+        all_ready = Signal()
+        ready_terms = []
+        for i, u in enumerate(units):
+            m.d.comb += need[i].eq((i < nb) & (r < t_i[i]))
+            ready_terms.append(~need[i] | u.kv.ready)
+            for j in range(L):
+                m.d.comb += u.kv.payload.data[j].eq(kv_in.out.payload.data[j].as_signed()
+                                                    << (hwn.FX_FRAC - hwn.KV_FRAC))
+        fold = in_block
+        for term in ready_terms:
+            fold = fold & term
+        m.d.comb += all_ready.eq(fold)
+        for i, u in enumerate(units):
+            m.d.comb += u.kv.valid.eq(kv_in.out.valid & need[i] & all_ready)
+        m.d.comb += kv_in.out.ready.eq(all_ready)
+        with m.If(self.rd1.data.valid & self.rd1.data.ready):
+            m.d.sync += rb.eq(Mux(rb_last, 0, rb + 1))
+        with m.If(kv_in.out.valid & kv_in.out.ready):
+            m.d.sync += kc.eq(Mux(kc_last, 0, kc + 1))
+            with m.If(kc_last):
+                m.d.sync += r.eq(Mux(r == t_max - 1, 0, r + 1))
+
+        # ---- outputs: unit i's heads -> row FIFO i; the writer sends rows t0, t0+1, ... -----------------
+        for i, u in enumerate(units):
+            o = o_out[i]
+            m.d.comb += [o.inp.valid.eq(u.out.valid), u.out.ready.eq(o.inp.ready),
+                         o.inp.payload.data.as_value().eq(u.out.payload.data.as_value()),
+                         o.inp.payload.count.eq(Mux(u.out.payload.last, tail, L)), o.take.eq(WB),
+                         rows[i].w_en.eq(o.out.valid), rows[i].w_data.eq(o.out.payload.data.as_value()),
+                         o.out.ready.eq(rows[i].w_rdy)]
+        w_cmd = Signal()
+        w_unit = Signal(range(B + 1))
+        w_beat = Signal(22)
+        cmds, dones = Signal(16), Signal(16)
+        m.d.comb += [self.wr.cmd.valid.eq(in_block & ~w_cmd),
+                     self.wr.cmd.payload.addr.eq(dst + t0 * (width << 2)),
+                     self.wr.cmd.payload.beats.eq(nb * wbeats), self.wr.done.ready.eq(1)]
+        with m.If(self.wr.cmd.valid & self.wr.cmd.ready):
+            m.d.sync += [w_cmd.eq(1), cmds.eq(cmds + 1)]
+        with m.If(self.wr.done.valid):
+            m.d.sync += dones.eq(dones + 1)
+        for i in range(B):
+            with m.If(w_unit == i):
+                m.d.comb += [self.wr.data.valid.eq(rows[i].r_rdy & in_block),
+                             self.wr.data.payload.data.eq(rows[i].r_data),
+                             rows[i].r_en.eq(self.wr.data.ready & in_block)]
+        block_done = Signal()
+        with m.If(self.wr.data.valid & self.wr.data.ready):
+            with m.If(w_beat == wbeats - 1):
+                m.d.sync += [w_beat.eq(0), w_unit.eq(w_unit + 1)]
+                with m.If(w_unit == nb - 1):
+                    m.d.comb += block_done.eq(1)
+            with m.Else():
+                m.d.sync += w_beat.eq(w_beat + 1)
+
+        # ---- control ----------------------------------------------------------------------------------
+        def block_reset(start_row):
+            return [t0.eq(start_row), nb.eq(Mux(n - start_row < B, n - start_row, B)),
+                    qh_c.eq(0), qi_c.eq(0), q_cdone.eq(0), qh_r.eq(0), qi_r.eq(0), q_left.eq(d), q_first.eq(1),
+                    q_unit.eq(0), qc.eq(0), kh.eq(0), kr.eq(0), k_off.eq(0), is_v.eq(0), k_done.eq(0),
+                    rb.eq(0), kc.eq(0), r.eq(0), w_cmd.eq(0), w_unit.eq(0), w_beat.eq(0)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(c.start):
+                    m.d.comb += clear.eq(1)
+                    m.d.sync += [c.error.eq(bad), c.busy.eq(1), running.eq(~bad), cmds.eq(0), dones.eq(0),
+                                 group.eq(Mux(hkv == 0, 1, hq // hkv)), stride.eq(context * (4 * rw))]
+                    m.d.sync += block_reset(0)
+                    with m.If(bad):
+                        m.next = "REFUSED"
+                    with m.Else():
+                        m.d.sync += in_block.eq(1)
+                        m.next = "BLOCK"
+            with m.State("REFUSED"):
+                m.d.sync += c.busy.eq(0)
+                m.next = "IDLE"
+            with m.State("BLOCK"):
+                with m.If(block_done):
+                    m.d.sync += block_reset(t0 + B)
+                    with m.If(t0 + B >= n):
+                        m.d.sync += in_block.eq(0)
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If(dones == cmds):
+                    m.d.sync += [c.busy.eq(0), running.eq(0)]
+                    m.next = "IDLE"
+        return m

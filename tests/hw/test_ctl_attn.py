@@ -1,4 +1,4 @@
-"""hw/ctl_attn.AttnCtl runs the ATTN instructions of real compiled programs (tiny-bitnet: d = 42, GQA 4/2;
+"""hw/ctl_attn.AttnCtl (per row) and PrefillAttnCtl (block-wise) run the ATTN instructions of real compiled programs (tiny-bitnet: d = 42, GQA 4/2;
 the tiny Llama: d = 16, GQA 4/2) in Amaranth's simulator behind random-valid/ready DDR ports: a
 prefill of 5 tokens (causal, T = 1..5 per row) and a decode step at pos 5, bit-exact with the
 functional executor (the whole DDR is compared); cycles match AttnCtl.cycles."""
@@ -11,7 +11,7 @@ import pytest
 
 from ternc.backends.fpga.isa import Flag, Opcode, unpack_heads
 from ternc.backends.fpga.schedule import EngineConfig
-from ternc.hw.ctl_attn import AttnCtl
+from ternc.hw.ctl_attn import AttnCtl, PrefillAttnCtl, kv_row_words
 from ternc.passes.pipeline import KV260_PIPELINE, compile
 from ternc.sim.ctl_bench import assert_same_ddr, compile_program, program_states, run_controller
 
@@ -53,6 +53,7 @@ def test_attn_ctl_bit_exact_on_program(programs, name, lanes):
     assert {(r["n"], r["pos"]) for r in rows} == {(5, 0), (1, 5)}
 
 
+@pytest.mark.slow
 def test_attn_ctl_cycles_at_full_rate(programs):
     rows = _check(programs, "bitnet", 4, p=1.0, calls=(1,))
     print("AttnCtl cycles", json.dumps(rows))
@@ -71,7 +72,73 @@ def test_attn_ctl_every_instruction(programs, name, lanes):
 def test_attn_ctl_refuses_what_it_cannot_run(programs):
     plan, im = programs["llama"]
     st = next(program_states(plan, im, ENG, CTX, [3, 1], 0, {Opcode.ATTN}))
-    for dut in (AttnCtl(32, 4, CTX), AttnCtl(16, 4, max_ctx=1)):   # wrong head_dim; context too long
+    for dut in (AttnCtl(32, 4, CTX), AttnCtl(16, 4, max_ctx=1),    # wrong head_dim; context too long
+                PrefillAttnCtl(32, 4, CTX), PrefillAttnCtl(16, 4, CTX, max_width=32)):   # row FIFO too small
         got, res = run_controller(dut, st)
         assert res["error"] == 1 and res["cycles"] < 10
         assert (got == st.ddr).all() and not res["writes"]
+
+
+def _check_block(programs, name, block, p=0.7, prompt=(3, 1, 4, 1, 5, 9, 2), calls=(7,), every=False, decode=0):
+    plan, im = programs[name]
+    rows, seen = [], set()
+    for i, st in enumerate(program_states(plan, im, ENG, CTX, list(prompt), decode, {Opcode.ATTN})):
+        if st.n_tokens not in calls or (not every and st.n_tokens in seen):
+            continue
+        seen.add(st.n_tokens)
+        hq, hkv, d = unpack_heads(st.instr["heads"])
+        dut = PrefillAttnCtl(d, 4, max_ctx=CTX, block=block, max_width=256)
+        got, res = run_controller(dut, st, seed=i, p=p)
+        assert res["error"] == 0
+        assert_same_ddr(got, st)
+        n, pos = st.n_tokens, st.pos
+        # K/V traffic: once per (block, head) for the block's longest context, not once per row
+        t_max = [pos + min(t0 + block, n) for t0 in range(0, n, block)]
+        rb = kv_row_words(d) // 4
+        assert sum(b for _, b in res["reads"]["rd1"]) == sum(2 * hq * t * rb for t in t_max)
+        per_row = sum(2 * hq * (pos + t + 1) * rb for t in range(n))
+        rows.append({"instr": st.index, "block": block, "n": n, "pos": pos, "cycles": res["cycles"],
+                     "model": dut.cycles(hq, n, pos), "kv_beats": sum(2 * hq * t * rb for t in t_max),
+                     "kv_beats_per_row": per_row})
+    return rows
+
+
+@pytest.mark.parametrize("name,block", [("llama", 4), ("bitnet", 3)])
+def test_prefill_attn_ctl_block_wise_bit_exact(programs, name, block):
+    rows = _check_block(programs, name, block, prompt=(3, 1, 4, 1, 5), calls=(5,))   # blocks 4+1 / 3+2
+    assert len(rows) == 1 and rows[0]["kv_beats"] < rows[0]["kv_beats_per_row"]
+
+
+@pytest.mark.slow
+def test_prefill_attn_ctl_cycles_at_full_rate(programs):
+    rows = _check_block(programs, "bitnet", 4, p=1.0)
+    print("PrefillAttnCtl cycles", json.dumps(rows))
+    for r in rows:
+        assert abs(r["cycles"] - r["model"]) <= 0.03 * r["model"] + 5, r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,block", [("bitnet", 2), ("bitnet", 4), ("llama", 3), ("llama", 8)])
+def test_prefill_attn_ctl_every_instruction(programs, name, block):
+    rows = _check_block(programs, name, block, every=True, calls=(7, 1), decode=2)
+    assert {r["pos"] for r in rows} == {0, 7, 8}
+
+
+@pytest.mark.slow
+def test_attn_ctls_on_a_quantize_kv4_program(onnx_export):
+    """quantize-kv{bits=4}: the cache holds dequantized KV words (KIVI groups, growing span); both
+    controllers read it like any cache, bit-exact."""
+    import ternc
+
+    m = ternc.load(str(onnx_export("tiny-bitnet", False)))
+    spec = [*KV260_PIPELINE[:-1], "quantize-kv{bits=4,group=6,residual=2}", "hw-numerics"]
+    plan, im = compile_program(compile(m, passes=spec, report=False)[0], ENG, CTX)
+    n_checked = 0
+    for i, st in enumerate(program_states(plan, im, ENG, CTX, [5, 6, 7, 8, 9, 10, 11, 12], 3, {Opcode.ATTN})):
+        hq, hkv, d = unpack_heads(st.instr["heads"])
+        for dut in (AttnCtl(d, 4, CTX), PrefillAttnCtl(d, 4, CTX, block=4, max_width=256)):
+            got, res = run_controller(dut, st, seed=i)
+            assert res["error"] == 0
+            assert_same_ddr(got, st)
+        n_checked += 1
+    assert n_checked == 2 * 4    # 2 layers x (prefill + 3 decode steps)

@@ -53,10 +53,12 @@ def _check(programs, name, every, lanes=4, p=0.7, keep=lambda st: True):
 
 @pytest.mark.parametrize("name", ["bitnet", "llama"])
 def test_norm_ctl_bit_exact_on_program(programs, name):
-    rows = _check(programs, name, every=False)
-    assert {r["n"] for r in rows} == {5, 1} and len(rows) >= 2
+    rows = _check(programs, name, every=False, keep=lambda st: (st.instr["width"] == 64 or  # llama: both calls
+                                                               (st.instr["width"] == 168) == (st.n_tokens == 5)))
+    assert {r["n"] for r in rows} == {5, 1} and len(rows) == 2
 
 
+@pytest.mark.slow
 def test_norm_ctl_cycles_at_full_rate(programs):
     rows = _check(programs, "bitnet", every=False, p=1.0,
                   keep=lambda st: (st.instr["width"] == 168) == (st.n_tokens == 5))

@@ -56,6 +56,7 @@ def test_rope_ctl_bit_exact_on_program(programs, name):
     assert {(r["heads"], r["n"]) for r in rows} == {(4, 5), (2, 5), (4, 1), (2, 1)}
 
 
+@pytest.mark.slow
 def test_rope_ctl_cycles_at_full_rate(programs):
     rows = _check(programs, "bitnet", p=1.0)
     print("RopeCtl cycles", json.dumps(rows))
