@@ -5,6 +5,8 @@ tlmm.py        TLMM ternary matmul engine: TablePrecompute, LookupLanes, AdderTr
 quant.py       ActQuantizer: per-token int8 quantizer (ir/hw_numerics.quantize_act_fx) with replay.
 epilogue.py    Epilogue: dequantize + residual / ReLU^2 / SiLU gate / ReLU^2 gate / RoPE.
 pipeline.py    DqFactor and TLMMPipeline: quantize -> TLMM -> dequantize -> elementwise, fused.
+ctl_linear.py  LinearCtl: the LINEAR instruction on TLMMPipeline through hw/ports.py (weights, rows,
+               side operand, outputs; double-buffered column groups; gates as two engine passes).
 norm.py        RMSNorm (Llama/BitNet incl. sub-norms): ir/hw_numerics.rmsnorm_fx.
 attention.py   DecodeAttention: one query head vs the streamed KV of its head (GQA by addressing),
                two-pass softmax with an exp table: ir/hw_numerics.attention_decode_fx.

@@ -64,9 +64,9 @@ VALUES_FLAG_BIT = 16 + 2  # isa.Flag.VALUES in word 0
 
 
 def _row_words(head_dim: int) -> int:
-    from ternc.backends.fpga.images import kv_row_words
-
-    return kv_row_words(head_dim)
+    """backends/fpga/images.kv_row_words restated (hw/ must not import backends/: import cycle):
+    head_dim rounded up to whole beats."""
+    return -(-head_dim // WORDS_PER_BEAT) * WORDS_PER_BEAT
 
 
 def new_groups(n: int, pos: int, quant: tuple[int, int, int, int]) -> list[int]:

@@ -34,18 +34,19 @@ the buffer, or more than 4,095 tiles in a group raise ``error`` (nothing is read
 Cycles (start to idle) -- the analytic model :func:`cycle_model`, on which the dataflow simulator is
 calibrated (memory answering every beat ``L`` cycles after its command, no backpressure)::
 
-    pre      = 2 * kpad/3 + 59      quantizer per token: load kpad/3 beats, divide (58), quantize kpad/3
-    replay_g = gtiles_g * nb        engine chunks per token of group g (one per cycle)
-    load_g   = L + gtiles_g * nb * eb   weight DDR beats of group g (eb = DDR beats per engine beat)
-    group g, token t:  replay starts at max(quantizer free + pre, load_g done); +1 cycle gap
-    load_{g+1} starts when load_g is done and group g-1 is computed (double buffering)
-    total    = passes * (7 setup + ... + 16 drain + 6 finish),  passes = 2 for gates
+    front_t  = kpad/3 + 58 + kpad/3 + 1   quantizer front end per token: load, divide, quantize into
+                                          one of two banks (waits until token t-2 has replayed)
+    replay_t = gtiles_g * nb              engine chunks of token t in group g (one per cycle); starts at
+                                          max(front done, replay t-1 done + 2, group g's weights loaded)
+    load_g   = L + gtiles_g * nb * eb     weight DDR beats of group g (eb = DDR beats per engine beat);
+                                          starts when load g-1 is done and group g-2 is computed
+    total    = passes * (7 + ... + 16 drain + 6 finish),  passes = 2 for gates
 
-i.e. ~ passes * (load_0 + groups * T * (pre + gtiles * nb)) when compute hides the next loads; with
-T tokens the weights are read once per group (prefill reuse). The quantizer does not overlap a
-token's load/divide/quantize with the previous token's replay, so with few tiles per group the
-per-token ``pre`` dominates the engine time (tiny-bitnet K = 168: pre = 171 cycles vs 14 chunks per
-tile). tests/hw/test_ctl_linear.py checks model vs simulation.
+so per group ~ T * max(front, replay) + the first load: the weights are read once per group and
+reused by all T tokens (prefill reuse), and with few tiles per group the quantizer's front end
+(2 kpad/3 + 59 cycles per token and group) sets the time, not the engine. The model assumes nb >=
+columns/4 (+1 with a side operand): below that the write port (one 128-bit beat per cycle) or the
+side-operand reader sets the tile rate. tests/hw/test_ctl_linear.py checks model vs simulation.
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ _FX = hwn.FX_BITS
 _WPB = BEAT_BITS // _FX   # FX words per DDR beat
 # cycle_model constants (measured on the simulator, tests/hw/test_ctl_linear.py)
 SETUP_CYCLES = 7          # start -> the first read commands
-QUANT_FIXED = 59          # per token: DIV_INIT + 56 divider steps + DIV_DONE + phase changes
-REPLAY_GAP = 1
+QUANT_DIV = 58            # per token: DIV_INIT + 56 divider steps + DIV_DONE (after the kpad/3 loads)
+QUANT_Q = 1               # quantize: kpad/3 reads + this
+FRONT_GAP = 0             # QUANT -> LOAD of the next row
+REPLAY_GAP = 2            # back end: WAIT -> REPLAY, first read
 PIPE_DRAIN = 16           # last chunk -> last output beat written (engine + epilogue + writer)
 FINISH_CYCLES = 6         # last write -> its done -> busy falls
 
@@ -98,16 +101,21 @@ def cycle_model(k: int, n: int, n_tokens: int, epilogue: int, group: int, tables
     eb = -(-columns * tables * (hwn.tlg_index_bits(group) + 1) // BEAT_BITS)
     gsize = tiles if tiles * nb <= wbuf_depth else (wbuf_depth // 2) // nb
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
-    pre = 2 * (kpad // 3) + QUANT_FIXED                 # quantizer: load, divide, quantize one token
     t0 = SETUP_CYCLES
     load_done = [t0 + latency + groups[0] * nb * eb]
     computed: list[int] = []
-    q_free = t0 + latency                               # the quantizer takes the first row
+    front_free = t0 + latency                           # the quantizer's front end takes the first row
+    back_end = [-(1 << 30), -(1 << 30)]                 # replay ends of the two previous tokens
     for g, gt in enumerate(groups):
         for _ in range(n_tokens):
-            replay = max(q_free + pre, load_done[g])
-            q_free = replay + gt * nb + REPLAY_GAP
-        computed.append(q_free + PIPE_DRAIN)
+            # front end: load + divide, then quantize into the bank the token before last replayed
+            quant = max(front_free + kpad // 3 + QUANT_DIV, back_end[-2])
+            front_done = quant + kpad // 3 + QUANT_Q
+            front_free = front_done + FRONT_GAP
+            # back end: replay once quantized, after the previous replay, with this group's weights
+            replay = max(front_done, back_end[-1] + REPLAY_GAP, load_done[g])
+            back_end = [back_end[-1], replay + gt * nb]
+        computed.append(back_end[-1] + PIPE_DRAIN)
         if g + 1 < len(groups):                         # the next group's slot frees when g-1 is done
             start = max(load_done[g], computed[g - 1] if g else 0)
             load_done.append(start + latency + groups[g + 1] * nb * eb)
@@ -492,14 +500,15 @@ class LinearCtl(wiring.Component):
                 m.next = "FILL"
             with m.State("FILL"):
                 # one aux beat: min(columns, left) words from DDR, the rest zero
-                with m.If(ad_sub == cpb):
-                    m.d.sync += ad_full.eq(1)
-                    m.next = "HOLD"
-                with m.Elif(ad_left == 0):
+                last_sub = ad_sub == cpb - 1
+                with m.If(ad_left == 0):
                     for i in range(cpb):
                         with m.If(ad_sub == i):
                             m.d.sync += ad_buf[i].eq(0)
                     m.d.sync += ad_sub.eq(ad_sub + 1)
+                    with m.If(last_sub):
+                        m.d.sync += ad_full.eq(1)
+                        m.next = "HOLD"
                 with m.Else():
                     m.d.comb += rd_a.data.ready.eq(1)
                     with m.If(rd_a.data.valid):
@@ -507,6 +516,9 @@ class LinearCtl(wiring.Component):
                             with m.If(ad_sub == i):
                                 m.d.sync += ad_buf[i].eq(rd_a.data.payload.data)
                         m.d.sync += [ad_sub.eq(ad_sub + 1), ad_left.eq(ad_left - _WPB)]
+                        with m.If(last_sub):
+                            m.d.sync += ad_full.eq(1)
+                            m.next = "HOLD"
             with m.State("HOLD"):
                 with m.If(aux.ready):
                     m.d.sync += [ad_full.eq(0), ad_sub.eq(0)]

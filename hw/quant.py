@@ -13,9 +13,11 @@ Ports (Amaranth streams):
 Capacity: ``max_chunks`` chunks of G*tables, i.e. K <= ``max_k`` = max_chunks * G * tables (default
 128 x 84 = 10,752: BitNet-2B4T's down projection has K = 6,912 = 83 chunks); :meth:`check_k` raises
 for larger K (the scheduler calls it), the hardware would wrap.
-Phases per token (not overlapped; a double-buffered version is future work): load K/lanes cycles
-(amax on the fly) -> reciprocal by a sequential restoring divider (56 cycles) -> quantize K/lanes
-cycles (``lanes`` multipliers) into an int8 chunk memory -> replay chunks at one per cycle.
+Phases per token: load K/lanes cycles (amax on the fly) -> reciprocal by a sequential restoring
+divider (56 cycles) -> quantize K/lanes cycles (``lanes`` multipliers) into one of two banks of the
+int8 chunk memory -> replay chunks at one per cycle. The front end (load, divide, quantize) of token
+t+1 overlaps the replay of token t (the other bank); a token's scales are offered once the previous
+token's were all taken.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class ActQuantizer(wiring.Component):
         wbits = max(1, (self.depth - 1).bit_length())
         cbits = max(1, (self.max_chunks - 1).bit_length())
         m.submodules.raw = raw = memory.Memory(shape=unsigned(hwn.FX_BITS * L), depth=self.depth, init=[])
-        m.submodules.q8 = q8 = memory.Memory(shape=unsigned(8 * self.chunk), depth=self.max_chunks, init=[])
+        # two banks of quantized chunks: token t+1 is quantized into one while t replays from the other
+        m.submodules.q8 = q8 = memory.Memory(shape=unsigned(8 * self.chunk), depth=2 * self.max_chunks, init=[])
         raw_w, raw_r = raw.write_port(), raw.read_port()
         q_w, q_r = q8.write_port(), q8.read_port()
 
@@ -120,22 +123,31 @@ class ActQuantizer(wiring.Component):
             with m.If(lane_pos == pos):
                 m.d.comb += merged[pos * 8 * L:(pos + 1) * 8 * L].eq(Cat(*qbytes))
 
-        # Replay state.
+        # Replay state (back end): bank rb; the front end quantizes into bank wb.
         n_chunks = Signal(cbits + 1)
         r_chunk = Signal(cbits + 1)
         r_pass = Signal.like(passes)
         rvalid = Signal()
         last_q = Signal()
+        wb, rb = Signal(), Signal()
+        full = Signal(2)                              # bank holds a quantized token not yet replayed
+        b_chunks = [Signal(cbits + 1, name=f"b_chunks{i}") for i in range(2)]
+        b_passes = [Signal.like(passes, name=f"b_passes{i}") for i in range(2)]
+        b_amax = [Signal(hwn.FX_BITS, name=f"b_amax{i}") for i in range(2)]
+        r_passes = Signal.like(passes)
+
+        def bank_base(b):
+            return Mux(b, self.max_chunks, 0)
 
         m.d.comb += [raw_w.addr.eq(waddr), raw_w.data.eq(self.inp.payload.data.as_value()),
-                     q_r.addr.eq(r_chunk), raw_r.addr.eq(qaddr)]
+                     q_r.addr.eq(bank_base(rb) + r_chunk), raw_r.addr.eq(qaddr)]
         scale_left = Signal.like(passes)
         amax_out = Signal(hwn.FX_BITS)
         m.d.comb += [self.scale.valid.eq(scale_left != 0), self.scale.payload.amax.eq(amax_out)]
         with m.If(self.scale.valid & self.scale.ready):
             m.d.sync += scale_left.eq(scale_left - 1)
 
-        with m.FSM():
+        with m.FSM(name="front"):
             with m.State("LOAD"):
                 m.d.comb += [self.inp.ready.eq(1), raw_w.en.eq(self.inp.valid)]
                 with m.If(self.inp.valid):
@@ -159,9 +171,8 @@ class ActQuantizer(wiring.Component):
                 with m.If(step == 1):
                     m.next = "DIV_DONE"
             with m.State("DIV_DONE"):
-                with m.If(scale_left == 0):  # previous token's scales all taken
-                    m.d.sync += [recip.eq(quo), qaddr.eq(0), qidx.eq(0), qv.eq(0), chunk_reg.eq(0),
-                                 scale_left.eq(passes), amax_out.eq(amax1)]
+                with m.If(~full.bit_select(wb, 1)):  # the bank's previous token has been replayed
+                    m.d.sync += [recip.eq(quo), qaddr.eq(0), qidx.eq(0), qv.eq(0), chunk_reg.eq(0)]
                     m.next = "QUANT"
             with m.State("QUANT"):
                 # Issue reads of raw words 0..n_words-1; consume each one cycle later.
@@ -172,21 +183,35 @@ class ActQuantizer(wiring.Component):
                     m.d.sync += qv.eq(0)
                 with m.If(qv):
                     m.d.sync += qidx.eq(qidx + 1)
-                    full = (lane_pos == P - 1) | (qidx == n_words - 1)
-                    with m.If(full):
-                        m.d.comb += [q_w.addr.eq(qidx // P), q_w.data.eq(merged), q_w.en.eq(1)]
+                    full_chunk = (lane_pos == P - 1) | (qidx == n_words - 1)
+                    with m.If(full_chunk):
+                        m.d.comb += [q_w.addr.eq(bank_base(wb) + qidx // P), q_w.data.eq(merged), q_w.en.eq(1)]
                         m.d.sync += chunk_reg.eq(0)
                     with m.Else():
                         m.d.sync += chunk_reg.eq(merged)
                     with m.If(qidx == n_words - 1):
-                        m.d.sync += [n_chunks.eq(qidx // P + 1), r_chunk.eq(0), r_pass.eq(0), rvalid.eq(0)]
-                        m.next = "REPLAY"
+                        for b in range(2):
+                            with m.If(wb == b):
+                                m.d.sync += [b_chunks[b].eq(qidx // P + 1), b_passes[b].eq(passes),
+                                             b_amax[b].eq(amax1), full[b].eq(1)]
+                        m.d.sync += [wb.eq(~wb), waddr.eq(0), amax.eq(0)]
+                        m.next = "LOAD"
+        with m.FSM(name="back"):
+            with m.State("WAIT"):
+                # the previous token's scales must all be taken before this token's are offered
+                with m.If(full.bit_select(rb, 1) & (scale_left == 0)):
+                    m.d.sync += [r_chunk.eq(0), r_pass.eq(0), rvalid.eq(0),
+                                 n_chunks.eq(Mux(rb, b_chunks[1], b_chunks[0])),
+                                 r_passes.eq(Mux(rb, b_passes[1], b_passes[0])),
+                                 scale_left.eq(Mux(rb, b_passes[1], b_passes[0])),
+                                 amax_out.eq(Mux(rb, b_amax[1], b_amax[0]))]
+                    m.next = "REPLAY"
             with m.State("REPLAY"):
                 en = ~rvalid | self.act.ready
                 m.d.comb += [q_r.en.eq(en), self.act.valid.eq(rvalid),
                              self.act.payload.data.as_value().eq(q_r.data),
                              self.act.payload.last.eq(last_q)]
-                done = (r_pass == passes)
+                done = (r_pass == r_passes)
                 with m.If(en):
                     m.d.sync += [rvalid.eq(~done), last_q.eq(r_chunk == n_chunks - 1)]
                     with m.If(~done):
@@ -195,6 +220,9 @@ class ActQuantizer(wiring.Component):
                         with m.Else():
                             m.d.sync += r_chunk.eq(r_chunk + 1)
                     with m.Else():
-                        m.d.sync += [waddr.eq(0), amax.eq(0)]
-                        m.next = "LOAD"
+                        for b in range(2):
+                            with m.If(rb == b):
+                                m.d.sync += full[b].eq(0)
+                        m.d.sync += rb.eq(~rb)
+                        m.next = "WAIT"
         return m

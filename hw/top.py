@@ -54,10 +54,12 @@ BASE_COUNTERS = ("CYCLES", "RD_BEATS", "WR_BEATS", "INSTRS")
 
 
 class Accelerator(wiring.Component):
-    """``units``: ``{opcode: (counter, controller)}`` -- ``counter`` is the PERF_ counter name
-    (without the prefix, e.g. ``"CYC_LINEAR"``) that counts the controller's busy cycles; one
-    controller instance may serve several opcodes only if it is listed once per opcode (each entry is
-    its own instance here). ``context``: the KV cache's positions (the TOKEN_POS + N_TOKENS check).
+    """``units``: ``{key: (counter, controller)}`` -- ``key`` is an opcode (the controller runs every
+    instance of it) or ``(opcode, calls)`` with ``calls`` ``"prefill"`` (N_TOKENS > 1) or
+    ``"decode"`` (N_TOKENS = 1), so one opcode can have a prefill and a decode controller (e.g.
+    block-wise and per-row attention); ``counter`` is the PERF_ counter name (without the prefix,
+    e.g. ``"CYC_LINEAR"``) that counts the controller's busy cycles. Each entry is its own instance.
+    ``context``: the KV cache's positions (the TOKEN_POS + N_TOKENS check).
     ``end_opcode``, ``host_opcode``/``host_flag``: the stopping instructions (isa.py's END and
     LM_HEAD with flag HOST)."""
 
@@ -67,14 +69,26 @@ class Accelerator(wiring.Component):
         self.regmap, self.context = regmap, context
         self.end_opcode, self.host_opcode, self.host_flag = end_opcode, host_opcode, host_flag
         self.addr_width, self.burst_len, self.max_outstanding = addr_width, burst_len, max_outstanding
-        self.units = dict(sorted(units.items()))
+        self.entries = []          # (opcode, calls, counter, controller)
+        bad = []
+        for key, (counter, ctl) in units.items():
+            op, calls = key if isinstance(key, tuple) else (key, "any")
+            if calls not in ("any", "prefill", "decode"):
+                bad.append(f"{key}: calls must be 'prefill' or 'decode'")
+            self.entries.append((int(op), calls, counter, ctl))
+        self.entries.sort(key=lambda e: (e[0], e[1]))
+        for op in {e[0] for e in self.entries}:
+            modes = [e[1] for e in self.entries if e[0] == op]
+            if len(modes) != len(set(modes)) or ("any" in modes and len(modes) > 1):
+                bad.append(f"{op:#x}: controllers {modes} overlap")
+        self.units = {(op, calls): (counter, ctl) for op, calls, counter, ctl in self.entries}
         names = {r.name for r in regmap.regs}
         need = {"CTRL", "CLEAR", "STATUS", "TOKEN_POS", "N_TOKENS", "DDR_BASE_LO", "DDR_BASE_HI", "PROG_ADDR",
                 "PROG_LEN", "PC", "ERROR_CODE"} | {f"PERF_{c}" for c in BASE_COUNTERS}
         need |= {f"PERF_{cnt}" for cnt, _ in self.units.values()}
         missing = sorted(need - names)
-        bad = [hex(op) for op in self.units if not 0 <= op < 256 or op in (end_opcode, host_opcode)]
-        for op, (_, ctl) in self.units.items():
+        bad += [hex(op) for op, *_ in self.entries if not 0 <= op < 256 or op in (end_opcode, host_opcode)]
+        for (op, _), (_, ctl) in self.units.items():
             if getattr(ctl, "READ_PORTS", None) not in range(HP_READ_PORTS + 1):
                 bad.append(f"{op:#x}: {type(ctl).__name__}.READ_PORTS must be 0..{HP_READ_PORTS}")
         if missing or bad or not 0 < context < 1 << 16:
@@ -103,8 +117,8 @@ class Accelerator(wiring.Component):
         m.submodules.hp0_wr = wrm = AxiWriteMaster(**dma)
         wiring.connect(m, wrm.axi, wiring.flipped(self.hp0_wr_axi))
         units = list(self.units.items())
-        for op, (_, ctl) in units:
-            m.submodules[f"ctl_{op:02x}"] = ctl
+        for (op, calls), (_, ctl) in units:
+            m.submodules[f"ctl_{op:02x}" + ("" if calls == "any" else f"_{calls}")] = ctl
 
         base = Signal(self.addr_width)
         m.d.comb += base.eq(Cat(rf.ddr_base_lo, rf.ddr_base_hi))
@@ -124,7 +138,7 @@ class Accelerator(wiring.Component):
         for name, sig in (("busy", st_busy), ("done", st_done), ("error", st_error), ("host", st_host)):
             m.d.comb += status[fields[name][0]].eq(sig)
         m.d.comb += [rf.status.eq(status), rf.pc.eq(pc), rf.error_code.eq(err_code)]
-        for op, (_, ctl) in units:
+        for _, (_, ctl) in units:
             m.d.comb += [ctl.ctl.n_tokens.eq(n_tokens), ctl.ctl.pos.eq(pos)]
             for i in range(INSTR_WORDS):
                 m.d.comb += ctl.ctl.instr[i].eq(instr[i])
@@ -231,8 +245,9 @@ class Accelerator(wiring.Component):
                 with m.Elif((opcode == self.host_opcode) & (flags & self.host_flag).any()):
                     m.d.sync += [st_busy.eq(0), st_done.eq(1), st_host.eq(1)]
                     m.next = "IDLE"
-                for k, (op, _) in enumerate(units):
-                    with m.Elif(opcode == op):
+                for k, ((op, calls), _) in enumerate(units):
+                    cond = {"any": 1, "prefill": n_tokens > 1, "decode": n_tokens == 1}[calls]
+                    with m.Elif((opcode == op) & cond):
                         m.d.sync += route.eq(k + 2)
                         m.next = "START"
                 with m.Else():

@@ -116,6 +116,11 @@ class SimConfig:
         return -(-self.columns * self.tables * 5 // 8) if self.group == 3 else \
             -(-self.columns * self.tables * (math.ceil(math.log2((3 ** self.group - 1) // 2 + 1)) + 1) // 8)
 
+    @property
+    def image_beat_bytes(self) -> int:
+        """DDR bytes per engine beat: the image pads each beat to whole 16-byte DDR beats."""
+        return -(-self.beat_bytes // 16) * 16
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["beat_bytes"] = self.beat_bytes
@@ -214,15 +219,18 @@ def linear_groups(cfg: SimConfig, k: int, nn: int, passes: int = 1) -> tuple[int
 
 def linear_compute(cfg: SimConfig, k: int, nn: int, n: int, passes: int = 1) -> tuple[float, float]:
     """(busy cycles, fill latency) of the linear pipeline for n tokens of one [K -> N] LINEAR: per
-    token and weight group the quantizer's load + divide + quantize (not overlapped with the engine),
-    then one weight beat per cycle per column tile (x passes for gated epilogues); engines split the
-    tiles."""
+    token and weight group the quantizer's load + divide + quantize (``qtok``), then one weight beat
+    per cycle per column tile (x passes for gated epilogues); the quantizer's two banks overlap the
+    next token's qtok with the current replay, so the (token, group) items cost max(qtok, replay)
+    each after the first; engines split the tiles."""
     cal = cfg.cal
     chunks, tiles, _, groups = linear_groups(cfg, k, nn, passes)
     e = max(1, min(cfg.engines, tiles))
     kpad = chunks * cfg.group * cfg.tables
     qtok = 2 * -(-kpad // cfg.quant_lanes) + cal.quant_div + cal.quant_fixed
-    compute = n * (-(-groups // e) * qtok + -(-tiles // e) * chunks * passes)
+    items = n * -(-groups // e)
+    replay = n * -(-tiles // e) * chunks * passes / items      # engine cycles per (token, group) item
+    compute = qtok + replay + (items - 1) * max(qtok, replay)
     levels = max(1, math.ceil(math.log2(cfg.tables)))
     return compute, levels + 3 + cal.engine_fill + cal.dq_latency + cal.epilogue_latency
 

@@ -191,6 +191,9 @@ def llama_onnx(onnx_export):
     (["generate", "{tmp}/fifo", "--prompt-ids", "1"], "not a regular file"),
     (["generate", "{tmp}/zero.onnx", "--prompt-ids", "1"], "not a regular file"),
     (["generate", "{tmp}/adir", "--prompt-ids", "1"], "neither manifest.json"),
+    (["compile", "{m}", "--target", "kv260", "--engine", "3,4", "-o", "{tmp}/k"], "expected GROUP,TABLES,COLUMNS"),
+    (["compile", "{m}", "--target", "cpu", "--engine", "3,4,8", "-o", "{tmp}/o"], "applies to the kv260 target"),
+    (["simulate", "{tmp}/adir", "--rtl"], "--rtl needs --prompt-ids"),
 ])
 def test_bad_arguments_are_clear_errors(argv, message, llama_onnx, tmp_path, capsys):
     from ternc.cli import main

@@ -43,7 +43,9 @@ class AcceleratorConfig:
     context: int = 1024               # the decode attention unit's score memory
     vocab: int = 256                  # the embedding table's rows (EMBED's token-id range check)
     kv_max_group: int = 1             # the KV controller's quantization buffer (largest KIVI group; 1: none)
-    rope_max_width: int = 4096        # the RoPE controller's row buffer (widest ROPE row, words)
+    rope_max_width: int = 4096        # the RoPE controller's row buffer (widest ROPE row = q row, words)
+    attn_block: int = 4               # query rows per K/V stream of the prefill attention controller
+    attn_max_width: int = 4096        # the prefill attention controller's row FIFOs (q row = hq * d words)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,6 +88,7 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths),
                              head_dim=plan.head_dim, context=plan.context, vocab=plan.vocab,
                              kv_max_group=_kv_max_group(plan.program), rope_max_width=_rope_max_width(plan.program),
+                             attn_max_width=_attn_max_width(plan.program),
                              attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
 
 
@@ -96,8 +99,8 @@ def _kv_max_group(program) -> int:
 
 
 def _controllers() -> dict:
-    """opcode -> (PERF counter, factory(cfg)) of every controller built so far."""
-    from ...hw.ctl_attn import AttnCtl
+    """opcode (or (opcode, "prefill"|"decode")) -> (PERF counter, factory(cfg)) of every controller."""
+    from ...hw.ctl_attn import AttnCtl, PrefillAttnCtl
     from ...hw.ctl_embed import EmbedCtl
     from ...hw.ctl_kv import KvAppendCtl
     from ...hw.ctl_linear import LinearCtl
@@ -114,8 +117,11 @@ def _controllers() -> dict:
             int(Opcode.RMSNORM): ("CYC_NORM", lambda cfg: NormCtl(cfg.norm_lanes, cfg.norm_max_k)),
             int(Opcode.LINEAR): ("CYC_LINEAR", linear),
             int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group)),
-            # lanes = 4 with on-chip zero padding of d (AttnCtl's docstring: d = 42 runs at dp = 44)
-            int(Opcode.ATTN): ("CYC_ATTN", lambda cfg: AttnCtl(cfg.head_dim, 4, cfg.context)),
+            # lanes = 4 with on-chip zero padding of d (AttnCtl's docstring: d = 42 runs at dp = 44);
+            # prefill calls (N > 1) on the block-wise unit (K/V read once per block of query rows)
+            (int(Opcode.ATTN), "decode"): ("CYC_ATTN", lambda cfg: AttnCtl(cfg.head_dim, 4, cfg.context)),
+            (int(Opcode.ATTN), "prefill"): ("CYC_ATTN", lambda cfg: PrefillAttnCtl(
+                cfg.head_dim, 4, cfg.context, block=cfg.attn_block, max_width=cfg.attn_max_width)),
             int(Opcode.ROPE): ("CYC_DMA", lambda cfg: RopeCtl(cfg.rope_max_width, cfg.head_dim))}
 
 
@@ -123,6 +129,13 @@ def _rope_max_width(program) -> int:
     from .isa import Opcode, unpack_heads
 
     widths = [unpack_heads(i["heads"])[0] * unpack_heads(i["heads"])[2] for i in program.instrs if i.op == Opcode.ROPE]
+    return max([4] + widths)
+
+
+def _attn_max_width(program) -> int:
+    from .isa import Opcode, unpack_heads
+
+    widths = [unpack_heads(i["heads"])[0] * unpack_heads(i["heads"])[2] for i in program.instrs if i.op == Opcode.ATTN]
     return max([4] + widths)
 
 
@@ -135,7 +148,7 @@ def controller_table(cfg: AcceleratorConfig) -> dict:
 
 def built_opcodes(cfg: AcceleratorConfig | None = None) -> set:
     """Opcodes with a controller in the composed top (the rest stop the sequencer with ERROR_CODE 1)."""
-    return set(_controllers())
+    return {k[0] if isinstance(k, tuple) else k for k in _controllers()}
 
 
 def accelerator_component(cfg: AcceleratorConfig):

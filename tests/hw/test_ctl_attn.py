@@ -142,3 +142,20 @@ def test_attn_ctls_on_a_quantize_kv4_program(onnx_export):
             assert_same_ddr(got, st)
         n_checked += 1
     assert n_checked == 2 * 4    # 2 layers x (prefill + 3 decode steps)
+
+
+def _lint(name, component, tmp_path):
+    from ternc.hw import synth
+    from ternc.sim.rtl import have_simulator, lint
+    if not have_simulator("verilator"):
+        pytest.skip("verilator not installed")
+    p = tmp_path / f"{name}.v"
+    p.write_text(synth.to_verilog(component, name))
+    r = lint(p, name)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("block", [0, 2])
+def test_attn_ctl_verilator_lint_clean(block, tmp_path):
+    _lint("attn_ctl", AttnCtl(42, 4, 64) if block == 0 else PrefillAttnCtl(42, 4, 64, block, 256), tmp_path)

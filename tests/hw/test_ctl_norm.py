@@ -82,3 +82,19 @@ def test_norm_ctl_refuses_bad_width(programs):
     assert res["error"] == 1 and res["cycles"] < 10
     assert (got == st.ddr).all() and not res["reads"]["rd0"] and not res["writes"]
     assert PortError   # (the port models raise it for out-of-range/unaligned commands)
+
+
+def _lint(name, component, tmp_path):
+    from ternc.hw import synth
+    from ternc.sim.rtl import have_simulator, lint
+    if not have_simulator("verilator"):
+        pytest.skip("verilator not installed")
+    p = tmp_path / f"{name}.v"
+    p.write_text(synth.to_verilog(component, name))
+    r = lint(p, name)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.rtl
+def test_norm_ctl_verilator_lint_clean(tmp_path):
+    _lint("norm_ctl", NormCtl(4, 512), tmp_path)

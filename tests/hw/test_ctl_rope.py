@@ -78,3 +78,19 @@ def test_rope_ctl_refuses_what_it_cannot_hold(programs):
         got, res = run_controller(dut, st)
         assert res["error"] == 1 and res["cycles"] < 10
         assert (got == st.ddr).all() and not res["writes"]
+
+
+def _lint(name, component, tmp_path):
+    from ternc.hw import synth
+    from ternc.sim.rtl import have_simulator, lint
+    if not have_simulator("verilator"):
+        pytest.skip("verilator not installed")
+    p = tmp_path / f"{name}.v"
+    p.write_text(synth.to_verilog(component, name))
+    r = lint(p, name)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.rtl
+def test_rope_ctl_verilator_lint_clean(tmp_path):
+    _lint("rope_ctl", RopeCtl(256, 64), tmp_path)
