@@ -59,8 +59,10 @@ class UnitCal:
     attn_overhead: int = 11      # hw/attention.py OVERHEAD
     # The controllers (hw/ctl_*.py) around the units, as built; L = the read latency they see.
     lin_setup: int = 7           # LinearCtl: start -> the first read commands
-    lin_quant: int = 59          # LinearCtl: quantizer divide (56 steps) + phase changes per token
-    lin_gap: int = 1             # LinearCtl: between a token's replay and the next
+    lin_quant_div: int = 58      # LinearCtl: quantizer DIV_INIT + 56 divider steps + DIV_DONE
+    lin_quant_q: int = 1         # LinearCtl: quantize phase beyond its kpad/3 reads
+    lin_front_gap: int = 0       # LinearCtl: quantize -> load of the next row
+    lin_replay_gap: int = 2      # LinearCtl: back end WAIT -> REPLAY
     lin_drain: int = 16          # LinearCtl: last chunk -> last output beat written
     lin_finish: int = 6          # LinearCtl: last write -> done -> busy falls, per pass
     rope_row: float = 1.25       # RopeCtl: per row load -> rotate handover
@@ -70,6 +72,8 @@ class UnitCal:
     attn_div: int = 78           # AttnCtl: the V phase lasts at least the reciprocal's 80 steps
     attn_head: int = 11          # AttnCtl: per (row, head) phase changes and drains
     attn_fixed: int = 7          # AttnCtl: per instruction beyond L
+    pattn_head: int = 12         # PrefillAttnCtl: per (block, head)
+    pattn_block: int = 10        # PrefillAttnCtl: per block
     embed_row: float = 6.25      # EmbedCtl: per token beyond W/4 + 2 L (id read, row copy, done)
     embed_fixed: float = 2.75    # EmbedCtl: per instruction
     fetch: int = 6               # sequencer: fetch (2 beats) + decode + dispatch per instruction, beyond L
@@ -91,6 +95,7 @@ class SimConfig:
     norm_lanes: int = 4
     attn_lanes: int = 4
     attn_units: int = 1
+    attn_block: int = 4          # PrefillAttnCtl: query rows per K/V stream (ATTN with N > 1)
     kv_bits: int = 32            # stored KV bits per element (32: the artifact's 24-bit KV words in int32)
     lm_head: str = "host"        # host (f32, as built) | host-int8 | fabric-int8 (projected)
     lm_lanes: int = 64           # fabric LM head: int8 MACs per cycle (projected unit)
@@ -133,7 +138,8 @@ def config_from_artifact(manifest: dict, **over) -> SimConfig:
     e = c["engine"]
     base = SimConfig(group=e["group"], tables=e["tables"], columns=e["columns"], wbuf_depth=c["wbuf_depth"],
                      clock_mhz=c["clock_mhz"], hp_ports=c["hp_ports"], axi_data_bits=c["axi_data_bits"],
-                     norm_lanes=c["norm_lanes"], attn_lanes=c["attn_lanes"], lm_head=acc.get("lm_head", "host"))
+                     norm_lanes=c["norm_lanes"], attn_lanes=c["attn_lanes"], attn_block=c.get("attn_block", 4),
+                     lm_head=acc.get("lm_head", "host"))
     return replace(base, **over)
 
 
@@ -253,31 +259,52 @@ def ctl_linear(cfg: SimConfig, k: int, nn: int, n: int, passes: int, lat: float)
     """LinearCtl (its module docstring's recurrence): column groups of the weight buffer (all tiles
     when they fit, else half of it each, double-buffered); group g's weights (``engine_ddr_beats`` DDR
     beats per engine beat, over ``weight_ports``) load L cycles after their command; per token the
-    quantizer (load ceil(kpad/lanes), divide, quantize; not overlapped with the engine) then one
-    engine chunk per cycle per tile of the group (split over ``engines``, projected); group g+1's load
-    starts when group g's is done and group g-1 is computed; setup, drain and finish per pass."""
+    quantizer's front end loads (ceil(kpad/lanes)) and divides, then quantizes into one of two banks
+    (free once the token before last replayed), and the back end replays one engine chunk per cycle
+    per tile of the group (split over ``engines``, projected); group g+1's load starts when group g's
+    is done and group g-1 is computed; setup, drain and finish per pass."""
     cal = cfg.cal
     chunk = cfg.group * cfg.tables
     nb = -(-k // chunk)
     kpad = nb * chunk
+    kq = -(-kpad // cfg.quant_lanes)
     _, tiles, gsize, _ = linear_groups(cfg, k, nn)
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
     e = max(1, cfg.engines)
-    pre = 2 * -(-kpad // cfg.quant_lanes) + cal.lin_quant
     beats = lambda g: g * nb * cfg.engine_ddr_beats / cfg.weight_ports  # noqa: E731
     load_done = [cal.lin_setup + lat + beats(groups[0])]
     computed: list[float] = []
-    q_free = cal.lin_setup + lat
+    front_free = cal.lin_setup + lat
+    back = [-1e18, -1e18]                                  # replay ends of the two previous tokens
     for g, gt in enumerate(groups):
         replay = -(-gt // e) * nb
         for _ in range(n):
-            start = max(q_free + pre, load_done[g])
-            q_free = start + replay + cal.lin_gap
-        computed.append(q_free + cal.lin_drain)
+            quant = max(front_free + kq + cal.lin_quant_div, back[-2])
+            front_done = quant + kq + cal.lin_quant_q
+            front_free = front_done + cal.lin_front_gap
+            start = max(front_done, back[-1] + cal.lin_replay_gap, load_done[g])
+            back = [back[-1], start + replay]
+        computed.append(back[-1] + cal.lin_drain)
         if g + 1 < len(groups):
             st = max(load_done[g], computed[g - 1] if g else 0.0)
             load_done.append(st + lat + beats(groups[g + 1]))
     return passes * (computed[-1] + cal.lin_finish)
+
+
+def ctl_prefill_attn(cfg: SimConfig, hq: int, d: int, n: int, pos: int, causal: bool, lat: float) -> float:
+    """PrefillAttnCtl (ATTN with N > 1): ``attn_block`` query rows share one K/V stream per (block,
+    head); per (block, head) the longest row's phases (as AttnCtl's) + 12; per block (B-1) (W +
+    hq d/4) (serial q loads, rows written at the end) + 10; + L - 4 per instruction."""
+    cal = cfg.cal
+    w = -(-d // cfg.attn_lanes)
+    blk = max(1, cfg.attn_block)
+    total = lat - 4.0
+    for t0 in range(0, n, blk):
+        nb = min(blk, n - t0)
+        T = pos + t0 + nb if causal else pos + n
+        total += hq * (w + T * w + T + max(T * w, cal.attn_div) + 3 * w + cal.pattn_head)
+        total += (nb - 1) * (w + hq * d / 4) + cal.pattn_block
+    return total
 
 
 def ctl_norm(cfg: SimConfig, w: int, n: int, lat: float) -> float:
@@ -389,7 +416,14 @@ class DataflowModel:
             t_sum = n * pos + n * (n + 1) / 2 if causal else n * (pos + n)
             kv = hq * 2 * t_sum * kv_row_words(d) * cfg.kv_bits / 8   # K and V of its KV head per query head and row
             b = {"kv": kv, "act": 4 * hq * d * n * 2}
-            c = Cost(idx, "ATTN", "attn", ctl_attn(cfg, hq, d, n, pos, causal, lat),
+            if n > 1:      # the top dispatches prefill ATTN to PrefillAttnCtl: K/V once per block of rows
+                t_sum = sum((pos + min(t0 + cfg.attn_block, n) if causal else pos + n)
+                            for t0 in range(0, n, max(1, cfg.attn_block)))
+                kv = hq * 2 * t_sum * kv_row_words(d) * cfg.kv_bits / 8
+                b = {"kv": kv, "act": 4 * hq * d * n * 2}
+            unit_cycles = (ctl_prefill_attn(cfg, hq, d, n, pos, causal, lat) if n > 1
+                           else ctl_attn(cfg, hq, d, n, pos, causal, lat))
+            c = Cost(idx, "ATTN", "attn", unit_cycles,
                      ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]) + lat, 0.0, bytes=b)
         elif op == Opcode.ROPE:
             heads, _, d = unpack_heads(ins["heads"])
