@@ -358,6 +358,49 @@ def top_model_counters(instrs, manifest: dict, n: int, pos: int) -> dict:
     return out
 
 
+def top_source_digest(accel_config: dict) -> str:
+    """The digest hw/synth.verilog_cached names the top's Verilog by: its configuration key and every
+    HDL source it is built from (so it changes whenever the generated Verilog can)."""
+    import hashlib
+
+    from ternc.backends.fpga.top import AcceleratorConfig, _accel_sources, accelerator_key
+    from ternc.hw.synth import REPO
+
+    key = accelerator_key(AcceleratorConfig.from_json(accel_config))
+    src = b"".join((REPO / p).read_bytes() for p in _accel_sources())
+    return hashlib.sha256(key.encode() + src).hexdigest()[:16]
+
+
+def _rows(name, instrs, manifest, calls, counters_per_call) -> list[dict]:
+    rows = []
+    for (n, pos), counters in zip(calls, counters_per_call):
+        model = top_model_counters(instrs, manifest, n, pos)
+        for c in TOP_COUNTERS:
+            if not counters.get(c):
+                continue
+            rows.append({"config": name, "call": "prefill" if pos == 0 else f"decode@{pos}", "counter": c,
+                         "rtl": int(counters[c]), "model": round(model[c], 1),
+                         "error": round((model[c] - counters[c]) / counters[c], 4)})
+    return rows
+
+
+def top_model_rows(top: dict) -> list[dict]:
+    """The stored whole-top runs against the model as it computes today (programs and configurations
+    are stored with the runs)."""
+    from ternc.backends.fpga.isa import Program
+
+    rows = []
+    for run in top["runs"]:
+        instrs = Program.decode(bytes.fromhex(run["program_hex"])).instrs
+        rtl = {}
+        for r in top["rows"]:
+            if r["config"] == run["config"]:
+                rtl.setdefault(r["call"], {})[r["counter"]] = r["rtl"]
+        per_call = [rtl["prefill" if pos == 0 else f"decode@{pos}"] for _, pos in run["calls"]]
+        rows += _rows(run["config"], instrs, {"accelerator": run["accelerator"]}, run["calls"], per_call)
+    return rows
+
+
 def measure_top(name: str, out_dir, program: str = "full", log=print) -> dict:
     """Build the configuration's artifact (engine CTL_ENGINE), run prefill + decode on the composed top
     in Verilator (sim/rtl.simulate_rtl, token/logit-checked), and compare its counters per call with
@@ -379,20 +422,19 @@ def measure_top(name: str, out_dir, program: str = "full", log=print) -> dict:
         raise AssertionError(f"{name}: the top is not token/logit-exact:\n{rep.text()}")
     instrs = art.program.instrs if program == "full" else prefix_program(
         art, built_opcodes(AcceleratorConfig.from_json(art.manifest["accelerator"]["config"]))).instrs
-    vhash = hashlib.sha256(accelerator_verilog_of(art).read_bytes()).hexdigest()[:16]
-    rows = []
+    vpath = accelerator_verilog_of(art)
     calls = [(len(prompt), 0)] + [(1, len(prompt) + i) for i in range(len(rep.calls) - 1)]
-    for (n, pos), counters in zip(calls, rep.calls):
-        model = top_model_counters(instrs, art.manifest, n, pos)
-        for c in TOP_COUNTERS:
-            if not counters.get(c):
-                continue
-            rows.append({"config": name, "call": "prefill" if pos == 0 else f"decode@{pos}", "counter": c,
-                         "rtl": int(counters[c]), "model": round(model[c], 1),
-                         "error": round((model[c] - counters[c]) / counters[c], 4)})
-            log(f"  {name} {rows[-1]['call']} {c}: RTL {rows[-1]['rtl']}, model {rows[-1]['model']} "
-                f"({100 * rows[-1]['error']:+.2f}%)")
-    return {"config": name, "program": program, "verilog_sha256_16": vhash, "rows": rows,
+    rows = _rows(name, instrs, art.manifest, calls, rep.calls)
+    for r in rows:
+        log(f"  {name} {r['call']} {r['counter']}: RTL {r['rtl']}, model {r['model']} ({100 * r['error']:+.2f}%)")
+    from ternc.backends.fpga.isa import Program
+
+    return {"config": name, "program": program, "rows": rows, "calls": calls,
+            "verilog_sha256_16": hashlib.sha256(vpath.read_bytes()).hexdigest()[:16],
+            "verilog_source_digest": top_source_digest(art.manifest["accelerator"]["config"]),
+            "accelerator": {"config": art.manifest["accelerator"]["config"],
+                            "lm_head": art.manifest["accelerator"].get("lm_head", "host")},
+            "program_hex": Program(list(instrs)).encode().hex(),
             "seconds": round(rep.seconds, 1), "tokens": rep.tokens}
 
 
