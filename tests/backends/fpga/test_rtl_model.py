@@ -79,8 +79,8 @@ def test_tiny_bitnet_embed_program_pauses(bitnet_art):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,arch,passes", [
     ("llama", "llama", ["quantize-ternary"]),
-    # group 4, residual 2: the first KIVI group joins the quantized span at 6 tokens (a decode step)
-    ("bitnet-kv4", "tiny-bitnet", ["quantize-kv{bits=4,group=4,residual=2}"]),
+    # group 3, residual 1: KIVI groups join the quantized span at 4 tokens (prefill) and 7 (a decode step)
+    ("bitnet-kv4", "tiny-bitnet", ["quantize-kv{bits=4,group=3,residual=1}"]),
 ])
 def test_models_rtl_full(onnx_export, tmp_path, name, arch, passes):
     with_past = arch == "llama"
