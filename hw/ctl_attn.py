@@ -34,7 +34,9 @@ W (Q) + T*W (K) + T (P) + max(T*W, ``DIV``) (V, overlapping the 80-step reciproc
 ``HEAD_OVERHEAD`` cycles; plus ``OVERHEAD`` per instruction. K/V stream once per (t, h): this per-row
 scheme reads 2 * T * kv_row_words * 4 bytes per query head and row, i.e. a prefill of N tokens reads the
 cache hq * N times (sum over rows of T), where a block-wise prefill would read it hkv * N / block times.
-Decode (N = 1) is what this unit is for; prefill is correct but DDR-heavy (see README).
+Decode (N = 1) is what this controller is for; its prefill is correct but DDR-heavy:
+:class:`PrefillAttnCtl` below is the block-wise mode (one K/V stream per block of rows and group of
+query heads).
 """
 
 from __future__ import annotations
@@ -218,42 +220,46 @@ class AttnCtl(wiring.Component):
 
 
 class PrefillAttnCtl(wiring.Component):
-    """ATTN, block-wise: ``block`` query rows share one K/V stream (the prefill mode the issue asks for).
+    """ATTN, block-wise: ``block`` query rows x ``group`` query heads share one K/V stream (the prefill
+    mode the issue asks for).
 
     Same instruction, same result as :class:`AttnCtl` (bit-exact: each row is still
-    ``attention_decode_fx`` over its own n_ctx keys), but ``block`` DecodeAttention units run side by
-    side on rows t0 .. t0+B-1 of one query head: the K rows 0 .. T_max-1 and then the V rows of the KV
-    head are read once per (block, head) and broadcast; unit i takes the first T_i rows of each (causal:
-    T_i = POS + t0 + i + 1) and ignores the rest. DDR reads of K/V per (block, head): 2 * T_max rows
-    instead of 2 * sum_i T_i (about ``block`` times less in a long prefill).
+    ``attention_decode_fx`` over its own n_ctx keys), but ``block * group`` DecodeAttention units run
+    side by side: unit (i, g) takes row t0 + i of query head p*G + g, for a *pass* p over the query
+    heads; the G heads of a pass share their KV head (GQA), so the K rows 0 .. T_max-1 and then the V
+    rows of that KV head are read once per (block, pass) and broadcast; unit (i, g) takes the first T_i
+    rows of each (causal: T_i = POS + t0 + i + 1) and ignores the rest. DDR reads of K/V per (block,
+    pass): 2 * T_max rows, where the per-row controller reads 2 * sum_i T_i rows per query head
+    (``block * group`` times fewer in a long prefill). ``group`` must divide hq / hkv (else ``error``).
 
-    Ports: ``rd0`` query heads (one command per (head, row): the beats covering the head's d words,
+    Ports: ``rd0`` query heads (one command per (pass, row): the beats covering the pass's G*d words,
     leading/trailing words dropped on entry, since heads are not beat-aligned), ``rd1`` K then V rows
-    per head, ``wr`` one command per block (its B rows are contiguous). Each unit's output heads are
-    packed into a row FIFO (``max_width`` words, one per unit: rows t0+1.. wait for row t0); blocks do
-    not overlap (the next block starts when this one is written).
+    per pass, ``wr`` one command per block (its rows are contiguous). Row i's output heads (units (i, 0),
+    (i, 1), ... in turn) are packed into a row FIFO (``max_width`` words; rows t0+1.. wait for row t0);
+    blocks do not overlap (the next block starts when this one is written).
 
-    Cycles per (block, head) (ports at full rate; tests/hw/test_ctl_attn.py; :meth:`cycles`), set by
-    the unit with the longest context: W (its q) + T_max*W (K) + T_max (P) + max(T_max*W, DIV) (V) +
-    3W (OUT) + ``HEAD_OVERHEAD``, W = dp/lanes (the other units' q loads hide behind their earlier end
-    of V: unit i leaves the broadcast after T_i rows); per block (B-1) * W (the first head's serial q
-    loads) + (B-1) * hq*d/4 (the rows after the first, written at the end) + ``BLOCK_OVERHEAD``. Cost: ``block`` attention units (score
+    Cycles per (block, pass) (ports at full rate; tests/hw/test_ctl_attn.py; :meth:`cycles`), set by
+    the units with the longest context: G*W (their q loads) + T_max*W (K) + T_max (P) + max(T_max*W,
+    DIV) (V) + 3W*G (OUT, the G heads of a row leave in turn) + ``HEAD_OVERHEAD``, W = dp/lanes (the
+    other rows' q loads hide behind their earlier end of V: unit (i, g) leaves the broadcast after T_i
+    rows); per block (B-1)*G*W (the first pass's serial q loads) + (B-1) * hq*d/4 (the rows after the
+    first, written at the end) + ``BLOCK_OVERHEAD``. Cost: ``block * group`` attention units (score
     memories of max_ctx words, W x lanes 72-bit accumulators each) and ``block`` row FIFOs.
     """
 
     READ_PORTS = 2
     DIV = AttnCtl.DIV
-    HEAD_OVERHEAD = 12    # fitted (per block and head)
+    HEAD_OVERHEAD = 12    # fitted (per block and pass)
     BLOCK_OVERHEAD = 10   # fitted (per block)
     OVERHEAD = 0          # fitted
 
     def __init__(self, head_dim: int = 64, lanes: int = 4, max_ctx: int = 1024, block: int = 4,
-                 max_width: int = 4096):
-        if head_dim < 1 or lanes < 1 or not 1 <= max_ctx < 1 << 16 or block < 1 or max_width < 4:
+                 max_width: int = 4096, group: int = 1):
+        if head_dim < 1 or lanes < 1 or not 1 <= max_ctx < 1 << 16 or block < 1 or group < 1 or max_width < 4:
             self._MustUse__silence = True
-            raise ValueError("PrefillAttnCtl: need head_dim, lanes, block >= 1, max_ctx in 1..65535, "
+            raise ValueError("PrefillAttnCtl: need head_dim, lanes, block, group >= 1, max_ctx in 1..65535, "
                              "max_width >= 4")
-        self.head_dim, self.lanes, self.max_ctx, self.block = head_dim, lanes, max_ctx, block
+        self.head_dim, self.lanes, self.max_ctx, self.block, self.group = head_dim, lanes, max_ctx, block, group
         self.max_width = max_width
         self.dp = -(-head_dim // lanes) * lanes
         self.row_words = kv_row_words(head_dim)
@@ -265,20 +271,21 @@ class PrefillAttnCtl(wiring.Component):
         })
 
     def cycles(self, hq: int, n_tokens: int, pos: int, causal: bool = True) -> int:
-        w = self.dp // self.lanes
+        w, G = self.dp // self.lanes, self.group
         total = self.OVERHEAD
         for t0 in range(0, n_tokens, self.block):
             nb = min(self.block, n_tokens - t0)
             T = pos + t0 + nb if causal else pos + n_tokens
-            total += hq * (w + T * w + T + max(T * w, self.DIV) + 3 * w + self.HEAD_OVERHEAD)
-            total += (nb - 1) * (w + hq * self.head_dim // WORDS_PER_BEAT) + self.BLOCK_OVERHEAD
+            total += hq // G * (G * w + T * w + T + max(T * w, self.DIV) + 3 * w * G + self.HEAD_OVERHEAD)
+            total += (nb - 1) * (G * w + hq * self.head_dim // WORDS_PER_BEAT) + self.BLOCK_OVERHEAD
         return total
 
     def elaborate(self, platform):
         from amaranth.lib.fifo import SyncFIFOBuffered
 
         m = Module()
-        L, WB, d, dp, rw, B = self.lanes, WORDS_PER_BEAT, self.head_dim, self.dp, self.row_words, self.block
+        L, WB, d, dp, rw = self.lanes, WORDS_PER_BEAT, self.head_dim, self.dp, self.row_words
+        B, G = self.block, self.group
         chunks = dp // L
         tail = d - (chunks - 1) * L
         row_beats = rw // WB
@@ -295,11 +302,12 @@ class PrefillAttnCtl(wiring.Component):
         m.d.comb += wbeats.eq(width >> 2)
         fifo_depth = -(-self.max_width // WB)
 
-        units = []
+        units = {}                                  # (row i, head g of the pass)
         for i in range(B):
-            u = DecodeAttention(dp, L, self.max_ctx)
-            m.submodules[f"unit{i}"] = u
-            units.append(u)
+            for g in range(G):
+                u = DecodeAttention(dp, L, self.max_ctx)
+                m.submodules[f"unit{i}_{g}"] = u
+                units[i, g] = u
         m.submodules.q_in = q_in = WordFifo(WB, L)
         m.submodules.kv_in = kv_in = WordFifo(WB, L)
         o_out, rows = [], []
@@ -312,10 +320,12 @@ class PrefillAttnCtl(wiring.Component):
         running = Signal()
         clear = Signal()
         m.d.comb += [q_in.clear.eq(clear), kv_in.clear.eq(clear)] + [o.clear.eq(clear) for o in o_out]
-        group = Signal(8)
+        passes = Signal(8)                          # hq / G (latched at start)
+        kv_passes = Signal(8)                       # passes per KV head: hq / hkv / G
         stride = Signal(32)
         bad = Signal()
         m.d.comb += bad.eq((hd != d) | (hq == 0) | (hkv == 0) | (hq < hkv) | ((hq // hkv) * hkv != hq)
+                           | ((hq // hkv) % G != 0)
                            | (n == 0) | (pos + n > self.max_ctx) | (pos + n > context) | (width[:2] != 0)
                            | (width > self.max_width))
 
@@ -326,36 +336,37 @@ class PrefillAttnCtl(wiring.Component):
         t_i = [Signal(17, name=f"n_ctx{i}") for i in range(B)]
         t_max = Signal(17)
         for i in range(B):
-            m.d.comb += [t_i[i].eq(Mux(causal, pos + t0 + i + 1, pos + n)),
-                         units[i].n_ctx.eq(t_i[i]), units[i].scale.eq(c.instr[6])]
+            m.d.comb += t_i[i].eq(Mux(causal, pos + t0 + i + 1, pos + n))
+            for g in range(G):
+                m.d.comb += [units[i, g].n_ctx.eq(t_i[i]), units[i, g].scale.eq(c.instr[6])]
         m.d.comb += t_max.eq(Mux(causal, pos + t0 + nb, pos + n))
 
-        # ---- rd0: query head (h, i) = the beats covering words [(t0+i)*W + h*d, +d) ------------------
-        def q_word(h, i):
-            return (q_addr >> 2) + (t0 + i) * width + h * d
+        # ---- rd0: per (pass p, row i) the beats covering words [(t0+i)*W + p*G*d, +G*d) ----------------
+        def q_word(p, i):
+            return (q_addr >> 2) + (t0 + i) * width + p * (G * d)
 
-        qh_c, qi_c, q_cdone = Signal(8), Signal(range(B + 1)), Signal()
+        qp_c, qi_c, q_cdone = Signal(8), Signal(range(B + 1)), Signal()
         qw_c = Signal(32)
-        m.d.comb += [qw_c.eq(q_word(qh_c, qi_c)),
+        m.d.comb += [qw_c.eq(q_word(qp_c, qi_c)),
                      self.rd0.cmd.valid.eq(in_block & ~q_cdone),
                      self.rd0.cmd.payload.addr.eq((qw_c >> 2) << 4),
-                     self.rd0.cmd.payload.beats.eq((qw_c[:2] + d + WB - 1) >> 2)]
+                     self.rd0.cmd.payload.beats.eq((qw_c[:2] + G * d + WB - 1) >> 2)]
         with m.If(self.rd0.cmd.valid & self.rd0.cmd.ready):
             with m.If(qi_c == nb - 1):
-                m.d.sync += [qi_c.eq(0), qh_c.eq(qh_c + 1)]
-                with m.If(qh_c == hq - 1):
+                m.d.sync += [qi_c.eq(0), qp_c.eq(qp_c + 1)]
+                with m.If(qp_c == passes - 1):
                     m.d.sync += q_cdone.eq(1)
             with m.Else():
                 m.d.sync += qi_c.eq(qi_c + 1)
-        # receive: drop the words before and after the head
-        qh_r, qi_r = Signal(8), Signal(range(B + 1))
-        q_left = Signal(range(d + 1))
+        # receive: drop the words before and after the pass's heads
+        qp_r, qi_r = Signal(8), Signal(range(B + 1))
+        q_left = Signal(range(G * d + 1))
         q_first = Signal()
         qw_r = Signal(32)
         skip = Signal(2)
         avail = Signal(range(WB + 1))
         cnt = Signal(range(WB + 1))
-        m.d.comb += [qw_r.eq(q_word(qh_r, qi_r)), skip.eq(Mux(q_first, qw_r[:2], 0)),
+        m.d.comb += [qw_r.eq(q_word(qp_r, qi_r)), skip.eq(Mux(q_first, qw_r[:2], 0)),
                      avail.eq(WB - skip), cnt.eq(Mux(q_left < avail, q_left, avail)),
                      q_in.inp.valid.eq(self.rd0.data.valid & in_block),
                      q_in.inp.payload.data.as_value().eq(self.rd0.data.payload.data >> (skip * 32)),
@@ -363,30 +374,34 @@ class PrefillAttnCtl(wiring.Component):
                      self.rd0.data.ready.eq(q_in.inp.ready & in_block)]
         with m.If(self.rd0.data.valid & self.rd0.data.ready):
             with m.If(q_left == cnt):                       # the command's last beat
-                m.d.sync += [q_first.eq(1), q_left.eq(d)]
+                m.d.sync += [q_first.eq(1), q_left.eq(G * d)]
                 with m.If(qi_r == nb - 1):
-                    m.d.sync += [qi_r.eq(0), qh_r.eq(qh_r + 1)]
+                    m.d.sync += [qi_r.eq(0), qp_r.eq(qp_r + 1)]
                 with m.Else():
                     m.d.sync += qi_r.eq(qi_r + 1)
             with m.Else():
                 m.d.sync += [q_first.eq(0), q_left.eq(q_left - cnt)]
-        # distribute: head h to units 0 .. nb-1 in turn
-        q_unit = Signal(range(B + 1))
+        # distribute: units (0, 0), (0, 1), .., (0, G-1), (1, 0), .. in turn, one head each
+        q_row = Signal(range(B + 1))
+        q_head = Signal(range(G + 1))
         qc = Signal(range(chunks + 1))
         q_last = Signal()
         m.d.comb += [q_last.eq(qc == chunks - 1), q_in.take.eq(Mux(q_last, tail, L))]
-        for i, u in enumerate(units):
+        for (i, g), u in units.items():
             m.d.comb += [u.q.payload.data.as_value().eq(q_in.out.payload.data.as_value()),
                          u.q.payload.last.eq(q_last)]
-            with m.If(q_unit == i):
+            with m.If((q_row == i) & (q_head == g)):
                 m.d.comb += [u.q.valid.eq(q_in.out.valid & in_block), q_in.out.ready.eq(u.q.ready & in_block)]
         with m.If(q_in.out.valid & q_in.out.ready):
             m.d.sync += qc.eq(Mux(q_last, 0, qc + 1))
             with m.If(q_last):
-                m.d.sync += q_unit.eq(Mux(q_unit == nb - 1, 0, q_unit + 1))
+                with m.If(q_head == G - 1):
+                    m.d.sync += [q_head.eq(0), q_row.eq(Mux(q_row == nb - 1, 0, q_row + 1))]
+                with m.Else():
+                    m.d.sync += q_head.eq(q_head + 1)
 
-        # ---- rd1: per head, K rows 0 .. T_max-1 then V rows of its KV head ------------------------------
-        kh, kr = Signal(8), Signal(8)
+        # ---- rd1: per pass, K rows 0 .. T_max-1 then V rows of its KV head ------------------------------
+        kp, kr = Signal(8), Signal(8)
         k_off = Signal(32)
         is_v, k_done = Signal(), Signal()
         m.d.comb += [self.rd1.cmd.valid.eq(in_block & ~k_done),
@@ -395,11 +410,11 @@ class PrefillAttnCtl(wiring.Component):
         with m.If(self.rd1.cmd.valid & self.rd1.cmd.ready):
             m.d.sync += is_v.eq(~is_v)
             with m.If(is_v):
-                with m.If(kh == hq - 1):
+                with m.If(kp == passes - 1):
                     m.d.sync += k_done.eq(1)
                 with m.Else():
-                    m.d.sync += kh.eq(kh + 1)
-                    with m.If(kr == group - 1):
+                    m.d.sync += kp.eq(kp + 1)
+                    with m.If(kr == kv_passes - 1):
                         m.d.sync += [kr.eq(0), k_off.eq(k_off + stride)]
                     with m.Else():
                         m.d.sync += kr.eq(kr + 1)
@@ -416,19 +431,17 @@ class PrefillAttnCtl(wiring.Component):
                      kv_in.take.eq(Mux(kc_last, tail, L))]
         need = [Signal(name=f"need{i}") for i in range(B)]
         all_ready = Signal()
-        ready_terms = []
-        for i, u in enumerate(units):
+        fold = in_block
+        for i in range(B):
             m.d.comb += need[i].eq((i < nb) & (r < t_i[i]))
-            ready_terms.append(~need[i] | u.kv.ready)
+            for g in range(G):
+                fold = fold & (~need[i] | units[i, g].kv.ready)
+        m.d.comb += all_ready.eq(fold)
+        for (i, g), u in units.items():
+            m.d.comb += u.kv.valid.eq(kv_in.out.valid & need[i] & all_ready)
             for j in range(L):
                 m.d.comb += u.kv.payload.data[j].eq(kv_in.out.payload.data[j].as_signed()
                                                     << (hwn.FX_FRAC - hwn.KV_FRAC))
-        fold = in_block
-        for term in ready_terms:
-            fold = fold & term
-        m.d.comb += all_ready.eq(fold)
-        for i, u in enumerate(units):
-            m.d.comb += u.kv.valid.eq(kv_in.out.valid & need[i] & all_ready)
         m.d.comb += kv_in.out.ready.eq(all_ready)
         with m.If(self.rd1.data.valid & self.rd1.data.ready):
             m.d.sync += rb.eq(Mux(rb_last, 0, rb + 1))
@@ -437,14 +450,20 @@ class PrefillAttnCtl(wiring.Component):
             with m.If(kc_last):
                 m.d.sync += r.eq(Mux(r == t_max - 1, 0, r + 1))
 
-        # ---- outputs: unit i's heads -> row FIFO i; the writer sends rows t0, t0+1, ... -----------------
-        for i, u in enumerate(units):
+        # ---- outputs: row i's heads (units (i, 0..G-1) in turn) -> row FIFO i; rows written in order --
+        o_sel = [Signal(range(G + 1), name=f"o_sel{i}") for i in range(B)]
+        for i in range(B):
             o = o_out[i]
-            m.d.comb += [o.inp.valid.eq(u.out.valid), u.out.ready.eq(o.inp.ready),
-                         o.inp.payload.data.as_value().eq(u.out.payload.data.as_value()),
-                         o.inp.payload.count.eq(Mux(u.out.payload.last, tail, L)), o.take.eq(WB),
-                         rows[i].w_en.eq(o.out.valid), rows[i].w_data.eq(o.out.payload.data.as_value()),
-                         o.out.ready.eq(rows[i].w_rdy)]
+            m.d.comb += [o.take.eq(WB), rows[i].w_en.eq(o.out.valid),
+                         rows[i].w_data.eq(o.out.payload.data.as_value()), o.out.ready.eq(rows[i].w_rdy)]
+            for g in range(G):
+                u = units[i, g]
+                with m.If(o_sel[i] == g):
+                    m.d.comb += [o.inp.valid.eq(u.out.valid), u.out.ready.eq(o.inp.ready),
+                                 o.inp.payload.data.as_value().eq(u.out.payload.data.as_value()),
+                                 o.inp.payload.count.eq(Mux(u.out.payload.last, tail, L))]
+                    with m.If(u.out.valid & u.out.ready & u.out.payload.last):
+                        m.d.sync += o_sel[i].eq(Mux(o_sel[i] == G - 1, 0, o_sel[i] + 1))
         w_cmd = Signal()
         w_unit = Signal(range(B + 1))
         w_beat = Signal(22)
@@ -473,16 +492,18 @@ class PrefillAttnCtl(wiring.Component):
         # ---- control ----------------------------------------------------------------------------------
         def block_reset(start_row):
             return [t0.eq(start_row), nb.eq(Mux(n - start_row < B, n - start_row, B)),
-                    qh_c.eq(0), qi_c.eq(0), q_cdone.eq(0), qh_r.eq(0), qi_r.eq(0), q_left.eq(d), q_first.eq(1),
-                    q_unit.eq(0), qc.eq(0), kh.eq(0), kr.eq(0), k_off.eq(0), is_v.eq(0), k_done.eq(0),
-                    rb.eq(0), kc.eq(0), r.eq(0), w_cmd.eq(0), w_unit.eq(0), w_beat.eq(0)]
+                    qp_c.eq(0), qi_c.eq(0), q_cdone.eq(0), qp_r.eq(0), qi_r.eq(0), q_left.eq(G * d),
+                    q_first.eq(1), q_row.eq(0), q_head.eq(0), qc.eq(0), kp.eq(0), kr.eq(0), k_off.eq(0),
+                    is_v.eq(0), k_done.eq(0), rb.eq(0), kc.eq(0), r.eq(0), w_cmd.eq(0), w_unit.eq(0),
+                    w_beat.eq(0)] + [s.eq(0) for s in o_sel]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
                     m.d.comb += clear.eq(1)
                     m.d.sync += [c.error.eq(bad), c.busy.eq(1), running.eq(~bad), cmds.eq(0), dones.eq(0),
-                                 group.eq(Mux(hkv == 0, 1, hq // hkv)), stride.eq(context * (4 * rw))]
+                                 passes.eq(hq // G), kv_passes.eq(Mux(hkv == 0, 1, hq // hkv) // G),
+                                 stride.eq(context * (4 * rw))]
                     m.d.sync += block_reset(0)
                     with m.If(bad):
                         m.next = "REFUSED"

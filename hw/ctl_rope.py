@@ -12,18 +12,18 @@ lands in an on-chip row buffer (``max_width`` words, beat-wide BRAM with two rea
 pair's words are d/2 apart and heads are not beat-aligned. ``rd1`` reads the table rows of positions
 POS .. POS+N-1 in one command (they are contiguous: the beats covering [table + 2d*POS, table +
 2d*(POS+N))); a 16-bit :class:`WordFifo` drops the leading half-words and hands d half-words per row to
-the cos/sin buffers (``max_head_dim`` / 2 entries each). The rotation then runs one output word per
+the cos/sin buffers (``max_head_dim`` / 2 entries each). Row buffer and cos/sin buffers have two
+banks: row t+1 and its table row load while row t rotates. The rotation then runs one output word per
 cycle in row order (two row-buffer reads, two 32x16 multiplies, round/shift/saturate: 3 stages) into a
 credit FIFO and a WordFifo that packs whole beats for ``wr`` (one command for all N rows).
 In place is safe: row t is written only after all of it is on chip, and row t+1 lives elsewhere.
 
 Cycles (ports at full rate; tests/hw/test_ctl_rope.py measures them, the model is
-:meth:`RopeCtl.cycles`): per row max(W/4, d) (load the row and its table row) + W (rotate) +
-``ROW_OVERHEAD``, plus ``OVERHEAD`` per instruction. Measured (p = 1): q of tiny-bitnet (4 x 42), N = 5:
-1,071 cycles (model 1,071); k (2 x 42), N = 1: 143 (142.25). The load and the rotation are not overlapped
-and the rotation does one word per cycle where DDR delivers 4: a ping-pong row buffer and 4 rotations
-per cycle would bring a row to ~W/4 cycles (not built; RoPE touches (hq + hkv) * d words per token,
-a small share of a layer's time next to the linears).
+:meth:`RopeCtl.cycles`): max(W/4, d) (load the first row and its table row) + N * (W (rotate) +
+``ROW_OVERHEAD``) + ``OVERHEAD``. Measured (p = 1): q of tiny-bitnet (4 x 42), N = 5: 899 cycles (model
+899.25; 1,071 before the ping-pong banks); k (2 x 42), N = 1: 143 (142.25). The rotation does one word
+per cycle where DDR delivers 4: 4 rotations per cycle would bring a row to ~W/4 cycles (not built;
+RoPE touches (hq + hkv) * d words per token, a small share of a layer's time next to the linears).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def _sat_fx(v):
 
 class RopeCtl(wiring.Component):
     READ_PORTS = 2
-    ROW_OVERHEAD = 1.25  # per row: load -> rotate handover (fitted; the next row already waits in the FIFOs)
-    OVERHEAD = 15        # per instruction: first read latency, pipeline, last write + done (fitted)
+    ROW_OVERHEAD = 0.25  # per row beyond W (fitted: the next row is loaded into the other bank meanwhile)
+    OVERHEAD = 16        # per instruction: first read latency, pipeline, last write + done (fitted)
     LATENCY = 3        # rotation pipeline stages
 
     def __init__(self, max_width: int = 4096, max_head_dim: int = 256):
@@ -68,7 +68,7 @@ class RopeCtl(wiring.Component):
     def cycles(self, heads: int, head_dim: int, n_tokens: int) -> float:
         """Analytic cycles of one ROPE instruction with DDR at full rate (module docstring)."""
         w = heads * head_dim
-        return n_tokens * (max(w // 4, head_dim) + w + self.ROW_OVERHEAD) + self.OVERHEAD
+        return max(w // 4, head_dim) + n_tokens * (w + self.ROW_OVERHEAD) + self.OVERHEAD
 
     def elaborate(self, platform):
         m = Module()
@@ -87,10 +87,11 @@ class RopeCtl(wiring.Component):
         m.d.comb += bad.eq((nh == 0) | (d == 0) | d[0] | (width[:2] != 0) | (width > self.max_width)
                            | (d > self.max_head_dim) | (n == 0))
 
-        m.submodules.rows = rows = memory.Memory(shape=unsigned(BEAT_BITS), depth=self.row_depth, init=[])
+        # two banks (ping-pong): row t+1 and its table row load while row t rotates
+        m.submodules.rows = rows = memory.Memory(shape=unsigned(BEAT_BITS), depth=2 * self.row_depth, init=[])
         rw, ra, rb = rows.write_port(), rows.read_port(), rows.read_port()
-        m.submodules.cos = cos = memory.Memory(shape=signed(16), depth=self.tab_depth, init=[])
-        m.submodules.sin = sin = memory.Memory(shape=signed(16), depth=self.tab_depth, init=[])
+        m.submodules.cos = cos = memory.Memory(shape=signed(16), depth=2 * self.tab_depth, init=[])
+        m.submodules.sin = sin = memory.Memory(shape=signed(16), depth=2 * self.tab_depth, init=[])
         cw, cr = cos.write_port(), cos.read_port()
         sw, sr = sin.write_port(), sin.read_port()
         m.submodules.tab = tab = WordFifo(HALF_PER_BEAT, 1, width=16)
@@ -133,22 +134,31 @@ class RopeCtl(wiring.Component):
         with m.If(self.rd1.data.valid & self.rd1.data.ready):
             m.d.sync += t_first.eq(0)
 
-        # ---- row load + table load ---------------------------------------------------------------------
+        # ---- row load + table load into bank lrow % 2 while that bank is free -------------------------
+        full = Signal(2)                # bank holds a loaded row not yet rotated
+        lrow = Signal(16)
+        lbank = Signal()
         loading = Signal()
         lb = Signal(22)                 # row beats received
         tb = Signal(16)                 # table half-words received
-        m.d.comb += [rw.addr.eq(lb), rw.data.eq(self.rd0.data.payload.data),
+        m.d.comb += [lbank.eq(lrow[0]), loading.eq(running & (lrow < n) & ~full.bit_select(lbank, 1))]
+        m.d.comb += [rw.addr.eq(lbank * self.row_depth + lb), rw.data.eq(self.rd0.data.payload.data),
                      rw.en.eq(self.rd0.data.valid & self.rd0.data.ready),
                      self.rd0.data.ready.eq(loading & (lb < row_beats)),
                      tab.out.ready.eq(loading & (tb < d))]
         h_in = tab.out.payload.data[0].as_signed()
         t_take = tab.out.valid & tab.out.ready
-        m.d.comb += [cw.addr.eq(tb), cw.data.eq(h_in), cw.en.eq(t_take & (tb < half)),
-                     sw.addr.eq(tb - half), sw.data.eq(h_in), sw.en.eq(t_take & (tb >= half))]
+        m.d.comb += [cw.addr.eq(lbank * self.tab_depth + tb), cw.data.eq(h_in), cw.en.eq(t_take & (tb < half)),
+                     sw.addr.eq(lbank * self.tab_depth + tb - half), sw.data.eq(h_in),
+                     sw.en.eq(t_take & (tb >= half))]
+        loaded = Signal()
+        m.d.comb += loaded.eq(loading & (lb == row_beats) & (tb == d))
         with m.If(rw.en):
             m.d.sync += lb.eq(lb + 1)
         with m.If(t_take):
             m.d.sync += tb.eq(tb + 1)
+        with m.If(loaded):
+            m.d.sync += [lb.eq(0), tb.eq(0), lrow.eq(lrow + 1)]
 
         # ---- rotation: one output word per cycle, 3 stages ---------------------------------------------
         wi = Signal(24)                 # output word in the row
@@ -156,10 +166,13 @@ class RopeCtl(wiring.Component):
         second = Signal()               # j >= d/2: this word is y1 of its pair
         x0i, x1i = Signal(24), Signal(24)
         issue = Signal()
+        rbank = Signal()
         m.d.comb += [second.eq(j >= half),
                      x0i.eq(Mux(second, wi - half, wi)), x1i.eq(Mux(second, wi, wi + half)),
-                     ra.addr.eq(x0i >> 2), rb.addr.eq(x1i >> 2), ra.en.eq(1), rb.en.eq(1),
-                     cr.addr.eq(Mux(second, j - half, j)), sr.addr.eq(Mux(second, j - half, j)),
+                     ra.addr.eq(rbank * self.row_depth + (x0i >> 2)), rb.addr.eq(rbank * self.row_depth + (x1i >> 2)),
+                     ra.en.eq(1), rb.en.eq(1),
+                     cr.addr.eq(rbank * self.tab_depth + Mux(second, j - half, j)),
+                     sr.addr.eq(rbank * self.tab_depth + Mux(second, j - half, j)),
                      cr.en.eq(1), sr.en.eq(1), obuf.start.eq(issue)]
         v1, v2, v3 = Signal(), Signal(), Signal()
         sel0, sel1 = Signal(2, reset_less=True), Signal(2, reset_less=True)
@@ -184,28 +197,31 @@ class RopeCtl(wiring.Component):
                      self.wr.data.valid.eq(pack.out.valid), pack.out.ready.eq(self.wr.data.ready),
                      self.wr.data.payload.data.eq(pack.out.payload.data.as_value())]
 
-        # ---- control -----------------------------------------------------------------------------------
+        # ---- control: the rotator takes bank row % 2 when it is full -------------------------------------
         row = Signal(16)
+        m.d.comb += rbank.eq(row[0])
+        done_bank = Signal()            # the rotator's last read of its bank is issued this cycle
+        with m.If(c.start):
+            m.d.sync += [full.eq(0), lrow.eq(0), lb.eq(0), tb.eq(0)]
+        with m.Else():
+            set_mask = Mux(loaded, Mux(lbank, 0b10, 0b01), 0)
+            clr_mask = Mux(done_bank, Mux(rbank, 0b10, 0b01), 0)
+            m.d.sync += full.eq((full | set_mask) & ~clr_mask)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(c.start):
                     m.d.comb += clear.eq(1)
                     m.d.sync += [c.error.eq(bad), c.busy.eq(1), running.eq(~bad), r_cmd.eq(0), t_cmd.eq(0),
-                                 w_cmd.eq(0), t_first.eq(1), row.eq(0), lb.eq(0), tb.eq(0)]
+                                 w_cmd.eq(0), t_first.eq(1), row.eq(0), wi.eq(0), j.eq(0)]
                     with m.If(bad):
                         m.next = "REFUSED"
                     with m.Else():
-                        m.d.sync += loading.eq(1)
-                        m.next = "LOAD"
+                        m.next = "ROTATE"
             with m.State("REFUSED"):
                 m.d.sync += c.busy.eq(0)
                 m.next = "IDLE"
-            with m.State("LOAD"):
-                with m.If((lb == row_beats) & (tb == d)):
-                    m.d.sync += [loading.eq(0), wi.eq(0), j.eq(0)]
-                    m.next = "ROTATE"
             with m.State("ROTATE"):
-                m.d.comb += issue.eq(obuf.credit)
+                m.d.comb += issue.eq(obuf.credit & full.bit_select(rbank, 1))
                 with m.If(issue):
                     m.d.sync += wi.eq(wi + 1)
                     with m.If(j == d - 1):
@@ -213,12 +229,10 @@ class RopeCtl(wiring.Component):
                     with m.Else():
                         m.d.sync += j.eq(j + 1)
                     with m.If(wi == width - 1):
-                        m.d.sync += [row.eq(row + 1), lb.eq(0), tb.eq(0)]
+                        m.d.comb += done_bank.eq(1)
+                        m.d.sync += [row.eq(row + 1), wi.eq(0), j.eq(0)]
                         with m.If(row == n - 1):
                             m.next = "DONE"
-                        with m.Else():
-                            m.d.sync += loading.eq(1)
-                            m.next = "LOAD"
             with m.State("DONE"):
                 with m.If(self.wr.done.valid):
                     m.d.sync += [c.busy.eq(0), running.eq(0)]

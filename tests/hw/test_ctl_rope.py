@@ -94,3 +94,35 @@ def _lint(name, component, tmp_path):
 @pytest.mark.rtl
 def test_rope_ctl_verilator_lint_clean(tmp_path):
     _lint("rope_ctl", RopeCtl(256, 64), tmp_path)
+
+
+def test_rope_ctl_saturating_values_and_separate_dst(programs):
+    """Rows at the FX limits (the rotation saturates) and src != dst (the ISA allows it; the schedule
+    runs ROPE in place), expected values from the executor on the same DDR."""
+    import numpy as np
+
+    from ternc.backends.fpga.executor import Executor
+    from ternc.backends.fpga.isa import Instr
+    from ternc.ir import hw_numerics as hn
+    from ternc.sim.ctl_bench import State
+
+    plan, im = programs["bitnet"]
+    st = next(program_states(plan, im, ENG, CTX, [3, 1, 4], 0, {Opcode.ROPE}))
+    h, _, d = unpack_heads(st.instr["heads"])
+    dst = im.memmap.symbols["act:0"] if st.instr["src"] != im.memmap.symbols["act:0"] else im.memmap.symbols["act:1"]
+    ins = Instr(Opcode.ROPE, {**st.instr.fields, "dst": dst})
+    ex = Executor(plan.program, im.memmap.to_json(), im.consts, im.weights, im.lm_head, ENG, CTX)
+    ex.ddr = st.ddr.copy()
+    x = ex.rows(ins["src"], 3, h * d)
+    x[0, :d] = hn.FX_MAX
+    x[1, d // 2:d] = hn.FX_MIN
+    x[2, ::3] = hn.FX_MIN
+    ex.n, ex.pos = 3, 0
+    before = ex.ddr.copy()
+    ex.step(ins)
+    case = State(st.index, ins, 3, 0, before, ex.ddr.copy())
+    y = ex.rows(dst, 3, h * d)
+    assert (y == hn.FX_MAX).any() and (y == hn.FX_MIN).any()     # it saturated
+    got, res = run_controller(RopeCtl(max_width=256, max_head_dim=64), case, seed=5)
+    assert res["error"] == 0
+    assert_same_ddr(got, case)
