@@ -65,8 +65,8 @@ class UnitCal:
     lin_replay_gap: int = 2      # LinearCtl: back end WAIT -> REPLAY
     lin_drain: int = 16          # LinearCtl: last chunk -> last output beat written
     lin_finish: int = 6          # LinearCtl: last write -> done -> busy falls, per pass
-    rope_row: float = 1.25       # RopeCtl: per row load -> rotate handover
-    rope_fixed: int = 11         # RopeCtl: per instruction beyond L (pipeline, last write + done)
+    rope_row: float = 0.25       # RopeCtl: per row beyond its W rotations
+    rope_fixed: int = 12         # RopeCtl: per instruction beyond L (pipeline, last write + done)
     norm_row: float = 9.5        # NormCtl: per row beyond 2 ceil(W / lanes) (RSQRT, handshakes)
     norm_fixed: int = 14         # NormCtl: per instruction beyond W/4 (gamma) + 2 L
     attn_div: int = 78           # AttnCtl: the V phase lasts at least the reciprocal's 80 steps
@@ -329,10 +329,10 @@ def ctl_attn(cfg: SimConfig, hq: int, d: int, n: int, pos: int, causal: bool, la
 
 
 def ctl_rope(cfg: SimConfig, heads: int, d: int, n: int, lat: float) -> float:
-    """RopeCtl: per row, load the row and its table row (max(W/4, d) beats) then rotate one word per
-    cycle (W = heads * d), not overlapped."""
+    """RopeCtl: the first row and its table row load (max(W/4, d) beats), then one rotated word per
+    cycle (W = heads * d) while the next row loads into the other bank."""
     w = heads * d
-    return n * (max(w / 4, d) + w + cfg.cal.rope_row) + cfg.cal.rope_fixed + lat
+    return max(w / 4, d) + n * (w + cfg.cal.rope_row) + cfg.cal.rope_fixed + lat
 
 
 def ctl_embed(cfg: SimConfig, w: int, n: int, lat: float) -> float:

@@ -51,6 +51,11 @@ def test_models_follow_the_controllers_own_formulas():
                 assert df.ctl_linear(cfg, k, nn, n, passes, lat) == lin_model(k, nn, n, ep, 3, 4, 8, depth, lat)
     for q, values in (((4, 6, 2, 0), False), ((8, 7, 0, 1), True), ((2, 32, 32, 4), True)):
         assert df.ctl_kv_append(1, 45, 5, 64, q, values, 50) == kv_model(1, 45, 5, 64, q, values, 50)
+    from ternc.hw.ctl_rope import RopeCtl
+
+    r = RopeCtl(4096, 64)
+    for heads, n in ((16, 1), (16, 64), (4, 5)):
+        assert df.ctl_rope(df.SimConfig(), heads, 64, n, 4) == r.cycles(heads, 64, n)
     p = PrefillAttnCtl(64, 4, 1024, block=4)
     for hq, n, pos in ((16, 64, 0), (4, 7, 100), (8, 2, 0)):
         assert df.ctl_prefill_attn(df.SimConfig(attn_lanes=4, attn_block=4), hq, 64, n, pos, True, 4) == \
