@@ -250,7 +250,7 @@ def sim_config(**over) -> "df.SimConfig":
 def controllers(plan):
     """Controller instances for a plan's program (the geometry backends/fpga/top.py gives them)."""
     from ternc.backends.fpga.isa import Opcode, unpack_kvquant
-    from ternc.hw.ctl_attn import AttnCtl
+    from ternc.hw.ctl_attn import AttnCtl, PrefillAttnCtl
     from ternc.hw.ctl_embed import EmbedCtl
     from ternc.hw.ctl_kv import KvAppendCtl
     from ternc.hw.ctl_linear import LinearCtl
@@ -268,6 +268,8 @@ def controllers(plan):
         Opcode.LINEAR: lambda: LinearCtl(g, t, c, wbuf_depth=4096, max_chunks=-(-max(ks) // (g * t)), ram_style=None),
         Opcode.KV_APPEND: lambda: KvAppendCtl(d, max_group=max(groups, default=1)),
         Opcode.ATTN: lambda: AttnCtl(d, 4, CTL_CONTEXT),            # lanes 4: d = 42 runs lane-padded to 44
+        "prefill attn": lambda: PrefillAttnCtl(d, 4, CTL_CONTEXT, block=4, max_width=max(
+            (i["heads"] & 0xFF) * d for i in plan.program.instrs if i.op == Opcode.ATTN)),
         Opcode.ROPE: lambda: RopeCtl(max(i["heads"] & 0xFF for i in plan.program.instrs if i.op == Opcode.ROPE) * d, d),
     }
 
@@ -294,7 +296,7 @@ def measure_calls(name: str, units: set | None = None, log=print, decode_only: b
     module = compiled_module(name)
     plan, im = compile_program(module, eng, CTL_CONTEXT)
     make = controllers(plan)
-    ops = {op for op in make if units is None or op.name in units}
+    ops = {op for op in make if not isinstance(op, str) and (units is None or op.name in units)}
     cfg = sim_config()
     seen: dict = {}
     rows = []
@@ -305,7 +307,9 @@ def measure_calls(name: str, units: set | None = None, log=print, decode_only: b
         key = (ins.op, ins.epilogue, int(ins.flags), ins["kn"], ins["width"], ins["heads"], ins["quant"],
                st.n_tokens, st.pos)
         if key not in seen:
-            got, res = run_controller(make[ins.op](), st, p=1.0, latency=CTL_LATENCY)
+            # the top dispatches ATTN with N > 1 to the block-wise prefill controller
+            dut = make["prefill attn" if ins.op == Opcode.ATTN and st.n_tokens > 1 else ins.op]()
+            got, res = run_controller(dut, st, p=1.0, latency=CTL_LATENCY)
             assert_same_ddr(got, st)
             assert res["error"] == 0, ins.text()
             seen[key] = res["cycles"]
