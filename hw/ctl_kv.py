@@ -24,18 +24,23 @@ Phases (one instruction; word-serial datapath, one 32-bit word per cycle at most
   command of gs*R/4 beats; the rows of one head are contiguous) into an on-chip buffer of
   ``max_group * d`` words (pads dropped); per statistic group (keys: a channel over gs tokens, values:
   min(gs, d) channels of one token) STAT (min, max), SCALE (scale = ceil((max - min) / qmax) by a
-  restoring divider, 25 steps), CODE each element (code = round_half_up((x - min) / scale) =
-  (2(x - min) + scale) // (2 scale) by a restoring divider of ``bits`` steps: code <= qmax < 2**bits;
-  x_hat = min + code * scale; a constant group has scale 0 and code 0); STORE the rows back (one write
-  command, pads 0).
+  restoring divider, 25 steps), CODE the elements through a pipeline, one per cycle (code =
+  round_half_up((x - min) / scale) = (2(x - min) + scale) // (2 scale) in 8 unrolled restoring steps:
+  code <= qmax < 2**bits <= 2**8; x_hat = min + code * scale written back in place; a constant group
+  has scale 0 and code 0); STORE the rows back (one write command, pads 0).
 
 Cycles per instruction (start to busy falling; measured by tests/hw/test_ctl_kv.py with a memory that
-is always ready, ``latency`` = read latency in cycles, ``WRITE_DONE`` the write port's done latency):
+is always ready (sim/memport_tb.py, p = 1), ``latency`` = its read latency in cycles, 4 by default):
 
-    APPEND: N * hkv * R + A0 (A0 ~ latency + a few handshakes + the last done)
-    QUANT : sum over new groups of hkv * (2 * gs * R + stats * (m + 5 + SCALE_STEPS)
-            + gs * d * (bits + 2) + Q0) + (pos + N) / gs group steps
-            with stats = d, m = gs (keys) or stats = gs * d / vg, m = vg = min(gs, d) (values).
+    APPEND: N * hkv * R + latency + 10
+    QUANT : sum over new groups of hkv * (2 * gs * R + stats * (2 * m + 40) + latency + 6)
+            + (pos + N) / gs group steps + 3,
+            with stats = d, m = gs (keys) or stats = gs * d / vg, m = vg = min(gs, d) (values): per
+            statistic group STAT m + 3, SCALE 25 + 2, CODE m + 10 (the code pipeline drains).
+
+The datapath is word-serial (one word per cycle; a DDR beat has 4): appending costs ~R cycles per
+token and head; quantizing a group ~2 gs R (load + store) + 2 gs d (two passes) + 40 per statistic
+group, per head, once every gs tokens.
 
 ``cycle_model`` below is this formula; the test checks the measured cycles against it.
 """
@@ -50,9 +55,10 @@ from ternc.hw.ports import (ADDR_BITS, BEAT_BITS, LEN_BITS, WORDS_PER_BEAT, op_c
                             read_port_signature, write_port_signature)
 from ternc.ir import hw_numerics as hn
 
-__all__ = ["KvAppendCtl", "cycle_model"]
+__all__ = ["KvAppendCtl", "cycle_model", "new_groups"]
 
 SCALE_STEPS = 25          # (max - min) + qmax - 1 < 2**24 + 2**8 < 2**25: quotient bits of the scale divider
+CODE_BITS = 8             # the code pipeline's restoring steps: codes of up to 8 bits
 BUF_BITS = 26             # buffer words: 24-bit KV words in, x_hat = min + code*scale < 2**25 out
 VALUES_FLAG_BIT = 16 + 2  # isa.Flag.VALUES in word 0
 
@@ -63,27 +69,34 @@ def _row_words(head_dim: int) -> int:
     return -(-head_dim // WORDS_PER_BEAT) * WORDS_PER_BEAT
 
 
+def new_groups(n: int, pos: int, quant: tuple[int, int, int, int]) -> list[int]:
+    """First tokens of the KIVI groups a call of n tokens at pos adds to the quantized span."""
+    _, gs, res, sinks = quant
+    seq = pos + n
+    g = min(sinks, seq)
+    out = []
+    while g + gs + res <= seq:
+        if g + gs + res > pos:
+            out.append(g)
+        g += gs
+    return out
+
+
 def cycle_model(n: int, pos: int, hkv: int, d: int, quant: tuple[int, int, int, int] | None, values: bool,
-                latency: int = 4) -> int:
+                latency: float = 4) -> float:
     """Cycles of one KV_APPEND (see the module doc) on a memory that is always ready."""
     r = _row_words(d)
     cyc = n * hkv * r + latency + 10
     if quant:
         bits, gs, res, sinks = quant
-        seq = pos + n
-        g = min(sinks, seq)
-        steps = 0
-        while g + gs + res <= seq:
-            steps += 1
-            if g + gs + res > pos:
-                if values:
-                    vg = min(gs, d)
-                    stats, m = gs * d // vg, vg
-                else:
-                    stats, m = d, gs
-                cyc += hkv * (2 * gs * r + stats * (m + 5 + SCALE_STEPS) + gs * d * (bits + 2)
-                              + latency + 5)
-            g += gs
+        if values:
+            vg = min(gs, d)
+            stats, m = gs * d // vg, vg
+        else:
+            stats, m = d, gs
+        groups = new_groups(n, pos, quant)
+        steps = (pos + n - min(sinks, pos + n) - res) // gs if pos + n - min(sinks, pos + n) >= res + gs else 0
+        cyc += len(groups) * hkv * (2 * gs * r + stats * (2 * m + CODE_BITS + 7 + SCALE_STEPS) + latency + 6)
         cyc += steps + 3
     return cyc
 
@@ -221,12 +234,6 @@ class KvAppendCtl(wiring.Component):
         div_r = Signal(10)
         div_n = Signal(range(SCALE_STEPS + 1))
         scale = Signal(SCALE_STEPS)
-        den_top = Signal(SCALE_STEPS + 1 + 8)
-        den = Signal(SCALE_STEPS + 1 + 8)
-        rem = Signal(SCALE_STEPS + 2)
-        code = Signal(8)
-        c_n = Signal(4)
-        bits_m1 = Signal(3)
 
         # V groupings that tile d: min(gs, d) divides d (executor: reshape(d // vg, vg)).
         vg_ok = Const(sum(1 << g for g in range(1, G + 1) if g >= d or d % g == 0), G + 1)
@@ -238,6 +245,33 @@ class KvAppendCtl(wiring.Component):
                            | (((ctl.instr[3][8:16] * d) & (WORDS_PER_BEAT - 1)) != 0)
                            | ((q_word != 0) & ((q_bits == 0) | (q_bits > 8) | (q_gs == 0) | (q_gs > G)
                                                | (w0[VALUES_FLAG_BIT] & ~vg_ok.bit_select(q_gs, 1)))))
+
+        # ---- code pipeline: code = (2(x - min) + scale) // (2 scale), one element per cycle --------
+        # CODE_BITS restoring steps (code <= qmax < 2**bits <= 2**CODE_BITS: leading steps give 0 bits),
+        # then x_hat = min + code * scale written back in place. Stage 0 holds the issued address.
+        issue = Signal()
+        dbl = Signal(SCALE_STEPS + 1)
+        m.d.comb += dbl.eq(scale << 1)
+        n_st = CODE_BITS + 1
+        pv_ = [Signal(name=f"cp{i}_valid") for i in range(n_st + 1)]
+        pa_ = [Signal(range(G * d + 1), name=f"cp{i}_addr") for i in range(n_st + 1)]
+        pr_ = [Signal(SCALE_STEPS + 2, name=f"cp{i}_rem") for i in range(n_st + 1)]
+        pc_ = [Signal(CODE_BITS, name=f"cp{i}_code") for i in range(n_st + 1)]
+        m.d.sync += [pv_[0].eq(issue), pa_[0].eq(ptr), pv_[1].eq(pv_[0]), pa_[1].eq(pa_[0]),
+                     pr_[1].eq(((rp.data - mn) << 1) + scale), pc_[1].eq(0)]
+        for i in range(1, n_st):
+            shifted = dbl << (CODE_BITS - i)
+            take = Signal(name=f"cp{i}_take")
+            m.d.comb += take.eq(pr_[i] >= shifted)
+            m.d.sync += [pv_[i + 1].eq(pv_[i]), pa_[i + 1].eq(pa_[i]),
+                         pr_[i + 1].eq(Mux(take, pr_[i] - shifted, pr_[i])),
+                         pc_[i + 1].eq(Cat(take, pc_[i][:-1]))]
+        x_hat = Signal(signed(BUF_BITS))
+        m.d.comb += x_hat.eq(mn + Mux(scale == 0, 0, pc_[n_st]) * scale)
+        with m.If(pv_[n_st]):
+            m.d.comb += [wp.addr.eq(pa_[n_st]), wp.data.eq(x_hat), wp.en.eq(1)]
+        code_busy = Signal()
+        m.d.comb += code_busy.eq(Cat(*pv_).any())
 
         with m.FSM():
             with m.State("IDLE"):
@@ -265,7 +299,7 @@ class KvAppendCtl(wiring.Component):
                              wc_left.eq(n_tok * hkv), wc_head.eq(0),
                              wc_base.eq(cache + pos * row_bytes), wc_addr.eq(cache + pos * row_bytes),
                              a_col.eq(0), a_head.eq(0), a_tok.eq(0),
-                             seq.eq(pos + n_tok), qmax.eq((Const(1, 9) << bits[:4]) - 1), bits_m1.eq(bits - 1),
+                             seq.eq(pos + n_tok), qmax.eq((Const(1, 9) << bits[:4]) - 1),
                              g_stride.eq(gs * row_bytes), vg.eq(Mux(gs < d, gs, d))]
                 m.next = "APPEND"
             with m.State("APPEND"):
@@ -368,37 +402,20 @@ class KvAppendCtl(wiring.Component):
                 with m.If(div_n == SCALE_STEPS - 1):
                     m.next = "Q_SCALE_DONE"
             with m.State("Q_SCALE_DONE"):
-                m.d.sync += [scale.eq(div_q), den_top.eq((div_q << 1) << bits_m1), ptr.eq(s_base), s_i.eq(0)]
-                m.next = "Q_CODE_READ"
-            with m.State("Q_CODE_READ"):
+                m.d.sync += [scale.eq(div_q), ptr.eq(s_base), s_i.eq(0)]
+                m.next = "Q_CODE"
+            with m.State("Q_CODE"):
+                # one element per cycle into the code pipeline; next statistic group once it drained
                 m.d.comb += rp.addr.eq(ptr)
-                m.next = "Q_CODE_LOAD"
-            with m.State("Q_CODE_LOAD"):
-                m.d.sync += [rem.eq(((rp.data - mn) << 1) + scale), den.eq(den_top),
-                             code.eq(0), c_n.eq(0)]
-                m.next = "Q_CODE_DIV"
-            with m.State("Q_CODE_DIV"):
-                with m.If(rem >= den):
-                    m.d.sync += [rem.eq(rem - den), code.eq((code << 1) | 1)]
-                with m.Else():
-                    m.d.sync += code.eq(code << 1)
-                m.d.sync += [den.eq(den >> 1), c_n.eq(c_n + 1)]
-                with m.If(c_n == bits - 1):
-                    m.next = "Q_CODE_WRITE"
-            with m.State("Q_CODE_WRITE"):
-                x_hat = Signal(signed(BUF_BITS))
-                m.d.comb += [x_hat.eq(mn + Mux(scale == 0, 0, code) * scale),
-                             wp.addr.eq(ptr), wp.data.eq(x_hat), wp.en.eq(1),
-                             rp.addr.eq(ptr + s_stride)]
-                m.d.sync += [ptr.eq(ptr + s_stride), s_i.eq(s_i + 1)]
-                with m.If(s_i == s_count - 1):
+                with m.If(s_i < s_count):
+                    m.d.comb += issue.eq(1)
+                    m.d.sync += [ptr.eq(ptr + s_stride), s_i.eq(s_i + 1)]
+                with m.Elif(~code_busy):
                     m.d.sync += s_base.eq(s_base + s_step)
                     with m.If(s_base + s_step == s_end):
                         m.next = "Q_STORE_CMD"
                     with m.Else():
                         m.next = "Q_STAT_INIT"
-                with m.Else():
-                    m.next = "Q_CODE_LOAD"
             with m.State("Q_STORE_CMD"):
                 m.d.comb += rp.addr.eq(0)
                 with m.If(~wc_valid):

@@ -68,7 +68,20 @@ U280 = Board(
            "ports": "one AXI port per HBM pseudo-channel (32)"},
 )
 
-BOARDS = {b.name: b for b in (KV260, U280)}
+# The RTL simulation's memory (sim/cocotb_top.py: cocotbext-axi AxiRam / AxiRamRead on HP0-HP2 of
+# the composed top in Verilator), so the dataflow model can be compared with the top's counters
+# (sim/calibrate.py): a RAM that never limits beyond the ports' beat per cycle, and the read latency
+# the controllers see through AxiReadMaster (RTL_SIM_LATENCY_CYCLES, measured there) at 250 MHz.
+RTL_SIM_LATENCY_CYCLES = 7
+RTL_SIM = Board(
+    name="rtl-sim", part=KV260.part, resources=KV260.resources,
+    ddr_peak_gbps=3 * 16 * 0.25, ddr_efficiency=1.0, ddr_bytes=KV260.ddr_bytes, max_ports=3, port_bits=128,
+    ddr_latency_ns=RTL_SIM_LATENCY_CYCLES * 4.0, host=KV260.host,
+    notes={"ddr": "cocotbext-axi RAM models: one beat per cycle per port, no DDR behind them",
+           "latency": "read command -> first data beat as the controllers see it (sim/calibrate.py)"},
+)
+
+BOARDS = {b.name: b for b in (KV260, U280, RTL_SIM)}
 
 
 def get_board(name: str) -> Board:

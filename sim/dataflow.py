@@ -57,6 +57,27 @@ class UnitCal:
     dq_latency: int = 3          # DqFactor stages
     norm_overhead: int = 12      # hw/norm.py OVERHEAD
     attn_overhead: int = 11      # hw/attention.py OVERHEAD
+    # The controllers (hw/ctl_*.py) around the units, as built; L = the read latency they see.
+    lin_setup: int = 7           # LinearCtl: start -> the first read commands
+    lin_quant_div: int = 58      # LinearCtl: quantizer DIV_INIT + 56 divider steps + DIV_DONE
+    lin_quant_q: int = 1         # LinearCtl: quantize phase beyond its kpad/3 reads
+    lin_front_gap: int = 0       # LinearCtl: quantize -> load of the next row
+    lin_replay_gap: int = 2      # LinearCtl: back end WAIT -> REPLAY
+    lin_drain: int = 16          # LinearCtl: last chunk -> last output beat written
+    lin_finish: int = 6          # LinearCtl: last write -> done -> busy falls, per pass
+    rope_row: float = 0.25       # RopeCtl: per row beyond its W rotations
+    rope_fixed: int = 12         # RopeCtl: per instruction beyond L (pipeline, last write + done)
+    norm_row: float = 9.5        # NormCtl: per row beyond 2 ceil(W / lanes) (RSQRT, handshakes)
+    norm_fixed: float = 13.5     # NormCtl: per instruction beyond W/4 (gamma) + L: the AXI master overlaps the
+                                 # gamma and row reads (fitted on the top; memport_tb serves them one after the other)
+    attn_div: int = 78           # AttnCtl: the V phase lasts at least the reciprocal's 80 steps
+    attn_head: int = 11          # AttnCtl: per (row, head) phase changes and drains
+    attn_fixed: int = 7          # AttnCtl: per instruction beyond L
+    pattn_head: int = 12         # PrefillAttnCtl: per (block, head)
+    pattn_block: int = 10        # PrefillAttnCtl: per block
+    embed_row: float = 6.25      # EmbedCtl: per token beyond W/4 + 2 L (id read, row copy, done)
+    embed_fixed: float = 2.75    # EmbedCtl: per instruction
+    fetch: int = 6               # sequencer: fetch (2 beats) + decode + dispatch per instruction, beyond L
 
 
 @dataclass(frozen=True)
@@ -75,11 +96,26 @@ class SimConfig:
     norm_lanes: int = 4
     attn_lanes: int = 4
     attn_units: int = 1
+    attn_block: int = 4          # PrefillAttnCtl: query rows per K/V stream (ATTN with N > 1)
     kv_bits: int = 32            # stored KV bits per element (32: the artifact's 24-bit KV words in int32)
     lm_head: str = "host"        # host (f32, as built) | host-int8 | fabric-int8 (projected)
     lm_lanes: int = 64           # fabric LM head: int8 MACs per cycle (projected unit)
     board: str = "kv260"
+    kv_group: int = 0            # KIVI group the KV_APPEND controller quantizes (0: no quantize-kv)
+    prefetch: bool = False       # projected: LINEAR weights prefetched during earlier instructions
+                                 # (as built, LinearCtl loads its first weight group after its start)
     cal: UnitCal = UnitCal()
+
+    @property
+    def weight_ports(self) -> int:
+        """HP ports streaming LINEAR weights: LinearCtl reads weights on rd0, rows on rd1, the side
+        operand on rd2 (as built: 3 ports, 1 for weights); further ports would carry weights."""
+        return max(1, self.hp_ports - 2)
+
+    @property
+    def engine_ddr_beats(self) -> int:
+        """DDR beats per engine beat in the weight image (images.py pads each to whole beats)."""
+        return -(-self.beat_bytes // (self.axi_data_bits // 8))
 
     @property
     def beat_bytes(self) -> int:
@@ -103,7 +139,8 @@ def config_from_artifact(manifest: dict, **over) -> SimConfig:
     e = c["engine"]
     base = SimConfig(group=e["group"], tables=e["tables"], columns=e["columns"], wbuf_depth=c["wbuf_depth"],
                      clock_mhz=c["clock_mhz"], hp_ports=c["hp_ports"], axi_data_bits=c["axi_data_bits"],
-                     norm_lanes=c["norm_lanes"], attn_lanes=c["attn_lanes"], lm_head=acc.get("lm_head", "host"))
+                     norm_lanes=c["norm_lanes"], attn_lanes=c["attn_lanes"], attn_block=c.get("attn_block", 4),
+                     lm_head=acc.get("lm_head", "host"))
     return replace(base, **over)
 
 
@@ -121,6 +158,7 @@ class Cost:
     start: float = 0.0
     bytes: dict = field(default_factory=dict)   # weights / kv / act -> bytes (read + write)
     prefetch_bytes: float = 0.0  # weight bytes that may load during earlier instructions
+    overhead: float = 0.0        # sequencer: instruction fetch + decode + dispatch
     weight: float = 1.0          # times this instruction counts (layer scaling of projections)
 
     @property
@@ -176,14 +214,14 @@ class CallResult:
 
 
 # ---------------------------------------------------------------------- unit formulas (calibrated)
-def linear_groups(cfg: SimConfig, k: int, nn: int, passes: int) -> tuple[int, int, int, int]:
-    """(chunks per tile, column tiles, tiles per weight group, groups): a group is what half the
-    double-buffered weight buffer holds (whole column tiles)."""
+def linear_groups(cfg: SimConfig, k: int, nn: int, passes: int = 1) -> tuple[int, int, int, int]:
+    """(chunks per tile, column tiles, tiles per weight group, groups) as LinearCtl cuts a LINEAR:
+    all tiles in one group when they fit the weight buffer, else groups of half of it (double
+    buffering). ``passes`` is unused (gates run two passes, each with its own groups)."""
     chunks = -(-k // (cfg.group * cfg.tables))
     tiles = -(-nn // cfg.columns)
-    half = max(chunks * passes, cfg.wbuf_depth // 2)
-    tiles_per_group = max(1, half // (chunks * passes))
-    return chunks, tiles, tiles_per_group, -(-tiles // tiles_per_group)
+    per = tiles if tiles * chunks <= cfg.wbuf_depth else max(1, (cfg.wbuf_depth // 2) // chunks)
+    return chunks, tiles, per, -(-tiles // per)
 
 
 def linear_compute(cfg: SimConfig, k: int, nn: int, n: int, passes: int = 1) -> tuple[float, float]:
@@ -214,6 +252,102 @@ def attn_compute(cfg: SimConfig, d: int, t_sum: float, rows: int) -> float:
     return 2 * t_sum * wd + t_sum + rows * (4 * wd + cfg.cal.attn_overhead)
 
 
+# ---------------------------------------------------------------------- the controllers as built
+# Each function is the cycle count of one instruction on its controller (hw/ctl_*.py) with memory
+# answering after L cycles at one beat per cycle per port (sim/calibrate.py compares them with the
+# controllers' RTL; the whole-top counters with the same functions summed per unit).
+def ctl_linear(cfg: SimConfig, k: int, nn: int, n: int, passes: int, lat: float) -> float:
+    """LinearCtl (its module docstring's recurrence): column groups of the weight buffer (all tiles
+    when they fit, else half of it each, double-buffered); group g's weights (``engine_ddr_beats`` DDR
+    beats per engine beat, over ``weight_ports``) load L cycles after their command; per token the
+    quantizer's front end loads (ceil(kpad/lanes)) and divides, then quantizes into one of two banks
+    (free once the token before last replayed), and the back end replays one engine chunk per cycle
+    per tile of the group (split over ``engines``, projected); group g+1's load starts when group g's
+    is done and group g-1 is computed; setup, drain and finish per pass."""
+    cal = cfg.cal
+    chunk = cfg.group * cfg.tables
+    nb = -(-k // chunk)
+    kpad = nb * chunk
+    kq = -(-kpad // cfg.quant_lanes)
+    _, tiles, gsize, _ = linear_groups(cfg, k, nn)
+    groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
+    e = max(1, cfg.engines)
+    beats = lambda g: g * nb * cfg.engine_ddr_beats / cfg.weight_ports  # noqa: E731
+    load_done = [cal.lin_setup + lat + beats(groups[0])]
+    computed: list[float] = []
+    front_free = cal.lin_setup + lat
+    back = [-1e18, -1e18]                                  # replay ends of the two previous tokens
+    for g, gt in enumerate(groups):
+        replay = -(-gt // e) * nb
+        for _ in range(n):
+            quant = max(front_free + kq + cal.lin_quant_div, back[-2])
+            front_done = quant + kq + cal.lin_quant_q
+            front_free = front_done + cal.lin_front_gap
+            start = max(front_done, back[-1] + cal.lin_replay_gap, load_done[g])
+            back = [back[-1], start + replay]
+        computed.append(back[-1] + cal.lin_drain)
+        if g + 1 < len(groups):
+            st = max(load_done[g], computed[g - 1] if g else 0.0)
+            load_done.append(st + lat + beats(groups[g + 1]))
+    return passes * (computed[-1] + cal.lin_finish)
+
+
+def ctl_prefill_attn(cfg: SimConfig, hq: int, d: int, n: int, pos: int, causal: bool, lat: float) -> float:
+    """PrefillAttnCtl (ATTN with N > 1): ``attn_block`` query rows share one K/V stream per (block,
+    head); per (block, head) the longest row's phases (as AttnCtl's) + 12; per block (B-1) (W +
+    hq d/4) (serial q loads, rows written at the end) + 10; + L - 4 per instruction."""
+    cal = cfg.cal
+    w = -(-d // cfg.attn_lanes)
+    blk = max(1, cfg.attn_block)
+    total = lat - 4.0
+    for t0 in range(0, n, blk):
+        nb = min(blk, n - t0)
+        T = pos + t0 + nb if causal else pos + n
+        total += hq * (w + T * w + T + max(T * w, cal.attn_div) + 3 * w + cal.pattn_head)
+        total += (nb - 1) * (w + hq * d / 4) + cal.pattn_block
+    return total
+
+
+def ctl_norm(cfg: SimConfig, w: int, n: int, lat: float) -> float:
+    """NormCtl: gamma (W/4 beats) once, then per row the norm unit's LOAD + EMIT (2 ceil(W/lanes)) +
+    its RSQRT/handshakes; one read latency (the row read queues behind gamma's) and the last write's done."""
+    cal = cfg.cal
+    return w / 4 + n * (2 * -(-w // cfg.norm_lanes) + cal.norm_row) + cal.norm_fixed + lat
+
+
+def ctl_attn(cfg: SimConfig, hq: int, d: int, n: int, pos: int, causal: bool, lat: float) -> float:
+    """AttnCtl: per query row and head, the decode unit's Q, K (T keys), P, V (at least the
+    reciprocal's steps), OUT phases over W = ceil(d / lanes) lane beats; K/V stream behind, so the
+    read latency is paid once per instruction. ``attn_units`` (projected) split the heads."""
+    cal = cfg.cal
+    w = -(-d // cfg.attn_lanes)
+    per_row = []
+    for t in range(n):
+        T = pos + t + 1 if causal else pos + n
+        per_row.append(w + T * w + T + max(T * w, cal.attn_div) + 3 * w + cal.attn_head)
+    heads = -(-hq // max(1, cfg.attn_units))
+    return cal.attn_fixed + lat + heads * sum(per_row)
+
+
+def ctl_rope(cfg: SimConfig, heads: int, d: int, n: int, lat: float) -> float:
+    """RopeCtl: the first row and its table row load (max(W/4, d) beats), then one rotated word per
+    cycle (W = heads * d) while the next row loads into the other bank."""
+    w = heads * d
+    return max(w / 4, d) + n * (w + cfg.cal.rope_row) + cfg.cal.rope_fixed + lat
+
+
+def ctl_embed(cfg: SimConfig, w: int, n: int, lat: float) -> float:
+    """EmbedCtl: per token, read the id's beat, then copy the row (W/4 beats), one at a time."""
+    return n * (w / 4 + 2 * lat + cfg.cal.embed_row) + cfg.cal.embed_fixed
+
+
+def ctl_kv_append(n: int, pos: int, hkv: int, d: int, quant, values: bool, lat: float) -> float:
+    """KvAppendCtl: hw/ctl_kv.cycle_model (word-serial append; KIVI groups joining the span)."""
+    from ternc.hw.ctl_kv import cycle_model
+
+    return cycle_model(n, pos, hkv, d, quant, values, latency=lat)
+
+
 class DataflowModel:
     """Times a program (a list of isa.Instr) on the units of ``cfg`` with ``board``'s DDR and host."""
 
@@ -230,69 +364,80 @@ class DataflowModel:
         self.layer_span = (ops.index("EMBED") + 1 if "EMBED" in ops else 0, max(0, last - 1))
 
     # ------------------------------------------------------------------ per instruction
-    def _linear(self, ins, n: int) -> tuple[float, float, dict, float, float]:
-        from ternc.backends.fpga.isa import Epilogue, unpack_kn
-
-        cfg = self.cfg
-        k, nn = unpack_kn(ins["kn"])
-        passes = 2 if ins.epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2) else 1
-        compute, latency = linear_compute(cfg, k, nn, n, passes)
-        chunks, tiles, tiles_per_group, groups = linear_groups(cfg, k, nn, passes)
-        w_bytes = tiles * chunks * passes * cfg.image_beat_bytes
-        out_w = nn
-        aux = 0
-        if ins.epilogue == Epilogue.RESIDUAL:
-            aux = 4 * nn * n
-        elif ins.epilogue == Epilogue.ROPE:
-            aux = 2 * ((ins["aux2"] >> 16) or 64) * n
-        act = 4 * k * n + aux + 4 * out_w * n
-        e = max(1, min(cfg.engines, tiles))
-        first_group = min(w_bytes, tiles_per_group * chunks * passes * cfg.image_beat_bytes * e)
-        return compute, latency, {"weights": w_bytes, "act": act}, first_group, groups
-
     def cost(self, idx: int, ins, n: int, pos: int) -> Cost:
-        from ternc.backends.fpga.isa import Flag, Opcode, unpack_heads
+        """One instruction: its controller's cycles (``compute``, read latency L included), the DDR
+        time of its bytes at the board's sustained rate (+ L), and the sequencer's fetch + dispatch
+        (``overhead``). It lasts max(compute, ddr) + overhead."""
+        from ternc.backends.fpga.images import kv_row_words
+        from ternc.backends.fpga.isa import Epilogue, Flag, Opcode, unpack_heads, unpack_kn, unpack_kvquant
 
-        cfg, cal, ddr = self.cfg, self.cfg.cal, self.ddr
+        cfg, ddr = self.cfg, self.ddr
+        lat = ddr.latency_cycles
         op = ins.op
+        fetch = cfg.cal.fetch + lat
         if op == Opcode.LINEAR:
-            compute, lat, b, pre, groups = self._linear(ins, n)
-            streams = [(b["weights"], groups), (b["act"], 3)]
-            c = Cost(idx, "LINEAR", "linear", compute, ddr.cycles(streams), lat, bytes=b, prefetch_bytes=pre)
+            k, nn = unpack_kn(ins["kn"])
+            passes = 2 if ins.epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2) else 1
+            chunks, tiles, tiles_per_group, groups = linear_groups(cfg, k, nn, 1)
+            w_bytes = passes * tiles * chunks * cfg.engine_ddr_beats * (cfg.axi_data_bits // 8)
+            aux = 4 * nn * n if ins.epilogue == Epilogue.RESIDUAL else 0
+            aux += 4 * nn * n if passes == 2 else 0           # the gate pass reads the up values back
+            act = passes * (4 * k * n * groups + 4 * nn * n) + aux
+            b = {"weights": w_bytes, "act": act}
+            first = min(w_bytes, tiles_per_group * chunks * cfg.engine_ddr_beats * (cfg.axi_data_bits // 8))
+            c = Cost(idx, "LINEAR", "linear", ctl_linear(cfg, k, nn, n, passes, lat),
+                     ddr.cycles([(w_bytes, groups * passes), (act, 3 * passes)]) + lat, 0.0, bytes=b,
+                     prefetch_bytes=first if cfg.prefetch else 0.0)
         elif op == Opcode.RMSNORM:
             w = ins["width"]
-            compute = norm_compute(cfg, w, n)
-            b = {"act": 4 * w * n * 2 + 4 * w * n}        # src + dst rows, gamma per token
-            c = Cost(idx, "RMSNORM", "norm", compute, ddr.cycles([(b["act"], 3 * n)]), 4, bytes=b)
+            b = {"act": 4 * w + 8 * w * n}                      # gamma once, rows in and out
+            c = Cost(idx, "RMSNORM", "norm", ctl_norm(cfg, w, n, lat), ddr.cycles([(b["act"], 3)]) + lat, 0.0,
+                     bytes=b)
         elif op == Opcode.EMBED:
             w = ins["width"]
-            b = {"act": 2 * 4 * w * n}
-            c = Cost(idx, "EMBED", "dma", 0.0, ddr.cycles([(b["act"], 2 * n)]), 2, bytes=b)
+            b = {"act": 2 * 4 * w * n + 16 * n}
+            c = Cost(idx, "EMBED", "dma", ctl_embed(cfg, w, n, lat), ddr.cycles([(b["act"], 3 * n)]) + lat, 0.0,
+                     bytes=b)
         elif op == Opcode.KV_APPEND:
             hkv, _, d = unpack_heads(ins["heads"])
-            kvw = hkv * d * n * cfg.kv_bits / 8
-            b = {"act": 4 * hkv * d * n, "kv": kvw}
-            if ins["quant"] and cfg.kv_bits == 32:
-                b["kv"] += 2 * kvw                          # in-place re-quantization of the joining group
-            c = Cost(idx, "KV_APPEND", "dma", 0.0, ddr.cycles([(b["act"], 1), (b["kv"], hkv)]), 2, bytes=b)
+            r = kv_row_words(d)
+            quant = unpack_kvquant(ins["quant"]) if ins["quant"] else None
+            values = bool(ins.flags & Flag.VALUES)
+            kv = hkv * r * n * cfg.kv_bits / 8
+            if quant:
+                from ternc.hw.ctl_kv import new_groups
+
+                kv += 2 * hkv * quant[1] * r * len(new_groups(n, pos, quant)) * cfg.kv_bits / 8
+            b = {"act": 4 * hkv * d * n, "kv": kv}
+            c = Cost(idx, "KV_APPEND", "dma", ctl_kv_append(n, pos, hkv, d, quant, values, lat),
+                     ddr.cycles([(b["act"], 1), (kv, hkv * n)]) + lat, 0.0, bytes=b)
         elif op == Opcode.ATTN:
             hq, hkv, d = unpack_heads(ins["heads"])
             causal = bool(ins.flags & Flag.CAUSAL)
-            # sum over query rows t of T_t = pos + t + 1 (causal) or pos + n (not)
             t_sum = n * pos + n * (n + 1) / 2 if causal else n * (pos + n)
-            compute = hq * attn_compute(cfg, d, t_sum, n) / max(1, cfg.attn_units)
-            kv = hq * 2 * t_sum * d * cfg.kv_bits / 8       # K and V of its KV head per query head and row
+            kv = hq * 2 * t_sum * kv_row_words(d) * cfg.kv_bits / 8   # K and V of its KV head per query head and row
             b = {"kv": kv, "act": 4 * hq * d * n * 2}
-            c = Cost(idx, "ATTN", "attn", compute, ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]), 8, bytes=b)
+            if n > 1:      # the top dispatches prefill ATTN to PrefillAttnCtl: K/V once per block of rows
+                t_sum = sum((pos + min(t0 + cfg.attn_block, n) if causal else pos + n)
+                            for t0 in range(0, n, max(1, cfg.attn_block)))
+                kv = hq * 2 * t_sum * kv_row_words(d) * cfg.kv_bits / 8
+                b = {"kv": kv, "act": 4 * hq * d * n * 2}
+            unit_cycles = (ctl_prefill_attn(cfg, hq, d, n, pos, causal, lat) if n > 1
+                           else ctl_attn(cfg, hq, d, n, pos, causal, lat))
+            c = Cost(idx, "ATTN", "attn", unit_cycles,
+                     ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]) + lat, 0.0, bytes=b)
         elif op == Opcode.ROPE:
             heads, _, d = unpack_heads(ins["heads"])
-            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}   # rows in and out, one table row per token
-            c = Cost(idx, "ROPE", "dma", 0.0, ddr.cycles([(b["act"], 3 * n)]), 4, bytes=b)
+            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}      # rows in and out, one table row per token
+            c = Cost(idx, "ROPE", "dma", ctl_rope(cfg, heads, d, n, lat), ddr.cycles([(b["act"], 3 * n)]) + lat,
+                     0.0, bytes=b)
         elif op == Opcode.LM_HEAD:
             c = self._lm_head(idx, ins, n)
+            c.overhead = fetch                                  # the sequencer stops on it (host flag)
+            return c
         else:  # END
             c = Cost(idx, op.name, "dma", 0.0, 0.0, 0.0)
-        c.latency += ddr.latency_cycles if c.ddr else 0.0
+        c.overhead = fetch
         return c
 
     def _lm_head(self, idx: int, ins, n: int) -> Cost:
@@ -327,6 +472,7 @@ class DataflowModel:
                 c.weight = self.layer_scale
             if c.unit == "host":
                 c.start = t
+                t += c.overhead                   # the sequencer fetches it, then the host takes over
                 host_s += c.cycles / (self.cfg.clock_mhz * 1e6)
                 costs.append(c)
                 if ins.flags & Flag.HOST:
@@ -337,7 +483,7 @@ class DataflowModel:
                 saved = min(c.prefetch_bytes, room) / self.ddr.bytes_per_cycle
                 c.ddr = max(0.0, c.ddr - saved)
                 slack = 0.0
-            c.cycles = max(c.compute, c.ddr) + c.latency
+            c.cycles = max(c.compute, c.ddr) + c.latency + c.overhead
             slack += max(0.0, c.cycles - c.ddr)
             c.start = t
             t += c.cycles * c.weight
@@ -407,6 +553,7 @@ def simulate_artifact(path, out_dir=None, plots: bool = True, **over) -> dict:
     rep["instructions"] = len(model.instrs)
     rep["layer_scale"] = model.layer_scale
     rep["calibration"] = calibration_table()
+    rep["calibration_sections"] = calibration_sections()
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -424,6 +571,13 @@ def simulate_artifact(path, out_dir=None, plots: bool = True, **over) -> dict:
 def calibration_table() -> list | None:
     p = Path(__file__).with_name("calibration.json")
     return json.loads(p.read_text())["rows"] if p.exists() else None
+
+
+def calibration_sections() -> dict:
+    """The controller (per instruction / unit / call) and whole-top sections of calibration.json."""
+    p = Path(__file__).with_name("calibration.json")
+    d = json.loads(p.read_text()) if p.exists() else {}
+    return {k: d[k] for k in ("controllers", "top") if k in d}
 
 
 def text(rep: dict) -> str:
@@ -462,4 +616,23 @@ def text(rep: dict) -> str:
                   "|---|---|---|---|---|"]
         for c in rep["calibration"]:
             lines.append(f"| {c['unit']} | {c['config']} | {c['rtl']} | {c['model']} | {100 * c['error']:+.2f}% |")
+    sec = rep.get("calibration_sections") or {}
+    if sec.get("controllers"):
+        ctl = sec["controllers"]
+        lines += ["", f"controllers vs their RTL, summed per unit and call ({ctl['source']}):",
+                  "| configuration | call | unit | RTL cycles | model | error |", "|---|---|---|---|---|---|"]
+        for c in ctl["per_unit"]:
+            lines.append(f"| {c['config']} | {c['call']} | {c['unit']} | {c['rtl']} | {c['model']} | "
+                         f"{100 * c['error']:+.2f}% |")
+        w = ctl.get("max_instruction_error")
+        if w:
+            lines.append(f"largest per-instruction error: {100 * w['error']:+.2f}% ({w['config']} {w['op']} "
+                         f"n={w['n']} pos={w['pos']}: RTL {w['rtl']}, model {w['model']})")
+    if sec.get("top"):
+        top = sec["top"]
+        lines += ["", f"whole top (Verilator) vs the model, per call ({top['source']}):",
+                  "| configuration | call | counter | RTL cycles | model | error |", "|---|---|---|---|---|---|"]
+        for c in top["rows"]:
+            lines.append(f"| {c['config']} | {c['call']} | {c['counter']} | {c['rtl']} | {c['model']} | "
+                         f"{100 * c['error']:+.2f}% |")
     return "\n".join(lines)

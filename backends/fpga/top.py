@@ -89,7 +89,7 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
                              head_dim=plan.head_dim, context=plan.context, vocab=plan.vocab,
                              kv_max_group=_kv_max_group(plan.program), rope_max_width=_rope_max_width(plan.program),
                              attn_max_width=_attn_max_width(plan.program),
-                             attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
+                             attn_lanes=4)   # AttnCtl pads d to whole lanes on chip (d = 42 -> 44)
 
 
 def _kv_max_group(program) -> int:
@@ -119,9 +119,9 @@ def _controllers() -> dict:
             int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group)),
             # lanes = 4 with on-chip zero padding of d (AttnCtl's docstring: d = 42 runs at dp = 44);
             # prefill calls (N > 1) on the block-wise unit (K/V read once per block of query rows)
-            (int(Opcode.ATTN), "decode"): ("CYC_ATTN", lambda cfg: AttnCtl(cfg.head_dim, 4, cfg.context)),
+            (int(Opcode.ATTN), "decode"): ("CYC_ATTN", lambda cfg: AttnCtl(cfg.head_dim, cfg.attn_lanes, cfg.context)),
             (int(Opcode.ATTN), "prefill"): ("CYC_ATTN", lambda cfg: PrefillAttnCtl(
-                cfg.head_dim, 4, cfg.context, block=cfg.attn_block, max_width=cfg.attn_max_width)),
+                cfg.head_dim, cfg.attn_lanes, cfg.context, block=cfg.attn_block, max_width=cfg.attn_max_width)),
             int(Opcode.ROPE): ("CYC_DMA", lambda cfg: RopeCtl(cfg.rope_max_width, cfg.head_dim))}
 
 
@@ -245,9 +245,10 @@ def synthesize(cfg: AcceleratorConfig, synth: bool = True, rtl: bool = True
     norm_v = verilog_cached(lambda: RMSNorm(cfg.norm_lanes, max_k), "rmsnorm", norm_key, sources=norm_src, fmt="v")
     from ...hw.attention import DecodeAttention
 
-    attn_key = f"dattn D{cfg.head_dim} L{cfg.attn_lanes} C{cfg.context}"
+    attn_dp = -(-cfg.head_dim // cfg.attn_lanes) * cfg.attn_lanes     # the controllers pad d to whole lanes
+    attn_key = f"dattn D{attn_dp} L{cfg.attn_lanes} C{cfg.context}"
     attn_src = ("hw/attention.py", "hw/stream_util.py", "ir/hw_numerics.py")
-    mk_attn = lambda: DecodeAttention(cfg.head_dim, cfg.attn_lanes, cfg.context)  # noqa: E731
+    mk_attn = lambda: DecodeAttention(attn_dp, cfg.attn_lanes, cfg.context)  # noqa: E731
     attn_il = verilog_cached(mk_attn, "decode_attn", attn_key, sources=attn_src, fmt="il")
     attn_v = verilog_cached(mk_attn, "decode_attn", attn_key, sources=attn_src, fmt="v")
     e = cfg.engine
