@@ -158,16 +158,18 @@ def is_runtime_file(rel: str) -> bool:
 TVM_RUNTIME_ROOTS = ("backends/tvm/runtime.py", "ir/decoder.py")
 
 
-def ternc_runtime_files(roots=TVM_RUNTIME_ROOTS) -> list[str]:
+def ternc_runtime_files(roots=TVM_RUNTIME_ROOTS, exclude: tuple[str, ...] = ()) -> list[str]:
     """The ternc modules the board's runtime imports: `roots` (default backends/tvm/runtime.py,
     ir/decoder.py) and everything they import from ternc (relative imports, followed transitively),
-    as paths inside the package. Checked against the bundle test: each must import with numpy + TVM only."""
+    as paths inside the package, except those under `exclude` (compiler-side modules imported only
+    inside functions the board never calls). Checked against the bundle test: each must import with
+    numpy + TVM only."""
     import ast
 
     todo, seen = list(roots), set()
     while todo:
         rel = todo.pop()
-        if rel in seen:
+        if rel in seen or rel.startswith(exclude):
             continue
         seen.add(rel)
         pkg = Path(rel).parent
@@ -185,10 +187,10 @@ def ternc_runtime_files(roots=TVM_RUNTIME_ROOTS) -> list[str]:
     return sorted(seen)
 
 
-def _write_ternc_subset(dest: Path, roots=TVM_RUNTIME_ROOTS) -> None:
+def _write_ternc_subset(dest: Path, roots=TVM_RUNTIME_ROOTS, exclude: tuple[str, ...] = ()) -> None:
     """Copy those modules under dest/ternc/, each package marked by an empty __init__.py (the
     package's own __init__ files import the compiler side)."""
-    for rel in ternc_runtime_files(roots):
+    for rel in ternc_runtime_files(roots, exclude):
         if rel.endswith("__init__.py"):
             continue
         target = dest / "ternc" / rel

@@ -34,6 +34,8 @@ from .wheels import extract_runtime, fetch_wheels
 
 #: the board-side modules (everything they import from ternc follows, numpy only)
 KV260_ROOTS = ("backends/fpga/board_runner.py", "backends/fpga/driver.py", "backends/fpga/lm_head.py")
+#: regmap.py builds the RTL register file (hw/regfile.py, amaranth) only on the compiler side
+KV260_EXCLUDE = ("hw/",)
 BIT_STEM = "ternc_kv260"
 LM_HEAD_LIB = "lm_head/lm_head.so"
 
@@ -153,7 +155,7 @@ def build_kv260_bundle(artifact: str | os.PathLike, board: Board, out: str | os.
             log(f"[deploy] LM head on the ARM cores: TVM kernel [{vocab} x {hidden}] for {board.arch}")
             kernel = build_lm_head_kernel(hidden, vocab, board.arch, tmp / LM_HEAD_LIB)
             kernel["file"] = LM_HEAD_LIB
-        _write_ternc_subset(tmp, KV260_ROOTS)
+        _write_ternc_subset(tmp, KV260_ROOTS, KV260_EXCLUDE)
         shutil.copyfile(RUNNER, tmp / "run.py")
         (tmp / "run.py").chmod(0o755)
         _write_golden(tmp / "golden", golden)

@@ -40,6 +40,10 @@ class BundleError(RuntimeError):
     pass
 
 
+#: the loaded runtime's own user-facing error classes (kv260: the driver's DriverError), reported like BundleError
+RUNTIME_ERRORS: list[type] = []
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -142,6 +146,7 @@ def load_kv260(bundle: dict, transport: str = "auto", bitfile: str | None = None
         check_platform(bundle)
         bitfile = bitfile or str(root / bundle["bitstream"]["bit"])
     mod = importlib.import_module(bundle["runner_module"])
+    RUNTIME_ERRORS.append(mod.DriverError)
     lib = root / kernel["file"] if lm_head == "tvm" else None
     try:
         return mod.BoardRunner(root / bundle["artifact"], transport, bitfile, lib)
@@ -282,6 +287,8 @@ def main(argv=None) -> int:
         bundle = check_bundle(platform_check=bundle_kind() != "kv260")
         print(f"[run.py] bundle for {bundle['board']['name']}: {len(bundle['files'])} files verified (sha256) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        if a.rpc_server and bundle.get("runner") == "kv260":
+            raise BundleError("--rpc-server serves TVM artifacts; a kv260 bundle runs here (--transport pynq)")
         if a.rpc_server:
             return rpc_server(bundle, a.tracker, a.key or bundle["board"]["name"], a.host, a.port)
         t0 = time.perf_counter()
@@ -316,7 +323,7 @@ def main(argv=None) -> int:
         if a.json and result is not None:
             Path(a.json).write_text(json.dumps(result, indent=1))
         return 0 if result is None or result.get("pass", True) else 1
-    except BundleError as e:
+    except (BundleError, *RUNTIME_ERRORS) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
 
