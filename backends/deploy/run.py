@@ -135,10 +135,11 @@ def load_kv260(bundle: dict, transport: str = "auto", bitfile: str | None = None
     elif lm_head != "numpy":
         raise BundleError(f"--lm-head expects auto, tvm or numpy, got {lm_head!r}")
     if transport == "auto":
-        try:
-            import pynq  # noqa: F401
+        import importlib.util
+
+        if importlib.util.find_spec("pynq") is not None:   # the board's PYNQ (imported by the driver)
             transport = "pynq"
-        except ImportError:
+        else:
             transport = "model"
             print("[run.py] no pynq here: --transport model (the functional executor behind the register "
                   "protocol; on the board use --transport pynq)", file=sys.stderr)
