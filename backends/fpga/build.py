@@ -14,7 +14,10 @@ Artifact layout:
     images/lm_head.npy       host LM head weight (f32 [vocab, hidden])
     regmap.json, include/ternc_kv260_regs.h      the AXI4-Lite register map
     rtl/*.v                  generated Verilog of the RTL units
-    vivado/build.tcl, vivado/clock.xdc           K26 out-of-context implementation script
+    vivado/build.tcl, vivado/clock.xdc           K26 out-of-context implementation of each unit
+    vivado/build_ternc_kv260.sh, ternc_kv260.{v,tcl,xdc}, ps_bd.tcl
+                             the bitstream build (backends/fpga/vivado.py: Amaranth's Xilinx platform plan,
+                             the PS block design; one command with Vivado, not run here)
     report.json, resources.md                    per-unit resources vs the K26, analytic bounds
 
 A design over budget raises top.ResourceError before anything is written.
@@ -115,6 +118,10 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
     if verilog:
         for name, text in vivado_files(cfg, sorted(verilog)).items():
             files[name] = text.encode()
+        from .vivado import build_plan   # the bitstream build: Amaranth's Vivado plan + the PS block design
+
+        for name, text in build_plan(cfg)[0].items():
+            files[f"vivado/{name}"] = text.encode()
     report["seconds"] = round(time.time() - t0, 2)  # timings live in the unhashed report.json
     target = {"name": TARGET, "part": "xck26-sfvc784-2LV-c", "clock_mhz": clock_mhz}
     fields = {
