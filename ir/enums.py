@@ -19,6 +19,8 @@ class Epilogue(str, enum.Enum):
     GATED_SILU = "gated_silu"      # GatedAct{act=silu}(linear_gate(x), linear_up(x))
     GATED_RELU2 = "gated_relu2"    # GatedAct{act=relu2}(linear_gate(x), linear_up(x))
     ROPE = "rope"                  # RoPE(Transpose(Reshape(linear(x))), cos, sin)
+    SILU_MUL = "silu_mul"          # silu(linear(x)) * aux: a gate pass with the up values as aux (hardware only)
+    RELU2_MUL = "relu2_mul"        # relu(linear(x))^2 * aux (hardware only)
 
     @property
     def gated(self) -> bool:

@@ -276,6 +276,10 @@ class DataflowModel:
             kv = hq * 2 * t_sum * d * cfg.kv_bits / 8       # K and V of its KV head per query head and row
             b = {"kv": kv, "act": 4 * hq * d * n * 2}
             c = Cost(idx, "ATTN", "attn", compute, ddr.cycles([(kv, 2 * hq * n), (b["act"], 2)]), 8, bytes=b)
+        elif op == Opcode.ROPE:
+            heads, _, d = unpack_heads(ins["heads"])
+            b = {"act": 2 * 4 * heads * d * n + 2 * d * n}   # rows in and out, one table row per token
+            c = Cost(idx, "ROPE", "dma", 0.0, ddr.cycles([(b["act"], 3 * n)]), 4, bytes=b)
         elif op == Opcode.LM_HEAD:
             c = self._lm_head(idx, ins, n)
         else:  # END

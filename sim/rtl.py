@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ternc.hw.synth import CACHE, verilog_cached
@@ -175,3 +176,142 @@ def run_stream_bench(factory, top: str, key: str, sources: tuple, spec: dict, si
 def beat_ints(layout, beats) -> list[int]:
     """Payload dicts/lists -> the integers on the wire (Amaranth layout bit order)."""
     return [layout.const(b).as_value().value for b in beats] if hasattr(layout, "const") else [int(b) for b in beats]
+
+
+# ---- the composed accelerator (hw/top.py) running a compiled program ---------------------------------
+
+def accelerator_verilog_of(art) -> Path:
+    """The top's Verilog for a loaded kv260 artifact: the file it carries (``rtl/accelerator.v``, a
+    hardware build input), else generated from its configuration (older artifacts, ``rtl=False``)."""
+    from ternc.backends.fpga.top import AcceleratorConfig, accelerator_verilog
+
+    p = art.path / "rtl" / "accelerator.v"
+    if p.exists():
+        return p
+    return accelerator_verilog(AcceleratorConfig.from_json(art.manifest["accelerator"]["config"]))
+
+
+def run_top(vpath: Path, spec: dict, sim: str = "verilator") -> dict:
+    """Run sim/cocotb_top.py's bench on the top ``vpath`` with ``spec`` (see that module); the result
+    dict, with ``logits`` (list of arrays, one per call) for ``kind: generate``."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="ternc-top-") as td:
+        sp = Path(td) / "spec.json"
+        sp.write_text(json.dumps({**spec, "out_dir": td}))
+        res = run_cocotb(vpath, "accelerator", "ternc.sim.cocotb_top", {"TOP_SPEC": str(sp)}, sim=sim,
+                         out_name="TOP_OUT")[0]
+        if res["kind"] == "generate":
+            res["logits"] = [np.load(Path(td) / f"logits_{i}.npy", allow_pickle=False)
+                             for i in range(len(res["calls"]))]
+        return res
+
+
+def embed_only_program(art):
+    """A plumbing program on the artifact's images: its EMBED, then the host LM head on the
+    embeddings, END (runs on a top that has only the EMBED controller)."""
+    from ternc.backends.fpga.isa import Flag, Instr, Opcode, Program
+
+    emb = next(i for i in art.program.instrs if i.op == Opcode.EMBED)
+    return Program([emb, Instr(Opcode.LM_HEAD, {"src": emb["dst"], "width": emb["width"],
+                                                "vocab": int(art.lm_head.shape[0])}, flags=Flag.HOST),
+                    Instr(Opcode.END)])
+
+
+@dataclass
+class RtlReport:
+    tokens: list
+    ref_tokens: list
+    reference: str
+    logits_equal: list = field(default_factory=list)
+    max_abs_diff: list = field(default_factory=list)
+    calls: list = field(default_factory=list)          # counters per call (PERF_*)
+    sim_cycles: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        return self.tokens == self.ref_tokens and bool(self.logits_equal) and all(self.logits_equal)
+
+    def per_token(self) -> dict:
+        """Cycles of the prefill call and per decode step (from the CYCLES counter)."""
+        cyc = [c["CYCLES"] for c in self.calls]
+        return {"prefill_cycles": cyc[0] if cyc else None,
+                "decode_cycles": cyc[1:],
+                "decode_cycles_mean": sum(cyc[1:]) / len(cyc[1:]) if len(cyc) > 1 else None}
+
+    def text(self) -> str:
+        pt = self.per_token()
+        lines = [f"{'accelerator (RTL, Verilator):':<37}{self.tokens}",
+                 f"{self.reference + chr(58):<37}{self.ref_tokens}",
+                 f"logits equal per call: {sum(self.logits_equal)}/{len(self.logits_equal)} "
+                 f"(max |diff| {max(self.max_abs_diff, default=0):g})",
+                 f"cycles: prefill {pt['prefill_cycles']}, decode {pt['decode_cycles']}",
+                 f"counters per call: {self.calls}",
+                 f"simulated cycles in all: {self.sim_cycles} ({self.seconds:.1f}s wall)",
+                 "RESULT: " + ("token- and logit-exact" if self.exact else "MISMATCH")]
+        return "\n".join(lines)
+
+
+def simulate_rtl(path, prompt_ids, n: int = 8, program: str = "full", pause: float = 0.0, seed: int = 1,
+                 write_report: bool = True, sim: str = "verilator") -> RtlReport:
+    """Run a kv260 artifact's program on the composed top in Verilator, driven by the board's driver,
+    and compare tokens and logits: ``program="full"`` with the interpreter after the kv260 pipeline
+    (backends/fpga/verify.reference), ``"embed"`` (EMBED + host LM head) with the functional executor
+    running the same program. Writes the counters into the artifact's report.json (``rtl_cycles``)."""
+    import time
+
+    import numpy as np
+
+    from ternc.backends.artifact import REPORT, read_report
+    from ternc.backends.fpga.build import load_artifact
+    from ternc.backends.fpga.executor import Executor
+    from ternc.backends.fpga.isa import Opcode
+    from ternc.backends.fpga.top import AcceleratorConfig, built_opcodes
+    from ternc.backends.fpga.verify import reference
+
+    art = load_artifact(path)
+    cfg = AcceleratorConfig.from_json(art.manifest["accelerator"]["config"])
+    prog = embed_only_program(art) if program == "embed" else art.program
+    if program not in ("full", "embed"):
+        raise ValueError(f"program {program!r}: 'full' or 'embed'")
+    stops = {Opcode.END, Opcode.LM_HEAD}
+    missing = sorted({i.op.name for i in prog.instrs if i.op not in stops and int(i.op) not in built_opcodes(cfg)})
+    if missing:
+        have = sorted(Opcode(o).name for o in built_opcodes(cfg))
+        raise NotImplementedError(f"{path}: the composed top has no controller for {', '.join(missing)} "
+                                  f"(built: {', '.join(have)}); `--program embed` runs the EMBED plumbing program")
+    ids = [int(i) for i in prompt_ids]
+    spec = {"kind": "generate", "artifact": str(art.path), "prompt": ids, "n": n,
+            "ddr_bytes": art.memmap["total_bytes"], "pause": pause, "seed": seed}
+    if program == "embed":
+        spec["program"] = prog.encode().hex()
+    t0 = time.time()
+    res = run_top(accelerator_verilog_of(art), spec, sim=sim)
+    secs = time.time() - t0
+    if program == "full":
+        ref_toks, ref_logits = reference(art.module(), ids, n)
+        label = "interpreter (kv260 pipeline)"
+    else:
+        ex = Executor(prog, art.memmap, art.consts, art.weights, art.lm_head, art.engine, art.context)
+        toks, ref_logits = ex.generate(ids, n)
+        ref_toks = [int(v) for v in toks[0]]
+        label = "functional executor (same program)"
+    rep = RtlReport([int(t) for t in res["tokens"]], ref_toks, label, calls=res["calls"],
+                    sim_cycles=res["sim_cycles"], seconds=secs)
+    for a, b in zip(res["logits"], ref_logits):
+        if a.ndim == 3 and b.ndim == 3 and b.shape[1] < a.shape[1]:
+            a = a[:, -b.shape[1]:]   # prefill entries that return only the last token's logits
+        rep.logits_equal.append(bool(a.shape == b.shape and np.array_equal(a, b)))
+        rep.max_abs_diff.append(float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf"))
+    if len(res["logits"]) != len(ref_logits):
+        rep.logits_equal.append(False)
+    if write_report:
+        report = read_report(art.path)
+        report["rtl_cycles"] = {"program": program, "prompt_tokens": len(ids), "new_tokens": n,
+                                "counters_per_call": rep.calls, **rep.per_token(),
+                                "clock_mhz": cfg.clock_mhz, "exact": rep.exact,
+                                "note": "PERF_* counters of the composed top in Verilator, one entry per call "
+                                        "(prefill, then decode steps); CYC_* count busy cycles per unit"}
+        (art.path / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return rep

@@ -38,7 +38,7 @@ from . import regmap
 from .images import build_images
 from .isa import Program
 from .schedule import EngineConfig, schedule
-from .top import AcceleratorConfig, check_budget, choose_config, resources_table, synthesize, vivado_files
+from .top import AcceleratorConfig, accelerator_verilog, check_budget, choose_config, resources_table, synthesize, vivado_files
 
 TARGET = "kv260"
 
@@ -66,13 +66,15 @@ def build_artifact(module, out_dir, context: int = 512, clock_mhz: float = 250.0
     plan = schedule(module, context, eng, lm_head)
     cfg: AcceleratorConfig = choose_config(plan, budget, clock_mhz, lm_head, eng)
     units, verilog = synthesize(cfg, synth=synth and rtl, rtl=rtl)
+    if rtl:   # the composed top (sequencer + controllers + DMA + register file): `ternc simulate --rtl` runs it
+        verilog["rtl/accelerator.v"] = accelerator_verilog(cfg)
     total = check_budget(units, budget)                 # ResourceError before anything is written
     images = build_images(module, plan, eng)
     mm = images.memmap.to_json()
 
     weight_bytes = sum(lin.nbytes for lin in plan.linears.values())
     bytes_per_cycle = DDR_BYTES_PER_S(cfg) / (cfg.clock_mhz * 1e6)
-    beats = sum(lin.nbytes // eng.beat_bytes for lin in plan.linears.values())
+    beats = sum(lin.nbytes // eng.image_beat_bytes for lin in plan.linears.values())
     decode_cycles = max(weight_bytes / bytes_per_cycle, beats)
     report = {
         "target": TARGET, "config": cfg.to_json(), "context": context,

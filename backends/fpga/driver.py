@@ -9,8 +9,11 @@ One driver class, several transports (what moves registers and DDR bytes):
 * :class:`ModelTransport` -- the functional executor behind the same register protocol: the
   sequencer's fetch (program read from the DDR window at PROG_ADDR) and the register semantics are
   modelled, the units by ``executor.Executor``. It checks the driver's protocol token-exactly.
-* ``rtl`` -- a cocotb/Verilator transport (AxiRam as DDR + AxiLiteMaster) over the generated top
-  (branch fpga-top); :func:`open_transport` names what is missing where it is not in this ternc.
+* :class:`CocotbTransport` -- the generated top (hw/top.py) in Verilator under cocotb: cocotbext-axi
+  ``AxiRam`` models on the HP ports sharing one memory as DDR, ``AxiLiteMaster`` on the register file.
+  The driver (synchronous code) runs in a ``cocotb.task.bridge`` thread; every register/DDR access is a
+  ``cocotb.task.resume`` call into the simulation (sim/cocotb_top.py), so the board's driver code is what
+  runs the RTL. The deploy bundle's ``run.py --transport rtl`` reaches it through :func:`open_transport`.
 
 The LM head (``LM_HEAD`` with the HOST flag) runs on the host through ``lm_head``: numpy by default
 (exactly the IR's Linear), or the deploy bundle's TVM aarch64 GEMV kernel (``lm_head.TvmLmHead``).
@@ -42,6 +45,10 @@ class Transport:
     def write_ddr(self, offset: int, data: bytes) -> None: ...
     def read_ddr(self, offset: int, n: int) -> bytes: ...
     def ddr_physical_base(self) -> int: ...
+
+    def idle(self) -> None:
+        """Between two STATUS polls (the board: a short sleep; a simulation: some clock cycles)."""
+        time.sleep(1e-4)
 
 
 class PynqTransport(Transport):
@@ -117,6 +124,59 @@ def check_cma(needed: int, meminfo: str = "/proc/meminfo") -> int | None:
     if free is not None and free < needed:
         raise DriverError(cma_message(needed, free))
     return free
+
+
+class CocotbTransport(Transport):
+    """The RTL top under cocotb (see module doc). ``axil``: a cocotbext-axi ``AxiLiteMaster`` on the
+    register file; ``mem``: the bytearray the HP ports' ``AxiRam`` models share (they address it modulo
+    its size, so DDR offset o is ``mem[o]`` when ``base`` is a multiple of its size); ``clk``: the clock
+    signal (``idle`` waits ``poll_cycles`` of it; more than ``max_cycles`` of polling in all is a
+    DriverError, a hung simulation's timeout). Only usable from a ``cocotb.bridge`` thread."""
+
+    def __init__(self, axil, mem: bytearray, clk, base: int = 0x4000_0000, poll_cycles: int = 256,
+                 max_cycles: int = 50_000_000):
+        from cocotb.task import resume   # cocotb >= 2 (``cocotb.function`` before)
+        from cocotb.triggers import ClockCycles
+
+        if base % len(mem):
+            raise DriverError(f"DDR base {base:#x} is not a multiple of the simulated DDR's {len(mem)} bytes")
+        self.mem, self.base = mem, base
+        self.poll_cycles, self.max_cycles, self.cycles = poll_cycles, max_cycles, 0
+
+        async def write_reg(offset, value):
+            await axil.write_dword(offset, int(value) & 0xFFFFFFFF)
+
+        async def read_reg(offset):
+            return int(await axil.read_dword(offset))
+
+        async def idle():
+            await ClockCycles(clk, poll_cycles)
+
+        self._write_reg, self._read_reg = resume(write_reg), resume(read_reg)
+        self._idle = resume(idle)
+
+    def write_reg(self, offset, value):
+        self._write_reg(offset, value)
+
+    def read_reg(self, offset):
+        return self._read_reg(offset)
+
+    def write_ddr(self, offset, data):   # the simulator is paused while this thread runs
+        if offset + len(data) > len(self.mem):
+            raise DriverError(f"DDR write [{offset:#x}, +{len(data)}) outside the simulated {len(self.mem)} bytes")
+        self.mem[offset:offset + len(data)] = data
+
+    def read_ddr(self, offset, n):
+        return bytes(self.mem[offset:offset + n])
+
+    def ddr_physical_base(self):
+        return self.base
+
+    def idle(self):
+        self.cycles += self.poll_cycles
+        if self.cycles > self.max_cycles:
+            raise DriverError(f"simulation: no STATUS done/error after {self.max_cycles} polled cycles")
+        self._idle()
 
 
 class ModelTransport(Transport):
@@ -217,7 +277,7 @@ class KV260Driver:
                 break
             if time.time() - t0 > self.timeout_s:
                 raise DriverError(f"accelerator did not finish in {self.timeout_s}s (PC {self.t.read_reg(R['PC'])})")
-            time.sleep(1e-4)
+            self.t.idle()
         if not st & (1 << ST["host"]):
             raise DriverError("program ended without handing the LM head to the host")
         ins = self.program.instrs[self.t.read_reg(R["PC"])]
@@ -226,6 +286,10 @@ class KV260Driver:
         from ...ir import hw_numerics as hn
 
         return np.asarray(self.lm_head(hn.from_fx(raw)[0]))[None]   # the IR's LM head Linear, on the host
+
+    def counters(self) -> dict:
+        """The performance counters (PERF_* registers; since the last CLEAR, i.e. of the last call)."""
+        return {c: self.t.read_reg(R[f"PERF_{c}"]) for c in regmap.COUNTERS}
 
     def generate(self, prompt_ids, max_new_tokens: int):
         ids = [int(i) for i in np.asarray(prompt_ids).reshape(-1)]

@@ -56,7 +56,7 @@ class Executor:
         if key not in self._w:
             c, tb = self.engine.columns, self.engine.tables
             beats = -(-n // c) * -(-(-(-k // 3)) // tb)
-            img = self.ddr[addr:addr + beats * self.engine.beat_bytes]
+            img = self.ddr[addr:addr + beats * self.engine.image_beat_bytes]
             self._w[key] = ternary_from_image(img, n, k, self.engine)
         return self._w[key]
 
@@ -106,13 +106,7 @@ class Executor:
             if ep == Epilogue.RESIDUAL:
                 y = hn.add_fx(y, self.rows(ins["aux"], n, nn))
             elif ep == Epilogue.ROPE:
-                heads, d = ins["aux2"] & 0xFFFF, ins["aux2"] >> 16
-                h = d // 2
-                tab = self.i16(ins["aux"] + 2 * d * pos, n * d).reshape(n, d).astype(np.int64)
-                c, s = tab[:, None, :h], tab[:, None, h:]
-                yh = y.reshape(n, heads, d)
-                y0, y1 = hn.rope_fx(yh[..., :h], yh[..., h:], c, s)
-                y = np.concatenate([y0, y1], axis=-1).reshape(n, nn)
+                y = self._rope(y, ins["aux"], ins["aux2"] & 0xFFFF, ins["aux2"] >> 16)
             elif ep in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2):
                 up = hn.ternary_linear_fx_ws(x, self.ternary(ins["aux"], nn, k), *unpack_scale(ins["aux2"]))
                 f = hn.silu_gate_fx if ep == Epilogue.GATE_SILU else hn.relu2_gate_fx
@@ -141,6 +135,10 @@ class Executor:
             q_pos = pos + np.arange(n) if ins.flags & Flag.CAUSAL else np.full(n, sk)
             out = hn.attention_fx(q, k, v, ins["scale"], q_pos, np.arange(sk))
             self.rows(ins["dst"], n, hq * d)[:] = out.transpose(1, 0, 2).reshape(n, hq * d)
+        elif op == Opcode.ROPE:
+            heads, _, d = unpack_heads(ins["heads"])
+            x = self.rows(ins["src"], n, heads * d).copy()
+            self.rows(ins["dst"], n, heads * d)[:] = self._rope(x, ins["table"], heads, d)
         elif op == Opcode.LM_HEAD:
             if not ins.flags & Flag.HOST:
                 raise ExecError("LM_HEAD on the fabric is not implemented")
@@ -149,6 +147,15 @@ class Executor:
         else:
             raise ExecError(f"unknown opcode {op!r}")
         return None
+
+    def _rope(self, y: np.ndarray, table: int, heads: int, d: int) -> np.ndarray:
+        """Rows [n, heads*d] at positions pos.. rotated pairwise (i, i + d/2) per head (rope_fx)."""
+        n, h = y.shape[0], d // 2
+        tab = self.i16(table + 2 * d * self.pos, n * d).reshape(n, d).astype(np.int64)
+        c, s = tab[:, None, :h], tab[:, None, h:]
+        yh = y.reshape(n, heads, d)
+        y0, y1 = hn.rope_fx(yh[..., :h], yh[..., h:], c, s)
+        return np.concatenate([y0, y1], axis=-1).reshape(n, heads * d)
 
     def generate(self, prompt_ids, max_new_tokens: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """Greedy: prefill, then one decode call per token. Returns (tokens [1, P + n], logits per call)."""

@@ -9,8 +9,9 @@ DDR map (byte offsets from the DDR_BASE register; every region 4 KiB aligned, in
   weights   per ternary linear, its engine image: tiles of ``columns`` output rows x chunks of
             ``tables`` TL2 triples, tile-major; one beat = columns x tables 5-bit fields (4-bit
             index | sign << 4), field (column c, table t) at bits [5(c*tables + t), +5), LSB first,
-            ``beat_bytes`` bytes per beat (16 x 28 engine: 280 B). Rows past N and triples past
-            ceil(K/3) are 0. Built from the IR's packed TL2 bytes (nibbles/signs), never from floats.
+            ``beat_bytes`` bytes per beat (16 x 28 engine: 280 B), each beat stored padded with zero
+            bytes to ``image_beat_bytes`` (whole 16-byte DDR beats: 288 B). Rows past N and triples
+            past ceil(K/3) are 0. Built from the IR's packed TL2 bytes (nibbles/signs), never from floats.
   kv        per layer, K then V: int32 [kv_heads][context][kv_row_words(head_dim)] KV words (hw_numerics
             Q11.12); a cache row is padded to whole 16-byte DDR beats (pad words are 0, never read as data)
   act       activation buffers: int32 FX [context][width] each (liveness-shared)
@@ -47,7 +48,7 @@ def _align(n: int) -> int:
 
 # ------------------------------------------------------------------ weights: packed TL2 -> beats
 def weight_image(nibbles: np.ndarray, signs: np.ndarray, k: int, engine: EngineConfig) -> np.ndarray:
-    """Packed TL2 [N, ...] -> uint8 [tiles * chunks, beat_bytes] in the engine's beat layout; the
+    """Packed TL2 [N, ...] -> uint8 [tiles * chunks, image_beat_bytes] in the engine's beat layout; the
     fields come from the format registry's reader of the packed bytes (ir/packing.py TL2.fields)."""
     index, sign = packing.get_format("tl2").fields({"nibbles": nibbles, "signs": signs}, k)
     index, sign = index.astype(np.int64), sign.astype(np.int64)
@@ -59,13 +60,14 @@ def weight_image(nibbles: np.ndarray, signs: np.ndarray, k: int, engine: EngineC
     f[:n, :t] = index | sign << (fb - 1)
     f = f.reshape(tiles, c, chunks, tb).transpose(0, 2, 1, 3).reshape(tiles * chunks, c * tb)
     bits = ((f[..., None] >> np.arange(fb)) & 1).astype(np.uint8).reshape(tiles * chunks, -1)
-    pad = engine.beat_bytes * 8 - bits.shape[1]
+    pad = engine.image_beat_bytes * 8 - bits.shape[1]
     bits = np.pad(bits, ((0, 0), (0, pad)))
     return np.packbits(bits, axis=-1, bitorder="little")
 
 
 def ternary_from_image(image: np.ndarray, n: int, k: int, engine: EngineConfig) -> np.ndarray:
-    """Inverse of weight_image: the ternary int8 [N, K] matrix the engine multiplies by."""
+    """Inverse of weight_image (rows of ``image_beat_bytes``): the ternary int8 [N, K] matrix the
+    engine multiplies by."""
     c, tb = engine.columns, engine.tables
     fb = hn.tlg_index_bits(engine.group) + 1
     t = -(-k // 3)

@@ -35,6 +35,12 @@ Opcodes (all loop over the call's N_TOKENS rows; "FX" = ``hw_numerics`` Q15.16):
                    ``heads`` = hq | hkv << 8 | d << 16.
 0x06   LM_HEAD     flag HOST (the only mode built): stop; the host reads ``src`` (N_TOKENS x width FX)
                    and computes the logits on the ARM cores (float32 GEMV, the IR's Linear).
+0x07   ROPE        ``dst[t] = rope(src[t])`` in place or not: each of ``heads`` heads (``heads`` = h | h << 8 |
+                   d << 16, ``pack_heads``) of the FX row (width h*d) has its pairs (i, i + d/2) rotated
+                   by ``rope_fx`` with row POS + t of the RoPE table at ``table`` (per position cos[d/2]
+                   then sin[d/2], int16 Q1.14, ``images.py``). Executed by hw/ctl_rope.py; the schedule
+                   emits LINEAR (epilogue NONE) + ROPE for q/k (the fused ROPE epilogue needs both lanes
+                   of a pair in one engine tile, impossible e.g. for d = 42 on 8/16 columns).
 0x0F   END         stop; status DONE.
 ====== =========== ======================================================================================
 
@@ -42,8 +48,8 @@ Epilogues of LINEAR (``epilogue`` byte; the hardware ``Epilogue`` ops of ``hw/ep
 
 * ``NONE``: dst = y.
 * ``RESIDUAL``: dst = add_fx(y, aux[t]) (``aux`` = the residual buffer, width N).
-* ``ROPE``: ``aux`` = RoPE table (``images.py``: per position p, cos[d/2] then sin[d/2] as int16 Q1.14),
-  ``aux2`` = heads | head_dim << 16; each head's pair (i, i + d/2) is rotated with the table row of
+* ``ROPE`` (kept in the encoding and the executor; the schedule emits the ROPE opcode instead): ``aux``
+  = RoPE table (``images.py``: per position p, cos[d/2] then sin[d/2] as int16 Q1.14), ``aux2`` = heads | head_dim << 16; each head's pair (i, i + d/2) is rotated with the table row of
   position POS + t (``rope_fx``).
 * ``GATE_SILU`` / ``GATE_RELU2``: a second weight image at ``aux`` with its scale in ``aux2`` (up
   projection); dst = silu_gate_fx / relu2_gate_fx(y_gate, y_up). Both projections share one
@@ -70,6 +76,7 @@ class Opcode(enum.IntEnum):
     KV_APPEND = 0x04
     ATTN = 0x05
     LM_HEAD = 0x06
+    ROPE = 0x07
     END = 0x0F
 
 
@@ -96,6 +103,7 @@ FIELDS: dict[Opcode, tuple[str, ...]] = {
     Opcode.KV_APPEND: ("src", "cache", "heads", "context", "quant"),
     Opcode.ATTN: ("q", "dst", "heads", "cache_k", "cache_v", "scale", "context"),
     Opcode.LM_HEAD: ("src", "width", "vocab"),
+    Opcode.ROPE: ("src", "dst", "heads", "table"),
     Opcode.END: (),
 }
 

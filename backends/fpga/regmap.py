@@ -33,8 +33,9 @@ REGISTERS: tuple[tuple, ...] = (
     ("PROG_ADDR", 0x28, "rw", "program offset in the window", 0, None),
     ("PROG_LEN", 0x2C, "rw", "number of 32-byte instructions", 0, None),
     ("PC", 0x30, "ro", "instruction being executed, or the one that stopped the run", 0, None),
-    ("ERROR_CODE", 0x34, "ro", "1 bad opcode, 2 address outside the window, 3 AXI error response, "
-     "4 TOKEN_POS + N_TOKENS > context", 0, None),
+    ("ERROR_CODE", 0x34, "ro", "1 bad opcode (or none built for it, or PC past PROG_LEN), 2 address "
+     "outside the window (reserved), 3 AXI error response, 4 TOKEN_POS + N_TOKENS > context or N_TOKENS = 0, "
+     "5 unit fault (e.g. token id out of range)", 0, None),
 ) + tuple((f"PERF_{c}", 0x40 + 4 * i, "ro", f"performance counter {c.lower()}", 0, None)
           for i, c in enumerate(COUNTERS))
 

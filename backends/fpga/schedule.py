@@ -41,6 +41,13 @@ class EngineConfig:
     def beat_bytes(self) -> int:
         return -(-self.beat_bits // 8)
 
+    @property
+    def image_beat_bytes(self) -> int:
+        """Bytes of one engine beat in the DDR weight image: ``beat_bytes`` padded to whole 16-byte
+        DDR beats (16 x 28: 280 -> 288 B; 8 x 4: 20 -> 32 B), so the linear controller moves whole
+        beats and every engine beat starts on one."""
+        return -(-self.beat_bytes // 16) * 16
+
 
 @dataclass
 class Linear:
@@ -236,13 +243,20 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
                 if list(n.attr("perm")) != [0, 2, 1, 3] or len(shape) != 4 or shape[2] * shape[3] != lin.n:
                     raise ScheduleError(f"node {n.label}: RoPE epilogue expects a [1, seq, heads, d] split and "
                                         f"perm [0, 2, 1, 3], got shape {shape} perm {n.attr('perm')}")
+                if shape[3] % 2:
+                    raise ScheduleError(f"node {n.label}: RoPE needs an even head_dim, got {shape[3]}")
                 pair = (n.inputs[5], n.inputs[6])
                 if pair not in plan.ropes:
                     plan.ropes.append(pair)
-                refs["aux"] = ("rope", plan.ropes.index(pair))
-                f["aux2"] = shape[2] | shape[3] << 16
+                # LINEAR (NONE) then ROPE in place on its output rows: a fused ROPE epilogue would need
+                # both lanes of every pair (i, i + d/2) in one engine tile (impossible for d = 42 on
+                # 8 or 16 columns), the ROPE controller reads whole rows instead.
                 b = alloc(out, lin.n, "heads", (shape[2], shape[3]))
-                e = Epilogue.ROPE
+                emit(Instr(Opcode.LINEAR, f, Epilogue.NONE, note=note), {**refs, "dst": ("act", b)})
+                emit(Instr(Opcode.ROPE, {"heads": pack_heads(shape[2], shape[2], shape[3])}, note=f"{note} (rope)"),
+                     {"src": ("act", b), "dst": ("act", b), "table": ("rope", plan.ropes.index(pair))})
+                release(idx)
+                continue
             elif ep in ("gated_silu", "gated_relu2"):
                 up = linear_of(n, list(n.inputs[4:7]))
                 if (up.k, up.n) != (lin.k, lin.n):
@@ -315,7 +329,7 @@ def schedule(module: Module, context: int, engine: EngineConfig = EngineConfig()
                        note=note), {"src": ("act", src)})
         else:
             raise ScheduleError(f"node {n.label}: op {n.op.value} has no kv260 instruction (the accelerator "
-                                "runs embed, RMSNorm, TL2 linears with fused epilogues, attention, LM head)")
+                                "runs embed, RMSNorm, TL2 linears with fused epilogues, RoPE, attention, LM head)")
         release(idx)
     instrs.append(Instr(Opcode.END))
     if embed is None or lm_name is None:

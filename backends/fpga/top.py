@@ -41,9 +41,16 @@ class AcceleratorConfig:
     head_dim: int = 64
     attn_lanes: int = 4
     context: int = 1024               # the decode attention unit's score memory
+    vocab: int = 256                  # the embedding table's rows (EMBED's token-id range check)
+    kv_max_group: int = 1             # the KV controller's quantization buffer (largest KIVI group; 1: none)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AcceleratorConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "engine": EngineConfig(**d["engine"])})
 
 
 class ResourceError(ValueError):
@@ -76,8 +83,70 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
         raise ResourceError("weight buffer words", 2 * chunks, depth, "TLMMCore.WeightBuffer")
     widths = [plan.hidden] + [lin.k for lin in plan.linears.values()]
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths),
-                             head_dim=plan.head_dim, context=plan.context,
+                             head_dim=plan.head_dim, context=plan.context, vocab=plan.vocab,
+                             kv_max_group=_kv_max_group(plan.program),
                              attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
+
+
+def _kv_max_group(program) -> int:
+    from .isa import Opcode, unpack_kvquant
+
+    return max([1] + [unpack_kvquant(i["quant"])[1] for i in program.instrs if i.op == Opcode.KV_APPEND and i["quant"]])
+
+
+def _controllers() -> dict:
+    """opcode -> (PERF counter, factory(cfg)) of every controller built so far."""
+    from ...hw.ctl_embed import EmbedCtl
+    from ...hw.ctl_kv import KvAppendCtl
+    from .isa import Opcode
+
+    return {int(Opcode.EMBED): ("CYC_DMA", lambda cfg: EmbedCtl(cfg.vocab)),
+            int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group))}
+
+
+def controller_table(cfg: AcceleratorConfig) -> dict:
+    """The composed top's controller set: ``{opcode: (PERF counter, controller instance)}``
+    (hw/top.Accelerator). Opcodes whose controller is not built are left out: the sequencer stops on
+    them with ERROR_CODE 1 (bad opcode)."""
+    return {op: (counter, make(cfg)) for op, (counter, make) in _controllers().items()}
+
+
+def built_opcodes(cfg: AcceleratorConfig | None = None) -> set:
+    """Opcodes with a controller in the composed top (the rest stop the sequencer with ERROR_CODE 1)."""
+    return set(_controllers())
+
+
+def accelerator_component(cfg: AcceleratorConfig):
+    """The composed accelerator (hw/top.py) for a configuration: register file of regmap.py,
+    sequencer, the controllers of :func:`controller_table`, three HP read masters and a write master."""
+    from ...hw.top import Accelerator
+    from .isa import Flag, Opcode
+    from .regmap import REGMAP
+
+    return Accelerator(REGMAP, controller_table(cfg), context=cfg.context, end_opcode=int(Opcode.END),
+                       host_opcode=int(Opcode.LM_HEAD), host_flag=int(Flag.HOST))
+
+
+def accelerator_key(cfg: AcceleratorConfig) -> str:
+    import json
+
+    return "accel " + json.dumps(cfg.to_json(), sort_keys=True)
+
+
+def _accel_sources() -> tuple:
+    """Every HDL source the composed top may use (all of hw/, the numerics, the maps)."""
+    from ...hw.synth import REPO
+
+    hw = sorted(str(p.relative_to(REPO)) for p in (REPO / "hw").glob("*.py"))
+    return tuple(hw) + ("ir/hw_numerics.py", "backends/fpga/regmap.py", "backends/fpga/isa.py", "backends/fpga/top.py")
+
+
+def accelerator_verilog(cfg: AcceleratorConfig):
+    """The composed top's Verilog (module ``accelerator``), cached by configuration + sources."""
+    from ...hw.synth import verilog_cached
+
+    return verilog_cached(lambda: accelerator_component(cfg), "accelerator", accelerator_key(cfg),
+                          sources=_accel_sources())
 
 
 UNITS = ("linear engine", "AXI4 DMA", "AXI4-Lite register file", "RMSNorm unit", "decode attention unit",

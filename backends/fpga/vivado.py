@@ -17,9 +17,9 @@ Unverified without Vivado: the generation is deterministic and checked here (fil
 Verilator lint of the generated Verilog against a stub of the BD wrapper with the same ports), but
 the Tcl has not been run by Vivado.
 
-The accelerator: until the composed top (hw/top.py, sequencer + controllers) is in this ternc, the
-system carries the units that face the PS, i.e. the register file (hw/regfile.py) and one AXI DMA
-(hw/axi.py) per HP port with idle command streams: a bring-up shell that Vivado will mostly trim.
+The accelerator is the composed top (hw/top.py ``Accelerator`` via top.accelerator_component: register
+file, sequencer, controllers, AXI masters): ``axil`` to HPM0, ``hp<i>_rd_axi`` to S_AXI_HP<i>_FPD's read
+channels, ``hp0_wr_axi`` to S_AXI_HP0_FPD's write channels (the write channels of HP1/HP2 are tied idle).
 """
 
 from __future__ import annotations
@@ -261,28 +261,17 @@ def _axi_ports(prefix: str, iface) -> dict:
     return args
 
 
-class ShellAccelerator(Elaboratable):
-    """The accelerator's PS-facing units until the composed top is here: the register file (AXI4-Lite
-    subordinate ``axil``) and one AXI DMA per HP port (managers ``hp[i] = (rd_axi, wr_axi)``), the DMA
-    command streams idle."""
-
-    def __init__(self, cfg: AcceleratorConfig):
-        from ...hw.axi import AxiDma
-        from ...hw.regfile import AxiLiteRegFile
-        from .regmap import REGMAP
-
-        self.regfile = AxiLiteRegFile(REGMAP)
-        self.dmas = [AxiDma(data_width=cfg.axi_data_bits) for _ in range(cfg.hp_ports)]
-        self.axil = self.regfile.axil
-        self.hp = [(d.rd_axi, d.wr_axi) for d in self.dmas]
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.regfile = self.regfile
-        for i, d in enumerate(self.dmas):
-            m.submodules[f"dma{i}"] = d
-        m.d.comb += self.regfile.status.eq(0)
-        return m
+def hp_interfaces(accel) -> list[dict]:
+    """Per HP port, the accelerator's AXI manager interfaces on it: ``{"rd": iface, "wr": iface}`` from
+    its members ``hp<i>_rd_axi`` / ``hp<i>_wr_axi`` (hw/top.py naming)."""
+    members = accel.signature.members
+    ports = []
+    for i in range(4):
+        got = {ch: getattr(accel, f"hp{i}_{ch}_axi") for ch in ("rd", "wr") if f"hp{i}_{ch}_axi" in members}
+        if not got:
+            break
+        ports.append(got)
+    return ports
 
 
 class Kv260System(Elaboratable):
@@ -291,6 +280,7 @@ class Kv260System(Elaboratable):
 
     def __init__(self, accel, cfg: AcceleratorConfig):
         self.accel, self.cfg = accel, cfg
+        self.hp = hp_interfaces(accel)
         self.clk = Signal(name="pl_clk0")
         self.ports: dict = {}
 
@@ -305,9 +295,17 @@ class Kv260System(Elaboratable):
             ctrl[k] = wide
             self._narrow.append((narrow, wide))
         ports.update(ctrl)
-        for i, (rd, wr) in enumerate(a.hp):
-            ports.update(_axi_ports(f"S_AXI_HP{i}", rd))
-            ports.update(_axi_ports(f"S_AXI_HP{i}", wr))
+        from ...hw.axi import axi4_write_signature
+
+        for i, chans in enumerate(self.hp):
+            for ch, iface in chans.items():
+                ports.update(_axi_ports(f"S_AXI_HP{i}", iface))
+            if "wr" not in chans:   # a read-only port: the wrapper's write channel tied idle (zero inputs)
+                rd = chans["rd"]
+                sig = axi4_write_signature(len(rd.araddr), len(rd.rdata), len(rd.arid))
+                for name, member in sig.members.items():
+                    if member.flow.name == "Out":
+                        ports[f"i_S_AXI_HP{i}_{name}"] = Signal(member.shape, name=f"hp{i}_idle_{name}")
         return ports
 
     def elaborate(self, platform):
@@ -344,8 +342,11 @@ def wrapper_stub(system: Kv260System) -> str:
 
 def build_plan(cfg: AcceleratorConfig, accel=None) -> tuple[dict[str, str], Kv260System]:
     """The Vivado build files (name -> text) for the KV260, from Amaranth's Xilinx platform
-    (`prepare`, Vivado not run), plus ps_bd.tcl and the lint stub. Deterministic."""
-    system = Kv260System(accel if accel is not None else ShellAccelerator(cfg), cfg)
+    (`prepare`, Vivado not run), plus ps_bd.tcl and the lint stub. Deterministic. `accel`: default the
+    composed top for `cfg` (top.accelerator_component)."""
+    from .top import accelerator_component
+
+    system = Kv260System(accel if accel is not None else accelerator_component(cfg), cfg)
     platform = KV260Platform(toolchain="Vivado")
     plan = platform.prepare(
         system, name=NAME,
@@ -358,7 +359,7 @@ def build_plan(cfg: AcceleratorConfig, accel=None) -> tuple[dict[str, str], Kv26
         if name.endswith((".bat", ".debug.v")):   # Windows script; a second copy of the Verilog
             continue
         files[name] = content if isinstance(content, str) else content.decode()
-    files["ps_bd.tcl"] = block_design_tcl(cfg)
+    files["ps_bd.tcl"] = block_design_tcl(cfg, len(system.hp))
     files[f"{BD}_wrapper_stub.v"] = wrapper_stub(system)
     files["README.md"] = (f"# KV260 bitstream build (generated by ternc; not run through Vivado by ternc)\n\n"
                           f"    sh build_{NAME}.sh      # Vivado on PATH: writes {NAME}.bit, {NAME}.hwh, {NAME}.xsa\n\n"

@@ -72,8 +72,9 @@ def test_weight_image_is_the_engine_beat_layout(n, k):
     for tile in range(-(-n // 16)):
         for beat in weight_beats(w[tile * 16:(tile + 1) * 16], 3, 28, 16):
             v = layout.const(beat).as_value().value
-            want.append(np.frombuffer(int(v).to_bytes(eng.beat_bytes, "little"), np.uint8))
-    assert img.shape == (-(-n // 16) * chunks, eng.beat_bytes)
+            want.append(np.frombuffer(int(v).to_bytes(eng.image_beat_bytes, "little"), np.uint8))
+    assert eng.image_beat_bytes == 288   # 280-byte engine beats padded to whole 16-byte DDR beats
+    assert img.shape == (-(-n // 16) * chunks, eng.image_beat_bytes)
     np.testing.assert_array_equal(img, np.stack(want))
     np.testing.assert_array_equal(ternary_from_image(img, n, k, eng), w)
 
@@ -97,7 +98,14 @@ def test_executor_equals_interpreter_default_model(kv260_bitnet):
     ops = [i.op for i in plan.program.instrs]
     assert ops.count(isa.Opcode.ATTN) == 2 and ops[-1] == isa.Opcode.END
     eps = {i.epilogue for i in plan.program.instrs if i.op == isa.Opcode.LINEAR}
-    assert eps == {isa.Epilogue.NONE, isa.Epilogue.ROPE, isa.Epilogue.RESIDUAL, isa.Epilogue.GATE_RELU2}
+    assert eps == {isa.Epilogue.NONE, isa.Epilogue.RESIDUAL, isa.Epilogue.GATE_RELU2}
+    # q and k: LINEAR (NONE) then ROPE in place on its rows, per layer
+    ropes = [(j, i) for j, i in enumerate(plan.program.instrs) if i.op == isa.Opcode.ROPE]
+    assert len(ropes) == 4
+    for j, r in ropes:
+        prev = plan.program.instrs[j - 1]
+        assert prev.op == isa.Opcode.LINEAR and prev["dst"] == r["src"] == r["dst"]
+        assert isa.unpack_heads(r["heads"])[2] == 42 and r["table"] > 0
 
 
 def test_executor_equals_interpreter_llama_silu_gqa_unaligned(kv260_llama):

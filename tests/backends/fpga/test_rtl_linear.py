@@ -38,7 +38,8 @@ def _run_rtl(ins: isa.Instr, ex: Executor, n_tok: int) -> np.ndarray:
     chunk = ENG.group * ENG.tables
     nb = -(-(-(-k // 3)) // ENG.tables)              # beats (chunks) per column tile
     tiles = -(-n // ENG.columns)
-    img = ex.ddr[ins["weights"]:ins["weights"] + tiles * nb * ENG.beat_bytes].reshape(tiles * nb, ENG.beat_bytes)
+    stride = ENG.image_beat_bytes
+    img = ex.ddr[ins["weights"]:ins["weights"] + tiles * nb * stride].reshape(tiles * nb, stride)
     fields = _beats_as_fields(img, ENG)
     x = ex.rows(ins["src"], n_tok, k).astype(np.int64)
     ws_m, ws_s = isa.unpack_scale(ins["ws"])
