@@ -33,7 +33,8 @@ from .bundle import (FORMAT, FORMAT_VERSION, RUNNER, BundleInfo, DeployError, Go
 from .wheels import extract_runtime, fetch_wheels
 
 #: the board-side modules (everything they import from ternc follows, numpy only)
-KV260_ROOTS = ("backends/fpga/board_runner.py", "backends/fpga/driver.py", "backends/fpga/lm_head.py")
+KV260_ROOTS = ("backends/fpga/board_runner.py", "backends/fpga/driver.py", "backends/fpga/lm_head.py",
+               "sim/cocotb_top.py")   # the cocotb bench the rtl transport runs the bundle's driver in
 #: regmap.py builds the RTL register file (hw/regfile.py, amaranth) only on the compiler side
 KV260_EXCLUDE = ("hw/",)
 BIT_STEM = "ternc_kv260"

@@ -117,7 +117,7 @@ def _decoder(bundle: dict):
 
 
 def load_kv260(bundle: dict, transport: str = "auto", bitfile: str | None = None, lm_head: str = "auto",
-               root: Path = HERE):
+               root: Path = HERE, rtl_program: str = "full"):
     """The kv260 board runner (ternc.backends.fpga.board_runner) over a transport, LM head on the CPU."""
     import importlib
 
@@ -127,6 +127,8 @@ def load_kv260(bundle: dict, transport: str = "auto", bitfile: str | None = None
         if kernel and lm_head == "numpy":
             print(f"[run.py] this machine is not the bundle's {bundle['board']['arch']} / Python "
                   f"{bundle['board']['python']}: LM head in numpy (--lm-head tvm needs the board)", file=sys.stderr)
+    if transport == "rtl":
+        lm_head = "numpy"          # the simulation host is not the board
     if lm_head == "tvm":
         if not kernel:
             raise BundleError("--lm-head tvm: this bundle has no LM-head kernel")
@@ -150,7 +152,7 @@ def load_kv260(bundle: dict, transport: str = "auto", bitfile: str | None = None
     RUNTIME_ERRORS.append(mod.DriverError)
     lib = root / kernel["file"] if lm_head == "tvm" else None
     try:
-        return mod.BoardRunner(root / bundle["artifact"], transport, bitfile, lib)
+        return mod.BoardRunner(root / bundle["artifact"], transport, bitfile, lib, rtl_program=rtl_program)
     except mod.DriverError as e:
         raise BundleError(str(e)) from None
 
@@ -282,6 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--transport", default="auto", help="kv260: pynq | model | rtl (auto: pynq where installed)")
     ap.add_argument("--bitfile", help="kv260 --transport pynq: the .bit (its .hwh beside it, same stem)")
     ap.add_argument("--lm-head", default="auto", help="kv260: tvm (the bundled kernel) | numpy (auto: tvm on the board)")
+    ap.add_argument("--rtl-program", default="full", choices=("full", "embed"),
+                    help="kv260 --transport rtl: the artifact's program, or its EMBED + host LM head plumbing program")
     a = ap.parse_args(argv)
     try:
         t0 = time.perf_counter()
@@ -293,7 +297,7 @@ def main(argv=None) -> int:
         if a.rpc_server:
             return rpc_server(bundle, a.tracker, a.key or bundle["board"]["name"], a.host, a.port)
         t0 = time.perf_counter()
-        runner = load_kv260(bundle, a.transport, a.bitfile, a.lm_head) if bundle.get("runner") == "kv260" \
+        runner = load_kv260(bundle, a.transport, a.bitfile, a.lm_head, rtl_program=a.rtl_program) if bundle.get("runner") == "kv260" \
             else load(bundle)
         print(f"[run.py] artifact loaded on {runner.device} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         result = None
@@ -317,6 +321,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             toks = generate(runner, ids, a.n)
             print(",".join(map(str, toks)))
+            if getattr(runner, "rtl", None) is not None and runner.rtl.driver_file:
+                print(f"[run.py] the RTL was driven by {runner.rtl.driver_file}", file=sys.stderr)
             print(f"[run.py] {len(toks) - len(ids)} new tokens in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
             result = {"tokens": toks}
         else:

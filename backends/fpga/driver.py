@@ -314,12 +314,8 @@ def open_transport(kind: str, art: FpgaArtifact, bitfile: str | None = None) -> 
         if bitfile is None:
             raise DriverError("--transport pynq needs the bitstream (--bitfile BIT; its .hwh beside it, same stem)")
         return PynqTransport(bitfile, int(art.memmap["total_bytes"]))
-    if kind == "rtl":
-        try:
-            from . import rtl_transport   # branch fpga-top: the cocotb/Verilator transport of this driver
-        except ImportError:
-            raise DriverError("--transport rtl: this ternc has no RTL transport (backends/fpga/rtl_transport.py, "
-                              "branch fpga-top: the generated top in Verilator through cocotb); use --transport "
-                              "model here or pynq on the board") from None
-        return rtl_transport.open(art)
+    if kind == "rtl":   # the driver runs inside the simulation (sim/cocotb_top.py builds the CocotbTransport)
+        raise DriverError("the rtl transport is opened by the cocotb bench, not here: use "
+                          "board_runner.BoardRunner(transport='rtl') (a bundle's `run.py --transport rtl`) or "
+                          "`ternc simulate ART --rtl`")
     raise DriverError(f"unknown transport {kind!r}; transports: {', '.join(TRANSPORTS)}")

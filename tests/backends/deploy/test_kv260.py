@@ -181,3 +181,48 @@ def test_verify_under_qemu_with_tvm_lm_head(kv260_bundle):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "VERIFY PASS" in r.stdout, r.stdout + r.stderr[-2000:]
     assert "LM head: tvm kernel" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def kv260_rtl_bundle(kv260_art, tmp_path_factory):
+    """An artifact with the composed top's Verilog (small engine 3 x 4 x 8 for the simulator) in a bundle."""
+    from ternc.backends.fpga.build import build_artifact
+    from ternc.backends.fpga.schedule import EngineConfig
+    from ternc.deploy import deploy_to
+    from ternc.sim.rtl import have_simulator
+
+    if not have_simulator("verilator"):
+        pytest.skip("verilator not installed")
+    d = tmp_path_factory.mktemp("kvrtl")
+    art = build_artifact(kv260_art[1], d / "art", context=CTX, rtl=True, synth=False, engine=EngineConfig(3, 4, 8))
+    out = d / "bundle"
+    deploy_to(str(art), "kv260", str(out), log=lambda m: None, lm_head_kernel=False)
+    return out
+
+
+@pytest.mark.slow
+def test_rtl_transport_runs_the_bundles_driver_on_the_top(kv260_rtl_bundle):
+    """`run.py --transport rtl`: the bundle's own driver (its ternc/ copy) drives the composed top in
+    Verilator; the EMBED + host LM head program's tokens equal the functional executor's. The full
+    program runs as far as the top has controllers and stops with the sequencer's error otherwise."""
+    import os
+
+    from ternc.backends.fpga.board_runner import embed_only_program
+    from ternc.backends.fpga.executor import Executor
+    from ternc.backends.fpga.runtime import load_artifact
+
+    env_path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    r = subprocess.run([sys.executable, str(kv260_rtl_bundle / "run.py"), "--prompt-ids", "3,17,42", "-n", "4",
+                        "--transport", "rtl", "--rtl-program", "embed"], capture_output=True, text=True,
+                       timeout=1800, env={**os.environ, "PATH": env_path})
+    assert r.returncode == 0, r.stderr[-3000:]
+    art = load_artifact(kv260_rtl_bundle / "artifact")
+    ex = Executor(embed_only_program(art), art.memmap, art.consts, art.weights, art.lm_head, art.engine, art.context)
+    want = [int(t) for t in ex.generate([3, 17, 42], 4)[0][0]]
+    assert [int(t) for t in r.stdout.strip().split(",")] == want
+    assert f"driven by {kv260_rtl_bundle / 'ternc'}" in r.stderr
+    r = subprocess.run([sys.executable, str(kv260_rtl_bundle / "run.py"), "--prompt-ids", "3,17,42", "-n", "2",
+                        "--transport", "rtl"], capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "PATH": env_path})
+    if r.returncode != 0:   # a top without every controller: the sequencer's error, named
+        assert "RTL simulation: accelerator error 1 at instruction" in r.stderr, r.stderr[-2000:]
