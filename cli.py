@@ -742,8 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=8)
     p.add_argument("--rtl", action="store_true",
                    help="run the artifact's generated top in Verilator (cocotb, the board's driver) with --prompt-ids")
-    p.add_argument("--program", default="full", choices=("full", "embed"),
-                   help="--rtl: the artifact's program (default) or the EMBED + host LM head plumbing program")
+    p.add_argument("--program", default="full", choices=("full", "embed", "prefix"),
+                   help="--rtl: the artifact's program (default), the EMBED + host LM head plumbing program, or "
+                        "the program's prefix up to the first opcode the top has no controller for")
     p.add_argument("--out", default=None, help="dataflow: folder for dataflow.json and the PNG plots")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--board", default=None, help="dataflow: board data (sim/boards.py): kv260 | u280")

@@ -31,19 +31,21 @@ other tiles' addresses do not overlap. ROPE (no longer emitted by the schedule) 
 epilogue, K or N not a positive multiple of 4, nb > max_chunks, a column tile that does not fit half
 the buffer, or more than 4,095 tiles in a group raise ``error`` (nothing is read or written).
 
-Cycles (start to idle), the analytic model the dataflow simulator is calibrated on (memory answering
-every beat at once after ``L`` cycles of read latency, no backpressure)::
+Cycles (start to idle) -- the analytic model :func:`cycle_model`, on which the dataflow simulator is
+calibrated (memory answering every beat ``L`` cycles after its command, no backpressure)::
 
-    per pass:  setup (4) + L + load(group 0) + sum over groups of  T * token(gtiles)  + drain (~20)
-    load(g)      = gtiles * nb * eb   DDR beats of weights (hidden behind compute for g >= 1 unless
-                                      they take longer than the previous group's compute)
-    token(gt)    = quantizer per token: load kpad/3 + divide 58 + quantize kpad/3 + 3
-                   + replay gt * nb (one engine chunk per cycle)
-    kpad = nb * G * tables; T = N_TOKENS; gates run two passes.
+    pre      = 2 * kpad/3 + 59      quantizer per token: load kpad/3 beats, divide (58), quantize kpad/3
+    replay_g = gtiles_g * nb        engine chunks per token of group g (one per cycle)
+    load_g   = L + gtiles_g * nb * eb   weight DDR beats of group g (eb = DDR beats per engine beat)
+    group g, token t:  replay starts at max(quantizer free + pre, load_g done); +1 cycle gap
+    load_{g+1} starts when load_g is done and group g-1 is computed (double buffering)
+    total    = passes * (7 setup + ... + 16 drain + 6 finish),  passes = 2 for gates
 
-``cycle_model`` below evaluates it; tests/hw/test_ctl_linear.py compares it with the simulation.
-The ActQuantizer does not overlap a token's load/quantize with the previous token's replay, so for
-few tiles per group the per-token quantizer time (~2 kpad/3 + 61) dominates the engine time.
+i.e. ~ passes * (load_0 + groups * T * (pre + gtiles * nb)) when compute hides the next loads; with
+T tokens the weights are read once per group (prefill reuse). The quantizer does not overlap a
+token's load/divide/quantize with the previous token's replay, so with few tiles per group the
+per-token ``pre`` dominates the engine time (tiny-bitnet K = 168: pre = 171 cycles vs 14 chunks per
+tile). tests/hw/test_ctl_linear.py checks model vs simulation.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ from amaranth.lib.wiring import Out
 
 from ternc.hw.pipeline import TLMMPipeline
 from ternc.hw.ports import BEAT_BITS, BEAT_BYTES, op_control_signature, read_port_signature, write_port_signature
-from ternc.hw.tlmm import weight_beat_layout
 from ternc.ir import hw_numerics as hwn
 from ternc.ir.enums import Epilogue as Op
 
@@ -66,7 +67,12 @@ _EP_NONE, _EP_RESIDUAL, _EP_ROPE, _EP_GATE_SILU, _EP_GATE_RELU2 = 0, 1, 2, 3, 4
 _LANES = 3           # the quantizer's input words per beat
 _FX = hwn.FX_BITS
 _WPB = BEAT_BITS // _FX   # FX words per DDR beat
-QUANT_DIV_CYCLES = 58     # DIV_INIT + 56 divider steps + DIV_DONE (hw/quant.py)
+# cycle_model constants (measured on the simulator, tests/hw/test_ctl_linear.py)
+SETUP_CYCLES = 7          # start -> the first read commands
+QUANT_FIXED = 59          # per token: DIV_INIT + 56 divider steps + DIV_DONE + phase changes
+REPLAY_GAP = 1
+PIPE_DRAIN = 16           # last chunk -> last output beat written (engine + epilogue + writer)
+FINISH_CYCLES = 6         # last write -> its done -> busy falls
 
 
 def _ceil_div_const(x, d: int, width: int):
@@ -75,16 +81,16 @@ def _ceil_div_const(x, d: int, width: int):
         return (x + (d - 1)) >> (d.bit_length() - 1)
     s = width + d.bit_length() + 1
     mul = -(-(1 << s) // d)
-    v = np.arange((1 << width) + d, dtype=object)
-    if not all(((int(a) * mul) >> s) == int(a) // d for a in v[::max(1, len(v) // 4096)]) or \
-            ((((1 << width) + d - 2) * mul) >> s) != ((1 << width) + d - 2) // d:
+    v = np.arange((1 << width) + d, dtype=np.int64)
+    if not np.array_equal((v * mul) >> s, v // d):
         raise AssertionError(f"reciprocal multiply for /{d} is not exact")
     return ((x + (d - 1)) * mul) >> s
 
 
 def cycle_model(k: int, n: int, n_tokens: int, epilogue: int, group: int, tables: int, columns: int,
                 wbuf_depth: int, latency: int = 4) -> int:
-    """The analytic cycle count of one LINEAR (see the module docstring)."""
+    """The analytic cycle count of one LINEAR (module docstring): a recurrence over column groups and
+    tokens with memory answering every beat ``latency`` cycles after its command, no backpressure."""
     chunk = group * tables
     nb = -(-k // chunk)
     kpad = nb * chunk
@@ -92,15 +98,21 @@ def cycle_model(k: int, n: int, n_tokens: int, epilogue: int, group: int, tables
     eb = -(-columns * tables * (hwn.tlg_index_bits(group) + 1) // BEAT_BITS)
     gsize = tiles if tiles * nb <= wbuf_depth else (wbuf_depth // 2) // nb
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
-    tok = [kpad // 3 + QUANT_DIV_CYCLES + kpad // 3 + 3 + gt * nb for gt in groups]
-    total = 4 + latency + groups[0] * nb * eb
-    for i, gt in enumerate(groups):
-        compute = n_tokens * tok[i]
-        nxt = groups[i + 1] * nb * eb if i + 1 < len(groups) else 0
-        total += max(compute, nxt)
-    total += 20
+    pre = 2 * (kpad // 3) + QUANT_FIXED                 # quantizer: load, divide, quantize one token
+    t0 = SETUP_CYCLES
+    load_done = [t0 + latency + groups[0] * nb * eb]
+    computed: list[int] = []
+    q_free = t0 + latency                               # the quantizer takes the first row
+    for g, gt in enumerate(groups):
+        for _ in range(n_tokens):
+            replay = max(q_free + pre, load_done[g])
+            q_free = replay + gt * nb + REPLAY_GAP
+        computed.append(q_free + PIPE_DRAIN)
+        if g + 1 < len(groups):                         # the next group's slot frees when g-1 is done
+            start = max(load_done[g], computed[g - 1] if g else 0)
+            load_done.append(start + latency + groups[g + 1] * nb * eb)
     passes = 2 if epilogue in (_EP_GATE_SILU, _EP_GATE_RELU2) else 1
-    return passes * total
+    return passes * (computed[-1] + FINISH_CYCLES)
 
 
 class LinearCtl(wiring.Component):

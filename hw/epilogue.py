@@ -29,8 +29,8 @@ throughput one beat per cycle, every stream tolerates valid/ready toggling.
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ternc.ir import hw_numerics as hwn
@@ -133,13 +133,18 @@ class Epilogue(wiring.Component):
         y = [reg(f"y{i}", FX, _sat((prod[i] + rnd) >> sh)) for i in range(c)]
         aux2 = reg("aux2", self.aux_layout, aux1)
 
-        lut = Array(Const(int(v), unsigned(hwn.SIG_FRAC + 1)) for v in hwn.sigmoid_lut())
         n_lut = 1 << hwn.SIG_LUT_BITS
+        lut_init = [int(v) for v in hwn.sigmoid_lut()]
 
         def silu(g, name):
+            # the sigmoid table as a ROM with an asynchronous read port per lane (LUT ROM on the
+            # FPGA; a list index in the simulator, where a 1,024-way Array mux is very slow)
+            rom = memory.Memory(shape=unsigned(hwn.SIG_FRAC + 1), depth=n_lut, init=lut_init)
+            m.submodules[f"sig_rom_{name}"] = rom
+            rp = rom.read_port(domain="comb")
             idx = Signal(signed(hwn.FX_BITS - hwn.SIG_IDX_SHIFT + 1), name=f"sig_idx_{name}")
-            m.d.comb += idx.eq((g >> hwn.SIG_IDX_SHIFT) + n_lut // 2)
-            sig = Mux(idx < 0, 0, Mux(idx >= n_lut, 1 << hwn.SIG_FRAC, lut[idx[:hwn.SIG_LUT_BITS]]))
+            m.d.comb += [idx.eq((g >> hwn.SIG_IDX_SHIFT) + n_lut // 2), rp.addr.eq(idx[:hwn.SIG_LUT_BITS])]
+            sig = Mux(idx < 0, 0, Mux(idx >= n_lut, 1 << hwn.SIG_FRAC, rp.data))
             return _sat(_rshift_round(g * sig, hwn.SIG_FRAC))
 
         def relu2(g):

@@ -218,6 +218,43 @@ def embed_only_program(art):
                     Instr(Opcode.END)])
 
 
+def _out_width(ins) -> int:
+    from ternc.backends.fpga.isa import Opcode, unpack_heads, unpack_kn
+
+    if ins.op == Opcode.LINEAR:
+        return unpack_kn(ins["kn"])[1]
+    if ins.op in (Opcode.EMBED, Opcode.RMSNORM):
+        return ins["width"]
+    if ins.op == Opcode.ATTN:
+        hq, _, d = unpack_heads(ins["heads"])
+        return hq * d
+    return 0
+
+
+def prefix_program(art, built: set):
+    """The artifact's program up to its first instruction without a controller in the top, then the
+    host LM head on the last buffer of the model's hidden width written so far, END (an integration
+    check while controllers are missing; compared with the executor running the same program)."""
+    from ternc.backends.fpga.isa import Flag, Instr, Opcode, Program
+
+    hidden = int(art.lm_head.shape[1])
+    out, last = [], None
+    for ins in art.program.instrs:
+        if ins.op in (Opcode.END, Opcode.LM_HEAD) or int(ins.op) not in built:
+            break
+        out.append(ins)
+        if "dst" in _fields(ins) and _out_width(ins) == hidden:
+            last = ins
+    return Program(out + [Instr(Opcode.LM_HEAD, {"src": last["dst"], "width": hidden, "vocab": int(art.lm_head.shape[0])},
+                                flags=Flag.HOST), Instr(Opcode.END)])
+
+
+def _fields(ins):
+    from ternc.backends.fpga.isa import FIELDS
+
+    return FIELDS[ins.op]
+
+
 @dataclass
 class RtlReport:
     tokens: list
@@ -272,9 +309,10 @@ def simulate_rtl(path, prompt_ids, n: int = 8, program: str = "full", pause: flo
 
     art = load_artifact(path)
     cfg = AcceleratorConfig.from_json(art.manifest["accelerator"]["config"])
-    prog = embed_only_program(art) if program == "embed" else art.program
-    if program not in ("full", "embed"):
-        raise ValueError(f"program {program!r}: 'full' or 'embed'")
+    if program not in ("full", "embed", "prefix"):
+        raise ValueError(f"program {program!r}: 'full', 'embed' or 'prefix'")
+    prog = {"full": lambda: art.program, "embed": lambda: embed_only_program(art),
+            "prefix": lambda: prefix_program(art, built_opcodes(cfg))}[program]()
     stops = {Opcode.END, Opcode.LM_HEAD}
     missing = sorted({i.op.name for i in prog.instrs if i.op not in stops and int(i.op) not in built_opcodes(cfg)})
     if missing:
@@ -284,7 +322,7 @@ def simulate_rtl(path, prompt_ids, n: int = 8, program: str = "full", pause: flo
     ids = [int(i) for i in prompt_ids]
     spec = {"kind": "generate", "artifact": str(art.path), "prompt": ids, "n": n,
             "ddr_bytes": art.memmap["total_bytes"], "pause": pause, "seed": seed}
-    if program == "embed":
+    if program != "full":
         spec["program"] = prog.encode().hex()
     t0 = time.time()
     res = run_top(accelerator_verilog_of(art), spec, sim=sim)

@@ -43,6 +43,7 @@ class AcceleratorConfig:
     context: int = 1024               # the decode attention unit's score memory
     vocab: int = 256                  # the embedding table's rows (EMBED's token-id range check)
     kv_max_group: int = 1             # the KV controller's quantization buffer (largest KIVI group; 1: none)
+    rope_max_width: int = 4096        # the RoPE controller's row buffer (widest ROPE row, words)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,7 +85,7 @@ def choose_config(plan, budget: dict | None = None, clock_mhz: float = 250.0, lm
     widths = [plan.hidden] + [lin.k for lin in plan.linears.values()]
     return AcceleratorConfig(eng, depth, "rope", clock_mhz, lm_head, norm_max_k=max(widths),
                              head_dim=plan.head_dim, context=plan.context, vocab=plan.vocab,
-                             kv_max_group=_kv_max_group(plan.program),
+                             kv_max_group=_kv_max_group(plan.program), rope_max_width=_rope_max_width(plan.program),
                              attn_lanes=next(n for n in (4, 2, 1) if plan.head_dim % n == 0))
 
 
@@ -96,12 +97,33 @@ def _kv_max_group(program) -> int:
 
 def _controllers() -> dict:
     """opcode -> (PERF counter, factory(cfg)) of every controller built so far."""
+    from ...hw.ctl_attn import AttnCtl
     from ...hw.ctl_embed import EmbedCtl
     from ...hw.ctl_kv import KvAppendCtl
+    from ...hw.ctl_linear import LinearCtl
+    from ...hw.ctl_norm import NormCtl
+    from ...hw.ctl_rope import RopeCtl
     from .isa import Opcode
 
+    def linear(cfg):
+        e = cfg.engine
+        return LinearCtl(e.group, e.tables, e.columns, wbuf_depth=cfg.wbuf_depth,
+                         max_chunks=-(-cfg.norm_max_k // (e.group * e.tables)), ram_style="ultra")
+
     return {int(Opcode.EMBED): ("CYC_DMA", lambda cfg: EmbedCtl(cfg.vocab)),
-            int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group))}
+            int(Opcode.RMSNORM): ("CYC_NORM", lambda cfg: NormCtl(cfg.norm_lanes, cfg.norm_max_k)),
+            int(Opcode.LINEAR): ("CYC_LINEAR", linear),
+            int(Opcode.KV_APPEND): ("CYC_DMA", lambda cfg: KvAppendCtl(cfg.head_dim, max_group=cfg.kv_max_group)),
+            # lanes = 4 with on-chip zero padding of d (AttnCtl's docstring: d = 42 runs at dp = 44)
+            int(Opcode.ATTN): ("CYC_ATTN", lambda cfg: AttnCtl(cfg.head_dim, 4, cfg.context)),
+            int(Opcode.ROPE): ("CYC_DMA", lambda cfg: RopeCtl(cfg.rope_max_width, cfg.head_dim))}
+
+
+def _rope_max_width(program) -> int:
+    from .isa import Opcode, unpack_heads
+
+    widths = [unpack_heads(i["heads"])[0] * unpack_heads(i["heads"])[2] for i in program.instrs if i.op == Opcode.ROPE]
+    return max([4] + widths)
 
 
 def controller_table(cfg: AcceleratorConfig) -> dict:
