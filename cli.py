@@ -627,7 +627,7 @@ def cmd_deploy(args) -> int:
 
     print(deploy_to(args.model, args.board, args.output, tar=args.tar, model=args.source_model,
                     passes=args.passes, context=args.context, n_golden=args.golden_tokens, python=args.python,
-                    log=lambda m: print(m, file=sys.stderr)))
+                    log=lambda m: print(m, file=sys.stderr), synth=not args.no_synth))
     return 0
 
 
@@ -700,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=512, help="(model input) maximum context length")
     p.add_argument("--golden-tokens", type=int, default=16, help="tokens per golden prompt")
     p.add_argument("--python", default=None, help="the board's CPython MAJOR.MINOR, if not the board's default")
+    p.add_argument("--no-synth", action="store_true", help="(kv260, model input) skip yosys resource synthesis")
     p.set_defaults(fn=cmd_deploy)
 
     p = sub.add_parser("compile", help="run a pass pipeline and build for a target")

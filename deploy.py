@@ -43,7 +43,7 @@ def _module_for_artifact(art: Path, manifest: dict, model: str | None) -> Module
 
 def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model: str | None = None,
               passes: str | None = None, context: int = 512, n_golden: int = 16, python: str | None = None,
-              log=print) -> str:
+              log=print, synth: bool = True, lm_head_kernel: bool = True) -> str:
     """`ternc deploy`: a bundle for `board` from an artifact folder, or from a model (ONNX / .ternc /
     none = the default model) compiled here for the board. Golden outputs come from the IR
     interpreter on the same post-pass module. Returns a summary."""
@@ -57,15 +57,18 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
     b = get_board(board, python)
     t0 = time.time()
     tmp_art = None
-    if b.accelerator == "fpga":
-        check_artifact_for_board({"target": {"name": "kv260"}}, b)   # raises: no FPGA artifact yet
     src = Path(source) if source else None
     if src is not None and src.is_dir() and (src / "manifest.json").exists():
         if passes:
             raise DeployInputError("--passes is for a model input; an artifact folder was compiled with its own pipeline")
         manifest = read_manifest(src)
         check_artifact_for_board(manifest, b, where=str(src))
-        module = _module_for_artifact(src, manifest, model)
+        if b.accelerator == "fpga":   # a kv260 artifact carries its post-pipeline module (ir/model.ternc)
+            from .backends.fpga.runtime import load_artifact
+
+            module = load_artifact(src).module()
+        else:
+            module = _module_for_artifact(src, manifest, model)
         art = src
     else:
         if model:
@@ -80,6 +83,8 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
         outp = Path(out).resolve()
         tmp_art = outp.parent / f".{outp.name}.artifact-{os.getpid()}"
         extra = {"cuda_arch": b.cuda_arch, "host_arch": b.arch} if b.cuda_arch else {}
+        if b.accelerator == "fpga":
+            extra = {"synth": synth}
         log(f"[deploy] compiling {path} for {b.name} (target {b.artifact_target}"
             + (f", {b.cuda_arch} fatbins, {b.arch} host code" if extra else "") + ")")
         res = ternc.compile(path, target=b.artifact_target, passes=passes, out=tmp_art, context=context,
@@ -94,12 +99,19 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
             logits = ternc.interpret(module, {dec["input_ids"]: np.array([prompts[0]])}, dec["prefill"])[dec["logits"]]
         tokens = [ternc.generate(module, [p], n_golden)[0].tolist() for p in prompts]
         golden = Golden(prompts, n_golden, tokens, logits)
-        info = build_bundle(art, b, out, golden, tar=tar, log=log)
+        if b.accelerator == "fpga":
+            from .backends.deploy.kv260 import build_kv260_bundle
+
+            info = build_kv260_bundle(art, b, out, golden, tar=tar, log=log, lm_head_kernel=lm_head_kernel)
+        else:
+            info = build_bundle(art, b, out, golden, tar=tar, log=log)
     finally:
         if tmp_art is not None:
             import shutil
 
             shutil.rmtree(tmp_art, ignore_errors=True)
+    if b.accelerator == "fpga":
+        return _kv260_summary(b, info, prompts, n_golden, time.time() - t0)
     lines = [f"bundle for {b.name} ({b.description}) in {time.time() - t0:.1f}s: {info.path}/",
              f"  {info.files} files, {info.bytes / 1e6:.1f} MB (runtime {info.runtime_bytes / 1e6:.1f} MB: runtime-only "
              f"tvm + tvm_ffi for {b.arch} / Python {b.python}, from "
@@ -109,4 +121,24 @@ def deploy_to(source: str | None, board: str, out: str, tar: bool = False, model
     if info.tar:
         lines.append(f"  archive: {info.tar} ({info.tar.stat().st_size / 1e6:.1f} MB)")
     lines.append(f"  on the board: python3 {info.path.name}/run.py --verify   (then --prompt-ids 1,2,3 / --bench)")
+    return "\n".join(lines)
+
+
+def _kv260_summary(b, info, prompts, n_golden, seconds) -> str:
+    import json
+
+    bundle = json.loads((info.path / "bundle.json").read_text())
+    k = bundle["lm_head_kernel"]
+    lines = [f"bundle for {b.name} ({b.description}) in {seconds:.1f}s: {info.path}/",
+             f"  {info.files} files, {info.bytes / 1e6:.1f} MB; accelerator DDR window {bundle['ddr_window_bytes']:,} "
+             f"bytes (CMA)",
+             "  LM head on the ARM cores: " + (f"TVM kernel {k['file']} ({k['arch']}, [{k['vocab']} x {k['hidden']}]), "
+                                               f"runtime-only tvm for Python {b.python}" if k else "numpy (no kernel)"),
+             f"  bitstream build inputs: {len(bundle['bitstream']['build_inputs'])} files (artifact/vivado, "
+             f"artifact/rtl); build the .bit + .hwh with Vivado: {info.path.name}/hw/BOARD.md",
+             f"  golden: {len(prompts)} prompts x {n_golden} tokens from the IR interpreter"]
+    if info.tar:
+        lines.append(f"  archive: {info.tar} ({info.tar.stat().st_size / 1e6:.1f} MB)")
+    lines.append(f"  here: python3 {info.path.name}/run.py --verify --transport model;  on the board: "
+                 f"sudo -E python3 run.py --verify --transport pynq")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .core import Node
 from .ops import Op
+from . import types as _types
 from .types import DType
 
 Impl = Callable[[Node, list], Sequence[np.ndarray]]
@@ -36,7 +37,8 @@ def _dt(name: str) -> np.dtype:
     return DType(name).np
 
 
-_BF16 = DType.BF16.np
+# without ml_dtypes (a board with numpy only) no bf16 array can exist: f16 stands in, matching nothing new
+_BF16 = DType.BF16.np if _types.ml_dtypes is not None else np.dtype(np.float16)
 
 
 def _is_float(dt) -> bool:

@@ -106,7 +106,11 @@ async def test_top(dut):
             logits = drv.run([ids[-1]], len(ids) - 1)
             calls.append(drv.counters())
             np.save(os.path.join(spec["out_dir"], f"logits_{i + 1}.npy"), logits, allow_pickle=False)
-        return {"kind": "generate", "tokens": ids, "calls": calls}
+        import sys
+
+        # which driver ran the RTL (a deploy bundle's own copy under `run.py --transport rtl`)
+        return {"kind": "generate", "tokens": ids, "calls": calls,
+                "driver": sys.modules[KV260Driver.__module__].__file__}
 
     def cases():
         results = []

@@ -86,9 +86,11 @@ def check_artifact_for_board(manifest: dict, board: Board, where: str = "artifac
     """The artifact must be what the board runs: its target, host architecture and CUDA arch."""
     t = manifest["target"]
     if board.accelerator == "fpga":
-        raise DeployError(f"board {board.name}: kv260 bundles need the FPGA backend's artifact (bitstream build "
-                          f"inputs, memory images, register map and host driver from ternc.backends.fpga), which "
-                          f"this ternc does not build yet; got a {t['name']!r} TVM artifact")
+        if t["name"] != board.artifact_target:
+            raise DeployError(f"{where} was compiled for target {t['name']!r}, but board {board.name} runs the FPGA "
+                              f"backend's {board.artifact_target!r} artifacts (ternc compile MODEL --target "
+                              f"{board.artifact_target}, or pass the model to `ternc deploy`)")
+        return
     if t["name"] != board.artifact_target:
         raise DeployError(f"{where} was compiled for target {t['name']!r}, but board {board.name} runs "
                           f"{board.artifact_target!r} artifacts (compile it for the board, or pass the model to "
@@ -153,16 +155,21 @@ def is_runtime_file(rel: str) -> bool:
     return rel.split("/")[0] in ("tvm", "tvm_ffi", "ternc", "typing_extensions.py")
 
 
-def ternc_runtime_files() -> list[str]:
-    """The ternc modules the board's runtime imports: backends/tvm/runtime.py, ir/decoder.py and
-    everything they import from ternc (relative imports, followed transitively), as paths inside
-    the package. Checked against the bundle test: each must import with numpy + TVM only."""
+TVM_RUNTIME_ROOTS = ("backends/tvm/runtime.py", "ir/decoder.py")
+
+
+def ternc_runtime_files(roots=TVM_RUNTIME_ROOTS, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The ternc modules the board's runtime imports: `roots` (default backends/tvm/runtime.py,
+    ir/decoder.py) and everything they import from ternc (relative imports, followed transitively),
+    as paths inside the package, except those under `exclude` (compiler-side modules imported only
+    inside functions the board never calls). Checked against the bundle test: each must import with
+    numpy + TVM only."""
     import ast
 
-    todo, seen = ["backends/tvm/runtime.py", "ir/decoder.py"], set()
+    todo, seen = list(roots), set()
     while todo:
         rel = todo.pop()
-        if rel in seen:
+        if rel in seen or rel.startswith(exclude):
             continue
         seen.add(rel)
         pkg = Path(rel).parent
@@ -180,10 +187,10 @@ def ternc_runtime_files() -> list[str]:
     return sorted(seen)
 
 
-def _write_ternc_subset(dest: Path) -> None:
+def _write_ternc_subset(dest: Path, roots=TVM_RUNTIME_ROOTS, exclude: tuple[str, ...] = ()) -> None:
     """Copy those modules under dest/ternc/, each package marked by an empty __init__.py (the
     package's own __init__ files import the compiler side)."""
-    for rel in ternc_runtime_files():
+    for rel in ternc_runtime_files(roots, exclude):
         if rel.endswith("__init__.py"):
             continue
         target = dest / "ternc" / rel

@@ -8,6 +8,13 @@ TVM runtime (beside this file: runtime-only `tvm`, `tvm_ffi`, and ternc's artifa
     python3 run.py --rpc-server --tracker HOST:PORT --key KEY [--port 9090]
                                                    serve this board to `ternc run/bench --remote`
 
+kv260 bundles (FPGA): the host driver runs the accelerator's program through a transport,
+    --transport pynq   the board (PYNQ: Overlay, MMIO, allocate; --bitfile, default hw/ternc_kv260.bit
+                       with ternc_kv260.hwh beside it; CMA checked first)
+    --transport model  the functional executor behind the same register protocol (any machine)
+    --transport rtl    the generated top in Verilator through cocotb (where the bundle's ternc has it)
+    --lm-head tvm|numpy  the LM head on the CPU: the bundled TVM kernel (aarch64) or numpy
+
 Every start checks the sha256 of every file listed in bundle.json, that this machine's
 architecture and Python version are the ones the bundle was built for, then loads the artifact.
 This file is shipped verbatim by `ternc deploy` (ternc/backends/deploy/run.py).
@@ -33,6 +40,10 @@ class BundleError(RuntimeError):
     pass
 
 
+#: the loaded runtime's own user-facing error classes (kv260: the driver's DriverError), reported like BundleError
+RUNTIME_ERRORS: list[type] = []
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -41,8 +52,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_bundle(root: Path = HERE) -> dict:
-    """bundle.json, then every listed file's sha256, this machine's arch and Python version."""
+def check_bundle(root: Path = HERE, platform_check: bool = True) -> dict:
+    """bundle.json, then every listed file's sha256, this machine's arch and Python version (the
+    platform check only where native code will load: `check_platform`)."""
     mf = root / "bundle.json"
     if not mf.is_file():
         raise BundleError(f"{root}: no bundle.json (not a ternc bundle, or an incomplete copy)")
@@ -63,6 +75,13 @@ def check_bundle(root: Path = HERE) -> dict:
     if bad:
         raise BundleError(f"{root}: {len(bad)} of {len(bundle['files'])} files fail verification: "
                           + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""))
+    if platform_check:
+        check_platform(bundle)
+    return bundle
+
+
+def check_platform(bundle: dict) -> None:
+    """The bundled native code (TVM runtime, kernels, tvm_ffi) is for one architecture and CPython."""
     machine = platform.machine().lower()
     want = bundle["board"]["arch"]
     if machine not in {want, {"aarch64": "arm64"}.get(want, want)}:
@@ -71,7 +90,14 @@ def check_bundle(root: Path = HERE) -> dict:
     if py != bundle["board"]["python"]:
         raise BundleError(f"bundle's tvm_ffi is built for Python {bundle['board']['python']}, but this is Python "
                           f"{py}; rebuild with `ternc deploy ... --python {py}`")
-    return bundle
+
+
+def platform_ok(bundle: dict) -> bool:
+    try:
+        check_platform(bundle)
+        return True
+    except BundleError:
+        return False
 
 
 def _runtime(bundle: dict, root: Path = HERE):
@@ -90,6 +116,47 @@ def _decoder(bundle: dict):
     return importlib.import_module(bundle["decoder_module"])
 
 
+def load_kv260(bundle: dict, transport: str = "auto", bitfile: str | None = None, lm_head: str = "auto",
+               root: Path = HERE, rtl_program: str = "full"):
+    """The kv260 board runner (ternc.backends.fpga.board_runner) over a transport, LM head on the CPU."""
+    import importlib
+
+    kernel = bundle.get("lm_head_kernel")
+    if lm_head == "auto":
+        lm_head = "tvm" if kernel and platform_ok(bundle) else "numpy"
+        if kernel and lm_head == "numpy":
+            print(f"[run.py] this machine is not the bundle's {bundle['board']['arch']} / Python "
+                  f"{bundle['board']['python']}: LM head in numpy (--lm-head tvm needs the board)", file=sys.stderr)
+    if transport == "rtl":
+        lm_head = "numpy"          # the simulation host is not the board
+    if lm_head == "tvm":
+        if not kernel:
+            raise BundleError("--lm-head tvm: this bundle has no LM-head kernel")
+        check_platform(bundle)
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    elif lm_head != "numpy":
+        raise BundleError(f"--lm-head expects auto, tvm or numpy, got {lm_head!r}")
+    if transport == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("pynq") is not None:   # the board's PYNQ (imported by the driver)
+            transport = "pynq"
+        else:
+            transport = "model"
+            print("[run.py] no pynq here: --transport model (the functional executor behind the register "
+                  "protocol; on the board use --transport pynq)", file=sys.stderr)
+    if transport == "pynq":
+        check_platform(bundle)
+        bitfile = bitfile or str(root / bundle["bitstream"]["bit"])
+    mod = importlib.import_module(bundle["runner_module"])
+    RUNTIME_ERRORS.append(mod.DriverError)
+    lib = root / kernel["file"] if lm_head == "tvm" else None
+    try:
+        return mod.BoardRunner(root / bundle["artifact"], transport, bitfile, lib, rtl_program=rtl_program)
+    except mod.DriverError as e:
+        raise BundleError(str(e)) from None
+
+
 def load(bundle: dict, root: Path = HERE):
     rt = _runtime(bundle, root)
     art = root / bundle["artifact"]
@@ -102,6 +169,8 @@ def generate(runner, prompt: list[int], n_new: int, decoder=None) -> list[int]:
     call, the carried tensors fed back by the decoder contract's `decode_feeds` (ternc.ir.decoder)."""
     import numpy as np
 
+    if hasattr(runner, "generate_ids"):      # kv260: the driver keeps the KV cache in the accelerator's DDR
+        return runner.generate_ids(prompt, n_new)
     decoder = decoder or _decoder({"decoder_module": "ternc.ir.decoder"})
     dec = decoder.DecoderSpec.from_meta(runner.meta["decoder"])
     limit = runner.meta.get("max_context")
@@ -118,6 +187,14 @@ def generate(runner, prompt: list[int], n_new: int, decoder=None) -> list[int]:
     return out
 
 
+def bundle_kind(root: Path = HERE) -> str:
+    """"kv260" for FPGA bundles (bundle.json's runner), else "tvm"; read before the checksums."""
+    try:
+        return json.loads((root / "bundle.json").read_text()).get("runner", "tvm")
+    except (OSError, ValueError, AttributeError):
+        return "tvm"
+
+
 def compiler_loaded() -> bool:
     maps = Path("/proc/self/maps")
     return maps.exists() and "libtvm_compiler" in maps.read_text()
@@ -132,10 +209,8 @@ def verify(bundle: dict, runner, root: Path = HERE) -> dict:
         got = generate(runner, prompt, g["n_new"])
         rows.append({"prompt": prompt, "match": got == want, "tokens": got, "golden": want})
         ok &= got == want
-    dec = runner.meta["decoder"]
     ref = np.load(root / g["prefill_logits"], allow_pickle=False)
-    logits = np.asarray(runner.run(dec["prefill"], {dec["input_ids"]: np.array([g["prompts"][0]], np.int64)})[
-        dec["logits"]])
+    logits = np.asarray(_prefill_logits(runner, g["prompts"][0]))
     err = float(np.max(np.abs(logits - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
     ok &= err <= g["logits_rtol"]
     loaded = compiler_loaded()  # reported: the bundle ships no compiler library, so this says it was not found elsewhere
@@ -143,19 +218,24 @@ def verify(bundle: dict, runner, root: Path = HERE) -> dict:
             "golden_source": g["source"], "libtvm_compiler_loaded": loaded}
 
 
-def bench(runner, prompt_len: int, n_decode: int, repeat: int) -> dict:
-    """Wall-clock prefill and decode throughput on this machine (best of `repeat`)."""
+def _prefill_logits(runner, prompt: list[int]):
     import numpy as np
 
+    if hasattr(runner, "prefill_logits"):
+        return runner.prefill_logits(prompt)
     dec = runner.meta["decoder"]
-    vocab = np.asarray(runner.run(dec["prefill"], {dec["input_ids"]: np.array([[0]], np.int64)})[dec["logits"]]).shape[-1]
+    return np.asarray(runner.run(dec["prefill"], {dec["input_ids"]: np.array([prompt], np.int64)})[dec["logits"]])
+
+
+def bench(runner, prompt_len: int, n_decode: int, repeat: int) -> dict:
+    """Wall-clock prefill and decode throughput on this machine (best of `repeat`)."""
+    vocab = _prefill_logits(runner, [0]).shape[-1]
     prompt = [(7 * i + 3) % vocab for i in range(prompt_len)]
     best_p, best_d = float("inf"), float("inf")
     generate(runner, prompt[:4], 2)  # warm-up: first calls allocate
     for _ in range(repeat):
         t0 = time.perf_counter()
-        res = runner.run(dec["prefill"], {dec["input_ids"]: np.array([prompt], np.int64)})
-        np.asarray(res[dec["logits"]])
+        _prefill_logits(runner, prompt)
         best_p = min(best_p, time.perf_counter() - t0)
         t0 = time.perf_counter()
         generate(runner, prompt, n_decode + 1)
@@ -201,16 +281,24 @@ def main(argv=None) -> int:
     ap.add_argument("--key", default=None, help="RPC device key (default: the board name)")
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=9090)
+    ap.add_argument("--transport", default="auto", help="kv260: pynq | model | rtl (auto: pynq where installed)")
+    ap.add_argument("--bitfile", help="kv260 --transport pynq: the .bit (its .hwh beside it, same stem)")
+    ap.add_argument("--lm-head", default="auto", help="kv260: tvm (the bundled kernel) | numpy (auto: tvm on the board)")
+    ap.add_argument("--rtl-program", default="full", choices=("full", "embed"),
+                    help="kv260 --transport rtl: the artifact's program, or its EMBED + host LM head plumbing program")
     a = ap.parse_args(argv)
     try:
         t0 = time.perf_counter()
-        bundle = check_bundle()
+        bundle = check_bundle(platform_check=bundle_kind() != "kv260")
         print(f"[run.py] bundle for {bundle['board']['name']}: {len(bundle['files'])} files verified (sha256) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        if a.rpc_server and bundle.get("runner") == "kv260":
+            raise BundleError("--rpc-server serves TVM artifacts; a kv260 bundle runs here (--transport pynq)")
         if a.rpc_server:
             return rpc_server(bundle, a.tracker, a.key or bundle["board"]["name"], a.host, a.port)
         t0 = time.perf_counter()
-        runner = load(bundle)
+        runner = load_kv260(bundle, a.transport, a.bitfile, a.lm_head, rtl_program=a.rtl_program) if bundle.get("runner") == "kv260" \
+            else load(bundle)
         print(f"[run.py] artifact loaded on {runner.device} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         result = None
         if a.verify:
@@ -233,6 +321,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             toks = generate(runner, ids, a.n)
             print(",".join(map(str, toks)))
+            if getattr(runner, "rtl", None) is not None and runner.rtl.driver_file:
+                print(f"[run.py] the RTL was driven by {runner.rtl.driver_file}", file=sys.stderr)
             print(f"[run.py] {len(toks) - len(ids)} new tokens in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
             result = {"tokens": toks}
         else:
@@ -240,7 +330,7 @@ def main(argv=None) -> int:
         if a.json and result is not None:
             Path(a.json).write_text(json.dumps(result, indent=1))
         return 0 if result is None or result.get("pass", True) else 1
-    except BundleError as e:
+    except (BundleError, *RUNTIME_ERRORS) as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,11 @@ One driver class, several transports (what moves registers and DDR bytes):
   ``AxiRam`` models on the HP ports sharing one memory as DDR, ``AxiLiteMaster`` on the register file.
   The driver (synchronous code) runs in a ``cocotb.task.bridge`` thread; every register/DDR access is a
   ``cocotb.task.resume`` call into the simulation (sim/cocotb_top.py), so the board's driver code is what
-  runs the RTL.
+  runs the RTL. The deploy bundle's ``run.py --transport rtl`` reaches it through :func:`open_transport`.
+
+The LM head (``LM_HEAD`` with the HOST flag) runs on the host through ``lm_head``: numpy by default
+(exactly the IR's Linear), or the deploy bundle's TVM aarch64 GEMV kernel (``lm_head.TvmLmHead``).
+Imports: numpy, the ISA and the executor (runtime.py) only, so the deploy bundle runs it on the board.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import numpy as np
 
 from . import regmap
-from .build import FpgaArtifact, load_artifact
+from .runtime import FpgaArtifact, load_artifact
 from .executor import Executor
 from .isa import INSTR_BYTES, Flag, Opcode, Program
 
@@ -50,24 +54,32 @@ class Transport:
 class PynqTransport(Transport):
     """The KV260 under PYNQ: ``bitfile`` is the .bit whose .hwh sits beside it with the same stem."""
 
-    def __init__(self, bitfile: str, ddr_bytes: int, ip_name: str = "ternc_kv260_0"):
+    def __init__(self, bitfile: str, ddr_bytes: int, ctrl_addr: int = 0xA000_0000, ctrl_range: int = 0x1_0000,
+                 ip_name: str | None = None):
         from pathlib import Path
 
+        bit = Path(bitfile)
+        if not bit.is_file():
+            raise DriverError(f"{bit}: no bitstream (build it from the bundle's hw/ with Vivado: hw/BOARD.md)")
+        hwh = bit.with_suffix(".hwh")
+        if not hwh.exists():
+            raise DriverError(f"{hwh} missing: PYNQ needs the .hwh exported with the bitstream, same name "
+                              f"({bit.stem}.hwh beside {bit.name})")
+        check_cma(ddr_bytes)
         from pynq import MMIO, Overlay, allocate
 
-        hwh = Path(bitfile).with_suffix(".hwh")
-        if not hwh.exists():
-            raise DriverError(f"{hwh} missing: PYNQ needs the .hwh exported with the bitstream, same name")
-        free = _cma_free_bytes()
-        if free is not None and free < ddr_bytes:
-            raise DriverError(f"the accelerator needs {ddr_bytes / 2**20:.0f} MiB of contiguous (CMA) memory but "
-                              f"only {free / 2**20:.0f} MiB is free: raise cma= on the kernel command line")
-        self.overlay = Overlay(str(bitfile))
-        if ip_name not in self.overlay.ip_dict:
-            raise DriverError(f"{bitfile}: no IP {ip_name!r} in the overlay (has {sorted(self.overlay.ip_dict)})")
-        ip = self.overlay.ip_dict[ip_name]
-        self.mmio = MMIO(ip["phys_addr"], ip["addr_range"])
-        self.buf = allocate(shape=(ddr_bytes,), dtype=np.uint8)
+        self.overlay = Overlay(str(bit))
+        if ip_name is not None:
+            if ip_name not in self.overlay.ip_dict:
+                raise DriverError(f"{bit}: no IP {ip_name!r} in the overlay (has {sorted(self.overlay.ip_dict)})")
+            ctrl_addr, ctrl_range = self.overlay.ip_dict[ip_name]["phys_addr"], self.overlay.ip_dict[ip_name]["addr_range"]
+        # the generated block design puts the register file at a fixed address (hw/BOARD.md, vivado/ps_bd.tcl)
+        self.mmio = MMIO(ctrl_addr, ctrl_range)
+        try:
+            self.buf = allocate(shape=(ddr_bytes,), dtype=np.uint8)
+        except Exception as e:   # pynq raises RuntimeError/MemoryError variants when CMA is exhausted
+            raise DriverError(f"pynq.allocate of the {ddr_bytes:,}-byte DDR window failed ({e}); "
+                              + cma_message(ddr_bytes, cma_free_bytes())) from e
 
     def write_reg(self, offset, value):
         self.mmio.write(offset, int(value) & 0xFFFFFFFF)
@@ -87,14 +99,31 @@ class PynqTransport(Transport):
         return int(self.buf.physical_address)
 
 
-def _cma_free_bytes() -> int | None:
+def cma_free_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """CmaFree of /proc/meminfo in bytes (None where the kernel does not report it)."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("CmaFree:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("CmaFree:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def cma_message(needed: int, free: int | None) -> str:
+    have = "CmaFree is not reported" if free is None else f"only {free:,} bytes ({free / 2**20:.1f} MiB) are free"
+    return (f"the accelerator's DDR window needs {needed:,} bytes ({needed / 2**20:.1f} MiB) of contiguous (CMA) "
+            f"memory but {have}: raise the CMA pool (kernel command line cma=, e.g. cma=1024M on the KV260's "
+            f"PYNQ image: hw/BOARD.md), free buffers held by other overlays, or compile with a shorter context")
+
+
+def check_cma(needed: int, meminfo: str = "/proc/meminfo") -> int | None:
+    """Refuse before pynq.allocate when CmaFree is below the artifact's DDR window; returns CmaFree."""
+    free = cma_free_bytes(meminfo)
+    if free is not None and free < needed:
+        raise DriverError(cma_message(needed, free))
+    return free
 
 
 class CocotbTransport(Transport):
@@ -156,10 +185,10 @@ class ModelTransport(Transport):
     def __init__(self, art: FpgaArtifact):
         self.art = art
         self.ex = Executor(Program([]), art.memmap, b"", b"", art.lm_head, art.engine, art.context)
-        self.regs = {r.offset: r.reset for r in regmap.REGMAP.regs}
+        self.regs = dict(regmap.resets())
 
     def write_reg(self, offset, value):
-        kind = {r.offset: r.kind for r in regmap.REGMAP.regs}.get(offset)
+        kind = regmap.kinds().get(offset)
         if offset == R["CTRL"]:
             if value & 1:
                 self._start()
@@ -202,9 +231,11 @@ class ModelTransport(Transport):
 
 
 class KV260Driver:
-    def __init__(self, artifact, transport: Transport | None = None, timeout_s: float = 60.0):
+    def __init__(self, artifact, transport: Transport | None = None, timeout_s: float = 60.0, lm_head=None):
         self.art = artifact if isinstance(artifact, FpgaArtifact) else load_artifact(artifact)
         self.t = transport or ModelTransport(self.art)
+        # (x [N, hidden] f64 FX values) -> logits [N, vocab]: numpy = the IR's Linear exactly
+        self.lm_head = lm_head or (lambda x: np.matmul(x, self.art.lm_head.T))
         self.timeout_s = timeout_s
         self.regions = self.art.memmap["regions"]
         self.program = self.art.program
@@ -254,7 +285,7 @@ class KV260Driver:
         raw = np.frombuffer(self.t.read_ddr(ins["src"], 4 * w * ids.size), "<i4").reshape(1, ids.size, w)
         from ...ir import hw_numerics as hn
 
-        return np.matmul(hn.from_fx(raw), self.art.lm_head.T)   # the IR's LM head Linear, on the host
+        return np.asarray(self.lm_head(hn.from_fx(raw)[0]))[None]   # the IR's LM head Linear, on the host
 
     def counters(self) -> dict:
         """The performance counters (PERF_* registers; since the last CLEAR, i.e. of the last call)."""
@@ -268,3 +299,23 @@ class KV260Driver:
             if i < max_new_tokens - 1:
                 logits.append(self.run([ids[-1]], len(ids) - 1))
         return ids, logits
+
+
+TRANSPORTS = ("pynq", "model", "rtl")
+
+
+def open_transport(kind: str, art: FpgaArtifact, bitfile: str | None = None) -> Transport:
+    """The transport by name: "pynq" (the board: `bitfile` with its .hwh beside it), "model" (the
+    functional executor behind the register protocol) or "rtl" (cocotb/Verilator over the generated
+    top, where this ternc has it)."""
+    if kind == "model":
+        return ModelTransport(art)
+    if kind == "pynq":
+        if bitfile is None:
+            raise DriverError("--transport pynq needs the bitstream (--bitfile BIT; its .hwh beside it, same stem)")
+        return PynqTransport(bitfile, int(art.memmap["total_bytes"]))
+    if kind == "rtl":   # the driver runs inside the simulation (sim/cocotb_top.py builds the CocotbTransport)
+        raise DriverError("the rtl transport is opened by the cocotb bench, not here: use "
+                          "board_runner.BoardRunner(transport='rtl') (a bundle's `run.py --transport rtl`) or "
+                          "`ternc simulate ART --rtl`")
+    raise DriverError(f"unknown transport {kind!r}; transports: {', '.join(TRANSPORTS)}")
