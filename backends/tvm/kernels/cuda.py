@@ -6,7 +6,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from .common import KPAD, I2, padded_k, scheduled
-from .compute import gqa_pv_te, gqa_scores_te
+from .compute import gqa_scores_te
 
 
 DP4A_FORMAT = I2  # dp4a reads the i2 codes as int32 words (cuda_ternary.py)
