@@ -6,6 +6,8 @@ dp4a formulation over ternc's i2 layout computes exactly the integer contract.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -98,11 +100,15 @@ def test_decode_attention_kernels_reduce_across_a_warp_or_per_thread(hq, hkv, d)
     scores = source(gqa_decode_scores_func(hq, hkv, d))
     assert "__shfl_down_sync" in scores and "in_thread_scores" in scores
     pv = source(gqa_decode_pv_func(hq, hkv, d))
-    assert "pv_local" in pv and "threadIdx.y" not in pv
-    # no predicated tail (d = 42 is not a multiple of 32): an unguarded register write-back of the
-    # idle lanes would overwrite the next head's outputs (it did, found by gpu_check on the H200)
     body = pv[pv.index("{", pv.index("ternc_gqa_pv")):]
-    assert "if (((" not in body.replace("if (rj == (int64_t)0)", ""), body
+    # keys split over threadIdx.y: per-thread partial sums, then a synchronized shared-memory tree
+    # (without it the key lanes would race on pv with unsynchronized +=)
+    assert "in_thread_pv" in body and "red_buf0" in body and "__syncthreads()" in body, body
+    assert len(re.findall(r"(?<![\w])pv_ptr\[", body)) == 1, body  # one store of the output: the final one
+    assert "if (((int64_t)threadIdx.y) == (int64_t)0)" in body, body
+    # no predicated tail on the output element (d = 42 is not a multiple of 32): idle lanes would
+    # overwrite the next head's outputs (they did, found by gpu_check on the H200)
+    assert "threadIdx.x) <" not in body, body
 
 
 def test_fused_rmsnorm_quantize_dp4a_matches_tvm_rms_norm_then_quantize(rng):
