@@ -192,7 +192,9 @@ class TerncModel:
             a = np.ascontiguousarray(module.constants[n].data)
             return storage_view(a, *storage[n]) if n in storage else a
 
-        self.weights = {n: tvm.runtime.tensor(array(n), self.dev) for n in names}
+        from ternc.backends.tvm.hugepages import place_weights
+
+        self.weights = place_weights({n: array(n) for n in sorted(names)}, self.dev)
         self.weight_order = weight_order
         self.compile_s = compile_s
         self.kernel_choices = kernel_choices or []

@@ -244,7 +244,10 @@ class JitRunner:
         self.meta = module.meta
         self.built = built
         self.vm = relax.VirtualMachine(built.executable, tvm.cpu())
-        self.weights = {w: tvm.runtime.tensor(built.lowered.weight_array(module, w)) for w in built.lowered.weights}
+        from .hugepages import place_weights
+
+        self.weights = place_weights({w: built.lowered.weight_array(module, w) for w in built.lowered.weights},
+                                     tvm.cpu())
 
     def run(self, entry, inputs):
         import numpy as np

@@ -18,6 +18,7 @@ import numpy as np
 
 from ...ir.decoder import DecoderSpec
 from ..artifact import ArtifactError, require, role_path
+from .hugepages import place_weights
 from .target import TVM_TARGETS
 
 def _import_tvm_runtime_only() -> None:
@@ -222,8 +223,8 @@ class TVMRunner:
         missing = sorted({w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays})
         if missing:
             raise ArtifactError(f"{weights_file}: lacks tensors {missing[:5]} that the entries take")
-        self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(arrays[key]), self.device)
-                        for w, key in names.items()}
+        # local CPU: one huge-page arena (decode streams every weight per token; hugepages.py)
+        self.weights = place_weights({w: arrays[key] for w, key in names.items()}, self.device)
         self._fns = {}
         # decoder outputs that only feed the next step stay on the device (no copy per token)
         try:
