@@ -332,6 +332,8 @@ def build_artifact(module: Module, target: "str | TvmTarget" = "cpu", out_dir="a
             # `kernels=` these choices writes a byte-identical manifest
             "kernels": {"choices": _kernel_choices(lowered.kernel_choices)},
             "roles": {"library": LIB, "weights": WEIGHTS},
+            # decode over a preallocated KV cache written in place (runtime.py / kvcache.py)
+            **({"kv_inplace": lowered.kv_inplace} if lowered.kv_inplace else {}),
         }
 
     report = {"created_unix": int(time.time()), "compile_seconds": round(compile_s, 3),

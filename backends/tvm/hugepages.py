@@ -66,7 +66,10 @@ def place_weights(arrays: Mapping[str, np.ndarray], device, huge_pages: bool | N
     arena (see the module doc); otherwise `tvm.runtime.tensor` copies."""
     import tvm
 
-    local_cpu = int(getattr(device, "device_type", -1)) == int(tvm.cpu().device_type)  # RPC devices: >= 128
+    try:  # a local CPU device (RPC devices carry a session mask: another type number)
+        local_cpu = int(device.dlpack_device_type()) == int(tvm.cpu().dlpack_device_type())
+    except (AttributeError, TypeError, ValueError):
+        local_cpu = False
     if huge_pages is None:
         huge_pages = local_cpu and huge_pages_supported()
     if not (huge_pages and local_cpu) or not arrays:

@@ -120,7 +120,8 @@ def lower_module(module: Module, entries: list[str] | None = None, target_kind="
         fl = FunctionLowerer(module, module.func(dec.decode), bb, target_kind, kernel_policy, log, registry, target,
                              tuner=tuner, entry_name=name, inplace_kv=plan)
         sigs[name] = fl.lower()
-        inplace = {"entry": name, "decode": dec.decode, "caches": list(plan), "length_input": "kv_len"}
+        inplace = {"entry": name, "decode": dec.decode, "caches": list(plan),
+                   "presents": [plan[p] for p in plan], "length_input": "kv_len"}
     mod = bb.get()
     for name, sig in sigs.items():  # parameters after the inputs are weights (static for CUDA graphs)
         gv = mod.get_global_var(name)
