@@ -73,7 +73,7 @@ def place_weights(arrays: Mapping[str, np.ndarray], device, huge_pages: bool | N
     if huge_pages is None:
         huge_pages = local_cpu and huge_pages_supported()
     if not (huge_pages and local_cpu) or not arrays:
-        return {n: tvm.runtime.tensor(np.ascontiguousarray(a), device) for n, a in arrays.items()}
+        return {n: tvm.runtime.tensor(_contiguous(a), device) for n, a in arrays.items()}
     arena = HugePageArena(arena_bytes(arrays.values()))
     out = {}
     for name, a in arrays.items():
@@ -83,8 +83,13 @@ def place_weights(arrays: Mapping[str, np.ndarray], device, huge_pages: bool | N
         try:
             out[name] = tvm.runtime.from_dlpack(view)
         except Exception:  # noqa: BLE001 - a dtype DLPack does not carry (e.g. numpy's bfloat16 stand-in)
-            out[name] = tvm.runtime.tensor(np.ascontiguousarray(a), device)
+            out[name] = tvm.runtime.tensor(_contiguous(a), device)
     return out
+
+
+def _contiguous(a) -> np.ndarray:
+    a = np.asarray(a)
+    return np.ascontiguousarray(a).reshape(a.shape)  # (ascontiguousarray makes 0-d arrays 1-d)
 
 
 def anon_huge_kb() -> int | None:
