@@ -36,14 +36,16 @@ class HugePageArena:
     """One anonymous mapping, 2 MB-aligned, advised MADV_HUGEPAGE; `array(shape, dtype)` hands out
     page-aligned numpy views of it. The arena (and its mapping) lives as long as any view does."""
 
-    def __init__(self, nbytes: int):
+    def __init__(self, nbytes: int, huge: bool = True):
+        """huge=False: the same arena advised MADV_NOHUGEPAGE (4 KB pages; for comparisons)."""
         self.size = max(int(nbytes), 1)
         self._map = mmap.mmap(-1, self.size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         raw = np.frombuffer(self._map, dtype=np.uint8)
         start = (-raw.ctypes.data) % HUGE_PAGE
         # advise before the first touch: the page faults then allocate 2 MB pages directly
-        self._map.madvise(mmap.MADV_HUGEPAGE, start - start % mmap.PAGESIZE,
-                          self.size + start % mmap.PAGESIZE)
+        advice = mmap.MADV_HUGEPAGE if huge else getattr(mmap, "MADV_NOHUGEPAGE", None)
+        if advice is not None:
+            self._map.madvise(advice, start - start % mmap.PAGESIZE, self.size + start % mmap.PAGESIZE)
         self.buffer = raw[start:start + self.size]
         self.used = 0
 
