@@ -44,6 +44,7 @@ from .cuda import (DP4A_FORMAT, GEMM_TOKEN_TILE, dp4a_gemm_func, dp4a_gemv_func,
                    gqa_decode_scores_func)
 from .decode import SUPPORTED_FORMATS, TIR_DECODERS, TirDecoder, decoded_te, decoder, w_expr
 from .select import (DEFAULT_TUNER, KernelTiming, KernelTuner, available_kinds, build_standalone, choose_kind,
+                     default_cache_file, host_key,
                      matmul_func, measure_kinds, quantize_func, run_standalone, static_kind, target_runs_here)
 from .vnni import VNNI_FEATURES, VNNI_FORMAT, VNNI_TILES, target_has_vnni
 
@@ -52,7 +53,7 @@ __all__ = [
     "gqa_scores_te", "lut_te", "quantize_te", "FLOAT_LANES", "attention_pv_func", "attention_scores_func",
     "dense_func", "kv_append_func", "kv_write_func", "DP4A_FORMAT", "GEMM_TOKEN_TILE", "dp4a_gemm_func", "dp4a_gemv_func",
     "dp4a_pack_func", "gqa_decode_pv_func", "gqa_decode_scores_func", "SUPPORTED_FORMATS", "TIR_DECODERS",
-    "TirDecoder", "decoded_te", "decoder", "w_expr", "DEFAULT_TUNER", "KernelTiming", "KernelTuner",
+    "TirDecoder", "decoded_te", "decoder", "w_expr", "DEFAULT_TUNER", "KernelTiming", "KernelTuner", "default_cache_file", "host_key",
     "available_kinds", "build_standalone", "choose_kind", "matmul_func", "measure_kinds", "quantize_func",
     "run_standalone", "static_kind", "target_runs_here", "VNNI_FEATURES", "VNNI_FORMAT", "VNNI_TILES",
     "target_has_vnni",
