@@ -1,8 +1,10 @@
 """CPU decode/prefill speed of ternc (TVM backend) vs llama.cpp on a BitNet-b1.58-large-shaped model.
 
-    python bench/cpu_vs_llamacpp.py --variants backend,proto --rounds 3 --reps 3 --ternc-reps backend=1
-    python bench/cpu_vs_llamacpp.py --tiny --variants backend,proto     # 2 layers, hidden 256: smoke run
+    python bench/cpu_vs_llamacpp.py --reps 5 --variants backend,legacy --types TQ2_0   # the README table
+    python bench/cpu_vs_llamacpp.py --tiny --variants backend,legacy    # 2 layers, hidden 256: smoke run
     python bench/cpu_vs_llamacpp.py --profile ...                       # + per-kernel-class breakdown
+    python bench/cpu_vs_llamacpp.py --table-from bench/results/cpu_vs_llamacpp.json   # the table again
+    (bench/cpu_decode_profile.py: where one decode token goes, and the host's bandwidth bound)
 
 Model (both engines, random weights): llama.cpp's "bitnet" architecture (LLM_ARCH_BITNET) -- the
 1bitLLM bitnet_b1_58-large layout: 24 layers, hidden 1536, FFN 4096 (SiLU-gated), 16 heads of dim 96
@@ -27,9 +29,14 @@ ternc variants (--variants): `backend` = backends/tvm as it is (compile_module(m
 compile time (AVX-512 VNNI i2 matmul, vectorized F16 LM head, fused attention): a measured
 proposal for the backend, not the backend.
 
-Runs are interleaved (llama.cpp TQ2_0, TQ1_0, ternc variants per round); the table reports the
-median over all samples and the best sample, plus the load average: on a shared machine llama.cpp's
-spinning thread pool in particular swings by 10x. For a quiet host without the TVM compiler:
+Runs are interleaved: --reps rounds, each measuring every engine once (llama.cpp TQ2_0, TQ1_0,
+the ternc variants), the 1-minute load recorded at every sample; the table reports medians with
+min-max spread, the ternc / llama.cpp ratio of each round (median and spread: a shared host's load
+moves both engines of a round alike, so per-round ratios swing less than tokens/s), and decode's
+share of the host's bandwidth bound (bytes a decode step reads over the read bandwidth measured in
+the same run with bench/cpu_decode_profile.py, 4 KB and 2 MB pages). On a shared machine llama.cpp's
+spinning thread pool in particular swings by 10x. `legacy` times the same build the way it ran
+before issue 16 (concatenated KV cache, weights in 4 KB pages) for an A/B in the same run. For a quiet host without the TVM compiler:
 `--export DIR --mcpu CPU` compiles the variants here, `--load DIR` times them with the TVM runtime
 only (run under `taskset -c 0,1` to pin 2 cores). Prints a markdown table; writes JSON (--out).
 """

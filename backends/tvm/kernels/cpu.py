@@ -204,7 +204,7 @@ def kv_append_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
 @lru_cache(maxsize=None)
 def kv_write_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
     """CPU, in place (Relax call_tir_inplace on argument 0): cache[b, h, past + t, :] = new[b, h, t, :]
-    for a preallocated KV cache [b, h, cap, d] (the caller keeps past + s <= cap); heads in parallel.
+    for a preallocated KV cache [b, h, cap, d] (the caller keeps past + s <= cap); one thread.
     Replaces kv_append's copy of the whole cache per decode step by a write of the new rows."""
     from tvm.script import tirx as T
 
@@ -215,7 +215,7 @@ def kv_write_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
         cache = T.match_buffer(var_cache, (b, h, cap, d), dtype)
         new = T.match_buffer(var_new, (b, h, s, d), dtype)
         with T.sblock("root"):
-            for hh in T.parallel(h):
+            for hh in T.serial(h):  # a few KB per token: a parallel launch would cost more than the copy
                 for bb, t in T.grid(b, s):
                     for e in T.vectorized(d):
                         cache[bb, hh, past + t, e] = new[bb, hh, t, e]
