@@ -1,8 +1,10 @@
 """CPU decode/prefill speed of ternc (TVM backend) vs llama.cpp on a BitNet-b1.58-large-shaped model.
 
-    python bench/cpu_vs_llamacpp.py --variants backend,proto --rounds 3 --reps 3 --ternc-reps backend=1
-    python bench/cpu_vs_llamacpp.py --tiny --variants backend,proto     # 2 layers, hidden 256: smoke run
+    python bench/cpu_vs_llamacpp.py --reps 5 --variants backend,legacy --types TQ2_0   # the README table
+    python bench/cpu_vs_llamacpp.py --tiny --variants backend,legacy    # 2 layers, hidden 256: smoke run
     python bench/cpu_vs_llamacpp.py --profile ...                       # + per-kernel-class breakdown
+    python bench/cpu_vs_llamacpp.py --table-from bench/results/cpu_vs_llamacpp.json   # the table again
+    (bench/cpu_decode_profile.py: where one decode token goes, and the host's bandwidth bound)
 
 Model (both engines, random weights): llama.cpp's "bitnet" architecture (LLM_ARCH_BITNET) -- the
 1bitLLM bitnet_b1_58-large layout: 24 layers, hidden 1536, FFN 4096 (SiLU-gated), 16 heads of dim 96
@@ -27,9 +29,14 @@ ternc variants (--variants): `backend` = backends/tvm as it is (compile_module(m
 compile time (AVX-512 VNNI i2 matmul, vectorized F16 LM head, fused attention): a measured
 proposal for the backend, not the backend.
 
-Runs are interleaved (llama.cpp TQ2_0, TQ1_0, ternc variants per round); the table reports the
-median over all samples and the best sample, plus the load average: on a shared machine llama.cpp's
-spinning thread pool in particular swings by 10x. For a quiet host without the TVM compiler:
+Runs are interleaved: --reps rounds, each measuring every engine once (llama.cpp TQ2_0, TQ1_0,
+the ternc variants), the 1-minute load recorded at every sample; the table reports medians with
+min-max spread, the ternc / llama.cpp ratio of each round (median and spread: a shared host's load
+moves both engines of a round alike, so per-round ratios swing less than tokens/s), and decode's
+share of the host's bandwidth bound (bytes a decode step reads over the read bandwidth measured in
+the same run with bench/cpu_decode_profile.py, 4 KB and 2 MB pages). On a shared machine llama.cpp's
+spinning thread pool in particular swings by 10x. `legacy` times the same build the way it ran
+before issue 16 (concatenated KV cache, weights in 4 KB pages) for an A/B in the same run. For a quiet host without the TVM compiler:
 `--export DIR --mcpu CPU` compiles the variants here, `--load DIR` times them with the TVM runtime
 only (run under `taskset -c 0,1` to pin 2 cores). Prints a markdown table; writes JSON (--out).
 """
@@ -172,32 +179,42 @@ class TerncModel:
     """A compiled module plus its weights on the device, called through the Relax VM.
 
     `compile` builds it here (the TVM compiler); `load` opens a library written by `export` with the
-    TVM runtime only (for timing on another host: see --export / --load)."""
+    TVM runtime only (for timing on another host: see --export / --load). `inplace`: decode through
+    the build's decode__kv_inplace entry (caches preallocated, written in place; what the artifact
+    runner does) when it has one; `huge_pages`: weights in one 2 MB-page arena (what the runner does)."""
 
     def __init__(self, vm, module, weight_order: dict[str, list[str]], compile_s=None, kernel_choices=None,
-                 dev=None, storage: dict | None = None):
+                 dev=None, storage: dict | None = None, kv_inplace: dict | None = None, huge_pages: bool = True,
+                 inplace: bool = True):
         """dev: the VM's device (default CPU); storage: the backend's weight storage views
         (Lowered.weight_storage, e.g. i2 codes as int32 words on CUDA)."""
         import tvm
 
+        from ternc.backends.tvm.hugepages import place_weights
         from ternc.backends.tvm.runtime import storage_view
         from ternc.ir.decoder import DecoderSpec
 
         self.dev = dev if dev is not None else tvm.cpu()
         self.vm = vm
-        names = {w for ws in weight_order.values() for w in ws}
+        self.kv_inplace = kv_inplace if inplace else None
+        order = dict(weight_order)
+        if self.kv_inplace:
+            order[self.kv_inplace["entry"]] = list(self.kv_inplace["signature"]["weights"])
+        names = {w for ws in order.values() for w in ws}
         storage = storage or {}
 
         def array(n):
             a = np.ascontiguousarray(module.constants[n].data)
             return storage_view(a, *storage[n]) if n in storage else a
 
-        self.weights = {n: tvm.runtime.tensor(array(n), self.dev) for n in names}
-        self.weight_order = weight_order
+        self.weights = place_weights({n: array(n) for n in sorted(names)}, self.dev, huge_pages=huge_pages)
+        self.weight_order = order
         self.compile_s = compile_s
         self.kernel_choices = kernel_choices or []
-        self.n_layers = DecoderSpec.of(module).n_layers
-        self.fns = {name: self.vm[name] for name in weight_order}
+        spec = DecoderSpec.of(module)
+        self.n_layers = spec.n_layers
+        self.kv_shape = (1, spec.kv_heads, spec.head_dim)
+        self.fns = {name: self.vm[name] for name in order}
 
     @staticmethod
     def compile_built(module, variant: str = "backend", kernel_policy: str = "auto", mcpu: str | None = None):
@@ -210,17 +227,20 @@ class TerncModel:
         return compile_module(module, "cpu", kernel_policy=kernel_policy, mcpu=mcpu)
 
     @classmethod
-    def compile(cls, module, variant: str = "backend", kernel_policy: str = "auto") -> "TerncModel":
-        from tvm import relax
-
-        t0 = time.perf_counter()
-        built = cls.compile_built(module, variant, kernel_policy)
-        dt = time.perf_counter() - t0
+    def from_built(cls, built, module, compile_s=None, **kw) -> "TerncModel":
         import tvm
+        from tvm import relax
 
         vm = relax.VirtualMachine(built.executable, tvm.cpu())
         order = {name: list(sig.weights) for name, sig in built.lowered.entries.items()}
-        return cls(vm, module, order, dt, built.lowered.kernel_choices)
+        return cls(vm, module, order, compile_s, built.lowered.kernel_choices,
+                   kv_inplace=built.lowered.kv_inplace, **kw)
+
+    @classmethod
+    def compile(cls, module, variant: str = "backend", kernel_policy: str = "auto") -> "TerncModel":
+        t0 = time.perf_counter()
+        built = cls.compile_built(module, variant, kernel_policy)
+        return cls.from_built(built, module, time.perf_counter() - t0)
 
     @staticmethod
     def export(module, variant: str, out_dir: Path, kernel_policy: str = "dot", mcpu: str | None = None) -> Path:
@@ -231,23 +251,30 @@ class TerncModel:
         built.executable.export_library(str(lib))
         (out_dir / f"{variant}.json").write_text(json.dumps({
             "entries": {name: list(sig.weights) for name, sig in built.lowered.entries.items()},
+            "kv_inplace": built.lowered.kv_inplace,
             "kernel_choices": built.lowered.kernel_choices, "mcpu": mcpu}))
         return lib
 
     @classmethod
-    def load(cls, module, variant: str, lib_dir: Path) -> "TerncModel":
+    def load(cls, module, variant: str, lib_dir: Path, **kw) -> "TerncModel":
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         info = json.loads((lib_dir / f"{variant}.json").read_text())
         vm = VirtualMachine(tvm.runtime.load_module(str(lib_dir / f"{variant}.so")), tvm.cpu())
-        return cls(vm, module, info["entries"], None, info.get("kernel_choices"))
+        return cls(vm, module, info["entries"], None, info.get("kernel_choices"), kv_inplace=info.get("kv_inplace"),
+                   **kw)
 
     def call(self, entry: str, inputs: list):
         import tvm
 
-        args = [x if isinstance(x, tvm.runtime.Tensor) else tvm.runtime.tensor(x, self.dev) for x in inputs]
+        args = [x if isinstance(x, (tvm.runtime.Tensor, tvm.runtime.ShapeTuple)) else tvm.runtime.tensor(x, self.dev)
+                for x in inputs]
         return self.fns[entry](*args, *[self.weights[w] for w in self.weight_order[entry]])
+
+    def decode_weights(self) -> list[str]:
+        """The weights a decode step reads."""
+        return self.weight_order[self.kv_inplace["entry"] if self.kv_inplace else "decode"]
 
     def prefill(self, ids: np.ndarray):
         out = self.call("prefill", [ids.reshape(1, -1).astype(np.int64)])
@@ -257,16 +284,48 @@ class TerncModel:
         out = self.call("decode", [np.array([[tok]], np.int64), *kv])
         return out[0], [out[1 + j] for j in range(2 * self.n_layers)]
 
+    # in place: caches [1, h, capacity, d] (KV order as decode's past inputs), written at row `length`
+    def new_caches(self, capacity: int) -> list:
+        import tvm
+
+        b, h, d = self.kv_shape
+        return [tvm.runtime.tensor(np.zeros((b, h, capacity, d), np.float32), self.dev) for _ in range(2 * self.n_layers)]
+
+    def caches_from(self, kv, capacity: int) -> list:
+        import tvm
+
+        out = []
+        for t in kv:
+            a = t.numpy()
+            buf = np.zeros((*a.shape[:2], capacity, *a.shape[3:]), np.float32)
+            buf[:, :, :a.shape[2]] = a
+            out.append(tvm.runtime.tensor(buf, self.dev))
+        return out
+
+    def decode_inplace(self, tok: int, caches: list, length: int):
+        """Logits of token `tok` at position `length`; its keys/values land in row `length` of `caches`."""
+        import tvm
+
+        out = self.call(self.kv_inplace["entry"], [np.array([[tok]], np.int64), *caches,
+                                                   tvm.runtime.ShapeTuple([length])])
+        return out[0]
+
 
 def time_ternc(model: TerncModel, cfg: Config, pp: int, tg: int, reps: int, seed: int) -> dict:
     """tokens/s of prefill(pp tokens) and of tg single-token decode steps from an empty cache."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(3, cfg.vocab, size=pp)
     empty = [np.zeros((1, cfg.n_kv, 0, cfg.head_dim), np.float32)] * (2 * cfg.layers)
+    # the in-place cache is allocated once, like llama.cpp's context (outside the timed loop)
+    caches = model.new_caches(tg) if model.kv_inplace else None
     # warm-up (as llama-bench does): one prefill, two decode steps
     model.prefill(ids)
-    _, kv = model.decode(5, empty)
-    model.decode(6, kv)
+    if caches is not None:
+        model.decode_inplace(5, caches, 0)
+        model.decode_inplace(6, caches, 1)
+    else:
+        _, kv = model.decode(5, empty)
+        model.decode(6, kv)
     pp_s, tg_s = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -276,8 +335,11 @@ def time_ternc(model: TerncModel, cfg: Config, pp: int, tg: int, reps: int, seed
         kv = empty
         t0 = time.perf_counter()
         tok = int(ids[-1])
-        for _ in range(tg):
-            logits, kv = model.decode(tok, kv)
+        for i in range(tg):
+            if caches is not None:  # from an empty cache: row i is written, rows < i read
+                logits = model.decode_inplace(tok, caches, i)
+            else:
+                logits, kv = model.decode(tok, kv)
             tok = int(np.argmax(logits.numpy()[0, -1])) % cfg.vocab  # greedy, as an app would (argmax ~0.1 ms)
         tg_s.append(tg / (time.perf_counter() - t0))
     return {"pp": {"avg_ts": float(np.mean(pp_s)), "samples_ts": pp_s},
@@ -304,6 +366,7 @@ def profile_ternc(model: TerncModel, cfg: Config, pp: int, seed: int = 0, reps: 
 
     ids = np.random.default_rng(seed).integers(3, cfg.vocab, size=pp)
     _, kv = model.prefill(ids)
+    caches = model.caches_from(kv, pp + 1) if model.kv_inplace else None
     model.vm.set_instrument(instr)
     res = {}
     try:
@@ -314,6 +377,8 @@ def profile_ternc(model: TerncModel, cfg: Config, pp: int, seed: int = 0, reps: 
                 t0 = time.perf_counter()
                 if entry == "prefill":
                     model.prefill(ids)
+                elif model.kv_inplace:
+                    model.decode_inplace(7, caches, pp)
                 else:
                     model.decode(7, kv)
                 wall = time.perf_counter() - t0
@@ -341,7 +406,11 @@ def check_ternc_tiny(module, model: TerncModel, cfg: Config) -> float:
     past = {f"past.{i}.{kvn}": ref[f"present.{i}.{kvn}"] for i in range(cfg.layers) for kvn in ("key", "value")}
     ref2 = interpret(module, {"input_ids": np.array([[7]], np.int64), **past}, "decode")
     logits2, _ = model.decode(7, kv)
-    return max(err, float(np.abs(ref2["logits"] - logits2.numpy()).max()))
+    err = max(err, float(np.abs(ref2["logits"] - logits2.numpy()).max()))
+    if model.kv_inplace:  # the in-place entry on the same past
+        logits3 = model.decode_inplace(7, model.caches_from(kv, 8), ids.shape[1])
+        err = max(err, float(np.abs(ref2["logits"] - logits3.numpy()).max()))
+    return err
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,9 +436,56 @@ def _cpu_model() -> str | None:
 
 
 VARIANTS = {
-    "backend": "ternc (backends/tvm as is)",
+    "backend": "ternc (backends/tvm as is: in-place KV cache, weights in huge pages)",
+    "legacy": "ternc, same build, decode as before issue 16: KV cache concatenated per step, weights in 4 KB pages",
     "proto": "ternc + prototype LM-head and attention kernels (bench/proto_i2_vnni.py, not in the backend)",
 }
+
+
+def _spread(xs):
+    xs = [x for x in xs if x is not None]
+    return [min(xs), max(xs)] if xs else None
+
+
+def render_table(report: dict) -> str:
+    """The markdown table of a results JSON (what the README's CPU table is regenerated from)."""
+    f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    la = report["host"]
+    cfg = report["config"]
+    n = len(next((e["tg_samples"] for e in report["engines"].values() if "tg_samples" in e), []))
+    lines = [f"{cfg['name']}, {report['threads']} threads, pp{report['pp']} / tg{report['tg']}: medians (min-max) over "
+             f"{n} samples in {report['rounds']} interleaved rounds; 1-minute load "
+             f"{f(la['loadavg_start'][0])} -> {f(la['loadavg_end'][0])} on {la['cpus']} CPUs "
+             f"({report.get('cpu_model') or '?'})", "",
+             f"| engine / type | pp{report['pp']} tok/s | tg{report['tg']} tok/s | vs llama.cpp TQ2_0, per round: "
+             f"pp / tg median (min-max) | decode share of the bandwidth bound |",
+             "|---|---|---|---|---|"]
+    for name, e in report["engines"].items():
+        if "pp_tok_s" not in e:
+            continue
+        r = e.get("ratio_vs_tq2_0") or {}
+        rr = e.get("round_ratios") or {}
+        def ratio(k):
+            if r.get(k) is None:
+                return "-"
+            sp = _spread(rr.get(k) or [])
+            return f"{r[k]:.2f}" + (f" ({sp[0]:.2f}-{sp[1]:.2f})" if sp else "")
+        pps, tgs = _spread(e["pp_samples"]), _spread(e["tg_samples"])
+        share = e.get("bound_share")
+        share_s = "-" if not share else ", ".join(f"{k} {v * 100:.0f}%" for k, v in share.items())
+        lines.append(f"| {name} | {f(e['pp_tok_s'])} ({f(pps[0])}-{f(pps[1])}) | {f(e['tg_tok_s'])} "
+                     f"({f(tgs[0])}-{f(tgs[1])}) | {ratio('pp')} / {ratio('tg')} | {share_s} |")
+    b = report.get("bound")
+    if b:
+        lines += ["", f"Bandwidth bound of a ternc decode step: {b['bytes_per_token'] / 1e6:.1f} MB/token (weights "
+                  f"{b['weight_bytes'] / 1e6:.1f} MB + KV at tg/2) over the host's measured read bandwidth: " +
+                  "; ".join(f"{t} thread(s): {bw.get('read_gbs_4k', 0):.1f} GB/s 4 KB pages, "
+                            f"{bw.get('read_gbs_2m', 0):.1f} GB/s 2 MB pages" for t, bw in b["read_bandwidth"].items()) +
+                  ". Share = tg tok/s x bytes/token / bandwidth (threads = the run's)."]
+    lines += ["", "Load (1-minute) at each sample: " + "; ".join(
+        f"{name}: " + " ".join(f"{x:.1f}" for x in e.get("tg_load", [])) for name, e in report["engines"].items()
+        if e.get("tg_load"))]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -378,18 +494,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pp", type=int, default=128)
     ap.add_argument("--tg", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
-    ap.add_argument("--reps", type=int, default=3, help="llama-bench -r and ternc repetitions per round")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default --reps)")
+    ap.add_argument("--reps", type=int, default=5,
+                    help="interleaved repetitions: each engine measured once per round, --reps rounds "
+                         "(llama-bench -r 1 per round; the load is recorded at every sample)")
     ap.add_argument("--ternc-reps", default=None,
-                    help="per-variant ternc repetitions per round, e.g. backend=1,proto=3 (default --reps)")
+                    help="per-variant ternc repetitions per round, e.g. backend=1,proto=3 (default 1)")
     ap.add_argument("--format", default="i2", help="ternc packing format (i2, tl2, tl1, tq1, t2)")
     ap.add_argument("--kernel-policy", default="auto", help="ternc CPU kernel choice: auto (measured), dot, lut")
+    ap.add_argument("--kernels", type=Path, default=None,
+                    help="fixed ternc kernel choices: a manifest.json / kernels JSON (as `ternc compile --kernels`)")
     ap.add_argument("--variants", default="backend",
-                    help="ternc variants, comma-separated: backend (backends/tvm as is), proto (prototype "
-                         "kernels of bench/proto_i2_vnni.py patched into the lowering; i2 only)")
+                    help="ternc variants, comma-separated: backend (backends/tvm as is), legacy (the same build, "
+                         "decode as before issue 16: concatenated KV, 4 KB pages), proto (prototype kernels of "
+                         "bench/proto_i2_vnni.py patched into the lowering; i2 only)")
     ap.add_argument("--types", default="TQ2_0,TQ1_0", help="llama.cpp weight types")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-ternc", action="store_true")
+    ap.add_argument("--no-bandwidth", action="store_true", help="skip the host read-bandwidth measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--llama-bench", type=Path, default=None, help="use this llama-bench binary (no build)")
     ap.add_argument("--export", type=Path, default=None,
@@ -399,9 +521,15 @@ def main(argv=None) -> int:
                     help="time libraries written by --export (TVM runtime only) instead of compiling")
     ap.add_argument("--profile", action="store_true",
                     help="also break ternc's prefill/decode time down by kernel class (VM instrument hook)")
+    ap.add_argument("--table-from", type=Path, default=None,
+                    help="only print the markdown table of an existing results JSON (README regeneration)")
     ap.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(REPO)}"
-                    " or *_tiny.json)")
+                    " or *_tiny.json); the table goes beside it as .md")
     args = ap.parse_args(argv)
+    if args.table_from:
+        print(render_table(json.loads(args.table_from.read_text())))
+        return 0
+    rounds = args.rounds or args.reps
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
     if args.load:
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")  # runtime only: no compiler library needed
@@ -412,14 +540,21 @@ def main(argv=None) -> int:
     for v in variants:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    treps = {v: args.reps for v in variants}
+    treps = {v: 1 for v in variants}
     for item in (args.ternc_reps or "").split(","):
         if item:
             name, n = item.split("=")
             treps[name] = int(n)
+    policy = args.kernel_policy
+    if args.kernels:
+        from ternc.backends.tvm.build import kernel_choices_policy
+
+        data = json.loads(args.kernels.read_text())
+        policy = kernel_choices_policy(data.get("kernels", data) if isinstance(data, dict) else data,
+                                       str(args.kernels))
 
     report: dict = {"config": asdict(cfg), "threads": args.threads, "pp": args.pp, "tg": args.tg,
-                    "rounds": args.rounds, "reps": args.reps, "ternc_reps": treps, "format": args.format,
+                    "rounds": rounds, "ternc_reps": treps, "format": args.format,
                     "argv": sys.argv[1:] if argv is None else list(argv),
                     "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                              "loadavg_start": os.getloadavg()},
@@ -432,7 +567,7 @@ def main(argv=None) -> int:
     if types:
         exe, build_s = (args.llama_bench, None) if args.llama_bench else ensure_llama_bench(max(2, args.threads))
         report["llamacpp_build_s"] = build_s
-        report["llamacpp_source"] = f"llama-cpp-python=={LLAMA_CPP_PYTHON} sdist, vendor/llama.cpp"
+        report["llamacpp_source"] = f"llama-cpp-python=={LLAMA_CPP_PYTHON} sdist, vendor/llama.cpp, GGML_NATIVE=ON"
         for t in types:
             p = LLAMA_DIR / "models" / f"{cfg.name}-s{args.seed}-{t}.gguf"
             t0 = time.perf_counter()
@@ -440,28 +575,38 @@ def main(argv=None) -> int:
             log(f"GGUF {t}: {p} ({p.stat().st_size / 1e6:.0f} MB, {time.perf_counter() - t0:.0f} s)")
 
     ours: dict[str, TerncModel] = {}
+    weight_bytes = None
     if variants:
         t0 = time.perf_counter()
         module = build_module(cfg, args.format, args.seed)
         log(f"ternc module built ({time.perf_counter() - t0:.0f} s, {module.weight_bytes / 1e6:.0f} MB constants)")
         if args.export:
-            for v in variants:
-                lib = TerncModel.export(module, v, args.export, args.kernel_policy, args.mcpu)
+            for v in {("backend" if v == "legacy" else v) for v in variants}:
+                lib = TerncModel.export(module, v, args.export, "dot" if policy == "auto" else policy, args.mcpu)
                 log(f"ternc [{v}] exported: {lib} (mcpu {args.mcpu})")
             return 0
+        builds = {}
         for v in variants:
+            src = "backend" if v == "legacy" else v  # legacy: the backend's build, called the old way
+            legacy = {"huge_pages": False, "inplace": False} if v == "legacy" else {}
             if args.load:
-                ours[v] = TerncModel.load(module, v, args.load)
+                ours[v] = TerncModel.load(module, src, args.load, **legacy)
                 log(f"ternc [{v}] loaded from {args.load}")
             else:
-                ours[v] = TerncModel.compile(module, v, args.kernel_policy)
-                log(f"ternc [{v}] compiled for cpu in {ours[v].compile_s:.0f} s")
+                if src not in builds:
+                    t0 = time.perf_counter()
+                    builds[src] = (TerncModel.compile_built(module, src, policy), time.perf_counter() - t0)
+                    log(f"ternc [{src}] compiled for cpu in {builds[src][1]:.0f} s")
+                ours[v] = TerncModel.from_built(builds[src][0], module, builds[src][1], **legacy)
             e = report["engines"].setdefault(f"ternc {args.format} [{v}]", {})
-            e.update({"what": VARIANTS[v], "compile_s": ours[v].compile_s, "kernel_choices": ours[v].kernel_choices})
+            e.update({"what": VARIANTS[v], "compile_s": ours[v].compile_s, "kernel_choices": ours[v].kernel_choices,
+                      "kv_inplace": bool(ours[v].kv_inplace)})
             if args.tiny:
                 e["max_abs_err_vs_interp"] = check_ternc_tiny(module, ours[v], cfg)
                 log(f"ternc [{v}] vs interpreter: max |logit diff| = {e['max_abs_err_vs_interp']:.3g}")
-        del module
+        weight_bytes = sum(int(np.asarray(module.constants[n].data).nbytes)
+                           for n in next(iter(ours.values())).decode_weights())
+        del module, builds
         if args.profile:
             for v, model in ours.items():
                 prof = profile_ternc(model, cfg, args.pp, args.seed)
@@ -469,55 +614,67 @@ def main(argv=None) -> int:
                 for entry, d in prof.items():
                     log(f"profile [{v}] {entry}: " + ", ".join(f"{k} {x:.1f}" for k, x in d.items() if x >= 0.05))
 
+    if weight_bytes is not None and not args.no_bandwidth:
+        from cpu_decode_profile import bandwidth_table  # a sibling script
+
+        bw = bandwidth_table(sorted({1, args.threads}))
+        kv = 2 * cfg.layers * cfg.n_kv * (args.tg // 2) * cfg.head_dim * 4  # f32 KV, tg/2 rows on average
+        report["bound"] = {"weight_bytes": weight_bytes, "kv_bytes": kv, "bytes_per_token": weight_bytes + kv,
+                           "read_bandwidth": bw}
+        log(f"read bandwidth: {bw}")
+
     samples: dict[str, dict[str, list]] = {}
 
-    def add(name, res):
-        e = samples.setdefault(name, {"pp": [], "tg": [], "pp_rounds": [], "tg_rounds": []})
+    def add(name, res, load):
+        e = samples.setdefault(name, {"pp": [], "tg": [], "pp_rounds": [], "tg_rounds": [], "load": []})
         for key in ("pp", "tg"):
             e[key] += list(res[key].get("samples_ts") or [res[key]["avg_ts"]])
             e[f"{key}_rounds"].append(res[key]["avg_ts"])
+        e["load"].append(load)
 
-    for r in range(args.rounds):
+    for r in range(rounds):
         for t in types:
-            res = run_llama_bench(exe, models[t], args.threads, args.pp, args.tg, args.reps)
-            add(f"llama.cpp {t}", res)
+            load = os.getloadavg()[0]
+            res = run_llama_bench(exe, models[t], args.threads, args.pp, args.tg, 1)
+            add(f"llama.cpp {t}", res, load)
             report["engines"].setdefault(f"llama.cpp {t}", {}).update({"info": res.get("info"), "cmd": res["cmd"]})
             log(f"round {r}: llama.cpp {t}: pp {res['pp']['avg_ts']:.1f} tg {res['tg']['avg_ts']:.1f} tok/s "
-                f"(load {os.getloadavg()[0]:.1f})")
+                f"(load {load:.2f})")
         for v, model in ours.items():
+            load = os.getloadavg()[0]
             res = time_ternc(model, cfg, args.pp, args.tg, treps[v], args.seed + r)
-            add(f"ternc {args.format} [{v}]", res)
+            add(f"ternc {args.format} [{v}]", res, load)
             log(f"round {r}: ternc [{v}]: pp {res['pp']['avg_ts']:.2f} tg {res['tg']['avg_ts']:.2f} tok/s "
-                f"(load {os.getloadavg()[0]:.1f})")
+                f"(load {load:.2f})")
 
     for name, e in samples.items():
         report["engines"].setdefault(name, {}).update(
             {"pp_tok_s": _median(e["pp"]), "tg_tok_s": _median(e["tg"]),
              "pp_best": max(e["pp"]), "tg_best": max(e["tg"]),
-             "pp_samples": e["pp"], "tg_samples": e["tg"]})
+             "pp_samples": e["pp"], "tg_samples": e["tg"], "pp_rounds": e["pp_rounds"], "tg_rounds": e["tg_rounds"],
+             "tg_load": e["load"]})
     base = report["engines"].get("llama.cpp TQ2_0", {})
-    rows = []
+    bound = report.get("bound")
     for name, e in report["engines"].items():
         if "pp_tok_s" not in e:
             continue
         rp = e["pp_tok_s"] / base["pp_tok_s"] if base.get("pp_tok_s") else None
         rt = e["tg_tok_s"] / base["tg_tok_s"] if base.get("tg_tok_s") else None
         e["ratio_vs_tq2_0"] = {"pp": rp, "tg": rt}
-        rows.append((name, e["pp_tok_s"], e["tg_tok_s"], rp, rt, e["pp_best"], e["tg_best"]))
+        if base.get("pp_rounds"):  # the same round's samples: the ratio a shared host's load swings least
+            e["round_ratios"] = {k: [a / b for a, b in zip(e[f"{k}_rounds"], base[f"{k}_rounds"])]
+                                 for k in ("pp", "tg")}
+            e["ratio_vs_tq2_0"] = {k: _median(v) for k, v in e["round_ratios"].items()}
+        if bound and name.startswith("ternc"):
+            bw = bound["read_bandwidth"][str(args.threads)]
+            e["bound_share"] = {f"{k.split('_')[-1]} pages": e["tg_tok_s"] * bound["bytes_per_token"] / (g * 1e9)
+                                for k, g in bw.items()}
     report["host"]["loadavg_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-
-    f = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    la = report["host"]
-    print(f"\n{cfg.name}, {args.threads} threads, pp{args.pp} / tg{args.tg}: medians over all samples "
-          f"({args.rounds} interleaved rounds); load average {la['loadavg_start'][0]:.1f} -> {la['loadavg_end'][0]:.1f} "
-          f"on {la['cpus']} CPUs\n")
-    print(f"| engine / type | pp{args.pp} tok/s | tg{args.tg} tok/s | ratio vs llama.cpp TQ2_0 (pp / tg) | "
-          f"best pp / tg tok/s |")
-    print("|---|---|---|---|---|")
-    for name, pp_v, tg_v, rp, rt, bp, bt in rows:
-        print(f"| {name} | {f(pp_v)} | {f(tg_v)} | {f(rp, 2)} / {f(rt, 2)} | {f(bp)} / {f(bt)} |")
+    table = render_table(report)
+    out.with_suffix(".md").write_text(f"`python bench/cpu_vs_llamacpp.py {' '.join(report['argv'])}`\n\n{table}\n")
+    print("\n" + table)
     print(f"\nJSON: {out}")
     return 0
 

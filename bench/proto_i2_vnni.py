@@ -152,8 +152,9 @@ class _Patched:
             q, k, v = (L.tensor(a) for a in args[:3])
             qs, ks = L.shape_of(q), L.shape_of(k)
             if (not node.attr("causal") or L.dtype_of(q) != "float32" or qs[1] != ks[1] or not isinstance(qs[1], int)
-                    or not isinstance(qs[3], int) or qs[3] % 16 or qs[0] != 1):
-                return orig_attn(L, node, args)
+                    or not isinstance(qs[3], int) or qs[3] % 16 or qs[0] != 1
+                    or getattr(args[3] if len(args) > 3 else None, "kv_cache", None) is not None):
+                return orig_attn(L, node, args)  # (decode__kv_inplace: the backend's in-place attention)
             past_k = args[3] if len(args) > 3 else None
             past_v = args[4] if len(args) > 4 else None
             if past_k is not None and not L.is_empty_const(past_k):

@@ -12,6 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TERNC_TEST_CACHE", REPO / ".cache" / "test-models"))
+# measured kernel choices stay in memory (no ~/.cache/ternc file): tests are hermetic
+os.environ.setdefault("TERNC_KERNEL_CACHE", "off")
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)

@@ -142,13 +142,50 @@ def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
     return _pipeline
 
 
+def _cpu_pipeline_pass(target):
+    """Relax pipeline for CPU targets: TVM's CPU pipeline (legalize, then FuseOps/FuseTIR: the
+    elementwise chains between our kernels -- dequantize, residual adds, RoPE, gating -- become one
+    kernel each instead of one kernel and one allocation per op, which tvm.compile's generic default
+    leaves them as), with scalar-parameter functions kept out of fusion groups as on CUDA."""
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential([
+                relax.backend.DispatchSampling(),
+                relax.backend.DispatchSortScan(),
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                _no_fuse_scalar_param_funcs(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                relax.transform.RewriteDataflowReshape(),
+                relax.transform.ToNonDataflow(),
+                relax.transform.RemovePurityChecking(),
+                relax.transform.CallTIRRewrite(),
+                relax.transform.StaticPlanBlockMemory(),
+                relax.transform.LowerAllocTensor(),
+                relax.transform.KillAfterLastUse(),
+                relax.transform.LowerRuntimeBuiltin(),
+                relax.transform.ComputePrimValue(),
+                relax.transform.VMShapeLower(),
+                relax.transform.AttachGlobalSymbol(),
+            ])
+            return seq(mod)
+
+    return _pipeline
+
+
 def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_policy: Any = "auto", entries=None,
                    mcpu: str | None = None, fuse: bool = True, cuda_graph: bool = True,
                    cuda_arch: str | None = None, host_arch: str | None = None) -> Built:
     """kernel_policy: "auto", a kernel kind, or fixed choices {(format, k, n, m): kind}
-    (kernels.choose_kind). cuda only: `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become
+    (kernels.choose_kind). `fuse` runs Relax FuseOps/FuseTIR (elementwise chains become
     one kernel); `cuda_graph` captures the static-shape regions of each call (everything but the
-    KV-length dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph)."""
+    KV-length dependent attention) as CUDA graphs on first run and replays them (Relax RewriteCUDAGraph).
+    `fuse` applies to CPU targets too (TVM's CPU pipeline; False: tvm.compile's generic default)."""
     t = tvm_target(target) if isinstance(target, TvmTarget) or target in TVM_TARGETS else None
     if t is None:
         raise BuildError(f"unknown target {target!r}; supported: {', '.join(TVM_TARGETS)}")
@@ -163,7 +200,7 @@ def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_pol
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(graphs)}):
             ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, graphs))
         return Built(t, tgt, ex, lowered, cuda_sources(ex.mod), host_arch or "x86_64", cuda_arch or CUDA_ARCH)
-    ex = tvm.compile(lowered.mod, tgt)
+    ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cpu_pipeline_pass(tgt) if fuse else "default")
     return Built(t, tgt, ex, lowered)
 
 
@@ -244,7 +281,10 @@ class JitRunner:
         self.meta = module.meta
         self.built = built
         self.vm = relax.VirtualMachine(built.executable, tvm.cpu())
-        self.weights = {w: tvm.runtime.tensor(built.lowered.weight_array(module, w)) for w in built.lowered.weights}
+        from .hugepages import place_weights
+
+        self.weights = place_weights({w: built.lowered.weight_array(module, w) for w in built.lowered.weights},
+                                     tvm.cpu())
 
     def run(self, entry, inputs):
         import numpy as np
@@ -329,6 +369,8 @@ def build_artifact(module: Module, target: "str | TvmTarget" = "cpu", out_dir="a
             # `kernels=` these choices writes a byte-identical manifest
             "kernels": {"choices": _kernel_choices(lowered.kernel_choices)},
             "roles": {"library": LIB, "weights": WEIGHTS},
+            # decode over a preallocated KV cache written in place (runtime.py / kvcache.py)
+            **({"kv_inplace": lowered.kv_inplace} if lowered.kv_inplace else {}),
         }
 
     report = {"created_unix": int(time.time()), "compile_seconds": round(compile_s, 3),

@@ -18,6 +18,7 @@ import numpy as np
 
 from ...ir.decoder import DecoderSpec
 from ..artifact import ArtifactError, require, role_path
+from .hugepages import place_weights
 from .target import TVM_TARGETS
 
 def _import_tvm_runtime_only() -> None:
@@ -222,8 +223,8 @@ class TVMRunner:
         missing = sorted({w for e in self.entries.values() for w in e["weights"] if names.get(w) not in arrays})
         if missing:
             raise ArtifactError(f"{weights_file}: lacks tensors {missing[:5]} that the entries take")
-        self.weights = {w: tvm.runtime.tensor(np.ascontiguousarray(arrays[key]), self.device)
-                        for w, key in names.items()}
+        # local CPU: one huge-page arena (decode streams every weight per token; hugepages.py)
+        self.weights = place_weights({w: arrays[key] for w, key in names.items()}, self.device)
         self._fns = {}
         # decoder outputs that only feed the next step stay on the device (no copy per token)
         try:
@@ -231,6 +232,8 @@ class TVMRunner:
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # DecoderSpecError is a ValueError
             raise ArtifactError(f"{self.path}: manifest model.meta.decoder is malformed: {e}") from None
         self._device_outputs = {t.present for t in dec.carried} if dec else set()
+        # decode over preallocated caches written in place (kvcache.py), where the library has it
+        self._kv_inplace = manifest.get("kv_inplace") if session is None else None
         self._lock = threading.Lock()
         self._plan()
 
@@ -321,6 +324,8 @@ class TVMRunner:
         # One VM per runner, shared by threads: calls are serialized (the TVM VM keeps per-call
         # register state and is not reentrant; the kernels themselves use TVM's thread pool).
         with self._lock:
+            if self._kv_inplace is not None and entry == self._kv_inplace["decode"]:
+                return self._run_inplace(sig, args)
             args = [a.tensor if isinstance(a, DeviceTensor) else tvm.runtime.tensor(np.ascontiguousarray(a),
                                                                                       self.device)
                     for a in args]
@@ -337,6 +342,46 @@ class TVMRunner:
                                   f"it?): {str(e).strip().splitlines()[-1][:300]}") from None
             return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
                     for i, o in enumerate(sig["outputs"])}
+
+
+    def _run_inplace(self, sig: dict, args: list) -> dict:
+        """@decode through its in-place twin (kvcache.py): the caches are KVBuffers written in place,
+        the presents come back as KVViews of them."""
+        import tvm
+
+        from .kvcache import KVView, kv_buffers
+
+        plan = self._kv_inplace
+        names = [i["name"] for i in sig["inputs"]]
+        given = dict(zip(names, args))
+        pasts = [given[c] for c in plan["caches"]]
+        length = int(pasts[0].shape[2])
+        seq = int(given[self._ids_name].shape[1]) if self._ids_name in given else 1
+        bufs = kv_buffers(pasts, length + seq, self.device, self._max_context)
+        by_name = dict(zip(plan["caches"], bufs))
+        isig = plan["signature"]
+        call = [by_name[i["name"]].tensor if i["name"] in by_name else
+                (given[i["name"]].tensor if isinstance(given[i["name"]], DeviceTensor)
+                 else tvm.runtime.tensor(np.ascontiguousarray(given[i["name"]]), self.device))
+                for i in isig["inputs"]]
+        call.append(tvm.runtime.ShapeTuple([length]))
+        call += [self.weights[w] for w in isig["weights"]]
+        try:
+            out = self.vm[plan["entry"]](*call)
+        except RuntimeError as e:
+            raise RunnerError(f"{self.path}: @{plan['entry']} failed in the compiled library: "
+                              f"{str(e).strip().splitlines()[-1][:300]}") from None
+        for b in bufs:
+            b.tip = length + seq
+        present = dict(zip(plan["presents"], bufs))
+        res = {}
+        for i, o in enumerate(isig["outputs"]):
+            name = o["name"]
+            if name in present:
+                res[name] = KVView(present[name], length + seq)
+            else:
+                res[name] = DeviceTensor(out[i]) if name in self._device_outputs else out[i].numpy()
+        return res
 
 
 def _check_manifest(path: Path, manifest: dict) -> None:

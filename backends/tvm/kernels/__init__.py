@@ -40,20 +40,21 @@ A new packing format joins by registering in ir/packing.py and adding a `TirDeco
 from .common import KPAD, padded_k, scheduled
 from .compute import (DOT16_LANES, DOT16_MAX_K, LUT_FORMATS, dot16_te, dot_te, gqa_pv_te, gqa_scores_te, lut_te,
                       quantize_te)
-from .cpu import FLOAT_LANES, attention_pv_func, attention_scores_func, dense_func, kv_append_func
+from .cpu import FLOAT_LANES, attention_pv_func, attention_scores_func, dense_func, kv_append_func, kv_write_func
 from .cuda import (DP4A_FORMAT, GEMM_TOKEN_TILE, dp4a_gemm_func, dp4a_gemv_func, dp4a_pack_func, gqa_decode_pv_func,
                    gqa_decode_scores_func, quantize_dp4a_func, quantize_dp4a_te)
 from .decode import SUPPORTED_FORMATS, TIR_DECODERS, TirDecoder, decoded_te, decoder, w_expr
 from .select import (DEFAULT_TUNER, KernelTiming, KernelTuner, available_kinds, build_standalone, choose_kind,
+                     default_cache_file, host_key,
                      matmul_func, measure_kinds, quantize_func, run_standalone, static_kind, target_runs_here)
 from .vnni import VNNI_FEATURES, VNNI_FORMAT, VNNI_TILES, target_has_vnni
 
 __all__ = [
     "KPAD", "padded_k", "scheduled", "DOT16_LANES", "DOT16_MAX_K", "LUT_FORMATS", "dot16_te", "dot_te", "gqa_pv_te",
     "gqa_scores_te", "lut_te", "quantize_te", "FLOAT_LANES", "attention_pv_func", "attention_scores_func",
-    "dense_func", "kv_append_func", "DP4A_FORMAT", "GEMM_TOKEN_TILE", "dp4a_gemm_func", "dp4a_gemv_func",
+    "dense_func", "kv_append_func", "kv_write_func", "DP4A_FORMAT", "GEMM_TOKEN_TILE", "dp4a_gemm_func", "dp4a_gemv_func",
     "dp4a_pack_func", "quantize_dp4a_func", "quantize_dp4a_te", "gqa_decode_pv_func", "gqa_decode_scores_func", "SUPPORTED_FORMATS", "TIR_DECODERS",
-    "TirDecoder", "decoded_te", "decoder", "w_expr", "DEFAULT_TUNER", "KernelTiming", "KernelTuner",
+    "TirDecoder", "decoded_te", "decoder", "w_expr", "DEFAULT_TUNER", "KernelTiming", "KernelTuner", "default_cache_file", "host_key",
     "available_kinds", "build_standalone", "choose_kind", "matmul_func", "measure_kinds", "quantize_func",
     "run_standalone", "static_kind", "target_runs_here", "VNNI_FEATURES", "VNNI_FORMAT", "VNNI_TILES",
     "target_has_vnni",

@@ -127,25 +127,27 @@ def lut_te(fmt: str, k: int, n: int):
     return [xq, *parts, acc]
 
 
-def gqa_scores_te(hq: int, hkv: int, d: int, sq, name: str):
+def gqa_scores_te(hq: int, hkv: int, d: int, sq, name: str, capacity: bool = False):
     """(q [b, hq, sq, d], k [b, hkv, sk, d], s [b, hq, sq, sk]) with s[b, h, i, j] = q[b, h, i] .
     k[b, h // (hq/hkv), j]: GQA without repeating K. The one definition the CPU and CUDA attention
-    kernels schedule."""
+    kernels schedule. capacity: k is a preallocated cache [b, hkv, cap, d] of which the first sk
+    rows are valid (sk, from the output's shape, must be <= cap)."""
     b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
     q = te.placeholder((b, hq, sq, d), "float32", name="q")
-    k = te.placeholder((b, hkv, sk, d), "float32", name="k")
+    k = te.placeholder((b, hkv, tirx.Var("cap", "int64") if capacity else sk, d), "float32", name="k")
     rd = te.reduce_axis((0, d), name="rd")
     g = hq // hkv
     return q, k, te.compute((b, hq, sq, sk), lambda bb, h, i, j: te.sum(q[bb, h, i, rd] * k[bb, h // g, j, rd], axis=rd),
                             name=name)
 
 
-def gqa_pv_te(hq: int, hkv: int, d: int, sq):
+def gqa_pv_te(hq: int, hkv: int, d: int, sq, capacity: bool = False):
     """(p [b, hq, sq, sk], v [b, hkv, sk, d], o [b, hq, sq, d]) with o[b, h, i] = sum_j p[b, h, i, j] *
-    v[b, h // (hq/hkv), j]: GQA without repeating V (CPU and CUDA kernels schedule this)."""
+    v[b, h // (hq/hkv), j]: GQA without repeating V (CPU and CUDA kernels schedule this).
+    capacity: v is a preallocated cache [b, hkv, cap, d], its first sk rows valid."""
     b, sk = tirx.Var("b", "int64"), tirx.Var("sk", "int64")
     p = te.placeholder((b, hq, sq, sk), "float32", name="p")
-    v = te.placeholder((b, hkv, sk, d), "float32", name="v")
+    v = te.placeholder((b, hkv, tirx.Var("cap", "int64") if capacity else sk, d), "float32", name="v")
     rj = te.reduce_axis((0, sk), name="rj")
     g = hq // hkv
     return p, v, te.compute((b, hq, sq, d), lambda bb, h, i, e: te.sum(p[bb, h, i, rj] * v[bb, h // g, rj, e], axis=rj),

@@ -129,13 +129,15 @@ def dense_func(k: int, n: int, dtype: str = "float32", wdtype: str | None = None
 
 
 @lru_cache(maxsize=None)
-def attention_scores_func(hq: int, hkv: int, d: int, scale: float, causal: bool) -> tirx.PrimFunc:
+def attention_scores_func(hq: int, hkv: int, d: int, scale: float, causal: bool,
+                          capacity: bool = False) -> tirx.PrimFunc:
     """CPU: s[b, h, i, j] = scale * q[b, h, i, :] . k[b, h // (hq/hkv), j, :], -inf where key j is
     after query i's absolute position (bottom-right causal). GQA without repeating K; the head dim
-    is reduced in vector lanes (rfactor); heads x queries run in parallel."""
+    is reduced in vector lanes (rfactor); heads x queries run in parallel. capacity: k is a
+    preallocated cache (compute.gqa_scores_te), the key count comes from s's shape."""
     from tvm import s_tir
 
-    q, kk, dot = gqa_scores_te(hq, hkv, d, tirx.Var("sq", "int64"), "dot")
+    q, kk, dot = gqa_scores_te(hq, hkv, d, tirx.Var("sq", "int64"), "dot", capacity)
     b, _, sq, sk = dot.shape
     sc = tirx.const(scale, "float32")
     ninf = tirx.const(float("-inf"), "float32")
@@ -161,16 +163,17 @@ def attention_scores_func(hq: int, hkv: int, d: int, scale: float, causal: bool)
         sch.parallel(sch.fuse(lh, li))
     ob = sch.get_loops(sch.get_sblock("scores"))
     sch.parallel(sch.fuse(ob[1], ob[2]))
-    return scheduled(sch.mod["main"], f"ternc_attn_scores_h{hq}_{hkv}_d{d}")
+    return scheduled(sch.mod["main"], f"ternc_attn_scores_h{hq}_{hkv}_d{d}{'_cap' if capacity else ''}")
 
 
 @lru_cache(maxsize=None)
-def attention_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
+def attention_pv_func(hq: int, hkv: int, d: int, capacity: bool = False) -> tirx.PrimFunc:
     """CPU: o[b, h, i, :] = sum_j p[b, h, i, j] * v[b, h // (hq/hkv), j, :] (GQA without repeating V),
-    accumulated over j into a vectorized head-dim row; heads x queries in parallel."""
+    accumulated over j into a vectorized head-dim row; heads x queries in parallel. capacity: v is
+    a preallocated cache, the value count comes from p's shape."""
     from tvm import s_tir
 
-    p, v, o = gqa_pv_te(hq, hkv, d, tirx.Var("sq", "int64"))
+    p, v, o = gqa_pv_te(hq, hkv, d, tirx.Var("sq", "int64"), capacity)
     sch = s_tir.Schedule(te.create_prim_func([p, v, o]))
     blk = sch.get_sblock("pv")
     lb, lh, li, le, lj = sch.get_loops(blk)
@@ -178,7 +181,7 @@ def attention_pv_func(hq: int, hkv: int, d: int) -> tirx.PrimFunc:
     sch.parallel(sch.fuse(lh, li))
     init = sch.decompose_reduction(blk, lj)
     sch.vectorize(sch.get_loops(init)[-1])  # (the update's contiguous e-loop: LLVM vectorizes it)
-    return scheduled(sch.mod["main"], f"ternc_attn_pv_h{hq}_{hkv}_d{d}")
+    return scheduled(sch.mod["main"], f"ternc_attn_pv_h{hq}_{hkv}_d{d}{'_cap' if capacity else ''}")
 
 
 @lru_cache(maxsize=None)
@@ -196,3 +199,25 @@ def kv_append_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
     lb, lh, lj, le = sch.get_loops(sch.get_sblock("kv"))
     sch.parallel(lh)
     return scheduled(sch.mod["main"], f"ternc_kv_append_h{h}_d{d}")
+
+
+@lru_cache(maxsize=None)
+def kv_write_func(h: int, d: int, dtype: str = "float32") -> tirx.PrimFunc:
+    """CPU, in place (Relax call_tir_inplace on argument 0): cache[b, h, past + t, :] = new[b, h, t, :]
+    for a preallocated KV cache [b, h, cap, d] (the caller keeps past + s <= cap); one thread.
+    Replaces kv_append's copy of the whole cache per decode step by a write of the new rows."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def kv_write(var_cache: T.handle, var_new: T.handle, past: T.int64):
+        T.func_attr({"tir.noalias": True})
+        b, cap, s = T.int64(), T.int64(), T.int64()
+        cache = T.match_buffer(var_cache, (b, h, cap, d), dtype)
+        new = T.match_buffer(var_new, (b, h, s, d), dtype)
+        with T.sblock("root"):
+            for hh in T.serial(h):  # a few KB per token: a parallel launch would cost more than the copy
+                for bb, t in T.grid(b, s):
+                    for e in T.vectorized(d):
+                        cache[bb, hh, past + t, e] = new[bb, hh, t, e]
+
+    return scheduled(kv_write, f"ternc_kv_write_h{h}_d{d}_{dtype}")

@@ -126,10 +126,16 @@ def run_standalone(lib, x_q: np.ndarray, parts: list[np.ndarray], n: int, dev=No
     return out.numpy()
 
 
-def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5, seed: int = 0,
-                  target=None) -> list[KernelTiming]:
-    """Compile each available CPU kernel for (fmt, K, N) and time it on M tokens (best of `repeat`).
-    Runs the kernels here: `target` must be runnable on this host (target_runs_here)."""
+def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 7, seed: int = 0,
+                  target=None, cold_bytes: int = 48 << 20) -> list[KernelTiming]:
+    """Compile each available CPU kernel for (fmt, K, N) and time it on M tokens. Runs the kernels
+    here: `target` must be runnable on this host (target_runs_here).
+
+    Robust to a busy host: the kinds are timed interleaved (`repeat` rounds, each kind once per round)
+    and each keeps its best round, so a burst of load hits every candidate alike instead of one
+    kind's whole series. Decode-like shapes (M = 1) stream their weights from memory in a real model,
+    so they are timed on rotating copies of the packed weights (about `cold_bytes` in all, more than
+    a last-level cache) rather than on one copy that stays in cache."""
     if not target_runs_here(target):
         raise RuntimeError(f"cannot measure kernels built for {target} on this host "
                            f"(CPU {tvm.target.codegen.llvm_get_system_cpu()})")
@@ -140,22 +146,29 @@ def measure_kinds(fmt: str, k: int, n: int, m: int, kinds=None, repeat: int = 5,
     dev = tvm.cpu()
     xp = np.zeros((m, padded_k(k)), np.int8)
     xp[:, :k] = rng.integers(-128, 128, size=(m, k))
-    args = [tvm.runtime.tensor(xp, dev)] + [tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in parts]
+    x = tvm.runtime.tensor(xp, dev)
+    nbytes = sum(p.nbytes for p in parts)
+    copies = max(1, min(64, -(-cold_bytes // max(nbytes, 1)))) if m == 1 else 1
+    weights = [[tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in parts] for _ in range(copies)]
     out = tvm.runtime.empty((m, n), "int32", dev)
     ref = semantics.ternary_matmul_i32(xp[:, :k], w)
-    res = []
+    funcs = {}
     for kind in kinds:
         f = build_standalone(fmt, k, n, kind, target=target or "llvm")["main"]
-        f(*args, out)  # warm up, and never pick a kernel that is not exact
+        f(x, *weights[0], out)  # warm up, and never pick a kernel that is not exact
         if not np.array_equal(out.numpy(), ref):
             raise RuntimeError(f"ternary kernel {kind}/{fmt} K={k} N={n} is not bit-exact")
-        best = float("inf")
-        for _ in range(repeat):
+        funcs[kind] = f
+    best = {kind: float("inf") for kind in kinds}
+    turn = 0
+    for _ in range(repeat):
+        for kind in kinds:
+            ws = weights[turn % copies]
+            turn += 1
             t0 = time.perf_counter()
-            f(*args, out)
-            best = min(best, time.perf_counter() - t0)
-        res.append(KernelTiming(kind, best))
-    return res
+            funcs[kind](x, *ws, out)
+            best[kind] = min(best[kind], time.perf_counter() - t0)
+    return [KernelTiming(kind, best[kind]) for kind in kinds]
 
 
 def static_kind(kinds: list[str]) -> str:
@@ -163,28 +176,108 @@ def static_kind(kinds: list[str]) -> str:
     return "vnni" if "vnni" in kinds else kinds[0]
 
 
+def host_key() -> str:
+    """This host as kernel timings see it: CPU model, LLVM's CPU name, core count, TVM version."""
+    import hashlib
+    import os
+
+    from tvm.target import codegen
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    key = f"{model}|{codegen.llvm_get_system_cpu()}|{os.cpu_count()}|{tvm.__version__}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def default_cache_file():
+    """Where DEFAULT_TUNER keeps measured choices across processes: $TERNC_KERNEL_CACHE (a file; "off"
+    disables), else ~/.cache/ternc/kernels-<host_key>.json ($XDG_CACHE_HOME honoured)."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("TERNC_KERNEL_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "none") else Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ternc" / f"kernels-{host_key()}.json"
+
+
 @dataclass
 class KernelTuner:
     """Measured CPU kernel choices, one entry per (format, K, N, tokens, target): a shape is timed
     once per tuner. Lowering takes one explicitly (`lower_module(..., tuner=)`); `DEFAULT_TUNER` is
-    what callers share when they pass none (a process reuses its measurements across builds)."""
+    what callers share when they pass none (a process reuses its measurements across builds).
+
+    cache_file: a JSON file of choices measured on this host (keyed by host_key: another host's file
+    is another name) read before measuring and extended after: rebuilds on the host pick the same
+    kernels (a busy moment at build time cannot flip a choice once made), and so build the same
+    library. "default": default_cache_file(), resolved at first use; None: memory only."""
 
     measured: dict = field(default_factory=dict)
+    cache_file: object = None
+
+    def _file(self):
+        if self.cache_file == "default":
+            self.cache_file = default_cache_file()
+        return self.cache_file
+
+    def _load(self, key: str):
+        import json
+
+        path = self._file()
+        if path is None:
+            return None
+        try:
+            return json.loads(path.read_text()).get("choices", {}).get(key)
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _store(self, key: str, entry: dict) -> None:
+        import json
+        import os
+
+        path = self._file()
+        if path is None:
+            return
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(data, dict) or not isinstance(data.get("choices"), dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data = {"host_key": host_key(), "choices": {**data.get("choices", {}), key: entry}}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: the choice stays in memory
 
     def choose(self, fmt: str, k: int, n: int, m: int, kinds: list[str], target=None, log: list | None = None) -> str:
         key = (fmt, k, n, m, str(target))
         if key not in self.measured:
-            timings = measure_kinds(fmt, k, n, m, kinds, target=target)
-            best = min(timings, key=lambda t: t.seconds)
-            self.measured[key] = {"format": fmt, "k": k, "n": n, "m": m,
-                                  "timings_us": {t.kind: round(t.seconds * 1e6, 2) for t in timings},
-                                  "chosen": best.kind}
+            skey = "/".join(str(x) for x in key) + "/" + ",".join(sorted(kinds))
+            cached = self._load(skey)
+            if isinstance(cached, dict) and cached.get("chosen") in kinds:
+                self.measured[key] = {**cached, "cached": True}
+            else:
+                timings = measure_kinds(fmt, k, n, m, kinds, target=target)
+                best = min(timings, key=lambda t: t.seconds)
+                self.measured[key] = {"format": fmt, "k": k, "n": n, "m": m,
+                                      "timings_us": {t.kind: round(t.seconds * 1e6, 2) for t in timings},
+                                      "chosen": best.kind}
+                self._store(skey, self.measured[key])
         if log is not None and self.measured[key] not in log:
             log.append(self.measured[key])
         return self.measured[key]["chosen"]
 
 
-DEFAULT_TUNER = KernelTuner()
+DEFAULT_TUNER = KernelTuner(cache_file="default")
 
 
 def choose_kind(fmt: str, k: int, n: int, m: int, target_kind="cpu", policy="auto",

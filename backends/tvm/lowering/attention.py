@@ -48,6 +48,8 @@ def _attend(L, node, args):
             return L.emit(relax.call_tir(kv_append, [pt, new], relax.TensorType(shape, L.dtype_of(pt))))
         return L.emit(relax.op.concat([pt, new], axis=2))
 
+    if getattr(past_k, "kv_cache", None) is not None:
+        return _attend_inplace(L, node, q, k, v, past_k, past_v)
     n_past = 0
     if past_k is not None and not L.is_empty_const(past_k):
         n_past = L.shape_of(L.tensor(past_k))[2]
@@ -131,3 +133,34 @@ def _attend(L, node, args):
     if dt != "float32":
         out = L.emit(relax.op.astype(out, dt))
     return out, k, v, p
+
+
+def _attend_inplace(L, node, q, k_new, v_new, past_k, past_v):
+    """Attention over a preallocated cache (FunctionLowerer's inplace_kv): the new keys/values are
+    written into rows [past, past + sq) of the caches in place (no copy of the cache), and the
+    capacity kernels read the first past + sq rows. Same arithmetic as the appending path."""
+    if node.op != Op.Attention or getattr(past_v, "kv_cache", None) is None or L.tvm_target.gpu:
+        raise L.err("in-place KV cache lowering takes plain Attention on CPU targets only")
+    qs, ns = L.shape_of(q), L.shape_of(k_new)
+    hq, hkv, d = qs[1], ns[1], qs[3]
+    dt = L.dtype_of(q)
+    if dt != "float32" or L.dtype_of(k_new) != dt or not all(isinstance(x, int) for x in (hq, hkv, d)) or hq % hkv:
+        raise L.err("in-place KV cache lowering needs float32, static heads (a multiple of kv heads) and head dim")
+    past = past_k.kv_len
+    caches = []
+    for lazy, new in ((past_k, k_new), (past_v, v_new)):
+        cache = lazy.kv_cache
+        write = L.kernel("kv_write", (hkv, d, dt), lambda: kernels.kv_write_func(hkv, d, dt))
+        caches.append(L.emit(relax.call_tir_inplace(write, [cache, new, relax.prim_value(past)], [0],
+                                                    relax.TensorType(L.shape_of(cache), dt))))
+    kc, vc = caches
+    scale, causal = float(node.attr("scale")), bool(node.attr("causal"))
+    scores_k = L.kernel("attn_scores_cap", (hq, hkv, d, scale, causal),
+                        lambda: kernels.attention_scores_func(hq, hkv, d, scale, causal, capacity=True))
+    pv_k = L.kernel("attn_pv_cap", (hq, hkv, d), lambda: kernels.attention_pv_func(hq, hkv, d, capacity=True))
+    b, sq = qs[0], qs[2]
+    sk = _simplify(past + sq)
+    s = L.emit(relax.call_tir(scores_k, [q, kc], relax.TensorType([b, hq, sq, sk], "float32")))
+    p = L.emit(relax.op.nn.softmax(s, axis=-1))
+    out = L.emit(relax.call_tir(pv_k, [p, vc], relax.TensorType([b, hq, sq, d], "float32")))
+    return out, kc, vc, p

@@ -127,6 +127,9 @@ class Lowered:
     kernel_choices: list[dict] = field(default_factory=list)
     # weights passed in another storage dtype/shape than the IR constant (a byte view): name -> (dtype, shape)
     weight_storage: dict = field(default_factory=dict)
+    # the decode entry over a preallocated KV cache written in place (module.inplace_kv_plan), or None:
+    # {"entry", "decode", "caches": [past inputs], "length_input", "signature": EntrySignature json}
+    kv_inplace: dict | None = None
 
     def weight_array(self, module: Module, name: str) -> np.ndarray:
         """The array to pass for weight `name`: the constant, viewed as the kernels take it."""

@@ -23,7 +23,13 @@ class FunctionLowerer:
 
     def __init__(self, module: Module, fn: Function, bb: relax.BlockBuilder, target_kind,
                  kernel_policy: str, kernel_log: list, kernels: KernelRegistry, target=None,
-                 fixed_dims: dict | None = None, tuner=None):
+                 fixed_dims: dict | None = None, tuner=None, entry_name: str | None = None,
+                 inplace_kv: dict | None = None):
+        """entry_name: the Relax function's name (default the IR function's); inplace_kv: {past input:
+        present output} of a decode whose KV cache is preallocated and written in place (module.py
+        _inplace_kv_plan): those inputs become caches [b, h, cap, d] plus one `kv_len` shape input."""
+        self.entry_name = entry_name or fn.name
+        self.inplace_kv = dict(inplace_kv or {})
         self.target = target
         self.tuner = tuner  # kernels.KernelTuner for measured choices (None: the shared default)
         self.module = module
@@ -160,17 +166,31 @@ class FunctionLowerer:
         fn = self.fn
         params = []
         sig_inputs = []
+        kv_len = None
         for p in fn.params:
             if p.type.shape is None:
                 raise LoweringError(f"@{fn.name}: input %{p.name} has unknown rank")
             shape = [self.dim(d) for d in p.type.shape]
             dt = tvm_dtype(p.type.dtype)
-            var = relax.Var(p.name.replace(".", "_"), relax.TensorType(shape, dt))
+            sig_shape = [self.syms[d] if isinstance(self.syms.get(d), int) else d for d in p.type.shape]
+            if p.name in self.inplace_kv:
+                # the cache at its capacity; the IR value (rows [0, past)) is a view only Shape and
+                # Attention read, and attention reads the cache itself (attention.py)
+                kv_len = shape[2]
+                cap_shape = [*shape[:2], self.dim("cap"), *shape[3:]]
+                var = relax.Var(p.name.replace(".", "_"), relax.TensorType(cap_shape, dt))
+                lazy = Lazy(lambda v=var, s=shape, t=dt: relax.op.memory.view(v, s, t), shape=shape)
+                lazy.kv_cache, lazy.kv_len = var, kv_len
+                self.env[p.name] = lazy
+                sig_shape = [*sig_shape[:2], "cap", *sig_shape[3:]]
+            else:
+                var = relax.Var(p.name.replace(".", "_"), relax.TensorType(shape, dt))
+                self.env[p.name] = var
             params.append(var)
-            self.env[p.name] = var
-            sig_inputs.append({"name": p.name, "dtype": dt,
-                               "shape": [self.syms[d] if isinstance(self.syms.get(d), int) else d for d in p.type.shape]})
-        with self.bb.function(fn.name):
+            sig_inputs.append({"name": p.name, "dtype": dt, "shape": sig_shape})
+        if self.inplace_kv:
+            params.append(relax.Var("kv_len", relax.ShapeType([kv_len])))
+        with self.bb.function(self.entry_name):
             with self.bb.dataflow():
                 for node in fn.nodes:
                     self.node = node
@@ -186,7 +206,7 @@ class FunctionLowerer:
                 gv = self.bb.emit_output(relax.Tuple(outs))
             weights = list(self.weight_vars)
             self.bb.emit_func_output(gv, params=params + [self.weight_vars[w] for w in weights])
-        return EntrySignature(fn.name, sig_inputs, weights, sig_outputs)
+        return EntrySignature(self.entry_name, sig_inputs, weights, sig_outputs)
 
     def kernel(self, kind: str, params: tuple, make):
         """The shared kernel (kind, params) (built by `make()` and added once): KernelRegistry.get."""

@@ -48,6 +48,44 @@ def _decode_token_dim(module: Module, name: str) -> str | None:
     return p.type.shape[1]
 
 
+INPLACE_SUFFIX = "__kv_inplace"
+
+
+def inplace_kv_plan(module: Module, name: str, target_kind) -> dict | None:
+    """{past input: present output} when decoder entry `name` can run over a preallocated KV cache
+    written in place (CPU targets): every past input is float32 [b, h, past, d] (one `past` symbol)
+    and is read only by Shape and, as its key/value, by a plain Attention node whose matching output
+    is the present; nothing else reads a present. Else None (e.g. KV quantization or eviction)."""
+    dec = DecoderSpec.of(module)
+    if dec is None or name != dec.decode or tvm_target(target_kind).gpu or dec.state or dec.kv_budget:
+        return None
+    fn = module.func(name)
+    kv = {t.past: t for layer in dec.kv for t in layer}
+    params = {p.name: p for p in fn.params}
+    syms = set()
+    for past in kv:
+        p = params.get(past)
+        if p is None or p.type.shape is None or len(p.type.shape) != 4 or p.type.dtype.value != "f32" \
+                or not isinstance(p.type.shape[2], str):
+            return None
+        syms.add(p.type.shape[2])
+    presents = {t.present for t in kv.values()}
+    if len(syms) != 1 or not presents <= set(fn.results):
+        return None
+    seen = set()
+    for n in fn.nodes:
+        for i, x in enumerate(n.inputs):
+            if x in presents:
+                return None
+            if x not in kv or n.op == Op.Shape:
+                continue
+            if n.op != Op.Attention or i not in (3, 4) or len(n.outputs) < 3 \
+                    or n.outputs[i - 2].name != kv[x].present:
+                return None
+            seen.add(x)
+    return {past: kv[past].present for past in kv} if seen == set(kv) else None
+
+
 def lower_module(module: Module, entries: list[str] | None = None, target_kind="cpu",
                  kernel_policy: str = "auto", target=None, decode_tokens: int | None = None,
                  tuner: kernels.KernelTuner | None = None) -> Lowered:
@@ -74,14 +112,26 @@ def lower_module(module: Module, entries: list[str] | None = None, target_kind="
         fl = FunctionLowerer(module, module.func(name), bb, target_kind, kernel_policy, log, registry, target,
                              fixed_dims={tok: int(decode_tokens)} if tok else None, tuner=tuner)
         sigs[name] = fl.lower()
+    inplace = None
+    dec = DecoderSpec.of(module)
+    plan = inplace_kv_plan(module, dec.decode, target_kind) if dec and dec.decode in entries else None
+    if plan:  # decode over a preallocated cache written in place (what the runners call per token)
+        name = dec.decode + INPLACE_SUFFIX
+        fl = FunctionLowerer(module, module.func(dec.decode), bb, target_kind, kernel_policy, log, registry, target,
+                             tuner=tuner, entry_name=name, inplace_kv=plan)
+        sigs[name] = fl.lower()
+        inplace = {"entry": name, "decode": dec.decode, "caches": list(plan),
+                   "presents": [plan[p] for p in plan], "length_input": "kv_len"}
     mod = bb.get()
     for name, sig in sigs.items():  # parameters after the inputs are weights (static for CUDA graphs)
         gv = mod.get_global_var(name)
-        mod[gv] = mod[gv].with_attr("num_input", len(sig.inputs))
+        mod[gv] = mod[gv].with_attr("num_input", len(sig.inputs) + (name == (inplace or {}).get("entry")))
     weights: list[str] = []
     for s in sigs.values():
         for w in s.weights:
             if w not in weights:
                 weights.append(w)
     storage = {w: v for w, v in registry.weight_storage.items() if w in weights}
-    return Lowered(mod, sigs, weights, log, storage)
+    if inplace:
+        inplace["signature"] = sigs.pop(inplace["entry"]).to_json()
+    return Lowered(mod, sigs, weights, log, storage, inplace)

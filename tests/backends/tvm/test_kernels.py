@@ -101,6 +101,30 @@ def test_kernel_tuner_is_an_explicit_cache():
     assert K.DEFAULT_TUNER.measured == before
 
 
+def test_kernel_tuner_cache_file_is_reused(tmp_path, monkeypatch):
+    """A tuner with a cache file records its measured choice there; another tuner (another process,
+    a later build on the host) reads it instead of measuring again."""
+    path = tmp_path / "kernels.json"
+    kinds = K.available_kinds("tl1", "cpu", 48)
+    log = []
+    kind = K.KernelTuner(cache_file=path).choose("tl1", 48, 8, 1, kinds, None, log)
+    assert path.exists() and log[0]["chosen"] == kind and "timings_us" in log[0]
+
+    def boom(*a, **kw):
+        raise AssertionError("measured a shape the cache file holds")
+
+    from ternc.backends.tvm.kernels import select
+
+    monkeypatch.setattr(select, "measure_kinds", boom)  # where KernelTuner looks it up
+    log2 = []
+    assert K.KernelTuner(cache_file=path).choose("tl1", 48, 8, 1, kinds, None, log2) == kind
+    assert log2[0]["cached"] is True
+    monkeypatch.setenv("TERNC_KERNEL_CACHE", "off")
+    assert K.default_cache_file() is None
+    monkeypatch.setenv("TERNC_KERNEL_CACHE", str(path))
+    assert K.default_cache_file() == path
+
+
 def test_dot16_int16_lanes_exact_at_the_bound():
     """dot16 accumulates 255 products of magnitude 128 per int16 lane at K = DOT16_MAX_K: the
     worst case (x = -128, w = +1 / -1) must still be exact; beyond the bound dot16 is not offered."""
