@@ -1,6 +1,6 @@
 """Shape computations at compile time (Sym values over symbolic PrimExprs) and the ops that
 consume or produce shapes: Reshape, Transpose, Squeeze/Unsqueeze, Flatten, Concat, Slice, Gather,
-Expand, Range, ConstantOfShape, Shape."""
+Expand, Range, ConstantOfShape, Shape, Split."""
 
 from __future__ import annotations
 
@@ -244,6 +244,39 @@ def _slice(L, node, args):
             and any(_as_int(g) is None for g in got)):
         y = L.bb.match_cast(y, relax.TensorType(list(declared), L.dtype_of(y)))
     return y
+
+
+@impl(Op.Split)
+def _split(L, node, args):
+    """ONNX Split: sizes from the `split` input, else len(outputs) chunks of ceil(dim / n) (the last
+    ones shorter or empty), each a strided_slice over a static or symbolic dimension."""
+    x = L.tensor(args[0])
+    shp = L.shape_of(x)
+    axis = node.attr("axis", 0) % max(len(shp), 1)
+    dim, n = shp[axis], len(node.outputs)
+    if len(args) > 1 and args[1] is not None:
+        sizes = _shape_arg(L, args[1])
+        if len(sizes) != n:
+            raise L.err(f"Split has {len(sizes)} sizes for {n} outputs")
+        ends, end = [], 0
+        for size in sizes:
+            end = _simplify(end + size)
+            ends.append(end)
+    else:
+        chunk = -(-dim // n) if isinstance(dim, int) else _simplify(tirx.floordiv(dim + (n - 1), n))
+        ends = [_dim_end(chunk * (i + 1), dim) for i in range(n - 1)] + [dim]
+    outs, begin = [], 0
+    for end in ends:
+        outs.append(L.emit(relax.op.strided_slice(x, [axis], [begin], [end], [1], assume_inbound=True)))
+        begin = end
+    return outs
+
+
+def _dim_end(end, dim):
+    """min(end, dim) for static or symbolic values."""
+    if isinstance(end, int) and isinstance(dim, int):
+        return min(end, dim)
+    return _simplify(tirx.min(end, dim))
 
 
 @impl(Op.Gather)
