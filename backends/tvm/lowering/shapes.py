@@ -119,6 +119,67 @@ SYM_IMPLS[Op.Mul] = _sym_binary(lambda x, y: x * y)
 SYM_IMPLS[Op.Div] = _sym_binary(_tdiv)
 
 
+def _known_equal(x, y):
+    """x == y for (symbolic) shape values, or None when it cannot be told at compile time. Shape
+    values are never negative, so a symbolic one differs from a negative constant (TorchScript's
+    `Where(Equal(shape, -1), 1, shape)` idiom for Expand)."""
+    xi, yi = _as_int(x), _as_int(y)
+    if xi is not None and yi is not None:
+        return xi == yi
+    if (xi is not None and xi < 0) or (yi is not None and yi < 0):
+        return False
+    try:
+        d = _as_int(_simplify(x - y))
+    except Exception:
+        return None
+    return None if d is None else d == 0
+
+
+@sym_impl(Op.Equal)
+def _s_equal(L, node, args, syms):
+    a, b = syms
+    if a.vals.ndim > 1 or b.vals.ndim > 1 or not (_is_int_dtype(a.dtype) and _is_int_dtype(b.dtype)):
+        return None
+    av, bv = np.broadcast_arrays(a.vals, b.vals)
+    out = [_known_equal(x, y) for x, y in zip(av.reshape(-1), bv.reshape(-1))]
+    if any(v is None for v in out):
+        return None
+    return Sym(np.array([int(v) for v in out], dtype=object).reshape(av.shape), "bool")
+
+
+@sym_impl(Op.Where)
+def _s_where(L, node, args, syms):
+    c, a, b = syms
+    if c.dtype != "bool" or max(c.vals.ndim, a.vals.ndim, b.vals.ndim) > 1:
+        return None
+    cv, av, bv = np.broadcast_arrays(c.vals, a.vals, b.vals)
+    if any(_as_int(v) is None for v in cv.reshape(-1)):
+        return None
+    vals = np.array([x if _as_int(k) else y for k, x, y in zip(cv.reshape(-1), av.reshape(-1), bv.reshape(-1))],
+                    dtype=object).reshape(cv.shape)
+    return Sym(vals, a.dtype)
+
+
+@sym_impl(Op.ConstantOfShape)
+def _s_const_of_shape(L, node, args, syms):
+    shape = [_as_int(v) for v in syms[0].vals.reshape(-1)]
+    dt = tvm_dtype(DType(node.attr("dtype", "f32")))
+    if any(v is None for v in shape) or len(shape) > 1 or not _is_int_dtype(dt) or math.prod(shape) > 64:
+        return None
+    return Sym(np.array([int(node.attr("value", 0))] * math.prod(shape), dtype=object).reshape(shape), dt)
+
+
+@sym_impl(Op.Reshape)
+def _s_reshape(L, node, args, syms):
+    x, shape = syms
+    target = [_as_int(v) for v in shape.vals.reshape(-1)]
+    if x.vals.ndim > 1 or len(target) > 1 or any(v is None for v in target):
+        return None
+    if target and target[0] not in (-1, x.vals.size, 0):
+        return None
+    return Sym(x.vals.reshape(-1) if target else x.vals.reshape(()), x.dtype)
+
+
 @sym_impl(Op.Slice)
 def _s_slice(L, node, args, syms):
     x = syms[0]
