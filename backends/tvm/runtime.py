@@ -332,7 +332,10 @@ class TVMRunner:
                     out = self.vm.get_outputs(entry)
                 else:
                     out = self.vm[entry](*args)
-            except RuntimeError as e:  # tvm.error.*: e.g. a manifest whose entry signature the library disagrees with
+            except (RuntimeError, ValueError, TypeError) as e:
+                # tvm.error.* (RuntimeError), or the packed-function argument checks (ValueError "Mismatched
+                # w.strides", TypeError "Mismatched type"): a manifest whose entry signature, e.g. its weight
+                # order, the library disagrees with; inputs were validated above
                 raise RunnerError(f"{self.path}: @{entry} failed in the compiled library (does the manifest match "
                                   f"it?): {str(e).strip().splitlines()[-1][:300]}") from None
             return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
