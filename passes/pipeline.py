@@ -156,13 +156,15 @@ def _check_has_ternary(module: Module, name: str, ran: list[str]) -> None:
 
 
 def compile(module: Module, passes: PassesArg = None, verify_each: bool | None = None,
-            report: bool | Callable[[str], Any] = True, target: str = "") -> tuple[Module, PassReport]:
+            report: bool | Callable[[str], Any] = True, target: str = "",
+            progress: Callable[[str], Any] | None = None) -> tuple[Module, PassReport]:
     """Run the pipeline `passes` on `module`; returns (new module, PassReport).
 
     The input module is never modified. `verify_each` (default: on unless env TERNC_VERIFY=0) checks
     the IR after every pass and names the pass that broke it. `report`: True prints the per-pass
     table, False is silent, a callable receives the table text. `target` only labels the report.
     Building an artifact from the returned module is the target's job (`ternc.targets`).
+    `progress(step)` is called with "pass NAME" as each pass starts.
     """
     steps = resolve(passes)
     check = _verify_enabled(verify_each)
@@ -173,6 +175,8 @@ def compile(module: Module, passes: PassesArg = None, verify_each: bool | None =
     for info, opts in steps:
         _check_has_ternary(module, info.name, ran)
         ran.append(info.name)
+        if progress is not None:
+            progress(f"pass {info.name}")
         t0 = time.perf_counter()
         result = info.run(module, opts)
         seconds = time.perf_counter() - t0

@@ -86,3 +86,13 @@ def test_packing_before_any_ternary_linear_exists_is_an_error(bitnet, llama):
     assert rep.row("pack-ternary").stats["packed_nodes"] > 0
     packed, _ = compile(out, "pack-ternary{format=i2}", report=False)  # already ternary: fine
     compile(llama, TVM_PIPELINE, report=False)  # float: nothing to raise, nothing to pack, no error
+
+
+def test_compile_reports_progress_per_step(llama, tmp_path):
+    """Issue 15: long steps report progress; ternc.compile calls `progress` as each pass and the build
+    start (the CLI's tqdm bar reads them)."""
+    steps = []
+    res = ternc.compile(llama, target="reference", passes="fold,cse,dce", out=tmp_path / "m.ternc",
+                        progress=steps.append)
+    assert steps == ["pass fold", "pass cse", "pass dce", "build for reference"]
+    assert res.artifact.exists()
