@@ -230,6 +230,8 @@ class TVMRunner:
             dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # DecoderSpecError is a ValueError
             raise ArtifactError(f"{self.path}: manifest model.meta.decoder is malformed: {e}") from None
+        if dec is not None:
+            _check_decoder_entries(self.path, dec, self.entries)
         self._device_outputs = {t.present for t in dec.carried} if dec else set()
         self._lock = threading.Lock()
         self._plan()
@@ -342,6 +344,21 @@ class TVMRunner:
                     for i, o in enumerate(sig["outputs"])}
 
 
+def _check_decoder_entries(path: Path, dec: DecoderSpec, entries: dict) -> None:
+    """The decoder contract's names must be the entries' inputs and outputs (a manifest whose outputs
+    were renamed would load and then fail in generate with a KeyError)."""
+    where = f"{path / 'manifest.json'}: model.meta.decoder"
+    for entry in (dec.prefill, dec.decode):
+        if entry not in entries:
+            raise ArtifactError(f"{where}: entry {entry!r} is not among the entries {sorted(entries)}")
+        outs = {o["name"] for o in entries[entry]["outputs"]}
+        ins = {i["name"] for i in entries[entry]["inputs"]}
+        want_out = [dec.logits] + [t.present for t in dec.carried]
+        missing = [n for n in want_out if n not in outs] + [n for n in [dec.input_ids] if n not in ins]
+        if missing:
+            raise ArtifactError(f"{where}: {entry!r} lacks {missing[:4]} that the decoder contract names")
+
+
 def _check_manifest(path: Path, manifest: dict) -> None:
     """The TVM keys of a manifest (backends/artifact.py checked the common ones): types and names."""
     where = f"{path / 'manifest.json'}"
@@ -366,6 +383,10 @@ def _check_manifest(path: Path, manifest: dict) -> None:
         for wn in require(sig, "weights", list, w):
             if not isinstance(wn, str) or wn not in weights:
                 raise ArtifactError(f"{w}: weight {wn!r} is not in the manifest's weights")
+    for wn, key in weights.items():
+        if not isinstance(key, str):
+            raise ArtifactError(f"{where}: weights[{wn!r}] must name a safetensors tensor (a string), got "
+                                f"{type(key).__name__}")
     for role in ("library", "weights"):
         if role not in manifest["roles"]:
             raise ArtifactError(f"{where}: roles lacks the {role!r} file")
