@@ -354,6 +354,9 @@ def _check_decoder_entries(path: Path, dec: DecoderSpec, entries: dict) -> None:
         outs = {o["name"] for o in entries[entry]["outputs"]}
         ins = {i["name"] for i in entries[entry]["inputs"]}
         want_out = [dec.logits] + [t.present for t in dec.carried]
+        bad = [n for n in want_out + [dec.input_ids] if not isinstance(n, str)]
+        if bad:
+            raise ArtifactError(f"{where}: names must be strings, got {type(bad[0]).__name__}")
         missing = [n for n in want_out if n not in outs] + [n for n in [dec.input_ids] if n not in ins]
         if missing:
             raise ArtifactError(f"{where}: {entry!r} lacks {missing[:4]} that the decoder contract names")
