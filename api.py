@@ -172,7 +172,7 @@ class CompileResult:
 
 def compile(model, target: str = "reference", passes: str | list | None = None, out: str | os.PathLike | None = None,
             *, context: int | None = None, report: Any = False, verify_each: bool | None = None,
-            **build_options) -> CompileResult:
+            progress: Any = None, **build_options) -> CompileResult:
     """Run `target`'s pass pipeline (or `passes`) on `model` (a Module or anything `load` takes) and,
     with `out`, build the target's artifact there; returns a CompileResult.
 
@@ -182,7 +182,9 @@ def compile(model, target: str = "reference", passes: str | list | None = None, 
     The module is checked against the target's capabilities (refused before any build when it
     uses an attribute value the backend does not implement). `context`: the maximum context the
     artifact serves (meta `max_context`). `report`: True prints the per-pass table, a callable
-    receives it. build_options go to the target's build (TVM: kernel_policy, kernels, mcpu, pipeline).
+    receives it. `progress(step)`: called with each step's name as it starts (each pass, the build),
+    e.g. the CLI's progress bar. build_options go to the target's build (TVM: kernel_policy, kernels,
+    mcpu, pipeline).
     """
     from .passes.pipeline import compile as run_pipeline
     from .targets import get
@@ -190,7 +192,7 @@ def compile(model, target: str = "reference", passes: str | list | None = None, 
     tgt = get(target)
     module = model if isinstance(model, Module) else load(model)
     module, rep = run_pipeline(module, list(tgt.pipeline) if passes is None else passes,
-                               verify_each=verify_each, report=report, target=tgt.name)
+                               verify_each=verify_each, report=report, target=tgt.name, progress=progress)
     if context is not None:
         if not isinstance(context, int) or isinstance(context, bool) or context < 1:
             raise ValueError(f"context must be a positive number of tokens, got {context!r}")
@@ -207,6 +209,8 @@ def compile(model, target: str = "reference", passes: str | list | None = None, 
 
     rows = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rep.rows]
     module = module.replace(meta={**module.meta, "pass_report": json.loads(json.dumps(rows, default=str))})
+    if progress is not None:
+        progress(f"build for {tgt.name}")
     art = tgt.build(module, out, **build_options)
     return CompileResult(tgt.name, module, rep, art.path, art.manifest if tgt.artifact == "folder" else None)
 

@@ -79,6 +79,13 @@ class _Steps:
         self.bar.set_description_str(f"{self.desc}: {what}")
         self.bar.update(1)
 
+    def write(self, text: str) -> None:
+        """Print `text` on stderr without tearing the bar."""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
     def __enter__(self):
         return self
 
@@ -377,8 +384,10 @@ def cmd_compile(args) -> int:
         options["engine"] = _engine_option(args.engine)
     t0 = time.time()
     # the pipeline prints its per-pass table (nodes, weight bytes, KV bytes/token) as it runs
-    res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
-                        context=args.context, report=lambda text: print(text, file=sys.stderr), **options)
+    with _Steps(f"compile for {tgt.name}") as steps:
+        res = ternc.compile(module, target=tgt.name, passes=args.passes, out=args.output or tgt.default_out(module),
+                            context=args.context, report=lambda text: steps.write(text), progress=steps.step,
+                            **options)
     tok = _tokenizer_or_none(module)
     if tok is not None and res.artifact.is_dir():
         from .backends.artifact import add_files

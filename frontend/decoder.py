@@ -28,10 +28,12 @@ from .onnx_import import FrontendError
 
 
 def _rope_position_ranges(fn: Function) -> list[Node]:
-    """Range nodes whose values flow into a RoPE's cos/sin operands."""
+    """Range nodes whose values flow into a RoPE's cos/sin operands (or, where the rotation stayed in
+    primitive form, into the Cos/Sin of the rotary table)."""
     prod = fn.producers()
     seen, ranges = set(), []
     stack = [i for n in fn.nodes if n.op == Op.RoPE for i in n.inputs[1:]]
+    stack += [n.inputs[0] for n in fn.nodes if n.op in (Op.Cos, Op.Sin)]
     while stack:
         v = stack.pop()
         if v in seen or v not in prod:
@@ -54,6 +56,37 @@ def _embedding_rows(fn: Function, module: Module, ids: str) -> int | None:
             if shape and isinstance(shape[0], int):
                 return int(shape[0])
     return None
+
+
+def _kv_shapes(module: Module, main: Function, attn: list[Node], ids: Value) -> dict[str, tuple[int, int]]:
+    """(kv heads, head dim) of each attention's key input. From the declared types where they are
+    static; else (TorchScript exports declare `unk__N` dims) measured by running the graph up to the
+    keys on one token, since the KV-cache state needs them static."""
+    types = main.value_types()
+    out, unknown = {}, []
+    for n in attn:
+        shape = types[n.inputs[1]].shape
+        if shape is not None and len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[3], int):
+            out[n.inputs[1]] = (shape[1], shape[3])
+        else:
+            unknown.append(n.inputs[1])
+    if unknown:
+        from ..ir.interp import interpret
+
+        probe = dce(Function("probe_kv", main.params, main.nodes, tuple(unknown)))
+        feeds = {p.name: np.zeros(tuple(d if isinstance(d, int) else 1 for d in p.type.shape), p.type.dtype.np)
+                 for p in probe.params}
+        try:
+            got = interpret(module.replace(functions=(probe,)), feeds, "probe_kv")
+        except Exception as e:
+            raise FrontendError(f"module @{module.name}: the key/value shapes are not declared and running the "
+                                f"graph on one token to find them failed: {e}") from None
+        for k in unknown:
+            a = np.asarray(got[k])
+            if a.ndim != 4:
+                raise FrontendError(f"module @{module.name}: attention key %{k} has rank {a.ndim}, expected 4")
+            out[k] = (int(a.shape[1]), int(a.shape[3]))
+    return out
 
 
 def with_decoder(module: Module) -> Module:
@@ -104,14 +137,15 @@ def make_decoder(module: Module) -> Module:
             raise FrontendError(f"module @{module.name}: cannot find the rotary position Range; "
                                 f"decode positions would be wrong")
         past_len = "__past_len"
+        kv_shapes = _kv_shapes(module, main, attn, ids[0])
         for n in main.nodes:
             if id(n) in attn_ids:
                 kt = types.get(n.inputs[1])
-                hkv, hd = kt.shape[1], kt.shape[3]
+                hkv, hd = kv_shapes[n.inputs[1]]
                 pk, pv = f"past.{layer}.key", f"past.{layer}.value"
                 ok, ov = f"present.{layer}.key", f"present.{layer}.value"
-                kv_t = TensorType(kt.dtype, (kt.shape[0], hkv, "past", hd))
-                out_t = TensorType(kt.dtype, (kt.shape[0], hkv, "?", hd))
+                kv_t = TensorType(kt.dtype, (ids[0].type.shape[0], hkv, "past", hd))
+                out_t = TensorType(kt.dtype, (ids[0].type.shape[0], hkv, "?", hd))
                 dec_params += [Value(pk, kv_t), Value(pv, kv_t)]
                 outs = (n.outputs[0], Value(ok, out_t), Value(ov, out_t))
                 pre_nodes.append(Node(n.op, n.inputs, outs, n.attrs, n.origin))
@@ -154,6 +188,8 @@ def make_decoder(module: Module) -> Module:
         raise FrontendError(f"module @{module.name}: the export's attention layers produce {missing} but the graph "
                             f"does not output them; a with-past export must output every present.* key/value")
     kv0 = types.get(attn[0].inputs[1])
+    if kv0 is not None and past and past[0][0] in {p.name for p in decode.params}:
+        kv0 = next(p.type for p in decode.params if p.name == past[0][0])
     vocab = _embedding_rows(main, module, input_ids)
     spec = DecoderSpec(
         "prefill", "decode", input_ids, logits,

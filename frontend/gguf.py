@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..ir.core import Module
-from ..ir.packing import tq1_decode_bytes, unpack
+from ..ir import packing
 from .hf import cache_dir, import_torch_lm, quiet_transformers, sha256_files
 from .onnx_import import FrontendError
 
-QK_K = 256
-_TQ2_BLOCK = QK_K // 4 + 2  # 64 qs bytes + fp16 d
-_TQ1_BLOCK = 48 + 4 + 2  # 48 qs + 4 qh bytes + fp16 d
+QK_K = packing.GGUF_QK_K
 
 
 def _reader(path: Path):
@@ -43,47 +41,6 @@ def _reader(path: Path):
         if "is not a valid GGMLQuantizationType" in msg:
             msg += " (bitnet.cpp's I2_S and other out-of-tree types are not supported; convert to TQ2_0/TQ1_0)"
         raise FrontendError(f"{path}: not a readable GGUF file: {msg}") from None
-
-
-def tq2_0_decode(blocks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """GGUF TQ2_0 rows uint8 [N, K/256*66] -> (w_t int8 [N, K], d f32 [N, K/256]).
-
-    qs byte j of a 128-weight half holds weight 32g + j in bits 2g+1..2g: the reverse field order of
-    our i2 layout (`ir.packing`), so reorder the fields and use i2's decoder.
-    """
-    n = blocks.shape[0]
-    b = blocks.reshape(n, k // QK_K, _TQ2_BLOCK)
-    qs = b[..., :64]
-    f = [(qs >> np.uint8(2 * g)) & np.uint8(3) for g in range(4)]
-    i2 = (f[0] << np.uint8(6) | f[1] << np.uint8(4) | f[2] << np.uint8(2) | f[3]).astype(np.uint8)
-    if (np.stack(f) == 3).any():
-        raise ValueError("TQ2_0 code 3 is invalid")
-    w_t = unpack({"codes": i2.reshape(n, -1)}, "i2", k)
-    d = np.ascontiguousarray(b[..., 64:66]).view(np.float16)[..., 0].astype(np.float32)
-    return w_t, d
-
-
-def _tq1_0_positions() -> np.ndarray:
-    """[52, 5] position inside a 256-block of each trit of each TQ1_0 byte (-1: the unused fifth trit of qh)."""
-    pos = np.full((52, 5), -1, dtype=np.int64)
-    m5 = np.arange(5)
-    pos[0:32] = np.arange(32)[:, None] + 32 * m5
-    pos[32:48] = 160 + np.arange(16)[:, None] + 16 * m5
-    pos[48:52, :4] = 240 + np.arange(4)[:, None] + 4 * m5[:4]
-    return pos
-
-
-def tq1_0_decode(blocks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """GGUF TQ1_0 rows uint8 [N, K/256*54] -> (w_t int8 [N, K], d f32 [N, K/256])."""
-    n = blocks.shape[0]
-    b = blocks.reshape(n, k // QK_K, _TQ1_BLOCK)
-    digits = tq1_decode_bytes(b[..., :52])  # [N, B, 52, 5]
-    pos = _tq1_0_positions()
-    codes = np.zeros((n, k // QK_K, QK_K), dtype=np.int8)
-    used = pos >= 0
-    codes[..., pos[used]] = digits[..., used]
-    d = np.ascontiguousarray(b[..., 52:54]).view(np.float16)[..., 0].astype(np.float32)
-    return (codes.reshape(n, k) - 1).astype(np.int8), d
 
 
 def _one_scale(name: str, w_t: np.ndarray, d: np.ndarray, path: Path) -> np.float32:
@@ -108,12 +65,13 @@ def gguf_ternary_sources(path: Path, reader, hf_config: dict, arch: str) -> dict
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=hf_config)
     out = {}
     for t in reader.tensors:
-        if t.tensor_type not in (T.TQ1_0, T.TQ2_0):
+        fmt = packing.GGUF_FORMATS.get(T(t.tensor_type).name)
+        if fmt is None:
             continue
         k, n = int(t.shape[0]), int(np.prod(t.shape[1:]))
         blocks = np.asarray(t.data, dtype=np.uint8).reshape(n, -1)
         try:
-            w_t, d = (tq2_0_decode if t.tensor_type == T.TQ2_0 else tq1_0_decode)(blocks, k)
+            w_t, d = fmt.decode(blocks, k)
         except ValueError as e:
             raise FrontendError(f"{path}: tensor {t.name}: {e}") from None
         scale = _one_scale(t.name, w_t, d, path)

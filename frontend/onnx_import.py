@@ -466,7 +466,8 @@ def from_onnx(model: onnx.ModelProto | str | os.PathLike, name: str | None = Non
 
     verify(module)
     if raise_patterns:
+        from .mask_binding import bind_attention_mask
         from .raising import raise_module
 
-        module = raise_module(module, check=check_raising)
+        module = raise_module(bind_attention_mask(module), check=check_raising)
     return module

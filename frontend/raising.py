@@ -178,14 +178,30 @@ class _Raiser:
         return False
 
     # -------------------------------------------------------------- attention
-    def _through_layout(self, v: str) -> str:
-        """Walk back through GQA head expansion (Unsqueeze/Expand/Reshape) and the 3-D key transpose
-        to the [b, heads, seq, d] tensor; stop at the 4-D head-split transpose or any compute op."""
+    def _through_layout(self, v: str) -> tuple[str, int]:
+        """Walk back through GQA head expansion (Unsqueeze/Expand/Reshape) and the key transpose to
+        the [b, heads, seq, d] tensor; stop at the 4-D head-split transpose or any compute op. Also
+        returns how many last-two-axes swaps were passed (the key operand of q @ k^T has one: a 3-D
+        (0, 2, 1) in dynamo exports, a 4-D (0, 1, 3, 2) after the head expansion in TorchScript ones)."""
+        swaps = 0
         while True:
             p = self.g.prod.get(v)
             if p is None or p.op not in LAYOUT_OPS:
-                return v
-            if p.op == Op.Transpose and len(p.attr("perm") or ()) == 4:
+                return v, swaps
+            if p.op == Op.Transpose:
+                perm = tuple(p.attr("perm") or ())
+                if perm == (0, 1, 3, 2) or perm == (0, 2, 1) and len(perm) == 3:
+                    swaps += 1
+                elif len(perm) == 4:
+                    return v, swaps
+            v = p.inputs[0]
+
+    def _copy_of(self, v: str) -> str:
+        """The value `v` copies unchanged through Identity or one-input Concat (TorchScript exports
+        route the first layer's past key through `Concat(past)`)."""
+        while True:
+            p = self.g.prod.get(v)
+            if p is None or not (p.op == Op.Identity or p.op == Op.Concat and len(p.inputs) == 1):
                 return v
             v = p.inputs[0]
 
@@ -295,16 +311,18 @@ class _Raiser:
         q, s1 = self._scaled(qk.inputs[0])
         kt, s2 = self._scaled(qk.inputs[1])
         # scale may also sit after the score MatMul
-        k = self._through_layout(kt)
-        v = self._through_layout(v_e)
+        k, k_swaps = self._through_layout(kt)
+        v, v_swaps = self._through_layout(v_e)
+        if k_swaps != 1 or v_swaps != 0:
+            return False
         inputs = [q, k, v]
         outputs = [n.outputs[0]]
         kc, vc = g.node(k, Op.Concat), g.node(v, Op.Concat)
         params = g.params
         if (kc is not None and vc is not None and len(kc.inputs) == 2 and len(vc.inputs) == 2
                 and kc.attr("axis") in (-2, 2) and vc.attr("axis") in (-2, 2)
-                and kc.inputs[0] in params and vc.inputs[0] in params):
-            inputs = [q, kc.inputs[1], vc.inputs[1], kc.inputs[0], vc.inputs[0]]
+                and self._copy_of(kc.inputs[0]) in params and self._copy_of(vc.inputs[0]) in params):
+            inputs = [q, kc.inputs[1], vc.inputs[1], self._copy_of(kc.inputs[0]), self._copy_of(vc.inputs[0])]
             outputs = [n.outputs[0], kc.outputs[0], vc.outputs[0]]
             self.absorbed.update({id(kc), id(vc)})
         self.emit(n, Node.make(Op.Attention, inputs, outputs, n.origin, scale=s1 * s2, causal=int(causal)))

@@ -131,7 +131,39 @@ def rewrite(fn: Function, replace: Mapping[int, Node], drop: Iterable[int] = ())
     """`fn` with node `n` replaced by `replace[id(n)]` and nodes whose id is in `drop` removed, then
     dead-code eliminated (the replaced patterns' interiors go when nothing else uses them)."""
     drop = set(drop)
-    return dce_function(fn.with_nodes(replace.get(id(n), n) for n in fn.nodes if id(n) not in drop))
+    nodes = [replace.get(id(n), n) for n in fn.nodes if id(n) not in drop]
+    return dce_function(fn.with_nodes(stable_topological_order(nodes)))
+
+
+def stable_topological_order(nodes: list[Node]) -> list[Node]:
+    """`nodes` reordered so every value is produced before it is read, moving as little as possible
+    (ties keep the original order). A raised node sits where its pattern's root was, which can be after
+    a node reading one of its other outputs (TorchScript exports take Shape of the concatenated KV
+    before the attention MatMul). Values no node produces (params, constants) count as available; a
+    cycle leaves the order as it came (the verifier reports it)."""
+    import heapq
+
+    producer = {o.name: i for i, n in enumerate(nodes) for o in n.outputs}
+    waiting = [0] * len(nodes)
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        deps = {producer[v] for v in n.inputs if v and v in producer and producer[v] != i}
+        waiting[i] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        return list(nodes)
+    return [nodes[i] for i in order]
 
 
 def rename_inputs(node: Node, mapping: Mapping[str, str]) -> Node:

@@ -270,7 +270,9 @@ class Interpreter:
                               f"{', '.join(str(p) for p in fn.params)}")
         extra = set(inputs) - {p.name for p in fn.params}
         if extra:
-            raise InterpError(f"@{fn.name}: unknown inputs {sorted(extra)}")
+            bound = {k: v for k, v in self.module.meta.get("bound_inputs", {}).items() if k in extra}
+            note = "".join(f"; %{k} was bound at load to {v}" for k, v in bound.items())
+            raise InterpError(f"@{fn.name}: unknown inputs {sorted(extra)}{note}")
         for p in fn.params:
             a = np.asarray(inputs[p.name])
             want = p.type.dtype.np

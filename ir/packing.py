@@ -36,12 +36,14 @@ ignored by `unpack`. "Bit 0" is the LSB.
        in its per-256-block fp16 scale; see `to_gguf_tq1_0`.)
 
 Interop helpers: `pack_hf_bitnet` / `unpack_hf_bitnet` (the transformers BitNet checkpoint layout,
-which packs along N, not K) and `to_gguf_tq2_0` / `to_gguf_tq1_0` (GGUF quant blocks).
+which packs along N, not K) and `to_gguf_tq2_0` / `to_gguf_tq1_0` with their inverses
+`from_gguf_tq2_0` / `from_gguf_tq1_0` (GGUF quant blocks, registered in `GGUF_FORMATS`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -590,3 +592,56 @@ def to_gguf_tq1_0(w_t: np.ndarray, scale: float) -> np.ndarray:
     digits = np.where(pos >= 0, codes[..., np.maximum(pos, 0)], 0)  # [N, blocks, 52, 5]
     qs = tq1_encode_groups(digits)
     return np.concatenate([qs, _gguf_block_scales(w_t, scale)], axis=-1).reshape(n, -1)
+
+
+def _gguf_blocks(blocks: np.ndarray, k: int, block_bytes: int, name: str) -> np.ndarray:
+    blocks = np.asarray(blocks)
+    if blocks.dtype != np.uint8 or blocks.ndim != 2 or k % GGUF_QK_K or blocks.shape[1] != k // GGUF_QK_K * block_bytes:
+        raise ValueError(f"{name} rows must be uint8 [N, {k}/{GGUF_QK_K}*{block_bytes}], got {blocks.dtype} "
+                         f"{blocks.shape}")
+    return blocks.reshape(blocks.shape[0], k // GGUF_QK_K, block_bytes)
+
+
+def _gguf_d(b: np.ndarray, at: int) -> np.ndarray:
+    return np.ascontiguousarray(b[..., at:at + 2]).view(np.float16)[..., 0].astype(np.float32)
+
+
+def from_gguf_tq2_0(blocks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `to_gguf_tq2_0`: rows uint8 [N, K/256*66] -> (w_t int8 [N, K], d f32 [N, K/256]).
+    The 2-bit fields are reordered into our i2 layout and decoded by i2's decoder."""
+    b = _gguf_blocks(blocks, k, GGUF_QK_K // 4 + 2, "TQ2_0")
+    n = b.shape[0]
+    qs = b[..., :GGUF_QK_K // 4]
+    f = [(qs >> np.uint8(2 * g)) & np.uint8(3) for g in range(4)]
+    if (np.stack(f) == 3).any():
+        raise ValueError("TQ2_0 code 3 is invalid")
+    i2 = (f[0] << np.uint8(6) | f[1] << np.uint8(4) | f[2] << np.uint8(2) | f[3]).astype(np.uint8)
+    return unpack({"codes": i2.reshape(n, -1)}, "i2", k), _gguf_d(b, GGUF_QK_K // 4)
+
+
+def from_gguf_tq1_0(blocks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `to_gguf_tq1_0`: rows uint8 [N, K/256*54] -> (w_t int8 [N, K], d f32 [N, K/256])."""
+    b = _gguf_blocks(blocks, k, 54, "TQ1_0")
+    n = b.shape[0]
+    digits = tq1_decode_bytes(b[..., :52])  # [N, blocks, 52, 5]
+    pos = _tq1_0_block_positions()
+    codes = np.zeros((n, k // GGUF_QK_K, GGUF_QK_K), dtype=np.int8)
+    used = pos >= 0
+    codes[..., pos[used]] = digits[..., used]
+    return (codes.reshape(n, k) - 1).astype(np.int8), _gguf_d(b, 52)
+
+
+@dataclass(frozen=True)
+class GgufBlockFormat:
+    """A GGUF ternary quant type: 256-weight blocks of `block_bytes` bytes with one fp16 scale each;
+    `encode(w_t, scale)` -> rows, `decode(rows, k)` -> (w_t, per-block d)."""
+
+    name: str
+    block_bytes: int
+    encode: Callable[[np.ndarray, float], np.ndarray]
+    decode: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+# GGUF ternary block formats by their gguf.GGMLQuantizationType name (frontend/gguf.py reads through this)
+GGUF_FORMATS = {f.name: f for f in (GgufBlockFormat("TQ2_0", GGUF_QK_K // 4 + 2, to_gguf_tq2_0, from_gguf_tq2_0),
+                                    GgufBlockFormat("TQ1_0", 54, to_gguf_tq1_0, from_gguf_tq1_0))}

@@ -136,21 +136,47 @@ def _verify_enabled(verify_each: bool | None) -> bool:
     return os.environ.get("TERNC_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+# Passes that work on ternary linears, and those that make them: a pipeline running one of the first
+# before any of the second on a module without ternary linears would be a silent no-op (issue 14).
+_NEEDS_TERNARY = ("pack-ternary", "split-ternary")
+_MAKES_TERNARY = ("raise-ternary", "quantize-ternary")
+
+
+def _check_has_ternary(module: Module, name: str, ran: list[str]) -> None:
+    if name not in _NEEDS_TERNARY or any(r in _MAKES_TERNARY for r in ran):
+        return
+    from ..ir.ops import Op
+
+    ternary = (Op.TernaryLinear, Op.TernaryMatMul, Op.FusedLinear)
+    if any(n.op in ternary for f in module.functions for n in f.nodes):
+        return
+    raise SpecError(f"pass {name!r} has nothing to work on: @{module.name} has no ternary linears yet. Run "
+                    f"raise-ternary (exact, for BitNet-style graphs) or quantize-ternary (lossy) before it, "
+                    f"e.g. \"fold,raise-ternary,{name}\"")
+
+
 def compile(module: Module, passes: PassesArg = None, verify_each: bool | None = None,
-            report: bool | Callable[[str], Any] = True, target: str = "") -> tuple[Module, PassReport]:
+            report: bool | Callable[[str], Any] = True, target: str = "",
+            progress: Callable[[str], Any] | None = None) -> tuple[Module, PassReport]:
     """Run the pipeline `passes` on `module`; returns (new module, PassReport).
 
     The input module is never modified. `verify_each` (default: on unless env TERNC_VERIFY=0) checks
     the IR after every pass and names the pass that broke it. `report`: True prints the per-pass
     table, False is silent, a callable receives the table text. `target` only labels the report.
     Building an artifact from the returned module is the target's job (`ternc.targets`).
+    `progress(step)` is called with "pass NAME" as each pass starts.
     """
     steps = resolve(passes)
     check = _verify_enabled(verify_each)
     if check:
         verify(module)
     rep = PassReport(target, format_spec(steps))
+    ran: list[str] = []
     for info, opts in steps:
+        _check_has_ternary(module, info.name, ran)
+        ran.append(info.name)
+        if progress is not None:
+            progress(f"pass {info.name}")
         t0 = time.perf_counter()
         result = info.run(module, opts)
         seconds = time.perf_counter() - t0

@@ -272,6 +272,8 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
                         "sha256": w.sha256} for w in wheels],
             "golden": "golden/golden.json",
             "usage": ["python3 run.py --verify", "python3 run.py --prompt-ids 1,2,3 -n 16",
+                      *(['python3 run.py --prompt "Hello" -n 16   (needs pip install tokenizers)']
+                        if (art / "tokenizer" / "tokenizer.json").is_file() else []),
                       "python3 run.py --bench", "python3 run.py --rpc-server --tracker HOST:PORT --key KEY"],
             "files": files,
         }

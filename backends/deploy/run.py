@@ -3,6 +3,8 @@
 TVM runtime (beside this file: runtime-only `tvm`, `tvm_ffi`, and ternc's artifact loader).
 
     python3 run.py --prompt-ids 1,2,3 [-n 16]     greedy generation, prints the ids
+    python3 run.py --prompt "text" [-n 16]        the same from text, streamed, through the tokenizer
+                                                   the artifact carries (needs the `tokenizers` package)
     python3 run.py --verify                        rerun the golden prompts: PASS / FAIL (exit 1)
     python3 run.py --bench [--prompt-len 32 --decode 32]   prefill / decode tokens per second
     python3 run.py --rpc-server --tracker HOST:PORT --key KEY [--port 9090]
@@ -164,9 +166,42 @@ def load(bundle: dict, root: Path = HERE):
     return rt.TVMRunner(art, manifest)
 
 
-def generate(runner, prompt: list[int], n_new: int, decoder=None) -> list[int]:
+class BundleTokenizer:
+    """The tokenizer the artifact carries (`artifact/tokenizer/tokenizer.json`, written by `ternc compile`
+    for models imported with one), read with the `tokenizers` package (not part of the bundle's numpy +
+    TVM-runtime set: `pip install tokenizers` on the board)."""
+
+    def __init__(self, art: Path):
+        d = art / "tokenizer"
+        if not (d / "tokenizer.json").is_file():
+            raise BundleError(f"{art}: the artifact carries no tokenizer (its model was imported from ONNX); "
+                              f"use --prompt-ids")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise BundleError("--prompt needs the `tokenizers` package on this board (pip install tokenizers); "
+                              "or give --prompt-ids") from None
+        self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        self.eos = set()
+        cfg = d / "tokenizer_config.json"
+        if cfg.is_file():
+            eos = json.loads(cfg.read_text()).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            if isinstance(eos, str) and self.tok.token_to_id(eos) is not None:
+                self.eos.add(self.tok.token_to_id(eos))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def generate(runner, prompt: list[int], n_new: int, decoder=None, stop: set | None = None,
+             on_token=None) -> list[int]:
     """Greedy decoding with the KV cache, as ternc.generate: prefill, then one token per decode
-    call, the carried tensors fed back by the decoder contract's `decode_feeds` (ternc.ir.decoder)."""
+    call, the carried tensors fed back by the decoder contract's `decode_feeds` (ternc.ir.decoder).
+    Stops early at a token in `stop` (end of sequence); `on_token(id)` sees each new token (streaming)."""
     import numpy as np
 
     if hasattr(runner, "generate_ids"):      # kv260: the driver keeps the KV cache in the accelerator's DDR
@@ -181,7 +216,9 @@ def generate(runner, prompt: list[int], n_new: int, decoder=None) -> list[int]:
     for step in range(n_new):
         nxt = int(np.argmax(np.asarray(res[dec.logits])[0, -1]))
         out.append(nxt)
-        if step == n_new - 1 or (limit and len(out) > limit):
+        if on_token is not None:
+            on_token(nxt)
+        if step == n_new - 1 or (limit and len(out) > limit) or (stop and nxt in stop):
             break
         res = runner.run(dec.decode, decoder.decode_feeds(dec, res, np.array([[nxt]], dtype=np.int64)))
     return out
@@ -269,6 +306,7 @@ def rpc_server(bundle: dict, tracker: str | None, key: str, host: str, port: int
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt-ids", help="comma-separated token ids")
+    ap.add_argument("--prompt", help="text, through the tokenizer the artifact carries (needs `tokenizers`)")
     ap.add_argument("-n", type=int, default=16, help="new tokens to generate")
     ap.add_argument("--verify", action="store_true", help="rerun the golden inputs; PASS or FAIL")
     ap.add_argument("--bench", action="store_true", help="prefill / decode tokens per second")
@@ -313,6 +351,23 @@ def main(argv=None) -> int:
             result = bench(runner, a.prompt_len, a.decode, a.repeat)
             print(f"prefill {result['prompt_tokens']} tokens: {result['prefill_tok_s']:.1f} tok/s   "
                   f"decode {result['decode_tokens']} tokens: {result['decode_tok_s']:.1f} tok/s")
+        elif a.prompt is not None:
+            tok = BundleTokenizer(HERE / bundle["artifact"])
+            ids = tok.encode(a.prompt)
+            if not ids:
+                raise BundleError("--prompt encodes to no tokens")
+            t0 = time.perf_counter()
+            shown = []
+
+            def stream(t):  # print the text as it grows (decode of the whole tail: multi-byte safe)
+                shown.append(t)
+                print(tok.decode(shown)[len(tok.decode(shown[:-1])):], end="", flush=True)
+
+            print(a.prompt, end="", flush=True)
+            toks = generate(runner, ids, a.n, stop=tok.eos, on_token=stream)
+            print()
+            print(f"[run.py] {len(toks) - len(ids)} new tokens in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+            result = {"prompt": a.prompt, "tokens": toks, "text": tok.decode(toks[len(ids):])}
         elif a.prompt_ids:
             try:
                 ids = [int(t) for t in a.prompt_ids.split(",") if t.strip()]
@@ -326,7 +381,7 @@ def main(argv=None) -> int:
             print(f"[run.py] {len(toks) - len(ids)} new tokens in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
             result = {"tokens": toks}
         else:
-            ap.error("give --prompt-ids, --verify, --bench or --rpc-server")
+            ap.error("give --prompt, --prompt-ids, --verify, --bench or --rpc-server")
         if a.json and result is not None:
             Path(a.json).write_text(json.dumps(result, indent=1))
         return 0 if result is None or result.get("pass", True) else 1

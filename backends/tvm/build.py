@@ -105,6 +105,56 @@ def _no_fuse_scalar_param_funcs():
     return _pass
 
 
+def _sorted_shape_func(f):
+    """`f` (a VMShapeLower shape function: independent stores `H[i] = expr(H[var slots])`) with its
+    stores ordered by slot index, or `f` unchanged when it is not of that form."""
+    from tvm import tirx
+
+    body = f.body
+    stores = list(body.seq) if isinstance(body, tirx.SeqStmt) else None
+    if not stores or not all(isinstance(st, tirx.BufferStore) and len(st.indices) == 1
+                             and isinstance(st.indices[0], tirx.IntImm) for st in stores):
+        return f
+    import re
+
+    written = {int(st.indices[0].value) for st in stores}
+    read: set = set()
+    for st in stores:  # the slots each value loads, from its printed form (no TIR visitor in Python here)
+        text = str(st.value)
+        loads = re.findall(r"\[T\.int64\((\d+)\)\]", text)
+        if text.count("[") != len(loads):
+            return f  # a load we cannot read: keep the order
+        read |= {int(i) for i in loads}
+    if read & written:  # a store reads another's result: its order matters, keep it
+        return f
+    ordered = sorted(stores, key=lambda st: int(st.indices[0].value))
+    return f.with_body(tirx.SeqStmt(ordered))
+
+
+def _canonical_shape_funcs():
+    """TVM's VMShapeLower emits each shape function's stores in the iteration order of an unordered_map
+    keyed by a structural hash that, for free symbolic vars, hashes their addresses: the same module
+    gives the stores in another order from build to build, and so another `model.so` (LLVM schedules
+    them differently). The stores are independent (each reads only symbolic-var slots), so ordering them
+    by slot index makes the library byte-identical across builds (issue 14)."""
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="TerncCanonicalShapeFuncs")
+    def _pass(mod, _ctx):
+        for gv, f in list(mod.functions.items()):
+            if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith("shape_func"):
+                mod[gv] = _sorted_shape_func(f)
+        return mod
+
+    return _pass
+
+
+def _cpu_pipeline():
+    from tvm import relax
+
+    return tvm.transform.Sequential([relax.get_pipeline("default"), _canonical_shape_funcs()])
+
+
 def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
     """Relax pipeline for CUDA: legalize, then dlight default GPU schedules for every unscheduled
     TIR function (our ternary kernels come scheduled already)."""
@@ -135,6 +185,7 @@ def _cuda_pipeline_pass(target, fuse: bool = True, cuda_graph: bool = False):
                 relax.transform.LowerRuntimeBuiltin(),
                 relax.transform.ComputePrimValue(),
                 relax.transform.VMShapeLower(),
+                _canonical_shape_funcs(),
                 relax.transform.AttachGlobalSymbol(),
             ])
             return seq(mod)
@@ -171,6 +222,7 @@ def _cpu_pipeline_pass(target):
                 relax.transform.LowerRuntimeBuiltin(),
                 relax.transform.ComputePrimValue(),
                 relax.transform.VMShapeLower(),
+                _canonical_shape_funcs(),
                 relax.transform.AttachGlobalSymbol(),
             ])
             return seq(mod)
@@ -200,7 +252,7 @@ def compile_module(module: Module, target: "str | TvmTarget" = "cpu", kernel_pol
         with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": bool(graphs)}):
             ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cuda_pipeline_pass(tgt, fuse, graphs))
         return Built(t, tgt, ex, lowered, cuda_sources(ex.mod), host_arch or "x86_64", cuda_arch or CUDA_ARCH)
-    ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cpu_pipeline_pass(tgt) if fuse else "default")
+    ex = tvm.compile(lowered.mod, tgt, relax_pipeline=_cpu_pipeline_pass(tgt) if fuse else _cpu_pipeline())
     return Built(t, tgt, ex, lowered)
 
 

@@ -231,6 +231,8 @@ class TVMRunner:
             dec = DecoderSpec.from_meta(self.meta["decoder"]) if self.meta.get("decoder") else None
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # DecoderSpecError is a ValueError
             raise ArtifactError(f"{self.path}: manifest model.meta.decoder is malformed: {e}") from None
+        if dec is not None:
+            _check_decoder_entries(self.path, dec, self.entries)
         self._device_outputs = {t.present for t in dec.carried} if dec else set()
         # decode over preallocated caches written in place (kvcache.py), where the library has it
         self._kv_inplace = manifest.get("kv_inplace") if session is None else None
@@ -337,7 +339,10 @@ class TVMRunner:
                     out = self.vm.get_outputs(entry)
                 else:
                     out = self.vm[entry](*args)
-            except RuntimeError as e:  # tvm.error.*: e.g. a manifest whose entry signature the library disagrees with
+            except (RuntimeError, ValueError, TypeError) as e:
+                # tvm.error.* (RuntimeError), or the packed-function argument checks (ValueError "Mismatched
+                # w.strides", TypeError "Mismatched type"): a manifest whose entry signature, e.g. its weight
+                # order, the library disagrees with; inputs were validated above
                 raise RunnerError(f"{self.path}: @{entry} failed in the compiled library (does the manifest match "
                                   f"it?): {str(e).strip().splitlines()[-1][:300]}") from None
             return {o["name"]: DeviceTensor(out[i]) if o["name"] in self._device_outputs else out[i].numpy()
@@ -384,6 +389,24 @@ class TVMRunner:
         return res
 
 
+def _check_decoder_entries(path: Path, dec: DecoderSpec, entries: dict) -> None:
+    """The decoder contract's names must be the entries' inputs and outputs (a manifest whose outputs
+    were renamed would load and then fail in generate with a KeyError)."""
+    where = f"{path / 'manifest.json'}: model.meta.decoder"
+    for entry in (dec.prefill, dec.decode):
+        if entry not in entries:
+            raise ArtifactError(f"{where}: entry {entry!r} is not among the entries {sorted(entries)}")
+        outs = {o["name"] for o in entries[entry]["outputs"]}
+        ins = {i["name"] for i in entries[entry]["inputs"]}
+        want_out = [dec.logits] + [t.present for t in dec.carried]
+        bad = [n for n in want_out + [dec.input_ids] if not isinstance(n, str)]
+        if bad:
+            raise ArtifactError(f"{where}: names must be strings, got {type(bad[0]).__name__}")
+        missing = [n for n in want_out if n not in outs] + [n for n in [dec.input_ids] if n not in ins]
+        if missing:
+            raise ArtifactError(f"{where}: {entry!r} lacks {missing[:4]} that the decoder contract names")
+
+
 def _check_manifest(path: Path, manifest: dict) -> None:
     """The TVM keys of a manifest (backends/artifact.py checked the common ones): types and names."""
     where = f"{path / 'manifest.json'}"
@@ -408,6 +431,10 @@ def _check_manifest(path: Path, manifest: dict) -> None:
         for wn in require(sig, "weights", list, w):
             if not isinstance(wn, str) or wn not in weights:
                 raise ArtifactError(f"{w}: weight {wn!r} is not in the manifest's weights")
+    for wn, key in weights.items():
+        if not isinstance(key, str):
+            raise ArtifactError(f"{where}: weights[{wn!r}] must name a safetensors tensor (a string), got "
+                                f"{type(key).__name__}")
     for role in ("library", "weights"):
         if role not in manifest["roles"]:
             raise ArtifactError(f"{where}: roles lacks the {role!r} file")

@@ -187,33 +187,29 @@ def test_sliding_window_beyond_the_default_lengths_is_caught(tmp_path):
 
 def test_torchscript_export_with_mask_loads(tmp_path):
     """A legacy TorchScript export (attention_mask whose dims are named by dynamic_axes) used to fail in
-    the check (every unknown dim drawn as 2). Now the drawn dims respect the graph, the primitive graph
-    runs, and the model loads, exact against torch (raised or not: meta says which)."""
+    the check (every unknown dim drawn as 2), then in the attention raising (the transposed,
+    head-expanded K) and the decoder setup ("cannot find the rotary position Range"). Now the mask is
+    bound to ones, attention is raised and kept by the check, and the model generates what torch does."""
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ternc.frontend.torch_export import export_decoder_torchscript, torch_greedy
 
     from ..conftest import TINY
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(**TINY)).eval()
-
-    class WithMask(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    path = _export(WithMask(lm), tmp_path / "llama-ts.onnx", dynamo=False, opset_version=17,
-                   input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                   dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    path = export_decoder_torchscript(lm, tmp_path / "llama-ts.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mod = from_onnx(path)
-    assert "cannot run" not in mod.meta.get("raising", "")
+        mod = ternc.load(path)
+    assert "raising" not in mod.meta and mod.meta["raised"]["Attention"] == 2
+    assert "ones [batch, seq]" in mod.meta["bound_inputs"]["attention_mask"]
     ids = np.random.default_rng(1).integers(0, 128, (1, 6))
-    got = ternc.interpret(mod, {"input_ids": ids, "attention_mask": np.ones((1, 6), np.int64)})["logits"]
+    got = ternc.interpret(mod, {"input_ids": ids})["logits"]
     with torch.no_grad():
         ref = lm(input_ids=torch.as_tensor(ids)).logits.numpy()
     assert np.max(np.abs(got - ref)) < 1e-4 * np.max(np.abs(ref)) + 1e-5
+    np.testing.assert_array_equal(ternc.generate(mod, [3, 17, 42], 8), torch_greedy(lm, [3, 17, 42], 8))
+    with pytest.raises(Exception, match=r"unknown inputs \['attention_mask'\]; %attention_mask was bound at load"):
+        ternc.interpret(mod, {"input_ids": ids, "attention_mask": np.ones((1, 6), np.int64)})

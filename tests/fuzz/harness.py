@@ -197,6 +197,10 @@ def _zygote_main() -> None:
         sys.stdout.flush()
 
 
+class _BudgetSpent(Exception):
+    """TERNC_FUZZ_SECONDS ran out: stop generating, report the cases that ran."""
+
+
 @dataclass
 class Tally:
     """Outcome counts of one fuzz run; `findings` keeps the payloads of bad outcomes."""
@@ -207,6 +211,7 @@ class Tally:
     max_rss_added: int = 0
     max_seconds: float = 0.0
     t0: float = field(default_factory=time.perf_counter)
+    stopped: str = ""
 
     def add(self, outcome: Outcome, payload: Any) -> None:
         self.counts[outcome.kind] += 1
@@ -221,7 +226,8 @@ class Tally:
         return {"surface": self.surface, "cases": sum(self.counts.values()), "counts": dict(self.counts),
                 "bad": sum(self.counts[k] for k in BAD), "max_rss_added_mib": round(self.max_rss_added / 2**20, 1),
                 "max_case_seconds": round(self.max_seconds, 2), "seconds": round(time.perf_counter() - self.t0, 1),
-                "findings": [f"{o.kind}: {o.detail[:400]}" for o, _ in self.findings[:20]]}
+                "findings": [f"{o.kind}: {o.detail[:400]}" for o, _ in self.findings[:20]],
+                **({"stopped": self.stopped} if self.stopped else {})}
 
     def report(self, save: Callable[[Any, Path], None] | None = None) -> dict:
         """Write the summary (and the payloads of findings) where TERNC_FUZZ_REPORT points, if set."""
@@ -255,15 +261,21 @@ def fuzz(surface: str, strategy, target: str, n: int, seed: int, zygote: Zygote,
     from hypothesis import seed as hseed
 
     tally = Tally(surface)
+    budget = float(os.environ.get("TERNC_FUZZ_SECONDS", 0)) or None  # a long run on a shared machine
 
     @hseed(seed)
     @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def one(payload):
+        if budget is not None and time.perf_counter() - tally.t0 > budget:
+            raise _BudgetSpent
         tally.add(zygote.run(target, payload), payload)
 
-    one()
+    try:
+        one()
+    except _BudgetSpent:
+        tally.stopped = f"time budget of {budget:.0f} s spent after {sum(tally.counts.values())} of {n} cases"
     s = tally.report(save)
     assert s["bad"] == 0, json.dumps(s, indent=1)
     return s

@@ -110,6 +110,8 @@ def _from_recipe(recipe: dict, seed_dir) -> dict:
                 node.pop(path[-1], None)
             elif value == "__drop_last__":
                 node[path[-1]] = node[path[-1]][:-1]
+            elif value == "__reverse__":
+                node[path[-1]] = node[path[-1]][::-1]
             elif value == "__copy_library_entry__":
                 node[path[-1]] = dict(doc["files"]["lib/model.so"])
             else:

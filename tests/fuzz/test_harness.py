@@ -52,3 +52,21 @@ def test_memory_is_measured_and_bounded():
     assert out.kind == "memory" and out.rss_added >= 150 << 20
     out = run_isolated(_alloc, 8 << 30, memory=100 << 20)  # beyond the address-space cap: fails fast
     assert out.kind == "other" and "MemoryError" in out.detail
+
+
+def test_time_budget_stops_a_long_run_and_reports_the_count(zygote, monkeypatch, tmp_path):
+    """TERNC_FUZZ_SECONDS: a 10,000-case run on a shared machine stops when its budget is spent and
+    reports how many cases ran (none of them bad), instead of being killed without figures."""
+    import json
+
+    from hypothesis import strategies as st
+
+    from .harness import fuzz
+
+    monkeypatch.setenv("TERNC_FUZZ_SECONDS", "3")
+    monkeypatch.setenv("TERNC_FUZZ_REPORT", str(tmp_path))
+    s = fuzz("budget", st.builds(lambda t: {"spec": t}, st.sampled_from(["dce", "cse", "fold{bogus=1}"])),
+             "pass_spec", 10_000, seed=1, zygote=zygote)
+    assert 0 < s["cases"] < 10_000 and s["bad"] == 0
+    assert s["stopped"].startswith("time budget of 3 s spent after")
+    assert json.loads((tmp_path / "budget.json").read_text())["cases"] == s["cases"]

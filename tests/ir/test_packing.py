@@ -11,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from ternc.ir.packing import (
     FORMATS,
+    GGUF_FORMATS,
     bits_per_weight,
     pack,
     pack_hf_bitnet,
@@ -237,6 +238,25 @@ def test_tq1_0_bytes_use_the_tq1_trit_scheme():
     # Regrouped contiguously, the same 5 weights give the same byte in our tq1 format.
     regrouped = w_t[:, j + 32 * np.arange(5)]
     np.testing.assert_array_equal(pack(regrouped, "tq1")["trits"][:, 0], qs[:, j])
+
+
+@pytest.mark.parametrize("qtype_name", ["TQ2_0", "TQ1_0"])
+def test_gguf_block_decoders_invert_the_encoders_and_match_gguf(qtype_name):
+    """The GGUF block formats live in the packing registry (GGUF_FORMATS): decode(encode(w)) is w,
+    per-block d is the fp16 scale (0 on all-zero blocks), and w * d is what gguf dequantizes."""
+    quants, qtypes = _gguf()
+    f = GGUF_FORMATS[qtype_name]
+    w_t = random_ternary(6, 512, seed=3)
+    w_t[2, 256:] = 0
+    enc = f.encode(w_t, 0.037)
+    assert enc.shape == (6, 2 * f.block_bytes)
+    got, d = f.decode(enc, 512)
+    np.testing.assert_array_equal(got, w_t)
+    assert d[2, 1] == 0 and d[0, 0] == np.float32(np.float16(0.037))
+    ref = quants.dequantize(enc, getattr(qtypes, qtype_name)).reshape(6, 512)
+    np.testing.assert_array_equal(got * np.repeat(d, 256, axis=1), ref)
+    with pytest.raises(ValueError, match=rf"{qtype_name} rows must be uint8"):
+        f.decode(enc[:, :-1], 512)
 
 
 def test_gguf_helpers_reject_bad_input():

@@ -72,3 +72,27 @@ def test_pass_list_forms_and_api(llama, llama_inputs, hp):
     assert str(a) == str(b)
     with pytest.raises(SpecError, match="unknown option 'nope'"):
         compile(llama, passes=[("cse", {"nope": 1})], report=False)
+
+
+def test_packing_before_any_ternary_linear_exists_is_an_error(bitnet, llama):
+    """Issue 14: `pack-ternary` (or split-ternary) before raise-ternary packed nothing and said
+    nothing. Now it is refused, naming the fix; after raise-ternary it runs, and on a float model the
+    default pipeline (raise-ternary finding nothing) still goes through."""
+    with pytest.raises(SpecError, match=r"'pack-ternary' has nothing to work on.*raise-ternary"):
+        compile(bitnet, "pack-ternary{format=tl2},raise-ternary", report=False)
+    with pytest.raises(SpecError, match=r"'split-ternary' has nothing to work on"):
+        compile(bitnet, "split-ternary", report=False)
+    out, rep = compile(bitnet, "fold,raise-ternary,pack-ternary{format=tl2}", report=False)
+    assert rep.row("pack-ternary").stats["packed_nodes"] > 0
+    packed, _ = compile(out, "pack-ternary{format=i2}", report=False)  # already ternary: fine
+    compile(llama, TVM_PIPELINE, report=False)  # float: nothing to raise, nothing to pack, no error
+
+
+def test_compile_reports_progress_per_step(llama, tmp_path):
+    """Issue 15: long steps report progress; ternc.compile calls `progress` as each pass and the build
+    start (the CLI's tqdm bar reads them)."""
+    steps = []
+    res = ternc.compile(llama, target="reference", passes="fold,cse,dce", out=tmp_path / "m.ternc",
+                        progress=steps.append)
+    assert steps == ["pass fold", "pass cse", "pass dce", "build for reference"]
+    assert res.artifact.exists()

@@ -190,6 +190,23 @@ class FunctionLowerer:
             sig_inputs.append({"name": p.name, "dtype": dt, "shape": sig_shape})
         if self.inplace_kv:
             params.append(relax.Var("kv_len", relax.ShapeType([kv_len])))
+        try:
+            return self._lower_body(fn, params, sig_inputs)
+        except BaseException:
+            self._abandon_function()
+            raise
+
+    def _abandon_function(self):
+        """Close the binding block and variable scope a failed function left open in the shared
+        BlockBuilder (TVM's function scope does not on an exception, and the builder then warns
+        "destroyed with remaining blocks" at exit)."""
+        try:
+            self.bb._end_block()
+            self.bb.end_scope()
+        except Exception:  # already closed: nothing to clean
+            pass
+
+    def _lower_body(self, fn, params, sig_inputs):
         with self.bb.function(self.entry_name):
             with self.bb.dataflow():
                 for node in fn.nodes:

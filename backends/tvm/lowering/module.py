@@ -11,7 +11,7 @@ from ....ir.decoder import DecoderSpec
 from ....ir.ops import Op
 from .. import kernels
 from ..target import CAPABILITIES, tvm_target
-from .common import EntrySignature, KernelRegistry, Lowered
+from .common import IMPLS, EntrySignature, KernelRegistry, Lowered, LoweringError
 from .function import FunctionLowerer
 
 
@@ -86,6 +86,20 @@ def inplace_kv_plan(module: Module, name: str, target_kind) -> dict | None:
     return {past: kv[past].present for past in kv} if seen == set(kv) else None
 
 
+def check_lowerable(module: Module, entries: list[str]) -> None:
+    """Refuse, before anything is built, a module using ops the TVM backend has no lowering for,
+    listing every such op with its node count and first node."""
+    missing: dict[Op, list] = {}
+    for name in entries:
+        for n in module.func(name).nodes:
+            if n.op not in IMPLS:
+                missing.setdefault(n.op, []).append(f"@{name} {n.label}")
+    if missing:
+        ops = "; ".join(f"{op.value} ({len(where)} node{'s' if len(where) > 1 else ''}, first {where[0]})"
+                        for op, where in sorted(missing.items(), key=lambda kv: kv[0].value))
+        raise LoweringError(f"the TVM backend has no lowering for {len(missing)} op(s) this module uses: {ops}")
+
+
 def lower_module(module: Module, entries: list[str] | None = None, target_kind="cpu",
                  kernel_policy: str = "auto", target=None, decode_tokens: int | None = None,
                  tuner: kernels.KernelTuner | None = None) -> Lowered:
@@ -103,6 +117,7 @@ def lower_module(module: Module, entries: list[str] | None = None, target_kind="
     if entries is None:
         dec = DecoderSpec.of(module)
         entries = list(dec.entries) if dec else module.entry_names
+    check_lowerable(module, entries)
     bb = relax.BlockBuilder()
     sigs: dict[str, EntrySignature] = {}
     log: list = []

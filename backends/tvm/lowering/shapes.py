@@ -1,6 +1,6 @@
 """Shape computations at compile time (Sym values over symbolic PrimExprs) and the ops that
 consume or produce shapes: Reshape, Transpose, Squeeze/Unsqueeze, Flatten, Concat, Slice, Gather,
-Expand, Range, ConstantOfShape, Shape."""
+Expand, Range, ConstantOfShape, Shape, Split."""
 
 from __future__ import annotations
 
@@ -117,6 +117,67 @@ SYM_IMPLS[Op.Mul] = _sym_binary(lambda x, y: x * y)
 
 
 SYM_IMPLS[Op.Div] = _sym_binary(_tdiv)
+
+
+def _known_equal(x, y):
+    """x == y for (symbolic) shape values, or None when it cannot be told at compile time. Shape
+    values are never negative, so a symbolic one differs from a negative constant (TorchScript's
+    `Where(Equal(shape, -1), 1, shape)` idiom for Expand)."""
+    xi, yi = _as_int(x), _as_int(y)
+    if xi is not None and yi is not None:
+        return xi == yi
+    if (xi is not None and xi < 0) or (yi is not None and yi < 0):
+        return False
+    try:
+        d = _as_int(_simplify(x - y))
+    except Exception:
+        return None
+    return None if d is None else d == 0
+
+
+@sym_impl(Op.Equal)
+def _s_equal(L, node, args, syms):
+    a, b = syms
+    if a.vals.ndim > 1 or b.vals.ndim > 1 or not (_is_int_dtype(a.dtype) and _is_int_dtype(b.dtype)):
+        return None
+    av, bv = np.broadcast_arrays(a.vals, b.vals)
+    out = [_known_equal(x, y) for x, y in zip(av.reshape(-1), bv.reshape(-1))]
+    if any(v is None for v in out):
+        return None
+    return Sym(np.array([int(v) for v in out], dtype=object).reshape(av.shape), "bool")
+
+
+@sym_impl(Op.Where)
+def _s_where(L, node, args, syms):
+    c, a, b = syms
+    if c.dtype != "bool" or max(c.vals.ndim, a.vals.ndim, b.vals.ndim) > 1:
+        return None
+    cv, av, bv = np.broadcast_arrays(c.vals, a.vals, b.vals)
+    if any(_as_int(v) is None for v in cv.reshape(-1)):
+        return None
+    vals = np.array([x if _as_int(k) else y for k, x, y in zip(cv.reshape(-1), av.reshape(-1), bv.reshape(-1))],
+                    dtype=object).reshape(cv.shape)
+    return Sym(vals, a.dtype)
+
+
+@sym_impl(Op.ConstantOfShape)
+def _s_const_of_shape(L, node, args, syms):
+    shape = [_as_int(v) for v in syms[0].vals.reshape(-1)]
+    dt = tvm_dtype(DType(node.attr("dtype", "f32")))
+    if any(v is None for v in shape) or len(shape) > 1 or not _is_int_dtype(dt) or math.prod(shape) > 64:
+        return None
+    return Sym(np.array([int(node.attr("value", 0))] * math.prod(shape), dtype=object).reshape(shape), dt)
+
+
+@sym_impl(Op.Reshape)
+def _s_reshape(L, node, args, syms):
+    x, shape = syms
+    target = [_as_int(v) for v in shape.vals.reshape(-1)]
+    if x.vals.ndim > 1 or len(target) > 1 or any(v is None for v in target):
+        return None
+    if target and target[0] not in (-1, x.vals.size, 0):
+        return None
+    return Sym(x.vals.reshape(-1) if target else x.vals.reshape(()), x.dtype)
 
 
 @sym_impl(Op.Slice)
@@ -244,6 +305,39 @@ def _slice(L, node, args):
             and any(_as_int(g) is None for g in got)):
         y = L.bb.match_cast(y, relax.TensorType(list(declared), L.dtype_of(y)))
     return y
+
+
+@impl(Op.Split)
+def _split(L, node, args):
+    """ONNX Split: sizes from the `split` input, else len(outputs) chunks of ceil(dim / n) (the last
+    ones shorter or empty), each a strided_slice over a static or symbolic dimension."""
+    x = L.tensor(args[0])
+    shp = L.shape_of(x)
+    axis = node.attr("axis", 0) % max(len(shp), 1)
+    dim, n = shp[axis], len(node.outputs)
+    if len(args) > 1 and args[1] is not None:
+        sizes = _shape_arg(L, args[1])
+        if len(sizes) != n:
+            raise L.err(f"Split has {len(sizes)} sizes for {n} outputs")
+        ends, end = [], 0
+        for size in sizes:
+            end = _simplify(end + size)
+            ends.append(end)
+    else:
+        chunk = -(-dim // n) if isinstance(dim, int) else _simplify(tirx.floordiv(dim + (n - 1), n))
+        ends = [_dim_end(chunk * (i + 1), dim) for i in range(n - 1)] + [dim]
+    outs, begin = [], 0
+    for end in ends:
+        outs.append(L.emit(relax.op.strided_slice(x, [axis], [begin], [end], [1], assume_inbound=True)))
+        begin = end
+    return outs
+
+
+def _dim_end(end, dim):
+    """min(end, dim) for static or symbolic values."""
+    if isinstance(end, int) and isinstance(dim, int):
+        return min(end, dim)
+    return _simplify(tirx.min(end, dim))
 
 
 @impl(Op.Gather)

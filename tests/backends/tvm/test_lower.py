@@ -211,8 +211,89 @@ def _one_node_module(op, **attrs):
 
 def test_unsupported_op_names_the_node():
     m = _one_node_module(Op.Mish)
-    with pytest.raises(LoweringError, match=r"@main, node %y = Mish \(from onnx_node_7\).*no lowering for op Mish"):
+    with pytest.raises(LoweringError, match=r"no lowering for 1 op\(s\).*Mish \(1 node, first @main %y = Mish "
+                                            r"\(from onnx_node_7\)\)"):
         lower_module(m)
+
+
+def test_every_op_without_a_lowering_is_listed_before_building(monkeypatch):
+    """Issue 15: the compile refuses before building, listing every op that does not lower (sorted,
+    with counts), instead of failing on the first one midway."""
+    x = Value("x", TensorType(DType.F32, (2, 3)))
+    vals = [Value(f"v{i}", TensorType(DType.F32, (2, 3))) for i in range(4)]
+    nodes = (Node.make(Op.Mish, ["x"], [vals[0]]), Node.make(Op.Relu, ["v0"], [vals[1]]),
+             Node.make(Op.Mish, ["v1"], [vals[2]]), Node.make(Op.Softsign, ["v2"], [vals[3]]))
+    m = Module("m", (Function("main", (x,), nodes, ("v3",)),))
+    import tvm.relax as rx
+
+    monkeypatch.setattr(rx, "BlockBuilder", None)  # nothing may be built before the refusal
+    with pytest.raises(LoweringError, match=r"2 op\(s\).*: Mish \(2 nodes, first @main %v0 = Mish\); "
+                                            r"Softsign \(1 node"):
+        lower_module(m)
+
+
+@pytest.mark.parametrize("sizes,dim", [(None, 7), ((2, 5), 7), (None, "seq"), ((1, "rest"), "seq")])
+def test_split_lowers_like_the_interpreter(sizes, dim):
+    """Split (Phi-3's fused qkv / gate_up) on static and symbolic dims, with and without sizes:
+    equal to the interpreter (issue 15)."""
+    from ternc.ir.core import Const
+
+    rng = np.random.default_rng(0)
+    x = Value("x", TensorType(DType.F32, (1, dim, 4)))
+    consts, inputs, n_out = {}, ["x"], 3
+    if sizes is not None:
+        n_out = len(sizes)
+        if "rest" in sizes:  # sizes computed from the symbolic length: [1, seq - 1]
+            nodes = [Node.make(Op.Shape, ["x"], [Value("s", TensorType(DType.I64, (3,)))]),
+                     Node.make(Op.Gather, ["s", "i1"], [Value("n", TensorType(DType.I64, (1,)))], axis=0),
+                     Node.make(Op.Sub, ["n", "one"], [Value("r", TensorType(DType.I64, (1,)))]),
+                     Node.make(Op.Concat, ["one", "r"], [Value("sz", TensorType(DType.I64, (2,)))], axis=0)]
+            consts.update(i1=Const.of(np.array([1], np.int64)), one=Const.of(np.array([1], np.int64)))
+        else:
+            nodes = []
+            consts["sz"] = Const.of(np.array(sizes, np.int64))
+        inputs.append("sz")
+    else:
+        nodes = []
+    outs = [Value(f"y{i}", TensorType(DType.F32, (1, "?", 4))) for i in range(n_out)]
+    nodes.append(Node.make(Op.Split, inputs, outs, axis=1))
+    m = Module("m", (Function("main", (x,), tuple(nodes), tuple(o.name for o in outs)),), consts)
+    runner = compile_runner(m)
+    for n in ([7] if dim == 7 else [1, 2, 7, 9]):
+        xin = rng.standard_normal((1, n, 4)).astype(np.float32)
+        ref = ternc.interpret(m, {"x": xin})
+        got = runner.run("main", {"x": xin})
+        for o in outs:
+            np.testing.assert_array_equal(got[o.name], ref[o.name])
+
+
+def test_failed_lowering_leaves_no_open_tvm_blocks(tmp_path):
+    """A lowering error midway used to leave TVM's BlockBuilder with open blocks, and TVM printed
+    "BlockBuilder destroyed with remaining blocks!" at exit (issue 15, Phi-3)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "from ternc.backends.tvm.lowering import LoweringError, lower_module\n"
+        "from ternc.ir.core import Const, Function, Module, Node, Value\n"
+        "from ternc.ir.ops import Op\n"
+        "from ternc.ir.types import DType, TensorType\n"
+        "import numpy as np\n"
+        "x = Value('x', TensorType(DType.F32, (4, 4)))\n"
+        "y = Value('y', TensorType(DType.F32, (2, 4)))\n"
+        "c = {k: Const.of(np.array([v], np.int64)) for k, v in dict(b=3, e=0, a=0, s=-1).items()}\n"
+        "m = Module('m', (Function('main', (x,), (Node.make(Op.Slice, ['x', 'b', 'e', 'a', 's'], [y]),), ('y',)),), c)\n"
+        "try:\n"
+        "    lower_module(m)\n"
+        "except LoweringError as e:\n"
+        "    print('refused:', e)\n")
+    import os
+
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert "refused:" in r.stdout and "negative or symbolic step" in r.stdout, r.stdout + r.stderr
+    assert "remaining blocks" not in r.stdout + r.stderr
 
 
 def test_unsupported_ternary_format_is_clear(tiny_bitnet):
