@@ -142,3 +142,32 @@ def write_report(source: str | os.PathLike, out: str | os.PathLike | None = None
     dest = Path(out) if out else (p / "report.html" if p.is_dir() else p.with_suffix(".html"))
     dest.write_text(render(p), encoding="utf-8")
     return dest
+
+
+def token_divergence(ref: tuple, other: tuple, noise_floor: float) -> dict:
+    """Where two greedy runs (tokens, per-step logits) part, and why. At the first differing step both
+    engines had been fed the same tokens, so their logits differ by float rounding (summation order,
+    fused kernels) as amplified by the model. It is called a near-tie when the reference's top-2
+    margin is within the logit difference and the logits differ (relative L2, at that step and
+    before) by no more than `noise_floor` -- what one ulp of input noise does to this model, measured
+    in the same run; anything else is reported as a real difference."""
+    import numpy as np
+
+    ta, la = ref
+    tb, lb = other
+    d = next((i for i, (a, b) in enumerate(zip(ta, tb)) if a != b), None)
+    if d is None:
+        return {"same_tokens": True, "steps": len(ta)}
+    a, b = la[d], lb[d]
+    top2 = np.sort(a)[-2:]
+    diff = float(np.max(np.abs(a - b)))
+    margin = float(top2[1] - top2[0])
+    rel = [float(np.linalg.norm(la[i] - lb[i]) / np.linalg.norm(la[i])) for i in range(d + 1)]
+    tie = margin <= 2 * diff and max(rel) <= noise_floor
+    return {"same_tokens": False, "first_differing_step": d, "tokens": [int(ta[d]), int(tb[d])],
+            "ref_top2_margin": margin, "max_abs_logit_diff_at_step": diff,
+            "max_rel_l2_logits_before": max(rel[:-1]) if d else None, "rel_l2_logits_at_step": rel[-1],
+            "noise_floor": noise_floor,
+            "reason": ("near-tie: the top-2 margin is within the engines' logit difference, which is within "
+                       "the model's rounding sensitivity" if tie else
+                       "logits differ by more than rounding explains")}

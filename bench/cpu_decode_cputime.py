@@ -33,7 +33,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = "1"
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cpu_vs_llamacpp import TerncModel
 
     from ternc.models.synthetic_bitnet import FULL, TINY, build_module

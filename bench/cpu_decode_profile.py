@@ -219,7 +219,6 @@ def main(argv=None) -> int:
         print(json.dumps(measure_read_bandwidth()))
         return 0
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cpu_vs_llamacpp import TerncModel
 
     from ternc.backends.tvm.hugepages import anon_huge_kb

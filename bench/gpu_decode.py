@@ -36,9 +36,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from cpu_vs_llamacpp import TerncModel  # a sibling script: bench/ is on sys.path when run as a script
 
 from ternc.models.synthetic_bitnet import B2B4T, Config, TorchFP16, build_module
+from ternc.report import token_divergence
 
 
 def log(msg: str) -> None:
@@ -194,33 +196,6 @@ def profile_decode(tern: "Ternc", ids, steps: int = 16, kernel_classes=KERNEL_CL
     return res
 
 
-def _divergence(ref: tuple, other: tuple, noise_floor: float) -> dict:
-    """Where two greedy runs (tokens, per-step logits) part, and why. At the first differing step both
-    engines had been fed the same tokens, so their logits differ by float rounding (summation order,
-    fused kernels) as amplified by the model. It is called a near-tie when the reference's top-2
-    margin is within the logit difference and the logits differ (relative L2, at that step and
-    before) by no more than `noise_floor` -- what one ulp of input noise does to this model, measured
-    in the same run; anything else is reported as a real difference."""
-    ta, la = ref
-    tb, lb = other
-    d = next((i for i, (a, b) in enumerate(zip(ta, tb)) if a != b), None)
-    if d is None:
-        return {"same_tokens": True, "steps": len(ta)}
-    a, b = la[d], lb[d]
-    top2 = np.sort(a)[-2:]
-    diff = float(np.max(np.abs(a - b)))
-    margin = float(top2[1] - top2[0])
-    rel = [float(np.linalg.norm(la[i] - lb[i]) / np.linalg.norm(la[i])) for i in range(d + 1)]
-    tie = margin <= 2 * diff and max(rel) <= noise_floor
-    return {"same_tokens": False, "first_differing_step": d, "tokens": [int(ta[d]), int(tb[d])],
-            "ref_top2_margin": margin, "max_abs_logit_diff_at_step": diff,
-            "max_rel_l2_logits_before": max(rel[:-1]) if d else None, "rel_l2_logits_at_step": rel[-1],
-            "noise_floor": noise_floor,
-            "reason": ("near-tie: the top-2 margin is within the engines' logit difference, which is within "
-                       "the model's rounding sensitivity" if tie else
-                       "logits differ by more than rounding explains")}
-
-
 def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, profile: bool = False,
         extra: list[str] = (), compile_mode: str | None = None, peers: bool = True) -> dict:
     """ternc's variants (from `out` and any extra LABEL=DIR builds) interleaved with the torch fp16
@@ -350,7 +325,7 @@ def run(out: Path, json_out: str | None, prompt: int, steps: int, reps: int, pro
                    for i in range(cfg.layers)] for v in keys}
     # the rounding sensitivity of this model: torch fp32 against itself with ~1 ulp of input noise
     noise_floor = key_rel["torch fp32, embeddings x (1 + 1e-7 noise)"][-1]
-    variant_agreement = {k: _divergence(step_logits[ref_v], step_logits[k], noise_floor) for k in ternc_names}
+    variant_agreement = {k: token_divergence(step_logits[ref_v], step_logits[k], noise_floor) for k in ternc_names}
 
     def agreement(fr):
         rel = float(np.linalg.norm(firsts[ref_v] - fr[1]) / np.linalg.norm(fr[1]))

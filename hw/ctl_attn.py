@@ -53,9 +53,6 @@ from ternc.ir import hw_numerics as hwn
 CAUSAL_BIT = 16 + 1   # isa.Flag.CAUSAL = 2 in the flags half-word
 
 
-def kv_row_words(head_dim: int) -> int:
-    """backends/fpga/images.kv_row_words (restated: hw/ must not import the backend)."""
-    return -(-head_dim // WORDS_PER_BEAT) * WORDS_PER_BEAT
 
 
 class AttnCtl(wiring.Component):
@@ -70,7 +67,7 @@ class AttnCtl(wiring.Component):
             raise ValueError("AttnCtl: need head_dim, lanes >= 1 and max_ctx in 1..65535")
         self.head_dim, self.lanes, self.max_ctx = head_dim, lanes, max_ctx
         self.dp = -(-head_dim // lanes) * lanes
-        self.row_words = kv_row_words(head_dim)
+        self.row_words = hwn.kv_row_words(head_dim)
         super().__init__({
             "ctl": Out(op_control_signature()),
             "rd0": Out(read_port_signature()),
@@ -262,7 +259,7 @@ class PrefillAttnCtl(wiring.Component):
         self.head_dim, self.lanes, self.max_ctx, self.block, self.group = head_dim, lanes, max_ctx, block, group
         self.max_width = max_width
         self.dp = -(-head_dim // lanes) * lanes
-        self.row_words = kv_row_words(head_dim)
+        self.row_words = hwn.kv_row_words(head_dim)
         super().__init__({
             "ctl": Out(op_control_signature()),
             "rd0": Out(read_port_signature()),

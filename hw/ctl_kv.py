@@ -14,7 +14,7 @@ Phases (one instruction; word-serial datapath, one 32-bit word per cycle at most
 
 * APPEND -- one read command for the N source rows (N * hkv*d/4 beats, contiguous); the words
   stream through ``kv_from_fx`` (round half up by 4 bits, saturate to 24 bits) into one write
-  command per (token, KV head) row of R = ``kv_row_words(d)`` words at
+  command per (token, KV head) row of R = ``kv_row_words(d)`` (ir/hw_numerics.py) words at
   ``cache + 4*((h*context + pos + t)*R)``, pad words 0. Heads need not be beat-aligned in the source
   row: the reader unpacks whole beats into words, the writer packs words (data + pad) into beats.
 * QUANT (``quant`` != 0) -- after every APPEND write's ``done`` (the quantizer reads the rows back):
@@ -63,10 +63,6 @@ BUF_BITS = 26             # buffer words: 24-bit KV words in, x_hat = min + code
 VALUES_FLAG_BIT = 16 + 2  # isa.Flag.VALUES in word 0
 
 
-def _row_words(head_dim: int) -> int:
-    """backends/fpga/images.kv_row_words restated (hw/ must not import backends/: import cycle):
-    head_dim rounded up to whole beats."""
-    return -(-head_dim // WORDS_PER_BEAT) * WORDS_PER_BEAT
 
 
 def new_groups(n: int, pos: int, quant: tuple[int, int, int, int]) -> list[int]:
@@ -85,7 +81,7 @@ def new_groups(n: int, pos: int, quant: tuple[int, int, int, int]) -> list[int]:
 def cycle_model(n: int, pos: int, hkv: int, d: int, quant: tuple[int, int, int, int] | None, values: bool,
                 latency: float = 4) -> float:
     """Cycles of one KV_APPEND (see the module doc) on a memory that is always ready."""
-    r = _row_words(d)
+    r = hn.kv_row_words(d)
     cyc = n * hkv * r + latency + 10
     if quant:
         bits, gs, res, sinks = quant
@@ -110,7 +106,7 @@ class KvAppendCtl(wiring.Component):
         if head_dim < 1 or max_group < 1:
             raise ValueError(f"KvAppendCtl: head_dim={head_dim}, max_group={max_group} must be >= 1")
         self.head_dim, self.max_group = head_dim, max_group
-        self.row_words = _row_words(head_dim)
+        self.row_words = hn.kv_row_words(head_dim)
         super().__init__({
             "ctl": Out(op_control_signature()),
             "rd0": Out(read_port_signature()),

@@ -292,6 +292,13 @@ def ternary_linear_fx_ws(x_raw: np.ndarray, w_t: np.ndarray, ws_m: int, ws_s: in
     return dequantize_fx(acc, m, s)
 
 
+def kv_row_words(head_dim: int) -> int:
+    """Words per KV-cache row in the kv260's DDR (one token of one KV head): head_dim rounded up to whole
+    16-byte beats, so every row starts on a beat (the KV_APPEND/ATTN controllers move whole beats; the
+    pad words are 0 and never read as data)."""
+    return -(-head_dim // 4) * 4
+
+
 def kv_from_fx(raw: np.ndarray) -> np.ndarray:
     """FX raw -> the 24-bit KV word (Q11.12, round half up, saturate), as int64."""
     r = np.asarray(raw, dtype=np.int64)

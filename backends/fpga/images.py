@@ -29,17 +29,12 @@ import numpy as np
 
 from ...ir import hw_numerics as hn
 from ...ir import packing
+from ...ir.hw_numerics import kv_row_words  # noqa: F401  (re-exported for the executor)
 from ...ir.core import Function, Module
 from ...ir.interp import Interpreter
 from .schedule import EngineConfig, Linear, Plan
 
 ALIGN = 4096
-
-
-def kv_row_words(head_dim: int) -> int:
-    """Words per KV-cache row (one token of one KV head): head_dim rounded up to whole 16-byte beats, so
-    every row starts on a DDR beat (the KV_APPEND/ATTN controllers move whole beats)."""
-    return -(-head_dim // 4) * 4
 
 
 def _align(n: int) -> int:

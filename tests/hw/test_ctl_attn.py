@@ -11,7 +11,8 @@ import pytest
 
 from ternc.backends.fpga.isa import Flag, Opcode, unpack_heads
 from ternc.backends.fpga.schedule import EngineConfig
-from ternc.hw.ctl_attn import AttnCtl, PrefillAttnCtl, kv_row_words
+from ternc.hw.ctl_attn import AttnCtl, PrefillAttnCtl
+from ternc.ir.hw_numerics import kv_row_words
 from ternc.passes.pipeline import KV260_PIPELINE, compile
 from ternc.sim.ctl_bench import assert_same_ddr, compile_program, program_states, run_controller
 
