@@ -86,17 +86,24 @@ def inplace_kv_plan(module: Module, name: str, target_kind) -> dict | None:
     return {past: kv[past].present for past in kv} if seen == set(kv) else None
 
 
+#: KV eviction policies the TVM backend lowers (attention.py).
+EVICTION_POLICIES = ("streaming", "h2o")
+
+
 def check_lowerable(module: Module, entries: list[str]) -> None:
     """Refuse, before anything is built, a module using ops the TVM backend has no lowering for,
     listing every such op with its node count and first node."""
-    missing: dict[Op, list] = {}
+    missing: dict[str, list] = {}
     for name in entries:
         for n in module.func(name).nodes:
             if n.op not in IMPLS:
-                missing.setdefault(n.op, []).append(f"@{name} {n.label}")
+                missing.setdefault(n.op.value, []).append(f"@{name} {n.label}")
+            elif n.op == Op.KVEvict and n.attr("policy") not in EVICTION_POLICIES:
+                missing.setdefault(f"{n.op.value} with KV eviction policy {n.attr('policy')!r} (only "
+                                   f"{' and '.join(EVICTION_POLICIES)} lower)", []).append(f"@{name} {n.label}")
     if missing:
-        ops = "; ".join(f"{op.value} ({len(where)} node{'s' if len(where) > 1 else ''}, first {where[0]})"
-                        for op, where in sorted(missing.items(), key=lambda kv: kv[0].value))
+        ops = "; ".join(f"{op} ({len(where)} node{'s' if len(where) > 1 else ''}, first {where[0]})"
+                        for op, where in sorted(missing.items()))
         raise LoweringError(f"the TVM backend has no lowering for {len(missing)} op(s) this module uses: {ops}")
 
 
