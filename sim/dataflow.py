@@ -59,6 +59,7 @@ class UnitCal:
     attn_overhead: int = 11      # hw/attention.py OVERHEAD
     # The controllers (hw/ctl_*.py) around the units, as built; L = the read latency they see.
     lin_setup: int = 7           # LinearCtl: start -> the first read commands
+    lin_load_setup: int = 3      # LinearCtl: loader: group size in two registered steps, then the command
     lin_quant_div: int = 58      # LinearCtl: quantizer DIV_INIT + 56 divider steps + DIV_DONE
     lin_quant_q: int = 1         # LinearCtl: quantize phase beyond its kpad/3 reads
     lin_front_gap: int = 0       # LinearCtl: quantize -> load of the next row
@@ -273,7 +274,7 @@ def ctl_linear(cfg: SimConfig, k: int, nn: int, n: int, passes: int, lat: float)
     groups = [min(gsize, tiles - t0) for t0 in range(0, tiles, gsize)]
     e = max(1, cfg.engines)
     beats = lambda g: g * nb * cfg.engine_ddr_beats / cfg.weight_ports  # noqa: E731
-    load_done = [cal.lin_setup + lat + beats(groups[0])]
+    load_done = [cal.lin_setup + cal.lin_load_setup + lat + beats(groups[0])]
     computed: list[float] = []
     front_free = cal.lin_setup + lat
     back = [-1e18, -1e18]                                  # replay ends of the two previous tokens
@@ -288,7 +289,7 @@ def ctl_linear(cfg: SimConfig, k: int, nn: int, n: int, passes: int, lat: float)
         computed.append(back[-1] + cal.lin_drain)
         if g + 1 < len(groups):
             st = max(load_done[g], computed[g - 1] if g else 0.0)
-            load_done.append(st + lat + beats(groups[g + 1]))
+            load_done.append(st + cal.lin_load_setup + lat + beats(groups[g + 1]))
     return passes * (computed[-1] + cal.lin_finish)
 
 
