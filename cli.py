@@ -379,7 +379,7 @@ def cmd_compile(args) -> int:
     if args.config:   # a design point of `ternc simulate --sweep` (kv260 build options)
         options.update(_sweep_config(args.config))
     if args.engine:   # kv260: the TLMM engine's geometry (small engines keep RTL simulation fast)
-        if tgt.name != "kv260":
+        if "engine" not in tgt.build_options:
             raise CLIError(f"--engine applies to the kv260 target, not {tgt.name!r}")
         options["engine"] = _engine_option(args.engine)
     t0 = time.time()

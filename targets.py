@@ -52,6 +52,7 @@ class Target:
     missing_backend: str = ""  # why `backend` is None (the error `build`/`load` raise)
     default_out: Callable[[Module], str] = field(default=lambda m: f"out/{m.name}")
     artifact: str = "folder"  # what `build` writes: "folder" (an artifact) or "file" (.ternc)
+    build_options: tuple[str, ...] = ()  # target-specific build options its backend takes (CLI flags)
 
     def _backend(self):
         if self.backend is None:
@@ -86,6 +87,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # The TLMM engine computes in the hw-numerics formats, which the interpreter defines bit-exactly.
     Target("kv260", "Xilinx KV260 TLMM accelerator (TL2 weights, FX numerics): program, DDR images, RTL units",
            tuple(P.KV260_PIPELINE), EVERYTHING, "ternc.backends.fpga",
+           build_options=("engine", "clock_mhz", "lm_head", "synth"),
            default_out=lambda m: f"out/{m.name}-kv260"),
 )}
 

@@ -52,14 +52,17 @@ def build_lm_head_kernel(hidden: int, vocab: int, arch: str, out: str | os.PathL
     from ..tvm.target import TVM_TARGETS
 
     mod = tvm.IRModule({FUNC: dense_func(int(hidden), int(vocab)).with_attr("global_symbol", FUNC)})
-    if arch == "aarch64":
-        lib = tvm.compile(mod, target=make_target("aarch64"))
-        lib.export_library(str(out), fcompile=_cross_compiler(TVM_TARGETS["aarch64"]))
-    elif arch == os.uname().machine:
+    # the CPU TVM target whose host code runs on `arch` (a cross target's, else this host's)
+    here = os.uname().machine
+    cross = next((t for t in TVM_TARGETS.values() if t.cross_cc and arch in t.host_machines), None)
+    if cross is not None and here not in cross.host_machines:
+        lib = tvm.compile(mod, target=make_target(cross.name))
+        lib.export_library(str(out), fcompile=_cross_compiler(cross))
+    elif arch == here:
         lib = tvm.compile(mod, target=make_target("cpu"))
         lib.export_library(str(out))
     else:
-        raise DeployError(f"no LM-head kernel build for {arch!r} (aarch64, or this host's {os.uname().machine})")
+        raise DeployError(f"no LM-head kernel build for {arch!r} (aarch64, or this host's {here})")
     return {"file": Path(out).name, "function": FUNC, "arch": arch, "hidden": int(hidden), "vocab": int(vocab),
             "dtype": "float32", "kernel": f"backends/tvm/kernels/cpu.dense_func({hidden}, {vocab})",
             "tvm_version": tvm.__version__}

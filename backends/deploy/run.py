@@ -224,6 +224,10 @@ def generate(runner, prompt: list[int], n_new: int, decoder=None, stop: set | No
     return out
 
 
+#: bundle.json's `runner` of an FPGA (kv260) bundle: the PYNQ driver, not a TVM artifact
+KV260_RUNNER = "kv260"
+
+
 def bundle_kind(root: Path = HERE) -> str:
     """"kv260" for FPGA bundles (bundle.json's runner), else "tvm"; read before the checksums."""
     try:
@@ -327,15 +331,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         t0 = time.perf_counter()
-        bundle = check_bundle(platform_check=bundle_kind() != "kv260")
+        fpga = bundle_kind() == KV260_RUNNER
+        bundle = check_bundle(platform_check=not fpga)
         print(f"[run.py] bundle for {bundle['board']['name']}: {len(bundle['files'])} files verified (sha256) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        if a.rpc_server and bundle.get("runner") == "kv260":
+        if a.rpc_server and fpga:
             raise BundleError("--rpc-server serves TVM artifacts; a kv260 bundle runs here (--transport pynq)")
         if a.rpc_server:
             return rpc_server(bundle, a.tracker, a.key or bundle["board"]["name"], a.host, a.port)
         t0 = time.perf_counter()
-        runner = load_kv260(bundle, a.transport, a.bitfile, a.lm_head, rtl_program=a.rtl_program) if bundle.get("runner") == "kv260" \
+        runner = load_kv260(bundle, a.transport, a.bitfile, a.lm_head, rtl_program=a.rtl_program) if fpga \
             else load(bundle)
         print(f"[run.py] artifact loaded on {runner.device} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         result = None

@@ -108,7 +108,7 @@ def test_prompt_text_through_the_carried_tokenizer(run_py, cpu_artifact, default
     assert run_py.generate(runner, ids, 12, stop={first}) == want[:len(ids) + 1]
 
     monkeypatch.setattr(run_py, "HERE", tmp_path)
-    monkeypatch.setattr(run_py, "check_bundle", lambda: {"board": {"name": "host"}, "files": {}, "artifact": "art"})
+    monkeypatch.setattr(run_py, "check_bundle", lambda **_: {"board": {"name": "host"}, "files": {}, "artifact": "art"})
     monkeypatch.setattr(run_py, "load", lambda bundle: runner)
     out_json = tmp_path / "r.json"
     assert run_py.main(["--prompt", "w3 w17 w42 w99", "-n", "12", "--json", str(out_json)]) == 0
