@@ -277,21 +277,32 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
                       "python3 run.py --bench", "python3 run.py --rpc-server --tracker HOST:PORT --key KEY"],
             "files": files,
         }
-        (tmp / "bundle.json").write_text(json.dumps(bundle, indent=1, sort_keys=True))
-        for p in tmp.rglob("*"):
-            if p.is_dir():
-                p.chmod(0o755)
-        tmp.chmod(0o755)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        publish_bundle(tmp, out, bundle)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return finish_bundle(out, files, wheels, tar, t0)
+
+
+def publish_bundle(tmp: Path, out: Path, bundle: dict) -> None:
+    """Write bundle.json into the finished temporary folder and move it to `out` (replacing an old
+    bundle only once the new one is complete)."""
+    (tmp / "bundle.json").write_text(json.dumps(bundle, indent=1, sort_keys=True))
+    for p in tmp.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o755)
+    tmp.chmod(0o755)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def finish_bundle(out: Path, files: dict, wheels: list, tar: bool, t0: float) -> "BundleInfo":
+    """The optional .tar.gz beside the bundle, and the figures `ternc deploy` prints."""
     tar_path = None
     if tar:
         tar_path = out.with_name(out.name + ".tar.gz")
@@ -300,4 +311,3 @@ def build_bundle(artifact: str | os.PathLike, board: Board, out: str | os.PathLi
     rt_bytes = sum(f["bytes"] for k, f in files.items() if is_runtime_file(k))
     return BundleInfo(out, tar_path, len(files) + 1, total, rt_bytes,
                       [{"file": w.path.name, "downloaded": w.downloaded} for w in wheels], time.time() - t0)
-

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from ..artifact import ArtifactError, read_manifest, sha256_file
 from .boards import Board
-from .bundle import (FORMAT, FORMAT_VERSION, RUNNER, BundleInfo, DeployError, Golden, _tar_gz, _write_golden,
-                     _write_ternc_subset, check_artifact_for_board, is_runtime_file)
+from .bundle import (FORMAT, FORMAT_VERSION, RUNNER, DeployError, Golden, _write_golden, _write_ternc_subset,
+                     check_artifact_for_board, finish_bundle, publish_bundle)
 from .wheels import extract_runtime, fetch_wheels
 
 #: the board-side modules (everything they import from ternc follows, numpy only)
@@ -195,26 +195,8 @@ def build_kv260_bundle(artifact: str | os.PathLike, board: Board, out: str | os.
                       "python3 run.py --prompt-ids 1,2,3 -n 16", "python3 run.py --bench"],
             "files": files,
         }
-        (tmp / "bundle.json").write_text(json.dumps(bundle, indent=1, sort_keys=True))
-        for p in tmp.rglob("*"):
-            if p.is_dir():
-                p.chmod(0o755)
-        tmp.chmod(0o755)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        publish_bundle(tmp, out, bundle)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tar_path = None
-    if tar:
-        tar_path = out.with_name(out.name + ".tar.gz")
-        _tar_gz(out, tar_path)
-    total = sum(f["bytes"] for f in files.values())
-    rt_bytes = sum(f["bytes"] for k, f in files.items() if is_runtime_file(k))
-    return BundleInfo(out, tar_path, len(files) + 1, total, rt_bytes,
-                      [{"file": w.path.name, "downloaded": w.downloaded} for w in wheels], time.time() - t0)
+    return finish_bundle(out, files, wheels, tar, t0)
